@@ -1,0 +1,210 @@
+"""Opening the target database, and every SQLite-specific setting, in one place."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from sqlalchemy import MetaData, Table, event, exc, insert
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.dml import Insert
+
+from backfill_core.errors import DatabaseUnavailable, SchemaMissing
+
+DATABASE_ENV = "BACKFILL_DATABASE_URL"
+BUSY_TIMEOUT_ENV = "BACKFILL_BUSY_TIMEOUT"
+DEFAULT_DATABASE = Path("~/.testio-mcp/cache.db")
+DEFAULT_BUSY_TIMEOUT = 10.0
+ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg",
+                 "postgres": "postgresql+asyncpg"}
+
+
+def resolve_url(database: str | None) -> URL:
+    """A SQLAlchemy URL from ``--database``, ``BACKFILL_DATABASE_URL`` or the default cache."""
+    raw = database or os.environ.get(DATABASE_ENV) or str(DEFAULT_DATABASE)
+    if "://" not in raw:
+        return URL.create("sqlite+aiosqlite", database=str(Path(raw).expanduser().resolve()))
+    try:
+        url = make_url(raw)
+    except exc.ArgumentError as e:
+        raise DatabaseUnavailable(f"cannot parse database URL {raw!r}: {e}") from None
+    backend, _, driver = url.drivername.partition("+")
+    if not driver:
+        url = url.set(drivername=ASYNC_DRIVERS.get(backend, backend))
+    return url
+
+
+def display(url: URL) -> str:
+    """The URL as it may be printed: never with its password."""
+    return url.render_as_string(hide_password=True)
+
+
+def busy_timeout() -> float:
+    try:
+        return float(os.environ.get(BUSY_TIMEOUT_ENV, DEFAULT_BUSY_TIMEOUT))
+    except ValueError:
+        return DEFAULT_BUSY_TIMEOUT
+
+
+class Database:
+    """The engines a run uses: one for reading batches, one for write transactions.
+
+    On SQLite the file must exist (it is never created), a dry run opens it read-only, every
+    connection waits up to the busy timeout for other writers, and write transactions start
+    with ``BEGIN IMMEDIATE`` so a batch never fails half-way on a lock upgrade.
+    """
+
+    def __init__(self, url: URL, *, read_only: bool = False) -> None:
+        self.url = url
+        self.read_only = read_only
+        self.is_sqlite = url.get_backend_name() == "sqlite"
+        self._reader: AsyncEngine | None = None
+        self._writer: AsyncEngine | None = None
+
+    @property
+    def dialect(self) -> str:
+        return self.url.get_backend_name()
+
+    @property
+    def shown(self) -> str:
+        return display(self.url)
+
+    async def __aenter__(self) -> Database:
+        if self.is_sqlite:
+            self._reader, self._writer = self._sqlite_engines()
+        else:
+            self._reader = self._writer = self._server_engine()
+        try:
+            async with self._reader.connect() as conn:
+                await conn.exec_driver_sql("SELECT 1")
+        except Exception as e:
+            await self.close()
+            raise self.fatal(e, "connect to") from e
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        for engine in {id(e): e for e in (self._reader, self._writer) if e is not None}.values():
+            await engine.dispose()
+        self._reader = self._writer = None
+
+    def _sqlite_engines(self) -> tuple[AsyncEngine, AsyncEngine]:
+        path = self.url.database
+        if not path or path == ":memory:":
+            raise DatabaseUnavailable("an in-memory SQLite database has nothing to backfill")
+        if not Path(path).is_file():
+            raise DatabaseUnavailable(
+                f"database file {path} does not exist; pass --database PATH or set {DATABASE_ENV}"
+            )
+        mode = "ro" if self.read_only else "rw"
+        url = self.url.set(database=f"file:{quote(path)}?mode={mode}", query={"uri": "true"})
+        args = {"timeout": busy_timeout(), "check_same_thread": False}
+        reader = create_async_engine(url, connect_args=args)
+        writer = create_async_engine(url, connect_args=args)
+        for engine, begin in ((reader, "BEGIN"), (writer, "BEGIN IMMEDIATE")):
+            _sqlite_transactions(engine, begin)
+        return reader, writer
+
+    def _server_engine(self) -> AsyncEngine:
+        try:
+            engine = create_async_engine(self.url, pool_pre_ping=True)
+        except ModuleNotFoundError as e:
+            raise DatabaseUnavailable(
+                f"the driver for {self.url.drivername} is not installed ({e.name}); "
+                "for PostgreSQL run: pip install 'backfill[postgres]'"
+            ) from None
+        except exc.ArgumentError as e:
+            raise DatabaseUnavailable(f"cannot use database URL {self.shown}: {e}") from None
+        if self.read_only:
+            event.listen(engine.sync_engine, "begin",
+                         lambda conn: conn.exec_driver_sql("SET TRANSACTION READ ONLY"))
+        return engine
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads; each statement sees the latest committed data."""
+        assert self._reader is not None, "database is not open"
+        async with self._reader.connect() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """One write transaction: committed on success, rolled back on any exception."""
+        assert self._writer is not None, "database is not open"
+        async with self._writer.begin() as conn:
+            yield conn
+
+    async def reflect(self, needed: Mapping[str, Iterable[str]]) -> dict[str, Table]:
+        """The tables in ``needed``, reflected; a missing table or column raises SchemaMissing."""
+        metadata = MetaData()
+        tables: dict[str, Table] = {}
+        async with self.reading() as conn:
+            for name, columns in needed.items():
+                try:
+                    table = await conn.run_sync(
+                        lambda sync, n=name: Table(n, metadata, autoload_with=sync)
+                    )
+                except exc.NoSuchTableError:
+                    raise SchemaMissing(
+                        f"table {name!r} does not exist in {self.shown}; create it (run the "
+                        "application's migrations) before backfilling"
+                    ) from None
+                except exc.DBAPIError as e:
+                    raise self.fatal(e, "read the schema of") from e
+                missing = [c for c in columns if c not in table.c]
+                if missing:
+                    raise SchemaMissing(
+                        f"table {name!r} has no column {', '.join(map(repr, missing))} in "
+                        f"{self.shown}; add it (run the application's migrations) before backfilling"
+                    )
+                tables[name] = table
+        return tables
+
+    def upsert(self, table: Table) -> Insert:
+        """This dialect's INSERT with ``on_conflict_do_update``."""
+        if self.is_sqlite:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        elif self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            return insert(table)
+        return dialect_insert(table)
+
+    def fatal(self, error: BaseException, action: str) -> DatabaseUnavailable:
+        """The run-ending error for a database failure that retrying a batch cannot fix."""
+        text = str(getattr(error, "orig", None) or error)
+        lowered = text.lower()
+        if "locked" in lowered:
+            hint = (f"another process held a lock for more than {busy_timeout():g}s; retry when it "
+                    f"is done, or raise {BUSY_TIMEOUT_ENV}")
+        elif "disk is full" in lowered or "no space" in lowered:
+            hint = "the disk is full; free space and run again (committed batches are kept)"
+        elif "readonly" in lowered or "read-only" in lowered:
+            hint = "the database is read-only for this user"
+        else:
+            hint = "check that the database is reachable and the URL is right"
+        return DatabaseUnavailable(f"could not {action} {self.shown}: {text.strip()} ({hint})")
+
+
+def _sqlite_transactions(engine: AsyncEngine, begin: str) -> None:
+    """Let SQLAlchemy, not the sqlite3 module, decide when transactions start."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql(begin)
+
+
+def is_record_level(error: BaseException) -> bool:
+    """Whether a failed write is caused by the rows written (so isolating them can help)."""
+    return isinstance(error, exc.IntegrityError | exc.DataError)

@@ -1,0 +1,261 @@
+"""Discovering plugins through the ``backfill`` entry-point group, one at a time.
+
+A plugin that fails to import, to register or to pass pluggy's checks is reported on one
+line and left out; every other plugin still loads.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, Literal, TextIO
+
+import pluggy
+
+from backfill_core import hookspecs
+from backfill_core.errors import PluginUnavailable, UsageError
+from backfill_core.extractor import Extractor
+from backfill_core.validator import Validator
+
+ENTRY_POINT_GROUP = "backfill"
+BUILTIN_DISTRIBUTION = "backfill"
+LOAD_PLUGINS_ENV = "BACKFILL_LOAD_PLUGINS"
+
+
+def normalize(dist_name: str) -> str:
+    """PEP 503 normalisation, so ``Backfill_Foo`` and ``backfill-foo`` name one distribution."""
+    return re.sub(r"[-_.]+", "-", dist_name).lower()
+
+
+@dataclass
+class PluginInfo:
+    """One plugin as ``backfill list-plugins`` shows it."""
+
+    name: str
+    distribution: str
+    version: str
+    entry_point: str
+    status: Literal["ok", "error", "disabled"] = "ok"
+    error: str | None = None
+    extractors: list[str] = field(default_factory=list)
+    validators: list[str] = field(default_factory=list)
+    commands: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"plugin {self.name!r} ({self.distribution} {self.version}, entry point {self.entry_point})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "entry_point": self.entry_point,
+            "status": self.status,
+            "error": self.error,
+            "extractors": self.extractors,
+            "validators": self.validators,
+        }
+
+
+class Registry:
+    """The loaded plugins and what they provide."""
+
+    def __init__(self, warn: TextIO | None = None) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: list[PluginInfo] = []
+        self.extractors: dict[str, Extractor] = {}
+        self.validators: dict[str, Validator] = {}
+        self.owner: dict[tuple[str, str], PluginInfo] = {}
+        self.conflicts: dict[tuple[str, str], list[PluginInfo]] = {}
+        self._warn = warn
+
+    # -- loading -----------------------------------------------------------------------------
+
+    @classmethod
+    def discover(cls, warn: TextIO | None = sys.stderr) -> Registry:
+        """Load every installed plugin allowed by ``BACKFILL_LOAD_PLUGINS``."""
+        registry = cls(warn)
+        allowed = os.environ.get(LOAD_PLUGINS_ENV)
+        wanted = None if allowed is None else {normalize(n) for n in allowed.split(",") if n.strip()}
+        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=_builtin_first):
+            dist = normalize(ep.dist.name) if ep.dist else "unknown"
+            if wanted is not None and dist != BUILTIN_DISTRIBUTION and dist not in wanted:
+                continue
+            registry.load_entry_point(ep)
+        return registry
+
+    def load_entry_point(self, ep: EntryPoint) -> PluginInfo:
+        info = PluginInfo(
+            name=ep.name,
+            distribution=ep.dist.name if ep.dist else "unknown",
+            version=ep.dist.version if ep.dist else "?",
+            entry_point=f"{ep.name} = {ep.value}",
+        )
+        try:
+            module = ep.load()
+        except BaseException as exc:  # noqa: BLE001 - a plugin may raise anything, even SystemExit
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            return self._failed(info, exc)
+        return self.add(module, info)
+
+    def add(self, plugin: object, info: PluginInfo | None = None) -> PluginInfo:
+        """Register a plugin object (a module or an instance with hookimpls)."""
+        if info is None:
+            name = getattr(plugin, "__name__", type(plugin).__name__)
+            info = PluginInfo(name=name, distribution=name, version="-", entry_point="(direct)")
+        try:
+            self.pm.register(plugin, name=info.name)
+            self.pm.check_pending()
+        except Exception as exc:  # noqa: BLE001
+            if self.pm.is_registered(plugin):
+                self.pm.unregister(plugin)
+            return self._failed(info, exc)
+        try:
+            extractors = self._collect(info, "register_extractors", Extractor, plugin)
+            validators = self._collect(info, "register_validators", Validator, plugin)
+        except Exception as exc:  # noqa: BLE001
+            self.pm.unregister(plugin)
+            return self._failed(info, exc)
+        info.commands = bool(_impls(self.pm, "register_commands", plugin))
+        self.plugins.append(info)
+        for kind, items, table in (
+            ("extractor", extractors, self.extractors),
+            ("validator", validators, self.validators),
+        ):
+            for item in items:
+                self._claim(kind, item, info, table)  # type: ignore[arg-type]
+        return info
+
+    def _collect(self, info: PluginInfo, hook: str, kind: type, plugin: object) -> list[Any]:
+        found: list[Any] = []
+
+        def register(item: object) -> None:
+            if not isinstance(item, kind):
+                raise TypeError(f"{hook} registered {item!r}, which is not a {kind.__name__} instance")
+            problems = item.declaration_problems() if isinstance(item, Extractor) else []
+            if not isinstance(getattr(item, "name", None), str):
+                problems.append("it has no name")
+            if problems:
+                raise TypeError(f"{hook} registered {item!r}: " + "; ".join(problems))
+            found.append(item)
+
+        for impl in _impls(self.pm, hook, plugin):
+            impl.function(register=register)
+        return found
+
+    def _claim(
+        self, kind: str, item: Extractor | Validator, info: PluginInfo, table: dict[str, Any]
+    ) -> None:
+        getattr(info, kind + "s").append(item.name)
+        slot = (kind, item.name)
+        if slot in self.conflicts:
+            self.conflicts[slot].append(info)
+        elif slot in self.owner:
+            self.conflicts[slot] = [self.owner.pop(slot), info]
+            del table[item.name]
+        else:
+            self.owner[slot] = info
+            table[item.name] = item
+            return
+        owners = " and ".join(p.label for p in self.conflicts[slot])
+        self._say(f"backfill: {kind} {item.name!r} is registered by both {owners}; "
+                  f"it is disabled until one of them is uninstalled or renames it")
+
+    def _failed(self, info: PluginInfo, exc: BaseException) -> PluginInfo:
+        info.status = "error"
+        info.error = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        self.plugins.append(info)
+        self._say(f"backfill: {info.label} failed to load: {info.error}")
+        return info
+
+    def _say(self, line: str) -> None:
+        if self._warn is not None:
+            print(line, file=self._warn)
+
+    # -- lookup --------------------------------------------------------------------------------
+
+    def extractor(self, name: str) -> Extractor:
+        return self._lookup("extractor", name, self.extractors)  # type: ignore[return-value]
+
+    def validator(self, name: str) -> Validator:
+        return self._lookup("validator", name, self.validators)  # type: ignore[return-value]
+
+    def _lookup(self, kind: str, name: str, table: dict[str, Any]) -> object:
+        if name in table:
+            return table[name]
+        if (kind, name) in self.conflicts:
+            owners = " and ".join(p.label for p in self.conflicts[(kind, name)])
+            raise PluginUnavailable(
+                f"{kind} {name!r} is registered by both {owners}; uninstall one of them "
+                f"or set {LOAD_PLUGINS_ENV} to load only one"
+            )
+        broken = [p for p in self.plugins if p.status == "error"]
+        if broken:
+            labels = "; ".join(f"{p.label}: {p.error}" for p in broken)
+            raise PluginUnavailable(
+                f"unknown {kind} {name!r}; it may come from a plugin that failed to load ({labels}). "
+                f"Fix or reinstall that plugin, then run `backfill list-plugins`"
+            )
+        known = ", ".join(sorted(table)) or "none"
+        raise UsageError(f"unknown {kind} {name!r} (available: {known}); see `backfill list-plugins`")
+
+    def ordered(self, names: Iterable[str]) -> list[Extractor]:
+        """The named extractors in dependency order (dependencies first, then as named)."""
+        chosen = {name: self.extractor(name) for name in names}
+        order: list[Extractor] = []
+        state: dict[str, str] = {}
+
+        def visit(name: str, path: tuple[str, ...]) -> None:
+            if state.get(name) == "done":
+                return
+            if state.get(name) == "visiting":
+                raise UsageError(f"extractors depend on each other in a cycle: {' -> '.join(path)}")
+            state[name] = "visiting"
+            for dep in chosen[name].depends_on:
+                if dep not in self.extractors:
+                    self.extractor(dep)  # raises a clear error for an unknown dependency
+                if dep in chosen:
+                    visit(dep, (*path, dep))
+            state[name] = "done"
+            order.append(chosen[name])
+
+        for name in chosen:
+            visit(name, (name,))
+        return order
+
+    def validators_for(self, extractor_names: Iterable[str]) -> list[Validator]:
+        ran = set(extractor_names)
+        return [v for v in self.validators.values() if ran & set(v.covers)]
+
+    def add_commands(self, cli: Any) -> None:
+        for impl in self.pm.hook.register_commands.get_hookimpls():
+            try:
+                impl.function(cli=cli)
+            except Exception as exc:  # noqa: BLE001
+                info = next((p for p in self.plugins if p.name == impl.plugin_name), None)
+                self._say(f"backfill: {info.label if info else impl.plugin_name} could not add "
+                          f"its commands: {type(exc).__name__}: {exc}")
+
+
+def _impls(pm: pluggy.PluginManager, hook: str, plugin: object) -> list[pluggy.HookImpl]:
+    return [impl for impl in getattr(pm.hook, hook).get_hookimpls() if impl.plugin is plugin]
+
+
+def _builtin_first(ep: EntryPoint) -> tuple[bool, str]:
+    dist = normalize(ep.dist.name) if ep.dist else ""
+    return (dist != BUILTIN_DISTRIBUTION, f"{dist}:{ep.name}")
+
+
+def make_registry(*plugins: object) -> Registry:
+    """A registry holding only ``plugins``; for tests and embedding."""
+    registry = Registry()
+    for plugin in plugins:
+        registry.add(plugin)
+    return registry

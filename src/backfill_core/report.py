@@ -1,0 +1,189 @@
+"""What a run found: per-extractor counts, recorded errors, validation, and their rendering."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from backfill_core.errors import ExitCode
+from backfill_core.validator import MetricResult
+
+SHOWN_ERRORS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRecord:
+    """One record that contributed nothing: which extractor, which source key, and why."""
+
+    extractor: str
+    key: Any
+    tier: str  # "record" (extraction or reference check) or "batch" (isolated write failure)
+    kind: str
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"extractor": self.extractor, "key": self.key, "tier": self.tier,
+                "kind": self.kind, "message": self.message}
+
+    def __str__(self) -> str:
+        return f"{self.extractor} key={self.key!r} [{self.tier}/{self.kind}] {self.message}"
+
+
+class ErrorLog:
+    """Keeps the first errors for the summary and streams all of them to ``--log-file``."""
+
+    def __init__(self, path: Path | None = None, keep: int = SHOWN_ERRORS) -> None:
+        self.path = path
+        self.keep = keep
+        self.first: list[ErrorRecord] = []
+        self.total = 0
+        self._file: IO[str] | None = path.open("a", encoding="utf-8") if path else None
+
+    def add(self, error: ErrorRecord) -> None:
+        self.total += 1
+        if len(self.first) < self.keep:
+            self.first.append(error)
+        if self._file is not None:
+            self._file.write(json.dumps(error.to_dict(), default=str) + "\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+@dataclass
+class ExtractorStats:
+    name: str
+    plugin: str = ""
+    dry_run: bool = False
+    total: int = 0
+    processed: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    errors: Counter[tuple[str, str]] = field(default_factory=Counter)
+    elapsed: float = 0.0
+    stopped: str | None = None
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    @property
+    def error_rate(self) -> float:
+        return self.error_count / self.processed if self.processed else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        tiers: dict[str, dict[str, int]] = {}
+        for (tier, kind), n in sorted(self.errors.items()):
+            tiers.setdefault(tier, {})[kind] = n
+        return {
+            "extractor": self.name,
+            "plugin": self.plugin,
+            "dry_run": self.dry_run,
+            "processed": self.processed,
+            "total": self.total,
+            "inserted": self.inserted,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "errors": self.error_count,
+            "errors_by_tier": tiers,
+            "error_rate": round(self.error_rate, 6),
+            "elapsed_seconds": round(self.elapsed, 3),
+            "stopped": self.stopped,
+            "samples": self.samples,
+        }
+
+
+@dataclass
+class RunReport:
+    database: str
+    dry_run: bool = False
+    extractors: list[ExtractorStats] = field(default_factory=list)
+    validation: list[MetricResult] | None = None
+    validation_skipped: str | None = None
+    errors: ErrorLog = field(default_factory=ErrorLog)
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.interrupted:
+            return ExitCode.INTERRUPTED
+        if any(s.stopped for s in self.extractors):
+            return ExitCode.FAILED
+        if self.validation and not all(m.passed for m in self.validation):
+            return ExitCode.FAILED
+        return ExitCode.OK
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "database": self.database,
+            "dry_run": self.dry_run,
+            "interrupted": self.interrupted,
+            "exit_code": int(self.exit_code),
+            "extractors": [s.to_dict() for s in self.extractors],
+            "validation": None if self.validation is None else [m.to_dict() for m in self.validation],
+            "validation_skipped": self.validation_skipped,
+            "errors_total": self.errors.total,
+            "errors_first": [e.to_dict() for e in self.errors.first],
+            "errors_log": str(self.errors.path) if self.errors.path else None,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str)
+
+    def to_text(self) -> str:
+        lines = [f"database: {self.database}" + ("  (dry run: nothing written)" if self.dry_run else "")]
+        if self.extractors:
+            header = ("extractor", "processed", "inserted", "updated", "unchanged", "errors", "seconds")
+            if self.dry_run:
+                header = ("extractor", "processed", "would insert", "would update", "unchanged",
+                          "errors", "seconds")
+            rows = [header] + [
+                (s.name, str(s.processed), str(s.inserted), str(s.updated), str(s.unchanged),
+                 str(s.error_count), f"{s.elapsed:.2f}")
+                for s in self.extractors
+            ]
+            lines += _table(rows)
+            for s in self.extractors:
+                if s.errors:
+                    kinds = ", ".join(f"{tier}/{kind}: {n}" for (tier, kind), n in sorted(s.errors.items()))
+                    lines.append(f"  {s.name} errors: {kinds}")
+                if s.stopped:
+                    lines.append(f"  {s.name} STOPPED: {s.stopped}")
+                for sample in s.samples:
+                    lines.append(f"  {s.name} would {json.dumps(sample, default=str)}")
+        if self.validation is not None:
+            lines.append("validation:")
+            for m in self.validation:
+                value = "n/a" if m.value is None else f"{m.value:.1%}"
+                bar = "" if m.threshold is None else f" (threshold {m.threshold:.0%})"
+                verdict = "info" if m.threshold is None else ("pass" if m.passed else "FAIL")
+                lines.append(f"  {verdict:4}  {m.validator}.{m.name} = {value} "
+                             f"[{m.numerator}/{m.denominator}]{bar}  {m.description}")
+        elif self.validation_skipped:
+            lines.append(f"validation: skipped ({self.validation_skipped})")
+        if self.errors.total:
+            lines.append(f"first {len(self.errors.first)} of {self.errors.total} errors:")
+            lines += [f"  {e}" for e in self.errors.first]
+            if self.errors.path:
+                lines.append(f"all errors are in {self.errors.path}")
+            elif self.errors.total > len(self.errors.first):
+                lines.append("pass --log-file PATH to keep all of them")
+        if self.interrupted:
+            lines.append("interrupted: the batch in flight was rolled back; committed batches are kept")
+        return "\n".join(lines)
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for r in rows:
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
+        out.append("  ".join(cells).rstrip())
+    return out

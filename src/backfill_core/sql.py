@@ -1,0 +1,39 @@
+"""Portable SQL helpers for validators' queries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.types import NullType
+
+
+class json_value(FunctionElement[Any]):  # noqa: N801 - reads like the SQL function it renders
+    """The value at a path inside a JSON text column; NULL where the text is not valid JSON.
+
+    ``json_value(bugs.c.raw_data, "test_feature", "id")``. On PostgreSQL the text must be
+    valid JSON (``::jsonb`` raises otherwise).
+    """
+
+    type = NullType()
+    inherit_cache = True
+
+    def __init__(self, column: ColumnElement[Any], *path: str) -> None:
+        self.path = path
+        super().__init__(column)
+
+
+@compiles(json_value, "sqlite")
+def _sqlite(element: json_value, compiler: SQLCompiler, **kw: Any) -> str:
+    col = compiler.process(list(element.clauses)[0], **kw)
+    path = "$" + "".join(f".{p}" for p in element.path)
+    return f"CASE WHEN json_valid({col}) THEN json_extract({col}, '{path}') END"
+
+
+@compiles(json_value, "postgresql")
+def _postgresql(element: json_value, compiler: SQLCompiler, **kw: Any) -> str:
+    col = compiler.process(list(element.clauses)[0], **kw)
+    return f"(({col})::jsonb #>> '{{{','.join(element.path)}}}')"

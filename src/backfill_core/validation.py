@@ -1,0 +1,57 @@
+"""Running validators: the engine executes the metric queries each validator builds."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from sqlalchemy.exc import DBAPIError
+
+from backfill_core.database import Database
+from backfill_core.errors import EnvironmentProblem, UsageError
+from backfill_core.validator import MetricResult, Validator
+
+
+def parse_thresholds(items: Sequence[str]) -> dict[str, float]:
+    """``NAME=VALUE`` pairs, where NAME is a validator or ``validator.metric``."""
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            number = float(value.rstrip("%")) / (100 if value.endswith("%") else 1)
+        except ValueError:
+            number = -1.0
+        if not sep or not name or not 0 <= number <= 1:
+            raise UsageError(f"--threshold {item!r} must look like coverage.tests=0.9 or coverage=90%")
+        out[name] = number
+    return out
+
+
+async def run_validators(
+    db: Database, validators: Sequence[Validator], thresholds: Mapping[str, float] | None = None
+) -> list[MetricResult]:
+    thresholds = thresholds or {}
+    known = {v.name for v in validators} | {f"{v.name}.{m.name}" for v in validators for m in v.metrics()}
+    unknown = sorted(set(thresholds) - known)
+    if unknown:
+        raise UsageError(f"--threshold names no metric being validated: {', '.join(unknown)} "
+                         f"(known: {', '.join(sorted(known)) or 'none'})")
+    for v in validators:
+        await db.reflect(v.tables)
+    results = []
+    async with db.reading() as conn:
+        for v in validators:
+            for m in v.metrics():
+                try:
+                    num = (await conn.execute(m.numerator)).scalar_one()
+                    den = (await conn.execute(m.denominator)).scalar_one()
+                except DBAPIError as e:
+                    raise EnvironmentProblem(
+                        f"validator {v.name!r} failed on metric {m.name!r}: {e.orig} "
+                        "(a bug in the validator or a schema it does not support)"
+                    ) from e
+                threshold = thresholds.get(f"{v.name}.{m.name}", thresholds.get(v.name, m.threshold))
+                if m.threshold is None:
+                    threshold = None
+                results.append(MetricResult(v.name, m.name, m.description, int(num or 0),
+                                            int(den or 0), threshold))
+    return results

@@ -1,0 +1,1 @@
+"""Plugins that ship with backfill; they load through the same entry points as any other."""

@@ -1,0 +1,14 @@
+"""Backfills for a test-management cache: test features from tests, bug attribution from bugs."""
+
+from backfill_plugins.testmanagement.extractors import BugAttributionExtractor, TestFeatureExtractor
+from backfill_plugins.testmanagement.models import Bug, Test, TestFeature
+from backfill_plugins.testmanagement.validators import CoverageValidator
+
+__all__ = [
+    "Bug",
+    "BugAttributionExtractor",
+    "CoverageValidator",
+    "Test",
+    "TestFeature",
+    "TestFeatureExtractor",
+]

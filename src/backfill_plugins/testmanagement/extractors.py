@@ -1,0 +1,122 @@
+"""Pure extractors: test features from ``tests.data``, bug attribution from ``bugs.raw_data``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from backfill_core import Extractor, RecordError, Ref, Row, Update, Upsert, dump_json, parse_json
+from backfill_plugins.testmanagement.models import Bug, Test, TestFeature
+
+FLAGS = ("enable_default", "enable_content", "enable_visual")
+
+
+def _int(value: Any, what: str) -> int | None:
+    """An integer id: int, or a string of digits; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise RecordError(f"{what} is a boolean, not an integer id", kind="invalid-type")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit() and value.strip().isascii():
+        return int(value)
+    raise RecordError(f"{what} is {value!r}, not an integer id", kind="invalid-type")
+
+
+def _text(value: Any, what: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise RecordError(f"{what} is {type(value).__name__}, not text", kind="invalid-type")
+
+
+def _flag(value: Any, what: str) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise RecordError(f"{what} is {value!r}, not true or false", kind="invalid-type")
+
+
+def _object(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise RecordError(f"{what} is {type(value).__name__}, not a JSON object", kind="invalid-shape")
+    return value
+
+
+class TestFeatureExtractor(Extractor):
+    """One ``test_features`` row per feature listed in a test's JSON."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    name = "test_features"
+    description = "test_features rows from tests.data.features"
+    source = Test
+    columns = ("id", "customer_id", "data")
+    writes = {TestFeature: ("id", "customer_id", "test_id", "feature_id", "title", "description",
+                            "howtofind", "user_stories", *FLAGS)}
+
+    def extract(self, row: Row) -> list[Upsert]:
+        customer_id = row["customer_id"]
+        if customer_id is None:
+            raise RecordError("tests.customer_id is NULL", kind="invalid-type")
+        data = parse_json(row["data"], "tests.data")
+        if data is None:
+            return []
+        features = _object(data, "tests.data").get("features")
+        if features is None:
+            return []
+        if not isinstance(features, list):
+            raise RecordError(f"data.features is {type(features).__name__}, not a list",
+                              kind="invalid-shape")
+        changes = []
+        for i, item in enumerate(features):
+            feature = _object(item, f"data.features[{i}]")
+            if not feature.get("id"):
+                continue
+            where = f"data.features[{i}]"
+            stories = feature.get("user_stories")
+            if stories is not None and not isinstance(stories, list):
+                raise RecordError(f"{where}.user_stories is {type(stories).__name__}, not a list",
+                                  kind="invalid-type")
+            changes.append(Upsert(
+                table="test_features",
+                key={"id": _int(feature["id"], f"{where}.id")},
+                values={
+                    "customer_id": customer_id,
+                    "test_id": row["id"],
+                    "feature_id": _int(feature.get("feature_id"), f"{where}.feature_id"),
+                    "title": _text(feature.get("title"), f"{where}.title") or "",
+                    "description": _text(feature.get("description"), f"{where}.description"),
+                    "howtofind": _text(feature.get("howtofind"), f"{where}.howtofind"),
+                    "user_stories": dump_json(stories or []),
+                    **{flag: _flag(feature.get(flag), f"{where}.{flag}") for flag in FLAGS},
+                },
+                defaults=dict.fromkeys(FLAGS, False),
+            ))
+        return changes
+
+
+class BugAttributionExtractor(Extractor):
+    """``bugs.test_feature_id`` from the test feature a bug's JSON names."""
+
+    name = "bug_attribution"
+    description = "bugs.test_feature_id from bugs.raw_data.test_feature.id"
+    source = Bug
+    columns = ("id", "customer_id", "raw_data")
+    writes = {Bug: ("id", "test_feature_id")}
+    depends_on = ("test_features",)
+
+    def extract(self, row: Row) -> list[Update]:
+        raw = parse_json(row["raw_data"], "bugs.raw_data")
+        feature_id = None
+        if raw is not None:
+            feature = _object(raw, "bugs.raw_data").get("test_feature")
+            if feature is not None:
+                feature_id = _int(_object(feature, "raw_data.test_feature").get("id"),
+                                  "raw_data.test_feature.id") or None
+        requires = () if feature_id is None else (
+            Ref("test_features", "id", feature_id, match={"customer_id": row["customer_id"]}),
+        )
+        return [Update(table="bugs", key={"id": row["id"]}, values={"test_feature_id": feature_id},
+                       requires=requires)]
