@@ -70,8 +70,7 @@ def check_change(change: object, writes: Mapping[str, frozenset[str]], extractor
     undeclared = (change.key.keys() | change.values.keys()) - declared
     if undeclared:
         raise RecordError(
-            f"extractor {extractor!r} wrote undeclared columns {sorted(undeclared)} "
-            f"of {change.table!r}",
+            f"extractor {extractor!r} wrote undeclared columns {sorted(undeclared)} of {change.table!r}",
             kind="plugin-bug",
         )
     if not change.key:

@@ -45,7 +45,9 @@ def cli() -> None:
 
 def database_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
-        "--database", "-d", metavar="URL|PATH",
+        "--database",
+        "-d",
+        metavar="URL|PATH",
         help=f"SQLAlchemy URL or SQLite file path [default: ${DATABASE_ENV}, else ~/.testio-mcp/cache.db]",
     )(f)
 
@@ -58,7 +60,10 @@ def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def threshold_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
-        "--threshold", "thresholds", multiple=True, metavar="NAME=VALUE",
+        "--threshold",
+        "thresholds",
+        multiple=True,
+        metavar="NAME=VALUE",
         help="Override a validation threshold: coverage=0.9 or coverage.tests_with_features=90%.",
     )(f)
 
@@ -69,30 +74,62 @@ def threshold_option(f: Callable[..., Any]) -> Callable[..., Any]:
 @database_option
 @click.option("--dry-run", is_flag=True, help="Read only: report what would change.")
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=500, show_default=True)
-@click.option("--max-error-rate", type=click.FloatRange(0, 1), default=0.05, show_default=True,
-              help="Stop when this share of processed rows has failed.")
+@click.option(
+    "--max-error-rate",
+    type=click.FloatRange(0, 1),
+    default=0.05,
+    show_default=True,
+    help="Stop when this share of processed rows has failed.",
+)
 @click.option("--no-validate", is_flag=True, help="Skip the validators after the run.")
 @threshold_option
 @click.option("--verbose", "-v", is_flag=True, help="Show a sample of the differences.")
 @output_options
-@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Append every recorded error to this file as JSON lines.")
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Append every recorded error to this file as JSON lines.",
+)
 @click.pass_obj
-def run(registry: Registry, names: tuple[str, ...], run_all: bool, database: str | None,
-        dry_run: bool, batch_size: int, max_error_rate: float, no_validate: bool,
-        thresholds: tuple[str, ...], verbose: bool, quiet: bool, as_json: bool,
-        log_file: Path | None) -> None:
+def run(
+    registry: Registry,
+    names: tuple[str, ...],
+    run_all: bool,
+    database: str | None,
+    dry_run: bool,
+    batch_size: int,
+    max_error_rate: float,
+    no_validate: bool,
+    thresholds: tuple[str, ...],
+    verbose: bool,
+    quiet: bool,
+    as_json: bool,
+    log_file: Path | None,
+) -> None:
     """Run extractors NAMES (in dependency order), then validate."""
     if run_all:
         names = tuple(registry.extractors)
     if not names:
         raise click.UsageError("name at least one extractor, or pass --all (see `backfill list-plugins`)")
-    options = RunOptions(batch_size=batch_size, dry_run=dry_run, max_error_rate=max_error_rate,
-                         sample_size=5 if verbose else 0)
-    _execute(as_json, lambda url, report: run_backfill(
-        registry, names, url, options, report, validate=not no_validate,
-        thresholds=parse_thresholds(thresholds), progress=tqdm_progress(quiet),
-    ), database, dry_run=dry_run, log_file=log_file)
+    options = RunOptions(
+        batch_size=batch_size, dry_run=dry_run, max_error_rate=max_error_rate, sample_size=5 if verbose else 0
+    )
+    _execute(
+        as_json,
+        lambda url, report: run_backfill(
+            registry,
+            names,
+            url,
+            options,
+            report,
+            validate=not no_validate,
+            thresholds=parse_thresholds(thresholds),
+            progress=tqdm_progress(quiet),
+        ),
+        database,
+        dry_run=dry_run,
+        log_file=log_file,
+    )
 
 
 @cli.command()
@@ -101,11 +138,19 @@ def run(registry: Registry, names: tuple[str, ...], run_all: bool, database: str
 @threshold_option
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
 @click.pass_obj
-def validate(registry: Registry, names: tuple[str, ...], database: str | None,
-             thresholds: tuple[str, ...], as_json: bool) -> None:
+def validate(
+    registry: Registry,
+    names: tuple[str, ...],
+    database: str | None,
+    thresholds: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Run validators NAMES (default: all) on the database as it is."""
-    _execute(as_json, lambda url, report: validate_only(
-        registry, names, url, report, parse_thresholds(thresholds)), database)
+    _execute(
+        as_json,
+        lambda url, report: validate_only(registry, names, url, report, parse_thresholds(thresholds)),
+        database,
+    )
 
 
 @cli.command("list-plugins")
@@ -140,8 +185,9 @@ def _execute(
     report: RunReport | None = None
     try:
         url = resolve_url(database)
-        report = RunReport(database=url.render_as_string(hide_password=True), dry_run=dry_run,
-                           errors=ErrorLog(log_file))
+        report = RunReport(
+            database=url.render_as_string(hide_password=True), dry_run=dry_run, errors=ErrorLog(log_file)
+        )
         asyncio.run(work(url, report))
     except KeyboardInterrupt:
         if report is None:
@@ -156,8 +202,9 @@ def _execute(
     click.echo(report.to_json() if as_json else report.to_text())
     code = report.exit_code
     if code == ExitCode.INTERRUPTED:
-        click.echo("backfill: interrupted; committed batches are kept, run the same command to "
-                   "continue", err=True)
+        click.echo(
+            "backfill: interrupted; committed batches are kept, run the same command to continue", err=True
+        )
     sys.exit(int(code))
 
 

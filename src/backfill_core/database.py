@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import MetaData, Table, event, exc, insert
+from sqlalchemy import Connection, event, exc, inspect
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql import Executable, TableClause
 
 from backfill_core.errors import DatabaseUnavailable, SchemaMissing
 
@@ -20,8 +22,11 @@ DATABASE_ENV = "BACKFILL_DATABASE_URL"
 BUSY_TIMEOUT_ENV = "BACKFILL_BUSY_TIMEOUT"
 DEFAULT_DATABASE = Path("~/.testio-mcp/cache.db")
 DEFAULT_BUSY_TIMEOUT = 10.0
-ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg",
-                 "postgres": "postgresql+asyncpg"}
+ASYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+}
 
 
 def resolve_url(database: str | None) -> URL:
@@ -123,8 +128,9 @@ class Database:
         except exc.ArgumentError as e:
             raise DatabaseUnavailable(f"cannot use database URL {self.shown}: {e}") from None
         if self.read_only:
-            event.listen(engine.sync_engine, "begin",
-                         lambda conn: conn.exec_driver_sql("SET TRANSACTION READ ONLY"))
+            event.listen(
+                engine.sync_engine, "begin", lambda conn: conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+            )
         return engine
 
     @asynccontextmanager
@@ -141,49 +147,49 @@ class Database:
         async with self._writer.begin() as conn:
             yield conn
 
-    async def reflect(self, needed: Mapping[str, Iterable[str]]) -> dict[str, Table]:
-        """The tables in ``needed``, reflected; a missing table or column raises SchemaMissing."""
-        metadata = MetaData()
-        tables: dict[str, Table] = {}
-        async with self.reading() as conn:
-            for name, columns in needed.items():
-                try:
-                    table = await conn.run_sync(
-                        lambda sync, n=name: Table(n, metadata, autoload_with=sync)
-                    )
-                except exc.NoSuchTableError:
-                    raise SchemaMissing(
-                        f"table {name!r} does not exist in {self.shown}; create it (run the "
-                        "application's migrations) before backfilling"
-                    ) from None
-                except exc.DBAPIError as e:
-                    raise self.fatal(e, "read the schema of") from e
-                missing = [c for c in columns if c not in table.c]
-                if missing:
-                    raise SchemaMissing(
-                        f"table {name!r} has no column {', '.join(map(repr, missing))} in "
-                        f"{self.shown}; add it (run the application's migrations) before backfilling"
-                    )
-                tables[name] = table
-        return tables
+    async def check_schema(self, needed: Mapping[str, Iterable[str]]) -> None:
+        """Raise SchemaMissing naming the first table or column of ``needed`` that does not exist."""
+        try:
+            async with self.reading() as conn:
+                found = await conn.run_sync(_columns_of, list(needed))
+        except exc.DBAPIError as e:
+            raise self.fatal(e, "read the schema of") from e
+        for name, columns in needed.items():
+            have = found[name]
+            if have is None:
+                raise SchemaMissing(
+                    f"table {name!r} does not exist in {self.shown}; create it (run the "
+                    "application's migrations) before backfilling"
+                )
+            missing = [c for c in columns if c not in have]
+            if missing:
+                raise SchemaMissing(
+                    f"table {name!r} has no column {', '.join(map(repr, missing))} in "
+                    f"{self.shown}; add it (run the application's migrations) before backfilling"
+                )
 
-    def upsert(self, table: Table) -> Insert:
-        """This dialect's INSERT with ``on_conflict_do_update``."""
+    def upsert(self, table: TableClause, key_cols: Sequence[str], columns: Sequence[str]) -> Executable:
+        """INSERT ``columns``; on a conflict over ``key_cols``, update the other columns instead."""
         if self.is_sqlite:
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+            stmt: Any = sqlite_insert(table)
         elif self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+            stmt = postgresql_insert(table)
         else:
-            return insert(table)
-        return dialect_insert(table)
+            raise DatabaseUnavailable(f"backfill cannot write upserts to {self.dialect} databases yet")
+        rest = {c: stmt.excluded[c] for c in columns if c not in key_cols}
+        if not rest:
+            return stmt.on_conflict_do_nothing(index_elements=list(key_cols))  # type: ignore[no-any-return]
+        return stmt.on_conflict_do_update(index_elements=list(key_cols), set_=rest)  # type: ignore[no-any-return]
 
     def fatal(self, error: BaseException, action: str) -> DatabaseUnavailable:
         """The run-ending error for a database failure that retrying a batch cannot fix."""
         text = str(getattr(error, "orig", None) or error)
         lowered = text.lower()
         if "locked" in lowered:
-            hint = (f"another process held a lock for more than {busy_timeout():g}s; retry when it "
-                    f"is done, or raise {BUSY_TIMEOUT_ENV}")
+            hint = (
+                f"another process held a lock for more than {busy_timeout():g}s; retry when it "
+                f"is done, or raise {BUSY_TIMEOUT_ENV}"
+            )
         elif "disk is full" in lowered or "no space" in lowered:
             hint = "the disk is full; free space and run again (committed batches are kept)"
         elif "readonly" in lowered or "read-only" in lowered:
@@ -191,6 +197,14 @@ class Database:
         else:
             hint = "check that the database is reachable and the URL is right"
         return DatabaseUnavailable(f"could not {action} {self.shown}: {text.strip()} ({hint})")
+
+
+def _columns_of(sync_conn: Connection, names: list[str]) -> dict[str, set[str] | None]:
+    inspector = inspect(sync_conn)
+    return {
+        name: {c["name"] for c in inspector.get_columns(name)} if inspector.has_table(name) else None
+        for name in names
+    }
 
 
 def _sqlite_transactions(engine: AsyncEngine, begin: str) -> None:

@@ -20,7 +20,6 @@ from backfill_core.planner import (
     Extracted,
     Plan,
     Target,
-
     keys_needed,
     plan_batch,
     refs_needed,
@@ -103,14 +102,15 @@ class BatchRunner:
         self.targets = {t: light_table(t, cols) for t, cols in self.written.items()}
 
     async def check_schema(self) -> None:
-        await self.db.reflect({self.x.source_table: self.cols, **self.written})
+        await self.db.check_schema({self.x.source_table: self.cols, **self.written})
 
     async def run(self) -> ExtractorStats:
         started = time.perf_counter()
         key = self.source.c[self.x.key]
         async with self.db.reading() as conn:
-            self.stats.total = await self._fetch(conn, select(func.count()).select_from(self.source),
-                                                 scalar=True)
+            self.stats.total = await self._fetch(
+                conn, select(func.count()).select_from(self.source), scalar=True
+            )
         bar = self.progress(self.x.name, self.stats.total)
         last: Any = None
         try:
@@ -157,10 +157,14 @@ class BatchRunner:
                 changes = [check_change(c, written, name) for c in extract(row)]
             except RecordError as e:
                 self._error(key, "record", e.kind, e.message)
-            except Exception as e:  # noqa: BLE001 - a plugin bug must not end the run
-                self._error(key, "record", "plugin-bug",
-                            f"extract raised {type(e).__name__}: {e} (a bug in {self.stats.plugin or name}; "
-                            "report it to the plugin's authors)")
+            except Exception as e:
+                self._error(
+                    key,
+                    "record",
+                    "plugin-bug",
+                    f"extract raised {type(e).__name__}: {e} (a bug in {self.stats.plugin or name}; "
+                    "report it to the plugin's authors)",
+                )
             else:
                 out.append(Extracted(key, changes))
         return out
@@ -198,7 +202,7 @@ class BatchRunner:
         self.stats.updated += plan.updated
         self.stats.unchanged += plan.unchanged
         room = self.options.sample_size - len(self.stats.samples)
-        self.stats.samples += plan.samples[:max(room, 0)]
+        self.stats.samples += plan.samples[: max(room, 0)]
         for failure in plan.failures:
             self._error(failure.key, "record", failure.kind, failure.message)
 
@@ -256,27 +260,23 @@ class BatchRunner:
         for writes in plan.writes.values():
             t = self.targets[writes.table]
             for cols, rows in _by_columns(writes.inserts):
-                stmt = self.db.upsert(t)
-                rest = [c for c in cols if c not in writes.key_cols]
-                if hasattr(stmt, "on_conflict_do_update"):
-                    stmt = (stmt.on_conflict_do_update(index_elements=list(writes.key_cols),
-                                                       set_={c: stmt.excluded[c] for c in rest})
-                            if rest else stmt.on_conflict_do_nothing(index_elements=list(writes.key_cols)))
-                await conn.execute(stmt, rows)
+                await conn.execute(self.db.upsert(t, writes.key_cols, cols), rows)
             for cols, pairs in _by_columns(writes.updates):
                 stmt = (
                     update(t)
                     .where(and_(*(t.c[c] == bindparam(f"k_{c}") for c in writes.key_cols)))
                     .values({c: bindparam(f"v_{c}") for c in cols})
                 )
-                params = [{**{f"k_{c}": v for c, v in key.items()}, **{f"v_{c}": v for c, v in new.items()}}
-                          for key, new in pairs]
+                params = [
+                    {**{f"k_{c}": v for c, v in key.items()}, **{f"v_{c}": v for c, v in new.items()}}
+                    for key, new in pairs
+                ]
                 await conn.execute(stmt, params)
 
 
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 def _by_columns(items: Sequence[Any]) -> Iterable[tuple[tuple[str, ...], list[Any]]]:

@@ -133,8 +133,10 @@ def _check(
 ) -> tuple[str, str] | None:
     for change in item.changes:
         target, key = target_of(change), key_of(change)
-        if isinstance(change, Update) and key not in current.get(target, {}) and key not in entries.get(
-            target, {}
+        if (
+            isinstance(change, Update)
+            and key not in current.get(target, {})
+            and key not in entries.get(target, {})
         ):
             where = ", ".join(f"{c}={v!r}" for c, v in sorted(change.key.items()))
             return "missing", f"{change.table} row {where} does not exist, so it cannot be updated"
@@ -158,8 +160,7 @@ def _check_ref(
         return f"{ref.table}.{ref.column}={ref.value!r} does not exist"
     for col, expected in ref.match.items():
         if row.get(col) != expected:
-            return (f"{ref.table}.{ref.column}={ref.value!r} has {col}={row.get(col)!r}, "
-                    f"expected {expected!r}")
+            return f"{ref.table}.{ref.column}={ref.value!r} has {col}={row.get(col)!r}, expected {expected!r}"
     return None
 
 
@@ -191,10 +192,12 @@ def _diff(
             out.updates.append((dict(zip(target[1], key, strict=True)), values))
             updated += 1
             if len(samples) < sample_size:
-                samples.append({
-                    "table": target[0],
-                    "action": "update",
-                    "key": dict(zip(target[1], key, strict=True)),
-                    "changes": {c: [entry.current.get(c), v] for c, v in changed.items()},
-                })
+                samples.append(
+                    {
+                        "table": target[0],
+                        "action": "update",
+                        "key": dict(zip(target[1], key, strict=True)),
+                        "changes": {c: [entry.current.get(c), v] for c, v in changed.items()},
+                    }
+                )
     return Plan(writes, inserted, updated, unchanged, failures, samples, merged)

@@ -99,7 +99,7 @@ class Registry:
         )
         try:
             module = ep.load()
-        except BaseException as exc:  # noqa: BLE001 - a plugin may raise anything, even SystemExit
+        except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             return self._failed(info, exc)
@@ -113,14 +113,14 @@ class Registry:
         try:
             self.pm.register(plugin, name=info.name)
             self.pm.check_pending()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if self.pm.is_registered(plugin):
                 self.pm.unregister(plugin)
             return self._failed(info, exc)
         try:
             extractors = self._collect(info, "register_extractors", Extractor, plugin)
             validators = self._collect(info, "register_validators", Validator, plugin)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.pm.unregister(plugin)
             return self._failed(info, exc)
         info.commands = bool(_impls(self.pm, "register_commands", plugin))
@@ -130,7 +130,7 @@ class Registry:
             ("validator", validators, self.validators),
         ):
             for item in items:
-                self._claim(kind, item, info, table)  # type: ignore[arg-type]
+                self._claim(kind, item, info, table)
         return info
 
     def _collect(self, info: PluginInfo, hook: str, kind: type, plugin: object) -> list[Any]:
@@ -150,9 +150,7 @@ class Registry:
             impl.function(register=register)
         return found
 
-    def _claim(
-        self, kind: str, item: Extractor | Validator, info: PluginInfo, table: dict[str, Any]
-    ) -> None:
+    def _claim(self, kind: str, item: Extractor | Validator, info: PluginInfo, table: dict[str, Any]) -> None:
         getattr(info, kind + "s").append(item.name)
         slot = (kind, item.name)
         if slot in self.conflicts:
@@ -165,8 +163,10 @@ class Registry:
             table[item.name] = item
             return
         owners = " and ".join(p.label for p in self.conflicts[slot])
-        self._say(f"backfill: {kind} {item.name!r} is registered by both {owners}; "
-                  f"it is disabled until one of them is uninstalled or renames it")
+        self._say(
+            f"backfill: {kind} {item.name!r} is registered by both {owners}; "
+            f"it is disabled until one of them is uninstalled or renames it"
+        )
 
     def _failed(self, info: PluginInfo, exc: BaseException) -> PluginInfo:
         info.status = "error"
@@ -238,10 +238,12 @@ class Registry:
         for impl in self.pm.hook.register_commands.get_hookimpls():
             try:
                 impl.function(cli=cli)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 info = next((p for p in self.plugins if p.name == impl.plugin_name), None)
-                self._say(f"backfill: {info.label if info else impl.plugin_name} could not add "
-                          f"its commands: {type(exc).__name__}: {exc}")
+                self._say(
+                    f"backfill: {info.label if info else impl.plugin_name} could not add "
+                    f"its commands: {type(exc).__name__}: {exc}"
+                )
 
 
 def _impls(pm: pluggy.PluginManager, hook: str, plugin: object) -> list[pluggy.HookImpl]:

@@ -14,7 +14,15 @@ def tqdm_progress(quiet: bool) -> ProgressFactory:
     disabled = quiet or not sys.stderr.isatty()
 
     def make(name: str, total: int) -> Progress:
-        return tqdm(total=total, desc=name, unit="row", unit_scale=True, file=sys.stderr,
-                    disable=disabled, dynamic_ncols=True, leave=True)
+        return tqdm(
+            total=total,
+            desc=name,
+            unit="row",
+            unit_scale=True,
+            file=sys.stderr,
+            disable=disabled,
+            dynamic_ncols=True,
+            leave=True,
+        )
 
     return make

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -25,8 +26,13 @@ class ErrorRecord:
     message: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"extractor": self.extractor, "key": self.key, "tier": self.tier,
-                "kind": self.kind, "message": self.message}
+        return {
+            "extractor": self.extractor,
+            "key": self.key,
+            "tier": self.tier,
+            "kind": self.kind,
+            "message": self.message,
+        }
 
     def __str__(self) -> str:
         return f"{self.extractor} key={self.key!r} [{self.tier}/{self.kind}] {self.message}"
@@ -142,11 +148,25 @@ class RunReport:
         if self.extractors:
             header = ("extractor", "processed", "inserted", "updated", "unchanged", "errors", "seconds")
             if self.dry_run:
-                header = ("extractor", "processed", "would insert", "would update", "unchanged",
-                          "errors", "seconds")
+                header = (
+                    "extractor",
+                    "processed",
+                    "would insert",
+                    "would update",
+                    "unchanged",
+                    "errors",
+                    "seconds",
+                )
             rows = [header] + [
-                (s.name, str(s.processed), str(s.inserted), str(s.updated), str(s.unchanged),
-                 str(s.error_count), f"{s.elapsed:.2f}")
+                (
+                    s.name,
+                    str(s.processed),
+                    str(s.inserted),
+                    str(s.updated),
+                    str(s.unchanged),
+                    str(s.error_count),
+                    f"{s.elapsed:.2f}",
+                )
                 for s in self.extractors
             ]
             lines += _table(rows)
@@ -164,8 +184,10 @@ class RunReport:
                 value = "n/a" if m.value is None else f"{m.value:.1%}"
                 bar = "" if m.threshold is None else f" (threshold {m.threshold:.0%})"
                 verdict = "info" if m.threshold is None else ("pass" if m.passed else "FAIL")
-                lines.append(f"  {verdict:4}  {m.validator}.{m.name} = {value} "
-                             f"[{m.numerator}/{m.denominator}]{bar}  {m.description}")
+                lines.append(
+                    f"  {verdict:4}  {m.validator}.{m.name} = {value} "
+                    f"[{m.numerator}/{m.denominator}]{bar}  {m.description}"
+                )
         elif self.validation_skipped:
             lines.append(f"validation: skipped ({self.validation_skipped})")
         if self.errors.total:
@@ -180,7 +202,7 @@ class RunReport:
         return "\n".join(lines)
 
 
-def _table(rows: list[tuple[str, ...]]) -> list[str]:
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = []
     for r in rows:

@@ -30,14 +30,15 @@ async def run_backfill(
     async with Database(url, read_only=options.dry_run) as db:
         overlay = Overlay()
         runners = [
-            BatchRunner(db, x, options, report.errors, progress, overlay,
-                        plugin=_plugin_label(registry, x.name))
+            BatchRunner(
+                db, x, options, report.errors, progress, overlay, plugin=_plugin_label(registry, x.name)
+            )
             for x in extractors
         ]
         for runner in runners:  # every schema is checked before anything is written
             await runner.check_schema()
         for v in validators:
-            await db.reflect(v.tables)
+            await db.check_schema(v.tables)
         for runner in runners:
             report.extractors.append(runner.stats)
             await runner.run()
@@ -54,7 +55,10 @@ async def run_backfill(
 
 
 async def validate_only(
-    registry: Registry, names: Sequence[str], url: URL, report: RunReport,
+    registry: Registry,
+    names: Sequence[str],
+    url: URL,
+    report: RunReport,
     thresholds: Mapping[str, float] | None = None,
 ) -> RunReport:
     """Run validators (all of them when ``names`` is empty) without extracting anything."""

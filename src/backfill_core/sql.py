@@ -11,7 +11,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import NullType
 
 
-class json_value(FunctionElement[Any]):  # noqa: N801 - reads like the SQL function it renders
+class json_value(FunctionElement[Any]):
     """The value at a path inside a JSON text column; NULL where the text is not valid JSON.
 
     ``json_value(bugs.c.raw_data, "test_feature", "id")``. On PostgreSQL the text must be
@@ -28,12 +28,12 @@ class json_value(FunctionElement[Any]):  # noqa: N801 - reads like the SQL funct
 
 @compiles(json_value, "sqlite")
 def _sqlite(element: json_value, compiler: SQLCompiler, **kw: Any) -> str:
-    col = compiler.process(list(element.clauses)[0], **kw)
+    col = compiler.process(next(iter(element.clauses)), **kw)
     path = "$" + "".join(f".{p}" for p in element.path)
     return f"CASE WHEN json_valid({col}) THEN json_extract({col}, '{path}') END"
 
 
 @compiles(json_value, "postgresql")
 def _postgresql(element: json_value, compiler: SQLCompiler, **kw: Any) -> str:
-    col = compiler.process(list(element.clauses)[0], **kw)
+    col = compiler.process(next(iter(element.clauses)), **kw)
     return f"(({col})::jsonb #>> '{{{','.join(element.path)}}}')"

@@ -33,10 +33,12 @@ async def run_validators(
     known = {v.name for v in validators} | {f"{v.name}.{m.name}" for v in validators for m in v.metrics()}
     unknown = sorted(set(thresholds) - known)
     if unknown:
-        raise UsageError(f"--threshold names no metric being validated: {', '.join(unknown)} "
-                         f"(known: {', '.join(sorted(known)) or 'none'})")
+        raise UsageError(
+            f"--threshold names no metric being validated: {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(known)) or 'none'})"
+        )
     for v in validators:
-        await db.reflect(v.tables)
+        await db.check_schema(v.tables)
     results = []
     async with db.reading() as conn:
         for v in validators:
@@ -52,6 +54,7 @@ async def run_validators(
                 threshold = thresholds.get(f"{v.name}.{m.name}", thresholds.get(v.name, m.threshold))
                 if m.threshold is None:
                     threshold = None
-                results.append(MetricResult(v.name, m.name, m.description, int(num or 0),
-                                            int(den or 0), threshold))
+                results.append(
+                    MetricResult(v.name, m.name, m.description, int(num or 0), int(den or 0), threshold)
+                )
     return results

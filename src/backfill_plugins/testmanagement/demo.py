@@ -11,8 +11,13 @@ from backfill_plugins.testmanagement import synthetic
 
 @click.command()
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default="backfill-demo.db")
-@click.option("--tests", type=click.IntRange(1, 10_000_000), default=2000, show_default=True,
-              help="How many tests to generate (each with several bugs).")
+@click.option(
+    "--tests",
+    type=click.IntRange(1, 10_000_000),
+    default=2000,
+    show_default=True,
+    help="How many tests to generate (each with several bugs).",
+)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON document.")
@@ -24,14 +29,18 @@ def demo(ctx: click.Context, path: Path, tests: int, seed: int, quiet: bool, as_
     """
     if path.exists():
         if not synthetic.is_demo_database(path):
-            raise click.UsageError(f"{path} exists and is not a backfill demo database; "
-                                   "choose another PATH")
+            raise click.UsageError(f"{path} exists and is not a backfill demo database; choose another PATH")
         path.unlink()
     counts = synthetic.build(path, tests, seed=seed)
-    click.echo(f"built {path}: {counts.tests} tests, {counts.bugs} bugs "
-               f"({counts.messy_tests} tests and {counts.messy_bugs} bugs deliberately messy)", err=True)
-    run = ctx.parent.command.get_command(ctx.parent, "run") if ctx.parent else None
+    click.echo(
+        f"built {path}: {counts.tests} tests, {counts.bugs} bugs "
+        f"({counts.messy_tests} tests and {counts.messy_bugs} bugs deliberately messy)",
+        err=True,
+    )
+    group = ctx.parent.command if ctx.parent else None
+    run = group.get_command(ctx.parent, "run") if isinstance(group, click.Group) and ctx.parent else None
     if not isinstance(run, click.Command):
         raise click.UsageError("the run command is not available")
-    ctx.invoke(run, names=("test_features", "bug_attribution"), database=str(path),
-               quiet=quiet, as_json=as_json)
+    ctx.invoke(
+        run, names=("test_features", "bug_attribution"), database=str(path), quiet=quiet, as_json=as_json
+    )

@@ -53,8 +53,19 @@ class TestFeatureExtractor(Extractor):
     description = "test_features rows from tests.data.features"
     source = Test
     columns = ("id", "customer_id", "data")
-    writes = {TestFeature: ("id", "customer_id", "test_id", "feature_id", "title", "description",
-                            "howtofind", "user_stories", *FLAGS)}
+    writes = {
+        TestFeature: (
+            "id",
+            "customer_id",
+            "test_id",
+            "feature_id",
+            "title",
+            "description",
+            "howtofind",
+            "user_stories",
+            *FLAGS,
+        )
+    }
 
     def extract(self, row: Row) -> list[Upsert]:
         customer_id = row["customer_id"]
@@ -67,8 +78,7 @@ class TestFeatureExtractor(Extractor):
         if features is None:
             return []
         if not isinstance(features, list):
-            raise RecordError(f"data.features is {type(features).__name__}, not a list",
-                              kind="invalid-shape")
+            raise RecordError(f"data.features is {type(features).__name__}, not a list", kind="invalid-shape")
         changes = []
         for i, item in enumerate(features):
             feature = _object(item, f"data.features[{i}]")
@@ -77,23 +87,26 @@ class TestFeatureExtractor(Extractor):
             where = f"data.features[{i}]"
             stories = feature.get("user_stories")
             if stories is not None and not isinstance(stories, list):
-                raise RecordError(f"{where}.user_stories is {type(stories).__name__}, not a list",
-                                  kind="invalid-type")
-            changes.append(Upsert(
-                table="test_features",
-                key={"id": _int(feature["id"], f"{where}.id")},
-                values={
-                    "customer_id": customer_id,
-                    "test_id": row["id"],
-                    "feature_id": _int(feature.get("feature_id"), f"{where}.feature_id"),
-                    "title": _text(feature.get("title"), f"{where}.title") or "",
-                    "description": _text(feature.get("description"), f"{where}.description"),
-                    "howtofind": _text(feature.get("howtofind"), f"{where}.howtofind"),
-                    "user_stories": dump_json(stories or []),
-                    **{flag: _flag(feature.get(flag), f"{where}.{flag}") for flag in FLAGS},
-                },
-                defaults=dict.fromkeys(FLAGS, False),
-            ))
+                raise RecordError(
+                    f"{where}.user_stories is {type(stories).__name__}, not a list", kind="invalid-type"
+                )
+            changes.append(
+                Upsert(
+                    table="test_features",
+                    key={"id": _int(feature["id"], f"{where}.id")},
+                    values={
+                        "customer_id": customer_id,
+                        "test_id": row["id"],
+                        "feature_id": _int(feature.get("feature_id"), f"{where}.feature_id"),
+                        "title": _text(feature.get("title"), f"{where}.title") or "",
+                        "description": _text(feature.get("description"), f"{where}.description"),
+                        "howtofind": _text(feature.get("howtofind"), f"{where}.howtofind"),
+                        "user_stories": dump_json(stories or []),
+                        **{flag: _flag(feature.get(flag), f"{where}.{flag}") for flag in FLAGS},
+                    },
+                    defaults=dict.fromkeys(FLAGS, False),
+                )
+            )
         return changes
 
 
@@ -113,10 +126,17 @@ class BugAttributionExtractor(Extractor):
         if raw is not None:
             feature = _object(raw, "bugs.raw_data").get("test_feature")
             if feature is not None:
-                feature_id = _int(_object(feature, "raw_data.test_feature").get("id"),
-                                  "raw_data.test_feature.id") or None
-        requires = () if feature_id is None else (
-            Ref("test_features", "id", feature_id, match={"customer_id": row["customer_id"]}),
+                feature_id = (
+                    _int(_object(feature, "raw_data.test_feature").get("id"), "raw_data.test_feature.id")
+                    or None
+                )
+        requires = (
+            ()
+            if feature_id is None
+            else (Ref("test_features", "id", feature_id, match={"customer_id": row["customer_id"]}),)
         )
-        return [Update(table="bugs", key={"id": row["id"]}, values={"test_feature_id": feature_id},
-                       requires=requires)]
+        return [
+            Update(
+                table="bugs", key={"id": row["id"]}, values={"test_feature_id": feature_id}, requires=requires
+            )
+        ]

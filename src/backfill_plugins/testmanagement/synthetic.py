@@ -14,9 +14,33 @@ from sqlalchemy import create_engine
 from backfill_plugins.testmanagement.models import Bug, Test, TestFeature
 
 MARKER_TABLE = "backfill_demo"
-WORDS = ("login checkout search cart payment profile settings upload export report dashboard "
-         "filter invoice coupon wishlist review notification onboarding password address "
-         "shipping catalog language currency accessibility").split()
+WORDS = [
+    "login",
+    "checkout",
+    "search",
+    "cart",
+    "payment",
+    "profile",
+    "settings",
+    "upload",
+    "export",
+    "report",
+    "dashboard",
+    "filter",
+    "invoice",
+    "coupon",
+    "wishlist",
+    "review",
+    "notification",
+    "onboarding",
+    "password",
+    "address",
+    "shipping",
+    "catalog",
+    "language",
+    "currency",
+    "accessibility",
+]
 DEVICES = ("iPhone 15", "Pixel 8", "Galaxy S24", "iPad Air", "Windows 11 / Chrome", "macOS / Safari")
 
 
@@ -33,8 +57,9 @@ def _sentence(rng: random.Random, n: int) -> str:
 
 
 def _feature(rng: random.Random, fid: int) -> dict[str, object]:
-    flags = {f: rng.choice((True, False, None)) for f in ("enable_default", "enable_content",
-                                                          "enable_visual")}
+    flags = {
+        f: rng.choice((True, False, None)) for f in ("enable_default", "enable_content", "enable_visual")
+    }
     return {
         "id": fid,
         "feature_id": rng.randint(1, 5000),
@@ -42,7 +67,8 @@ def _feature(rng: random.Random, fid: int) -> dict[str, object]:
         "description": _sentence(rng, rng.randint(10, 30)),
         "howtofind": _sentence(rng, rng.randint(5, 15)),
         "user_stories": [_sentence(rng, rng.randint(6, 12)) for _ in range(rng.randint(0, 3))]
-        if rng.random() > 0.1 else None,
+        if rng.random() > 0.1
+        else None,
         **flags,
     }
 
@@ -54,8 +80,9 @@ def _test_data(rng: random.Random, test_id: int, features: list[dict[str, object
         "goal": _sentence(rng, rng.randint(20, 40)),
         "instructions": _sentence(rng, rng.randint(60, 120)),
         "out_of_scope": _sentence(rng, rng.randint(10, 20)),
-        "requirements": [{"device": d, "os_version": f"{rng.randint(10, 17)}.0"}
-                         for d in rng.sample(DEVICES, 3)],
+        "requirements": [
+            {"device": d, "os_version": f"{rng.randint(10, 17)}.0"} for d in rng.sample(DEVICES, 3)
+        ],
         "start_at": f"2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}T09:00:00Z",
         "features": features,
     }
@@ -124,13 +151,15 @@ def _rows(tests: int, customers: int, messy: float, seed: int) -> Iterator[tuple
             next_bug += 1
 
 
-def build(path: Path, tests: int = 2000, *, customers: int = 4, messy: float = 0.015,
-          seed: int = 1) -> Counts:
+def build(
+    path: Path, tests: int = 2000, *, customers: int = 4, messy: float = 0.015, seed: int = 1
+) -> Counts:
     """Create a new SQLite database at ``path`` (which must not exist) and fill it."""
     if path.exists():
         raise FileExistsError(path)
     engine = create_engine(f"sqlite:///{path}")
-    Test.metadata.create_all(engine, tables=[Test.__table__, TestFeature.__table__, Bug.__table__])  # type: ignore[list-item]
+    tables = [m.__table__ for m in (Test, TestFeature, Bug)]  # type: ignore[union-attr]
+    Test.metadata.create_all(engine, tables=tables)
     engine.dispose()
     counts = {"tests": 0, "bugs": 0, "messy_tests": 0, "messy_bugs": 0}
     with sqlite3.connect(path) as conn:
@@ -149,10 +178,10 @@ def build(path: Path, tests: int = 2000, *, customers: int = 4, messy: float = 0
 
 
 def _flush(conn: sqlite3.Connection, batch: dict[str, list[tuple[object, ...]]]) -> None:
-    conn.executemany("INSERT INTO tests (id, customer_id, product_id, status, data) VALUES (?,?,?,?,?)",
-                     batch["tests"])
-    conn.executemany("INSERT INTO bugs (id, customer_id, test_id, raw_data) VALUES (?,?,?,?)",
-                     batch["bugs"])
+    conn.executemany(
+        "INSERT INTO tests (id, customer_id, product_id, status, data) VALUES (?,?,?,?,?)", batch["tests"]
+    )
+    conn.executemany("INSERT INTO bugs (id, customer_id, test_id, raw_data) VALUES (?,?,?,?)", batch["bugs"])
     batch["tests"].clear()
     batch["bugs"].clear()
 
@@ -160,6 +189,9 @@ def _flush(conn: sqlite3.Connection, batch: dict[str, list[tuple[object, ...]]])
 def is_demo_database(path: Path) -> bool:
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-            return conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (MARKER_TABLE,)).fetchone() is not None
+            return (
+                conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (MARKER_TABLE,)).fetchone()
+                is not None
+            )
     except sqlite3.Error:
         return False

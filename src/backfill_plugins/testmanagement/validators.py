@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import column, exists, func, select, table
+from typing import Any
+
+from sqlalchemy import ColumnElement, FromClause, Select, column, exists, func, select, table
 
 from backfill_core import Metric, Validator
 from backfill_core.sql import json_value
@@ -12,8 +14,8 @@ features = table("test_features", column("id"), column("test_id"), column("custo
 bugs = table("bugs", column("id"), column("raw_data"), column("test_feature_id"))
 
 
-def _count(t: object, *where: object) -> object:
-    return select(func.count()).select_from(t).where(*where)  # type: ignore[arg-type]
+def _count(t: FromClause, *where: ColumnElement[Any]) -> Select[Any]:
+    return select(func.count()).select_from(t).where(*where)
 
 
 class CoverageValidator(Validator):
@@ -22,8 +24,11 @@ class CoverageValidator(Validator):
     name = "coverage"
     description = "coverage of test_features and bug attribution"
     covers = ("test_features", "bug_attribution")
-    tables = {"tests": ("id",), "test_features": ("id", "test_id", "customer_id"),
-              "bugs": ("id", "raw_data", "test_feature_id")}
+    tables = {
+        "tests": ("id",),
+        "test_features": ("id", "test_id", "customer_id"),
+        "bugs": ("id", "raw_data", "test_feature_id"),
+    }
 
     def __init__(self, threshold: float = 0.95) -> None:
         self.threshold = threshold
@@ -33,14 +38,32 @@ class CoverageValidator(Validator):
         names_feature = json_value(bugs.c.raw_data, "test_feature", "id").is_not(None)
         attributed = bugs.c.test_feature_id.is_not(None)
         return [
-            Metric("tests_with_features", "tests with at least one test feature",
-                   _count(tests, has_feature), _count(tests), self.threshold),  # type: ignore[arg-type]
-            Metric("bugs_attributed", "bugs naming a test feature that are attributed",
-                   _count(bugs, names_feature, attributed), _count(bugs, names_feature),  # type: ignore[arg-type]
-                   self.threshold),
-            Metric("bugs_attributed_all", "all bugs that are attributed",
-                   _count(bugs, attributed), _count(bugs), None),  # type: ignore[arg-type]
-            Metric("features_with_customer", "test features with a customer_id",
-                   _count(features, features.c.customer_id.is_not(None)), _count(features),  # type: ignore[arg-type]
-                   self.threshold),
+            Metric(
+                "tests_with_features",
+                "tests with at least one test feature",
+                _count(tests, has_feature),
+                _count(tests),
+                self.threshold,
+            ),
+            Metric(
+                "bugs_attributed",
+                "bugs naming a test feature that are attributed",
+                _count(bugs, names_feature, attributed),
+                _count(bugs, names_feature),
+                self.threshold,
+            ),
+            Metric(
+                "bugs_attributed_all",
+                "all bugs that are attributed",
+                _count(bugs, attributed),
+                _count(bugs),
+                None,
+            ),
+            Metric(
+                "features_with_customer",
+                "test features with a customer_id",
+                _count(features, features.c.customer_id.is_not(None)),
+                _count(features),
+                self.threshold,
+            ),
         ]
