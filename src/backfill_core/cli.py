@@ -203,7 +203,9 @@ def _execute(
     code = report.exit_code
     if code == ExitCode.INTERRUPTED:
         click.echo(
-            "backfill: interrupted; committed batches are kept, run the same command to continue", err=True
+            "backfill: interrupted; committed batches are kept. Run the same command again: rows "
+            "already written are recognised as unchanged and not rewritten",
+            err=True,
         )
     sys.exit(int(code))
 

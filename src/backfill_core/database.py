@@ -193,7 +193,7 @@ class Database:
         elif "disk is full" in lowered or "no space" in lowered:
             hint = "the disk is full; free space and run again (committed batches are kept)"
         elif "readonly" in lowered or "read-only" in lowered:
-            hint = "the database is read-only for this user"
+            hint = "the file is read-only for this user, or was moved or replaced while the run had it open"
         else:
             hint = "check that the database is reachable and the URL is right"
         return DatabaseUnavailable(f"could not {action} {self.shown}: {text.strip()} ({hint})")

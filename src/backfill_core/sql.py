@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.exc import CompileError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
@@ -14,8 +15,8 @@ from sqlalchemy.types import NullType
 class json_value(FunctionElement[Any]):
     """The value at a path inside a JSON text column; NULL where the text is not valid JSON.
 
-    ``json_value(bugs.c.raw_data, "test_feature", "id")``. On PostgreSQL the text must be
-    valid JSON (``::jsonb`` raises otherwise).
+    ``json_value(bugs.c.raw_data, "test_feature", "id")``. Needs SQLite's JSON functions, or
+    PostgreSQL 16 or later.
     """
 
     type = NullType()
@@ -35,5 +36,12 @@ def _sqlite(element: json_value, compiler: SQLCompiler, **kw: Any) -> str:
 
 @compiles(json_value, "postgresql")
 def _postgresql(element: json_value, compiler: SQLCompiler, **kw: Any) -> str:
+    version = compiler.dialect.server_version_info or (0,)
+    if version < (16,):
+        raise CompileError(
+            "reading JSON text safely needs PostgreSQL 16 or later (pg_input_is_valid); "
+            f"this server is {'.'.join(map(str, version))}"
+        )
     col = compiler.process(next(iter(element.clauses)), **kw)
-    return f"(({col})::jsonb #>> '{{{','.join(element.path)}}}')"
+    path = "{" + ",".join(element.path) + "}"
+    return f"CASE WHEN pg_input_is_valid({col}, 'jsonb') THEN (({col})::jsonb #>> '{path}') END"

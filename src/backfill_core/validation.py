@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import CompileError, DBAPIError
 
 from backfill_core.database import Database
 from backfill_core.errors import EnvironmentProblem, UsageError
@@ -46,10 +46,10 @@ async def run_validators(
                 try:
                     num = (await conn.execute(m.numerator)).scalar_one()
                     den = (await conn.execute(m.denominator)).scalar_one()
-                except DBAPIError as e:
+                except (DBAPIError, CompileError) as e:
                     raise EnvironmentProblem(
-                        f"validator {v.name!r} failed on metric {m.name!r}: {e.orig} "
-                        "(a bug in the validator or a schema it does not support)"
+                        f"validator {v.name!r} could not compute {m.name!r}: {getattr(e, 'orig', e)}; "
+                        "pass --no-validate to skip validation"
                     ) from e
                 threshold = thresholds.get(f"{v.name}.{m.name}", thresholds.get(v.name, m.threshold))
                 if m.threshold is None:
