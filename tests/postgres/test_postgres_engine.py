@@ -1,0 +1,147 @@
+"""The same backfill on PostgreSQL as on SQLite: identical tables, same counts, dry run writes nothing.
+
+Runs against the server named by BACKFILL_TEST_POSTGRES_URL (CI sets it), in a database of its
+own that is dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from backfill_plugins.testmanagement import synthetic
+
+SERVER = os.environ.get("BACKFILL_TEST_POSTGRES_URL")
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.skipif(not SERVER, reason="set BACKFILL_TEST_POSTGRES_URL to run the PostgreSQL tests"),
+]
+BACKFILL = str(Path(sys.executable).parent / "backfill")
+SCHEMA = """
+CREATE TABLE tests (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, product_id INTEGER,
+                    status TEXT, data TEXT);
+CREATE TABLE test_features (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL,
+    test_id INTEGER NOT NULL REFERENCES tests(id), feature_id INTEGER, title TEXT NOT NULL DEFAULT '',
+    description TEXT, howtofind TEXT, user_stories TEXT NOT NULL DEFAULT '[]', enable_default BOOLEAN,
+    enable_content BOOLEAN, enable_visual BOOLEAN);
+CREATE TABLE bugs (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, test_id INTEGER REFERENCES tests(id),
+                   raw_data TEXT, test_feature_id INTEGER REFERENCES test_features(id));
+"""
+FEATURES = "SELECT * FROM test_features ORDER BY id"
+BUGS = "SELECT id, test_feature_id FROM bugs ORDER BY id"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([BACKFILL, *args, "--quiet", "--json"], capture_output=True, text=True, timeout=300)
+
+
+async def _admin(sql: str) -> None:
+    assert SERVER
+    conn = await asyncpg.connect(SERVER)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _load(url: str, source: Path) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(SCHEMA)
+        with sqlite3.connect(source) as lite:
+            tests = lite.execute("SELECT id, customer_id, product_id, status, data FROM tests").fetchall()
+            bugs = lite.execute("SELECT id, customer_id, test_id, raw_data FROM bugs").fetchall()
+        await conn.copy_records_to_table("tests", records=tests,
+                                         columns=["id", "customer_id", "product_id", "status", "data"])
+        await conn.copy_records_to_table("bugs", records=bugs,
+                                         columns=["id", "customer_id", "test_id", "raw_data"])
+    finally:
+        await conn.close()
+
+
+async def _fetch(url: str, sql: str) -> list[tuple[Any, ...]]:
+    conn = await asyncpg.connect(url)
+    try:
+        return [tuple(r) for r in await conn.fetch(sql)]
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("pg") / "source.db"
+    synthetic.build(path, tests=300, seed=7)
+    return path
+
+
+@pytest.fixture
+def pg_url(source: Path) -> Iterator[str]:
+    assert SERVER
+    name = f"backfill_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    url = SERVER.rsplit("/", 1)[0] + "/" + name
+    try:
+        asyncio.run(_load(url, source))
+        yield url
+    finally:
+        asyncio.run(_admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+def test_postgres_matches_sqlite(pg_url: str, source: Path, tmp_path: Path) -> None:
+    lite = tmp_path / "lite.db"
+    shutil.copy(source, lite)
+    on_lite = _run("run", "test_features", "bug_attribution", "-d", str(lite), "--no-validate")
+    on_pg = _run("run", "test_features", "bug_attribution", "-d", pg_url, "--no-validate")
+    assert on_lite.returncode == 0, on_lite.stderr
+    assert on_pg.returncode == 0, on_pg.stderr
+
+    def counts(out: str) -> list[tuple[Any, ...]]:
+        doc = json.loads(out)
+        return [(x["extractor"], x["processed"], x["inserted"], x["updated"], x["unchanged"],
+                 x["errors_by_tier"]) for x in doc["extractors"]]
+
+    assert counts(on_pg.stdout) == counts(on_lite.stdout)
+    with sqlite3.connect(lite) as conn:
+        lite_features = [tuple(bool(v) if i >= 8 and v is not None else v for i, v in enumerate(r))
+                         for r in conn.execute(FEATURES)]
+        lite_bugs = conn.execute(BUGS).fetchall()
+    assert len(lite_features) > 300
+    assert asyncio.run(_fetch(pg_url, FEATURES)) == lite_features
+    assert asyncio.run(_fetch(pg_url, BUGS)) == lite_bugs
+
+
+def test_postgres_second_run_and_dry_run_write_nothing(pg_url: str) -> None:
+    dry = _run("run", "test_features", "bug_attribution", "-d", pg_url, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    would = {x["extractor"]: x for x in json.loads(dry.stdout)["extractors"]}
+    assert asyncio.run(_fetch(pg_url, "SELECT count(*) FROM test_features")) == [(0,)]
+    assert asyncio.run(_fetch(pg_url, "SELECT count(test_feature_id) FROM bugs")) == [(0,)]
+
+    first = _run("run", "test_features", "bug_attribution", "-d", pg_url, "--no-validate")
+    assert first.returncode == 0, first.stderr
+    done = {x["extractor"]: x for x in json.loads(first.stdout)["extractors"]}
+    assert done["test_features"]["inserted"] == would["test_features"]["inserted"] > 0
+    assert done["bug_attribution"]["updated"] == would["bug_attribution"]["updated"] > 0
+
+    second = _run("run", "test_features", "bug_attribution", "-d", pg_url, "--no-validate")
+    again = json.loads(second.stdout)["extractors"]
+    assert [(x["inserted"], x["updated"]) for x in again] == [(0, 0), (0, 0)]
+
+
+def test_postgres_missing_table_is_exit_3(pg_url: str) -> None:
+    asyncio.run(_fetch(pg_url, "DROP TABLE bugs"))
+    result = _run("run", "bug_attribution", "-d", pg_url)
+    assert result.returncode == 3
+    assert "'bugs' does not exist" in result.stderr
