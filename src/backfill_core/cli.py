@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy.engine import URL
 
-from backfill_core.database import DATABASE_ENV, resolve_url
+from backfill_core.database import DATABASE_ENV, Database, display, resolve_url
 from backfill_core.engine import RunOptions
-from backfill_core.errors import BackfillError, ExitCode, UsageError
+from backfill_core.errors import BackfillError, UsageError
+from backfill_core.ledger import Ledger, decode_key, run_summary
 from backfill_core.plugins import LOAD_PLUGINS_ENV, Registry
 from backfill_core.progress import tqdm_progress
 from backfill_core.report import ErrorLog, RunReport
@@ -85,6 +88,10 @@ def threshold_option(f: Callable[..., Any]) -> Callable[..., Any]:
 @threshold_option
 @click.option("--verbose", "-v", is_flag=True, help="Show a sample of the differences.")
 @output_options
+@click.option("--restart", is_flag=True, help="Start over instead of resuming an interrupted or failed run.")
+@click.option(
+    "--retry-errors", is_flag=True, help="Reprocess only the keys that failed in each extractor's latest run."
+)
 @click.option(
     "--log-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -104,13 +111,22 @@ def run(
     verbose: bool,
     quiet: bool,
     as_json: bool,
+    restart: bool,
+    retry_errors: bool,
     log_file: Path | None,
 ) -> None:
-    """Run extractors NAMES (in dependency order), then validate."""
+    """Run extractors NAMES (in dependency order), then validate.
+
+    An interrupted or failed run of the same extractors resumes from its last checkpoint.
+    """
     if run_all:
         names = tuple(registry.extractors)
     if not names:
         raise click.UsageError("name at least one extractor, or pass --all (see `backfill list-plugins`)")
+    if dry_run and retry_errors:
+        raise click.UsageError("--retry-errors writes; it cannot be combined with --dry-run")
+    if restart and retry_errors:
+        raise click.UsageError("choose one of --restart and --retry-errors")
     options = RunOptions(
         batch_size=batch_size, dry_run=dry_run, max_error_rate=max_error_rate, sample_size=5 if verbose else 0
     )
@@ -125,6 +141,9 @@ def run(
             validate=not no_validate,
             thresholds=parse_thresholds(thresholds),
             progress=tqdm_progress(quiet),
+            restart=restart,
+            retry_errors=retry_errors,
+            announce=lambda line: click.echo(f"backfill: {line}", err=True),
         ),
         database,
         dry_run=dry_run,
@@ -151,6 +170,106 @@ def validate(
         lambda url, report: validate_only(registry, names, url, report, parse_thresholds(thresholds)),
         database,
     )
+
+
+@cli.command()
+@database_option
+@click.option(
+    "--limit", type=click.IntRange(1), default=5, show_default=True, help="Runs shown per extractor."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of runs.")
+def status(database: str | None, limit: int, as_json: bool) -> None:
+    """Show each extractor's latest runs from the ledger: status, progress, rate, errors."""
+    rows = _ledger_call(database, as_json, lambda ledger: ledger.recent(limit))
+    runs = [run_summary(r) for r in rows]
+    if as_json:
+        click.echo(json.dumps(runs, indent=2, default=str))
+        return
+    if not runs:
+        click.echo("no runs recorded yet")
+        return
+    table = [
+        (
+            "run",
+            "extractor",
+            "status",
+            "progress",
+            "inserted",
+            "updated",
+            "errors",
+            "rows/s",
+            "last key",
+            "started",
+        )
+    ]
+    for r in runs:
+        progress = f"{r['processed']}/{r['total']}" if r["total"] is not None else str(r["processed"])
+        table.append(
+            (
+                str(r["id"]),
+                r["extractor"],
+                r["status"],
+                progress,
+                str(r["inserted"]),
+                str(r["updated"]),
+                str(r["errors"]),
+                f"{r['rows_per_second']:.0f}",
+                str(r["last_key"]),
+                str(r["started_at"])[:19],
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    for r in runs:
+        if r["message"]:
+            click.echo(f"run {r['id']}: {r['message']}")
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN", type=int)
+@database_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of errors.")
+def errors(run_id: int, database: str | None, as_json: bool) -> None:
+    """List the record and batch errors recorded for run RUN."""
+
+    async def fetch(ledger: Ledger) -> list[Any]:
+        if await ledger.run(run_id) is None:
+            raise UsageError(f"no run {run_id} is recorded in {ledger.db.shown}; see `backfill status`")
+        return await ledger.errors_of(run_id)
+
+    found = [
+        {
+            "key": decode_key(e.key),
+            "tier": e.tier,
+            "kind": e.kind,
+            "message": e.message,
+            "created_at": e.created_at,
+        }
+        for e in _ledger_call(database, as_json, fetch)
+    ]
+    if as_json:
+        click.echo(json.dumps(found, indent=2, default=str))
+        return
+    for e in found:
+        click.echo(f"key={e['key']!r} [{e['tier']}/{e['kind']}] {e['message']}")
+    click.echo(f"{len(found)} errors recorded for run {run_id}", err=True)
+
+
+def _ledger_call(
+    database: str | None, as_json: bool, call: Callable[[Ledger], Coroutine[Any, Any, Any]]
+) -> Any:
+    """Open the database read-only and run ``call`` with its ledger."""
+    url = _url(database, as_json)
+
+    async def go() -> Any:
+        async with Database(url, read_only=True) as db:
+            return await call(Ledger(db))
+
+    try:
+        return asyncio.run(go())
+    except BackfillError as e:
+        _fail(e, as_json)
 
 
 @cli.command("list-plugins")
@@ -182,32 +301,55 @@ def _execute(
     log_file: Path | None = None,
 ) -> None:
     """Run ``work`` and turn its outcome, or its failure, into output and an exit code."""
-    report: RunReport | None = None
+    url = _url(database, as_json)
+    report = RunReport(database=display(url), dry_run=dry_run, errors=ErrorLog(log_file))
     try:
-        url = resolve_url(database)
-        report = RunReport(
-            database=url.render_as_string(hide_password=True), dry_run=dry_run, errors=ErrorLog(log_file)
-        )
-        asyncio.run(work(url, report))
-    except KeyboardInterrupt:
-        if report is None:
-            raise SystemExit(ExitCode.INTERRUPTED) from None
-        report.interrupted = True
+        asyncio.run(_until_signalled(work(url, report), report))
+    except asyncio.CancelledError:
+        pass  # a signal stopped the run; report.interrupted_by says which
     except BackfillError as e:
         _fail(e, as_json)
     finally:
-        if report is not None:
-            report.errors.close()
-    assert report is not None
+        report.errors.close()
     click.echo(report.to_json() if as_json else report.to_text())
-    code = report.exit_code
-    if code == ExitCode.INTERRUPTED:
+    if report.interrupted_by is not None:
         click.echo(
-            "backfill: interrupted; committed batches are kept. Run the same command again: rows "
-            "already written are recognised as unchanged and not rewritten",
+            "backfill: interrupted; committed batches are kept. Run the same command again to resume "
+            "from the last checkpoint (or add --restart to start over)",
             err=True,
         )
-    sys.exit(int(code))
+    sys.exit(int(report.exit_code))
+
+
+async def _until_signalled(work: Coroutine[Any, Any, RunReport], report: RunReport) -> RunReport:
+    """Run ``work``; on SIGINT or SIGTERM cancel it, so the batch in flight rolls back and the
+    ledger marks the run interrupted. A second signal gets the default behaviour."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def stop(signum: int) -> None:
+        report.interrupted_by = signum
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        task.cancel()
+
+    for sig in signals:
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        return await work
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+def _url(database: str | None, as_json: bool) -> URL:
+    try:
+        return resolve_url(database)
+    except BackfillError as e:
+        _fail(e, as_json)
+        raise
 
 
 def _fail(error: BackfillError, as_json: bool) -> None:

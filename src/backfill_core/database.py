@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import Connection, event, exc, inspect
+from sqlalchemy import Connection, event, exc, inspect, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
@@ -168,6 +168,14 @@ class Database:
                     f"{self.shown}; add it (run the application's migrations) before backfilling"
                 )
 
+    async def lock(self, conn: AsyncConnection, name: str) -> None:
+        """Serialise writers that claim ``name`` until ``conn``'s transaction ends.
+
+        SQLite needs nothing: its write transactions (BEGIN IMMEDIATE) already exclude each other.
+        """
+        if self.dialect == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": name})
+
     def upsert(self, table: TableClause, key_cols: Sequence[str], columns: Sequence[str]) -> Executable:
         """INSERT ``columns``; on a conflict over ``key_cols``, update the other columns instead."""
         if self.is_sqlite:
@@ -220,5 +228,8 @@ def _sqlite_transactions(engine: AsyncEngine, begin: str) -> None:
 
 
 def is_record_level(error: BaseException) -> bool:
-    """Whether a failed write is caused by the rows written (so isolating them can help)."""
-    return isinstance(error, exc.IntegrityError | exc.DataError)
+    """Whether a failed write is caused by the rows written (so isolating them can help).
+
+    OverflowError is the sqlite3 module refusing an integer beyond 64 bits.
+    """
+    return isinstance(error, exc.IntegrityError | exc.DataError | OverflowError)

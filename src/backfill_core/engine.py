@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -14,8 +15,9 @@ from sqlalchemy.sql import TableClause
 
 from backfill_core.changes import check_change
 from backfill_core.database import Database, is_record_level
-from backfill_core.errors import RecordError
+from backfill_core.errors import BackfillError, RecordError
 from backfill_core.extractor import Extractor
+from backfill_core.ledger import FAILED, INTERRUPTED, SUCCEEDED, Delta, Ledger, RunState
 from backfill_core.planner import (
     Extracted,
     Plan,
@@ -26,6 +28,8 @@ from backfill_core.planner import (
 )
 from backfill_core.report import ErrorLog, ErrorRecord, ExtractorStats
 
+CHECKPOINT_EVERY = 2.0
+"""Seconds between checkpoints of batches that changed nothing (their rows are re-read on resume)."""
 IN_CHUNK = 5000
 """Values per IN (...) list: well under SQLite's and asyncpg's bound-parameter limits."""
 
@@ -76,7 +80,7 @@ def light_table(name: str, columns: Iterable[str]) -> TableClause:
 
 
 class BatchRunner:
-    """Runs one extractor over its whole source table."""
+    """Runs one extractor over its source table (or over a list of its keys)."""
 
     def __init__(
         self,
@@ -87,6 +91,7 @@ class BatchRunner:
         progress: ProgressFactory | None = None,
         overlay: Overlay | None = None,
         plugin: str = "",
+        ledger: Ledger | None = None,
     ) -> None:
         self.db = db
         self.x = extractor
@@ -94,49 +99,105 @@ class BatchRunner:
         self.errors = errors
         self.progress = progress or (lambda _name, _total: _NoProgress())
         self.overlay = overlay if options.dry_run else None
+        self.ledger = None if options.dry_run else ledger
         self.stats = ExtractorStats(extractor.name, plugin=plugin, dry_run=options.dry_run)
         self.written = extractor.written
         self.cols = extractor.read_columns
         self.key_index = self.cols.index(extractor.key)
         self.source = light_table(extractor.source_table, self.cols)
         self.targets = {t: light_table(t, cols) for t, cols in self.written.items()}
+        self._pending = Delta()
+        self._pending_key: Any = None
+        self._checkpointed = time.monotonic()
+        self._ledger_total: int | None = None
 
     async def check_schema(self) -> None:
         await self.db.check_schema({self.x.source_table: self.cols, **self.written})
 
-    async def run(self) -> ExtractorStats:
+    async def run(
+        self,
+        state: RunState | None = None,
+        *,
+        keys: Sequence[Any] | None = None,
+        clear_run: int | None = None,
+    ) -> ExtractorStats:
+        """Process every source row after ``state.last_key``, or only the rows with ``keys``.
+
+        With a ledger run ``state``, each batch's checkpoint commits with the batch; ``clear_run``
+        names a run whose recorded errors for the processed keys are cleared (--retry-errors).
+        """
         started = time.perf_counter()
+        start_after = state.last_key if state else None
+        self.stats.run_id = state.id if state else None
+        self.stats.note = state.note if state else None
         key = self.source.c[self.x.key]
-        async with self.db.reading() as conn:
-            self.stats.total = await self._fetch(
-                conn, select(func.count()).select_from(self.source), scalar=True
-            )
+        if keys is None:
+            counting = select(func.count()).select_from(self.source)
+            if start_after is not None:
+                counting = counting.where(key > start_after)
+            async with self.db.reading() as conn:
+                self.stats.total = await self._fetch(conn, counting, scalar=True)
+        else:
+            self.stats.total = len(keys)
+        self._ledger_total = (state.processed if state else 0) + self.stats.total if keys is None else None
         bar = self.progress(self.x.name, self.stats.total)
-        last: Any = None
+        status: str = FAILED
+        message: str | None = "stopped by an unexpected error"
         try:
-            while True:
-                stmt = select(*self.source.c).order_by(key).limit(self.options.batch_size)
-                if last is not None:
-                    stmt = stmt.where(key > last)
-                async with self.db.reading() as conn:
-                    rows = await self._fetch(conn, stmt)
-                if not rows:
-                    break
-                last = rows[-1][self.key_index]
-                await self._apply(self._extract(rows))
-                self.stats.processed += len(rows)
+            async for rows in self._batches(start_after, keys):
+                delta = Delta(processed=len(rows))
+                extracted = self._extract(rows, delta)
+                clear = (clear_run, [r[self.key_index] for r in rows]) if clear_run is not None else None
+                await self._commit(
+                    extracted, delta, rows[-1][self.key_index] if keys is None else None, clear
+                )
                 bar.update(len(rows))
                 if self.stats.error_rate > self.options.max_error_rate:
-                    self.stats.stopped = (
+                    self.stats.stopped = message = (
                         f"error rate {self.stats.error_rate:.1%} is over --max-error-rate "
                         f"{self.options.max_error_rate:.1%} after {self.stats.processed} rows; "
                         "fix the data or the plugin, or raise the limit"
                     )
                     break
+            else:
+                status, message = SUCCEEDED, None
+            if keys is not None and clear_run is not None:
+                await self._clear_vanished(clear_run, keys)
+        except asyncio.CancelledError:
+            status, message = INTERRUPTED, "interrupted; the batch in flight was rolled back"
+            raise
+        except BackfillError as e:
+            message = str(e)
+            raise
         finally:
             bar.close()
             self.stats.elapsed = time.perf_counter() - started
+            if self.ledger is not None and state is not None:
+                await self._flush()
+                await self.ledger.finish(state, status, message)
         return self.stats
+
+    async def _batches(self, start_after: Any, keys: Sequence[Any] | None) -> AsyncIterator[list[Any]]:
+        key = self.source.c[self.x.key]
+        size = self.options.batch_size
+        if keys is not None:
+            for chunk in _chunks(list(keys), size):
+                async with self.db.reading() as conn:
+                    rows = await self._fetch(conn, select(*self.source.c).where(key.in_(chunk)).order_by(key))
+                if rows:
+                    yield rows
+            return
+        last = start_after
+        while True:
+            stmt = select(*self.source.c).order_by(key).limit(size)
+            if last is not None:
+                stmt = stmt.where(key > last)
+            async with self.db.reading() as conn:
+                rows = await self._fetch(conn, stmt)
+            if not rows:
+                return
+            yield rows
+            last = rows[-1][self.key_index]
 
     async def _fetch(self, conn: AsyncConnection, stmt: Any, scalar: bool = False) -> Any:
         try:
@@ -147,7 +208,7 @@ class BatchRunner:
 
     # -- extraction: pure, outside any transaction ------------------------------------------------
 
-    def _extract(self, rows: Sequence[Sequence[Any]]) -> list[Extracted]:
+    def _extract(self, rows: Sequence[Sequence[Any]], delta: Delta) -> list[Extracted]:
         out: list[Extracted] = []
         extract, written, name, cols = self.x.extract, self.written, self.x.name, self.cols
         for values in rows:
@@ -156,9 +217,10 @@ class BatchRunner:
             try:
                 changes = [check_change(c, written, name) for c in extract(row)]
             except RecordError as e:
-                self._error(key, "record", e.kind, e.message)
+                self._error(delta, key, "record", e.kind, e.message)
             except Exception as e:
                 self._error(
+                    delta,
                     key,
                     "record",
                     "plugin-bug",
@@ -169,42 +231,118 @@ class BatchRunner:
                 out.append(Extracted(key, changes))
         return out
 
-    def _error(self, key: Any, tier: str, kind: str, message: str) -> None:
-        self.stats.errors[(tier, kind)] += 1
-        self.errors.add(ErrorRecord(self.x.name, key, tier, kind, message))
+    def _error(self, delta: Delta, key: Any, tier: str, kind: str, message: str) -> None:
+        delta.errors.append(ErrorRecord(self.x.name, key, tier, kind, message))
+        if tier == "batch":
+            delta.batch_errors += 1
+        else:
+            delta.record_errors += 1
 
-    # -- writing: one transaction per batch, failing rows isolated by halving ----------------------
+    def _account(self, delta: Delta) -> None:
+        """Add a committed batch to the stats and the error log."""
+        s = self.stats
+        s.processed += delta.processed
+        s.inserted += delta.inserted
+        s.updated += delta.updated
+        s.unchanged += delta.unchanged
+        for e in delta.errors:
+            s.errors[(e.tier, e.kind)] += 1
+            self.errors.add(e)
 
-    async def _apply(self, batch: list[Extracted]) -> None:
+    # -- writing: one transaction per batch, failing rows isolated in savepoints -------------------
+
+    async def _commit(
+        self, batch: list[Extracted], delta: Delta, last_key: Any, clear: tuple[int, list[Any]] | None
+    ) -> None:
+        """Plan and write a batch and its checkpoint in one transaction (or plan only, in a dry run)."""
+        try:
+            if self.options.dry_run:
+                async with self.db.reading() as conn:
+                    await self._isolating(conn, batch, delta)
+            else:
+                async with self.db.transaction() as conn:
+                    await self._isolating(conn, batch, delta)
+                    await self._checkpoint(conn, delta, last_key, clear)
+        except DBAPIError as e:
+            raise self.db.fatal(e, "write to") from e
+        self._account(delta)
+
+    async def _isolating(self, conn: AsyncConnection, batch: list[Extracted], delta: Delta) -> None:
+        """Plan and write ``batch`` in a savepoint; if rows break a constraint, find them by halving."""
         if not batch:
             return
         try:
             if self.options.dry_run:
-                async with self.db.reading() as conn:
-                    plan = await self._plan(conn, batch)
-                if self.overlay is not None:
-                    self.overlay.apply(plan)
+                plan = await self._plan(conn, batch)
             else:
-                async with self.db.transaction() as conn:
+                async with conn.begin_nested():
                     plan = await self._plan(conn, batch)
                     await self._write(conn, plan)
-        except DBAPIError as e:
+        except (DBAPIError, OverflowError) as e:
             if not is_record_level(e):
-                raise self.db.fatal(e, "write to") from e
+                raise
             if len(batch) == 1:
-                self._error(batch[0].key, "batch", "write", str(e.orig).strip())
+                self._error(delta, batch[0].key, "batch", "write", str(getattr(e, "orig", e)).strip())
                 return
             half = len(batch) // 2
-            await self._apply(batch[:half])
-            await self._apply(batch[half:])
+            await self._isolating(conn, batch[:half], delta)
+            await self._isolating(conn, batch[half:], delta)
             return
-        self.stats.inserted += plan.inserted
-        self.stats.updated += plan.updated
-        self.stats.unchanged += plan.unchanged
+        self._count(plan, delta)
+        if self.overlay is not None:
+            self.overlay.apply(plan)
+
+    def _count(self, plan: Plan, delta: Delta) -> None:
+        delta.inserted += plan.inserted
+        delta.updated += plan.updated
+        delta.unchanged += plan.unchanged
+        for failure in plan.failures:
+            self._error(delta, failure.key, "record", failure.kind, failure.message)
         room = self.options.sample_size - len(self.stats.samples)
         self.stats.samples += plan.samples[: max(room, 0)]
-        for failure in plan.failures:
-            self._error(failure.key, "record", failure.kind, failure.message)
+
+    async def _checkpoint(
+        self, conn: AsyncConnection, delta: Delta, last_key: Any, clear: tuple[int, list[Any]] | None
+    ) -> None:
+        """Record the batch in the ledger, in its transaction; batches that changed nothing are
+        folded into the next checkpoint, at most CHECKPOINT_EVERY seconds apart."""
+        if self.ledger is None or self.stats.run_id is None:
+            return
+        pending = Delta()
+        pending.add(self._pending)
+        pending.add(delta)
+        due = delta.inserted or delta.updated or delta.errors or clear is not None
+        if not due and time.monotonic() - self._checkpointed < CHECKPOINT_EVERY:
+            self._pending, self._pending_key = (
+                pending,
+                last_key if last_key is not None else self._pending_key,
+            )
+            return
+        state = RunState(self.stats.run_id, self.x.name)
+        key = last_key if last_key is not None else self._pending_key
+        await self.ledger.checkpoint(conn, state, key, pending, total=self._ledger_total, clear=clear)
+        self._pending, self._pending_key = Delta(), None
+        self._checkpointed = time.monotonic()
+
+    async def _flush(self) -> None:
+        """Checkpoint batches folded into no checkpoint yet; best effort at the end of a run."""
+        if self.ledger is None or self.stats.run_id is None or not self._pending:
+            return
+        try:
+            async with self.db.transaction() as conn:
+                state = RunState(self.stats.run_id, self.x.name)
+                await self.ledger.checkpoint(conn, state, self._pending_key, self._pending)
+        except DBAPIError:
+            return
+        self._pending, self._pending_key = Delta(), None
+
+    async def _clear_vanished(self, run_id: int, keys: Sequence[Any]) -> None:
+        """Clear the recorded errors of keys whose source rows no longer exist."""
+        if self.ledger is None or self.stats.run_id is None:
+            return
+        async with self.db.transaction() as conn:
+            state = RunState(self.stats.run_id, self.x.name)
+            await self.ledger.checkpoint(conn, state, None, Delta(), clear=(run_id, list(keys)))
 
     async def _plan(self, conn: AsyncConnection, batch: list[Extracted]) -> Plan:
         current = await self._current(conn, keys_needed(batch))

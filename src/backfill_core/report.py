@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -75,6 +76,9 @@ class ExtractorStats:
     elapsed: float = 0.0
     stopped: str | None = None
     samples: list[dict[str, Any]] = field(default_factory=list)
+    run_id: int | None = None
+    note: str | None = None
+    """How this run started: resumed, taken over, retrying errors, or skipped as already done."""
 
     @property
     def error_count(self) -> int:
@@ -91,6 +95,8 @@ class ExtractorStats:
         return {
             "extractor": self.name,
             "plugin": self.plugin,
+            "run_id": self.run_id,
+            "note": self.note,
             "dry_run": self.dry_run,
             "processed": self.processed,
             "total": self.total,
@@ -114,12 +120,14 @@ class RunReport:
     validation: list[MetricResult] | None = None
     validation_skipped: str | None = None
     errors: ErrorLog = field(default_factory=ErrorLog)
-    interrupted: bool = False
+    interrupted_by: int | None = None
+    """The signal (SIGINT or SIGTERM) that stopped the run."""
+    resume_hint: str | None = None
 
     @property
     def exit_code(self) -> ExitCode:
-        if self.interrupted:
-            return ExitCode.INTERRUPTED
+        if self.interrupted_by is not None:
+            return ExitCode.TERMINATED if self.interrupted_by == signal.SIGTERM else ExitCode.INTERRUPTED
         if any(s.stopped for s in self.extractors):
             return ExitCode.FAILED
         if self.validation and not all(m.passed for m in self.validation):
@@ -130,7 +138,8 @@ class RunReport:
         return {
             "database": self.database,
             "dry_run": self.dry_run,
-            "interrupted": self.interrupted,
+            "interrupted": self.interrupted_by is not None,
+            "signal": signal.Signals(self.interrupted_by).name if self.interrupted_by else None,
             "exit_code": int(self.exit_code),
             "extractors": [s.to_dict() for s in self.extractors],
             "validation": None if self.validation is None else [m.to_dict() for m in self.validation],
@@ -171,6 +180,8 @@ class RunReport:
             ]
             lines += _table(rows)
             for s in self.extractors:
+                if s.note:
+                    lines.append(f"  {s.name}: {s.note}")
                 if s.errors:
                     kinds = ", ".join(f"{tier}/{kind}: {n}" for (tier, kind), n in sorted(s.errors.items()))
                     lines.append(f"  {s.name} errors: {kinds}")
@@ -197,8 +208,11 @@ class RunReport:
                 lines.append(f"all errors are in {self.errors.path}")
             elif self.errors.total > len(self.errors.first):
                 lines.append("pass --log-file PATH to keep all of them")
-        if self.interrupted:
-            lines.append("interrupted: the batch in flight was rolled back; committed batches are kept")
+        if self.interrupted_by is not None:
+            lines.append(
+                f"interrupted by {signal.Signals(self.interrupted_by).name}: the batch in flight was "
+                "rolled back; committed batches are kept"
+            )
         return "\n".join(lines)
 
 

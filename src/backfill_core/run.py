@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 
 from sqlalchemy.engine import URL
 
 from backfill_core.database import Database
 from backfill_core.engine import BatchRunner, Overlay, ProgressFactory, RunOptions
+from backfill_core.ledger import RESUMABLE, RUNNING, Ledger
 from backfill_core.plugins import Registry
 from backfill_core.report import RunReport
 from backfill_core.validation import run_validators
@@ -23,10 +26,18 @@ async def run_backfill(
     validate: bool = True,
     thresholds: Mapping[str, float] | None = None,
     progress: ProgressFactory | None = None,
+    restart: bool = False,
+    retry_errors: bool = False,
+    announce: Callable[[str], object] = lambda _line: None,
 ) -> RunReport:
-    """Run ``names`` into ``report``, which holds partial results if the run is interrupted."""
+    """Run ``names`` into ``report``, which holds partial results if the run is interrupted.
+
+    A real run records itself in the ledger and resumes the extractors' interrupted or failed
+    runs from their checkpoints (unless ``restart``); a dry run reads only and records nothing.
+    """
     extractors = registry.ordered(names)
     validators = registry.validators_for(x.name for x in extractors) if validate else []
+    plan = ",".join(x.name for x in extractors)
     async with Database(url, read_only=options.dry_run) as db:
         overlay = Overlay()
         runners = [
@@ -39,9 +50,46 @@ async def run_backfill(
             await runner.check_schema()
         for v in validators:
             await db.check_schema(v.tables)
+        ledger = None if options.dry_run else Ledger(db)
+        done: dict[str, int] = {}
+        invocation = uuid.uuid4().hex
+        if ledger is not None:
+            await ledger.ensure()
+            previous = await ledger.latest_of([x.name for x in extractors])
+            if (
+                previous is not None
+                and not restart
+                and not retry_errors
+                and previous.plan == plan
+                and (previous.status in RESUMABLE or previous.status == RUNNING)
+            ):
+                invocation = previous.invocation
+                done = await ledger.succeeded_in(invocation)
         for runner in runners:
+            runner.ledger = ledger
             report.extractors.append(runner.stats)
-            await runner.run()
+            if runner.x.name in done:
+                runner.stats.run_id = done[runner.x.name]
+                runner.stats.note = f"already completed in run {done[runner.x.name]} of this command"
+                announce(f"{runner.x.name}: {runner.stats.note}")
+                continue
+            if ledger is None:
+                await runner.run()
+            elif retry_errors:
+                await _retry(ledger, runner, options, invocation, announce)
+            else:
+                state = await ledger.begin(
+                    runner.x.name,
+                    plugin=runner.stats.plugin,
+                    version=_version(registry, runner.x.name),
+                    invocation=invocation,
+                    plan=plan,
+                    options=_options(options),
+                    restart=restart,
+                )
+                if state.note:
+                    announce(state.note)
+                await runner.run(state)
             if runner.stats.stopped:
                 report.validation_skipped = "the run stopped early"
                 return report
@@ -52,6 +100,36 @@ async def run_backfill(
         else:
             report.validation = await run_validators(db, validators, thresholds)
     return report
+
+
+async def _retry(
+    ledger: Ledger,
+    runner: BatchRunner,
+    options: RunOptions,
+    invocation: str,
+    announce: Callable[[str], object],
+) -> None:
+    """Reprocess only the keys recorded as failed in the extractor's latest run."""
+    name = runner.x.name
+    latest = await ledger.latest(name)
+    if latest is None:
+        runner.stats.note = "no earlier run, so no errors to retry"
+        announce(f"{name}: {runner.stats.note}")
+        return
+    keys = await ledger.error_keys(latest.id)
+    state = await ledger.begin(
+        name,
+        plugin=runner.stats.plugin,
+        version="",
+        invocation=invocation,
+        plan="retry",
+        options={**_options(options), "retry_errors": True},
+        restart=True,
+        retry_of=latest.id,
+    )
+    announce(f"{name}: retrying {len(keys)} failed keys of run {latest.id} as run {state.id}")
+    state.note = f"retried {len(keys)} failed keys of run {latest.id}"
+    await runner.run(state, keys=keys, clear_run=latest.id)
 
 
 async def validate_only(
@@ -68,6 +146,15 @@ async def validate_only(
     return report
 
 
+def _options(options: RunOptions) -> dict[str, object]:
+    return {k: v for k, v in asdict(options).items() if k != "sample_size"}
+
+
 def _plugin_label(registry: Registry, extractor: str) -> str:
     info = registry.owner.get(("extractor", extractor))
     return f"{info.name} ({info.distribution} {info.version})" if info else ""
+
+
+def _version(registry: Registry, extractor: str) -> str:
+    info = registry.owner.get(("extractor", extractor))
+    return info.version if info else ""

@@ -1,0 +1,397 @@
+"""The run ledger: ``backfill_runs`` and ``backfill_errors``, kept in the target database.
+
+A batch's checkpoint (its last key and its counts) is written in the same transaction as the
+batch's own writes, so after any crash the ledger and the data agree exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    desc,
+    insert,
+    inspect,
+    select,
+    update,
+)
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from backfill_core.database import Database
+from backfill_core.errors import EnvironmentProblem
+from backfill_core.report import ErrorRecord
+
+RUNNING, SUCCEEDED, FAILED, INTERRUPTED = "running", "succeeded", "failed", "interrupted"
+RESUMABLE = {FAILED, INTERRUPTED}
+STALE_AFTER_ENV = "BACKFILL_STALE_AFTER"
+DEFAULT_STALE_AFTER = 60.0
+COUNTS = ("processed", "inserted", "updated", "unchanged", "record_errors", "batch_errors")
+
+metadata = MetaData()
+runs = Table(
+    "backfill_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("extractor", String(200), nullable=False),
+    Column("plugin", Text),
+    Column("plugin_version", Text),
+    Column("status", String(20), nullable=False),
+    Column("invocation", String(32), nullable=False),
+    Column("plan", Text, nullable=False),
+    Column("retry_of", Integer),
+    Column("batch_size", Integer),
+    Column("options", Text),
+    Column("last_key", Text),
+    Column("total", Integer),
+    *(Column(name, Integer, nullable=False, default=0) for name in COUNTS),
+    Column("started_at", DateTime, nullable=False),
+    Column("finished_at", DateTime),
+    Column("heartbeat_at", DateTime, nullable=False),
+    Column("host", Text),
+    Column("pid", Integer),
+    Column("message", Text),
+)
+Index("ix_backfill_runs_extractor", runs.c.extractor, runs.c.id)
+errors = Table(
+    "backfill_errors",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", Integer, ForeignKey("backfill_runs.id"), nullable=False),
+    Column("key", Text, nullable=False),
+    Column("tier", String(20), nullable=False),
+    Column("kind", String(100), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+)
+Index("ix_backfill_errors_run_key", errors.c.run_id, errors.c.key)
+
+
+def now() -> datetime:
+    """UTC now, naive: what SQLite and a TIMESTAMP WITHOUT TIME ZONE column round-trip."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def encode_key(key: Any) -> str:
+    """Keys are stored as JSON so an integer key comes back as an integer."""
+    return json.dumps(key, default=str)
+
+
+def decode_key(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def stale_after() -> float:
+    try:
+        return float(os.environ.get(STALE_AFTER_ENV, DEFAULT_STALE_AFTER))
+    except ValueError:
+        return DEFAULT_STALE_AFTER
+
+
+class RunInProgress(EnvironmentProblem):
+    """Another live process is running the same extractor on the same database."""
+
+
+@dataclass
+class Delta:
+    """Counts a checkpoint adds to its run."""
+
+    processed: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    record_errors: int = 0
+    batch_errors: int = 0
+    errors: list[ErrorRecord] = field(default_factory=list)
+
+    def add(self, other: Delta) -> None:
+        for name in COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.errors += other.errors
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, name) for name in COUNTS)
+
+
+@dataclass
+class RunState:
+    id: int
+    extractor: str
+    last_key: Any = None
+    processed: int = 0
+    """Rows the run had processed before this process took it up."""
+    resumed: bool = False
+    note: str | None = None
+
+
+def is_live(row: Any, *, host: str, limit: float) -> bool:
+    """Whether the process that owns a ``running`` row is still alive."""
+    age: float = (now() - row.heartbeat_at).total_seconds()
+    if row.host == host and row.pid:
+        try:
+            os.kill(row.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+    return age < limit
+
+
+def run_summary(row: Any) -> dict[str, Any]:
+    """A ledger row as ``backfill status`` shows it."""
+    end = row.finished_at or row.heartbeat_at
+    seconds = max((end - row.started_at).total_seconds(), 1e-9)
+    return {
+        "id": row.id,
+        "extractor": row.extractor,
+        "status": row.status,
+        "plugin": row.plugin,
+        "retry_of": row.retry_of,
+        "processed": row.processed,
+        "total": row.total,
+        "inserted": row.inserted,
+        "updated": row.updated,
+        "unchanged": row.unchanged,
+        "record_errors": row.record_errors,
+        "batch_errors": row.batch_errors,
+        "errors": row.record_errors + row.batch_errors,
+        "rows_per_second": row.processed / seconds,
+        "last_key": decode_key(row.last_key),
+        "started_at": row.started_at,
+        "finished_at": row.finished_at,
+        "heartbeat_at": row.heartbeat_at,
+        "host": row.host,
+        "pid": row.pid,
+        "options": json.loads(row.options) if row.options else None,
+        "message": row.message,
+    }
+
+
+class Ledger:
+    """Reads and writes the ledger tables of one database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.host = socket.gethostname()
+
+    async def exists(self) -> bool:
+        async with self.db.reading() as conn:
+            found: bool = await conn.run_sync(lambda sync: inspect(sync).has_table(runs.name))
+            return found
+
+    async def ensure(self) -> None:
+        """Create the ledger tables if they are missing (a real run does; a dry run never)."""
+        async with self.db.transaction() as conn:
+            await conn.run_sync(lambda sync: metadata.create_all(sync, checkfirst=True))
+
+    async def begin(
+        self,
+        extractor: str,
+        *,
+        plugin: str,
+        version: str,
+        invocation: str,
+        plan: str,
+        options: dict[str, Any],
+        restart: bool,
+        retry_of: int | None = None,
+    ) -> RunState:
+        """Resume the extractor's interrupted or failed run, take over a dead one, or start anew."""
+        async with self.db.transaction() as conn:
+            await self.db.lock(conn, f"backfill:{extractor}")
+            latest = (
+                await conn.execute(
+                    select(runs)
+                    .where(runs.c.extractor == extractor, runs.c.retry_of.is_(None))
+                    .order_by(desc(runs.c.id))
+                    .limit(1)
+                )
+            ).first()
+            running = (
+                await conn.execute(
+                    select(runs).where(runs.c.extractor == extractor, runs.c.status == RUNNING)
+                )
+            ).all()
+            taken_over = []
+            for row in running:
+                if is_live(row, host=self.host, limit=stale_after()):
+                    seen = (now() - row.heartbeat_at).total_seconds()
+                    raise RunInProgress(
+                        f"run {row.id} of {extractor} is already running (pid {row.pid} on {row.host}, "
+                        f"last heartbeat {seen:.0f}s ago); wait for it to finish or stop it first"
+                    )
+                taken_over.append(row.id)
+            stamp = now()
+            owner = {"host": self.host, "pid": os.getpid(), "heartbeat_at": stamp}
+            resumable = latest is not None and (latest.status in RESUMABLE or latest.id in taken_over)
+            if retry_of is None and not restart and resumable and latest is not None:
+                await conn.execute(
+                    update(runs)
+                    .where(runs.c.id == latest.id)
+                    .values(status=RUNNING, invocation=invocation, finished_at=None, message=None, **owner)
+                )
+                how = "taking over" if latest.id in taken_over else "resuming"
+                last = decode_key(latest.last_key)
+                where = f"from key {last}" if last is not None else "from the start"
+                note = f"{how} run {latest.id} of {extractor} {where}"
+                return RunState(latest.id, extractor, last, latest.processed, resumed=True, note=note)
+            if taken_over:
+                await conn.execute(
+                    update(runs)
+                    .where(runs.c.id.in_(taken_over))
+                    .values(status=INTERRUPTED, message="its process died; superseded by a newer run")
+                )
+            result = await conn.execute(
+                insert(runs).values(
+                    extractor=extractor,
+                    plugin=plugin,
+                    plugin_version=version,
+                    status=RUNNING,
+                    invocation=invocation,
+                    plan=plan,
+                    retry_of=retry_of,
+                    batch_size=options.get("batch_size"),
+                    options=json.dumps(options, sort_keys=True),
+                    started_at=stamp,
+                    **owner,
+                    **dict.fromkeys(COUNTS, 0),
+                )
+            )
+            run_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
+            assert run_id is not None
+            return RunState(int(run_id), extractor)
+
+    async def checkpoint(
+        self,
+        conn: AsyncConnection,
+        run: RunState,
+        last_key: Any,
+        delta: Delta,
+        *,
+        total: int | None = None,
+        clear: tuple[int, Sequence[Any]] | None = None,
+    ) -> None:
+        """Record a batch's progress inside the batch's own transaction ``conn``."""
+        values: dict[str, Any] = {name: getattr(runs.c, name) + getattr(delta, name) for name in COUNTS}
+        values["heartbeat_at"] = now()
+        if last_key is not None:
+            values["last_key"] = encode_key(last_key)
+        if total is not None:
+            values["total"] = total
+        await conn.execute(update(runs).where(runs.c.id == run.id).values(**values))
+        if clear is not None and clear[1]:
+            old_run, keys = clear
+            for i in range(0, len(keys), 1000):
+                chunk = [encode_key(k) for k in keys[i : i + 1000]]
+                await conn.execute(delete(errors).where(errors.c.run_id == old_run, errors.c.key.in_(chunk)))
+        if delta.errors:
+            stamp = now()
+            await conn.execute(
+                insert(errors),
+                [
+                    {
+                        "run_id": run.id,
+                        "key": encode_key(e.key),
+                        "tier": e.tier,
+                        "kind": e.kind,
+                        "message": e.message,
+                        "created_at": stamp,
+                    }
+                    for e in delta.errors
+                ],
+            )
+
+    async def finish(self, run: RunState, status: str, message: str | None = None) -> None:
+        """Mark the run ended; best effort, since the database may be what failed."""
+        try:
+            async with self.db.transaction() as conn:
+                await conn.execute(
+                    update(runs)
+                    .where(runs.c.id == run.id)
+                    .values(status=status, message=message, finished_at=now(), heartbeat_at=now())
+                )
+        except DBAPIError:
+            pass  # the run stays 'running'; its dead pid or stale heartbeat lets the next run take over
+
+    # -- reading, for status, errors and --retry-errors ------------------------------------------
+
+    async def recent(self, per_extractor: int = 5) -> list[Any]:
+        if not await self.exists():
+            return []
+        async with self.db.reading() as conn:
+            rows = (await conn.execute(select(runs).order_by(runs.c.extractor, desc(runs.c.id)))).all()
+        out: list[Any] = []
+        seen: dict[str, int] = {}
+        for row in rows:
+            seen[row.extractor] = seen.get(row.extractor, 0) + 1
+            if seen[row.extractor] <= per_extractor:
+                out.append(row)
+        return out
+
+    async def run(self, run_id: int) -> Any:
+        if not await self.exists():
+            return None
+        async with self.db.reading() as conn:
+            return (await conn.execute(select(runs).where(runs.c.id == run_id))).first()
+
+    async def latest(self, extractor: str) -> Any:
+        if not await self.exists():
+            return None
+        async with self.db.reading() as conn:
+            return (
+                await conn.execute(
+                    select(runs).where(runs.c.extractor == extractor).order_by(desc(runs.c.id)).limit(1)
+                )
+            ).first()
+
+    async def latest_of(self, extractors: Sequence[str]) -> Any:
+        """The newest non-retry run of any of ``extractors``."""
+        if not await self.exists():
+            return None
+        async with self.db.reading() as conn:
+            return (
+                await conn.execute(
+                    select(runs)
+                    .where(runs.c.extractor.in_(extractors), runs.c.retry_of.is_(None))
+                    .order_by(desc(runs.c.id))
+                    .limit(1)
+                )
+            ).first()
+
+    async def succeeded_in(self, invocation: str) -> dict[str, int]:
+        async with self.db.reading() as conn:
+            rows = await conn.execute(
+                select(runs.c.extractor, runs.c.id).where(
+                    runs.c.invocation == invocation, runs.c.status == SUCCEEDED
+                )
+            )
+            return {r.extractor: r.id for r in rows}
+
+    async def errors_of(self, run_id: int) -> list[Any]:
+        async with self.db.reading() as conn:
+            return list(
+                (
+                    await conn.execute(select(errors).where(errors.c.run_id == run_id).order_by(errors.c.id))
+                ).all()
+            )
+
+    async def error_keys(self, run_id: int) -> list[Any]:
+        async with self.db.reading() as conn:
+            rows = await conn.execute(select(errors.c.key).where(errors.c.run_id == run_id).distinct())
+            return [decode_key(r.key) for r in rows]
