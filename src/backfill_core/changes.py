@@ -67,7 +67,9 @@ def check_change(change: object, writes: Mapping[str, frozenset[str]], extractor
             f"extractor {extractor!r} wrote table {change.table!r}, which it does not declare",
             kind="plugin-bug",
         )
-    undeclared = (change.key.keys() | change.values.keys()) - declared
+    undeclared = (
+        change.key.keys() | change.values.keys() | getattr(change, "defaults", {}).keys()
+    ) - declared
     if undeclared:
         raise RecordError(
             f"extractor {extractor!r} wrote undeclared columns {sorted(undeclared)} of {change.table!r}",

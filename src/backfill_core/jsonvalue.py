@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from backfill_core.errors import RecordError
@@ -10,6 +11,13 @@ from backfill_core.errors import RecordError
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
 
 
 def parse_json(text: Any, what: str) -> Any:
@@ -24,7 +32,7 @@ def parse_json(text: Any, what: str) -> Any:
     if not isinstance(text, str):
         raise RecordError(f"{what} is {type(text).__name__}, not JSON text", kind="invalid-json")
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as e:
         raise RecordError(f"{what} is not valid JSON: {e}", kind="invalid-json") from None
 

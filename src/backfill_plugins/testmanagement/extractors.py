@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,17 +12,23 @@ from backfill_plugins.testmanagement.models import Bug, Test, TestFeature
 FLAGS = ("enable_default", "enable_content", "enable_visual")
 
 
+INT64 = range(-(2**63), 2**63)
+DIGITS = re.compile(r"\s*[0-9]{1,19}\s*")
+
+
 def _int(value: Any, what: str) -> int | None:
-    """An integer id: int, or a string of digits; None stays None."""
+    """An integer id that fits a 64-bit column: an int, or a string of digits; None stays None."""
     if value is None:
         return None
     if isinstance(value, bool):
         raise RecordError(f"{what} is a boolean, not an integer id", kind="invalid-type")
+    if isinstance(value, str) and DIGITS.fullmatch(value):
+        value = int(value)
     if isinstance(value, int):
+        if value not in INT64:
+            raise RecordError(f"{what} is {value}, beyond a 64-bit integer", kind="invalid-type")
         return value
-    if isinstance(value, str) and value.strip().isdigit() and value.strip().isascii():
-        return int(value)
-    raise RecordError(f"{what} is {value!r}, not an integer id", kind="invalid-type")
+    raise RecordError(f"{what} is {str(value)[:80]!r}, not an integer id", kind="invalid-type")
 
 
 def _text(value: Any, what: str) -> str | None:

@@ -1,0 +1,60 @@
+"""Properties of parse_json / dump_json over arbitrary JSON values."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backfill_core import RecordError, dump_json, parse_json
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+json_values = st.recursive(
+    scalars,
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(), children, max_size=5),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values)
+def test_dump_then_parse_round_trips(value: Any) -> None:
+    text = dump_json(value)
+    assert parse_json(text, "x") == value
+    assert parse_json(text.encode(), "x") == value
+    assert dump_json(parse_json(text, "x")) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values)
+def test_dump_has_no_whitespace_between_tokens(value: Any) -> None:
+    text = dump_json(value)
+    assert text == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values)
+def test_dump_is_what_sqlite_json_writes(value: Any) -> None:
+    text = dump_json(value)
+    with sqlite3.connect(":memory:") as conn:
+        (normalized,) = conn.execute("SELECT json(?)", (text,)).fetchone()
+    assert normalized == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text() | st.binary())
+def test_arbitrary_text_parses_or_raises_invalid_json(text: str | bytes) -> None:
+    try:
+        parse_json(text, "the.field")
+    except RecordError as e:
+        assert e.kind == "invalid-json"
+        assert "the.field" in e.message

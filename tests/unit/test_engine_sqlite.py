@@ -1,0 +1,277 @@
+"""run_backfill end to end on small real SQLite files."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import shutil
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backfill_core import Registry, RunOptions, RunReport, make_registry, resolve_url, run_backfill
+from backfill_core.report import ErrorLog, ErrorRecord, ExtractorStats
+from backfill_plugins.testmanagement import plugin, synthetic
+
+BOTH = ("test_features", "bug_attribution")
+TABLES = ("tests", "test_features", "bugs")
+
+
+def registry() -> Registry:
+    return make_registry(plugin)
+
+
+def run(
+    path: Path,
+    names: Sequence[str] = BOTH,
+    *,
+    batch_size: int = 500,
+    dry_run: bool = False,
+    sample_size: int = 0,
+    validate: bool = False,
+) -> RunReport:
+    options = RunOptions(batch_size=batch_size, dry_run=dry_run, max_error_rate=1.0, sample_size=sample_size)
+    report = RunReport(database=str(path), dry_run=dry_run, errors=ErrorLog(keep=100_000))
+    asyncio.run(run_backfill(registry(), names, resolve_url(str(path)), options, report, validate=validate))
+    return report
+
+
+def stats(report: RunReport) -> dict[str, ExtractorStats]:
+    return {s.name: s for s in report.extractors}
+
+
+def counts(report: RunReport) -> dict[str, tuple[int, int, int, int, int]]:
+    return {
+        s.name: (s.processed, s.inserted, s.updated, s.unchanged, s.error_count) for s in report.extractors
+    }
+
+
+def errors(report: RunReport) -> list[ErrorRecord]:
+    assert len(report.errors.first) == report.errors.total  # every error is kept
+    return list(report.errors.first)
+
+
+def tables(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    with sqlite3.connect(path) as conn:
+        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY id").fetchall() for t in TABLES}
+
+
+def count(path: Path, sql: str) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute(sql).fetchone()[0])
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("synthetic") / "pristine.db"
+    synthetic.build(path, tests=60, messy=0.08, seed=3)
+    return path
+
+
+@pytest.fixture
+def db(pristine: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "work.db"
+    shutil.copy(pristine, path)
+    return path
+
+
+def test_counts_add_up(db: Path) -> None:
+    report = run(db)
+    s = stats(report)
+    tf, ba = s["test_features"], s["bug_attribution"]
+    assert tf.total == tf.processed == count(db, "SELECT count(*) FROM tests") == 60
+    assert ba.total == ba.processed == count(db, "SELECT count(*) FROM bugs")
+    assert tf.inserted == count(db, "SELECT count(*) FROM test_features") > 0
+    assert (tf.updated, tf.unchanged) == (0, 0)
+    assert ba.inserted == 0
+    attributed = count(db, "SELECT count(*) FROM bugs WHERE test_feature_id IS NOT NULL")
+    assert ba.updated == attributed > 0
+    assert report.errors.total == tf.error_count + ba.error_count > 0
+    assert report.exit_code == 0
+
+
+def test_written_rows_belong_to_their_source_rows(db: Path) -> None:
+    report = run(db)
+    failed = {(e.extractor, e.key) for e in errors(report)}
+    with sqlite3.connect(db) as conn:
+        mismatched = conn.execute(
+            "SELECT count(*) FROM test_features f JOIN tests t ON t.id = f.test_id "
+            "WHERE f.customer_id != t.customer_id"
+        ).fetchone()[0]
+        assert mismatched == 0
+        tests_with_features = {r[0] for r in conn.execute("SELECT DISTINCT test_id FROM test_features")}
+        cross = conn.execute(
+            "SELECT count(*) FROM bugs b JOIN test_features f ON f.id = b.test_feature_id "
+            "WHERE f.customer_id != b.customer_id"
+        ).fetchone()[0]
+        assert cross == 0
+        attributed = {r[0] for r in conn.execute("SELECT id FROM bugs WHERE test_feature_id IS NOT NULL")}
+    assert not tests_with_features & {k for x, k in failed if x == "test_features"}
+    assert not attributed & {k for x, k in failed if x == "bug_attribution"}
+    kinds = {(e.tier, e.kind) for e in errors(report)}
+    assert ("record", "integrity") in kinds
+
+
+def test_second_run_changes_nothing(db: Path) -> None:
+    first = counts(run(db))
+    before = tables(db)
+    second = run(db)
+    s = stats(second)
+    assert (s["test_features"].inserted, s["test_features"].updated) == (0, 0)
+    assert (s["bug_attribution"].inserted, s["bug_attribution"].updated) == (0, 0)
+    assert s["test_features"].unchanged == first["test_features"][1]
+    for name, (processed, _, _, _, errs) in first.items():
+        assert s[name].processed == processed
+        assert s[name].error_count == errs
+    assert s["bug_attribution"].unchanged == first["bug_attribution"][0] - first["bug_attribution"][4]
+    assert tables(db) == before
+
+
+@pytest.mark.parametrize("batch_size", [1, 7])
+def test_batch_size_does_not_change_the_result(pristine: Path, tmp_path: Path, batch_size: int) -> None:
+    big, small = tmp_path / "big.db", tmp_path / "small.db"
+    shutil.copy(pristine, big)
+    shutil.copy(pristine, small)
+    big_report = run(big, batch_size=500)
+    small_report = run(small, batch_size=batch_size)
+    assert tables(small) == tables(big)
+    assert counts(small_report) == counts(big_report)
+    assert sorted((e.extractor, e.key, e.kind) for e in errors(small_report)) == sorted(
+        (e.extractor, e.key, e.kind) for e in errors(big_report)
+    )
+
+
+def test_dry_run_writes_nothing_and_predicts_the_real_run(db: Path, tmp_path: Path) -> None:
+    twin = tmp_path / "twin.db"
+    shutil.copy(db, twin)
+    before = digest(db)
+    dry = run(db, dry_run=True, batch_size=13, validate=True)
+    assert digest(db) == before
+    assert dry.validation is None and dry.validation_skipped == "dry run"
+    real = run(twin, batch_size=13)
+    assert counts(dry) == counts(real)
+    assert stats(real)["test_features"].inserted > 0 and stats(real)["bug_attribution"].updated > 0
+    assert all(s.dry_run for s in dry.extractors)
+
+
+def test_dry_run_after_a_partial_run_predicts_the_rest(db: Path, tmp_path: Path) -> None:
+    run(db, ["test_features"])
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE test_features SET title = 'edited' WHERE id % 3 = 0")
+        conn.execute("DELETE FROM test_features WHERE id % 5 = 0")
+    twin = tmp_path / "twin.db"
+    shutil.copy(db, twin)
+    before = digest(db)
+    dry = run(db, dry_run=True, batch_size=9)
+    assert digest(db) == before
+    real = run(twin, batch_size=9)
+    assert counts(dry) == counts(real)
+    assert stats(real)["test_features"].updated > 0 and stats(real)["test_features"].inserted > 0
+
+
+def test_samples_are_reported_up_to_sample_size(db: Path) -> None:
+    report = run(db, ["test_features"], batch_size=5, sample_size=3)
+    samples = stats(report)["test_features"].samples
+    assert len(samples) == 3
+    assert all(s["table"] == "test_features" and s["action"] == "insert" for s in samples)
+
+
+# -- write failures are isolated ------------------------------------------------------------
+
+CHECKED_SCHEMA = """
+CREATE TABLE tests (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, product_id INTEGER,
+                    status TEXT, data TEXT);
+CREATE TABLE test_features (
+    id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, test_id INTEGER NOT NULL,
+    feature_id INTEGER, title TEXT NOT NULL DEFAULT '' CHECK (title <> 'FORBIDDEN'),
+    description TEXT, howtofind TEXT, user_stories TEXT NOT NULL DEFAULT '[]',
+    enable_default BOOLEAN, enable_content BOOLEAN, enable_visual BOOLEAN
+);
+CREATE TABLE bugs (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, test_id INTEGER,
+                   raw_data TEXT, test_feature_id INTEGER);
+"""
+
+
+def checked_database(path: Path, tests: int, bad: dict[int, list[dict[str, Any]]]) -> Path:
+    """``tests`` tests with two features each (ids 10*t, 10*t+1); ``bad`` overrides some."""
+    with sqlite3.connect(path) as conn:
+        conn.executescript(CHECKED_SCHEMA)
+        for t in range(1, tests + 1):
+            features = bad.get(t) or [{"id": 10 * t, "title": f"f{t}"}, {"id": 10 * t + 1}]
+            conn.execute(
+                "INSERT INTO tests (id, customer_id, data) VALUES (?, ?, ?)",
+                (t, 1 + t % 2, json.dumps({"features": features})),
+            )
+    return path
+
+
+@pytest.mark.parametrize("batch_size", [500, 4])
+def test_constraint_violation_is_isolated_to_its_source_row(tmp_path: Path, batch_size: int) -> None:
+    bad = {
+        3: [{"id": 30, "title": "fine"}, {"id": 31, "title": "FORBIDDEN"}],
+        17: [{"id": 170, "title": "FORBIDDEN"}, {"id": 171, "title": "fine"}],
+    }
+    path = checked_database(tmp_path / "checked.db", 20, bad)
+    report = run(path, ["test_features"], batch_size=batch_size)
+    s = stats(report)["test_features"]
+    with sqlite3.connect(path) as conn:
+        landed = [r[0] for r in conn.execute("SELECT id FROM test_features ORDER BY id")]
+        owners = {r[0] for r in conn.execute("SELECT test_id FROM test_features")}
+    expected = sorted(f for t in range(1, 21) if t not in bad for f in (10 * t, 10 * t + 1))
+    assert landed == expected  # nothing of tests 3 and 17, not even their good features
+    assert owners == set(range(1, 21)) - {3, 17}
+    assert s.processed == 20
+    assert s.inserted == len(expected)
+    assert sorted((e.key, e.tier, e.kind) for e in errors(report)) == [
+        (3, "batch", "write"),
+        (17, "batch", "write"),
+    ]
+    assert all("CHECK" in e.message for e in errors(report))
+    assert s.errors == {("batch", "write"): 2}
+
+
+def test_isolated_failure_is_recorded_again_on_the_next_run(tmp_path: Path) -> None:
+    bad = {2: [{"id": 20, "title": "FORBIDDEN"}]}
+    path = checked_database(tmp_path / "checked.db", 5, bad)
+    run(path, ["test_features"])
+    again = run(path, ["test_features"])
+    s = stats(again)["test_features"]
+    assert (s.inserted, s.updated, s.unchanged) == (0, 0, 8)
+    assert [(e.key, e.tier) for e in errors(again)] == [(2, "batch")]
+
+
+def test_feature_id_beyond_64_bits_fails_only_its_source_row(tmp_path: Path) -> None:
+    bad = {4: [{"id": 2**70, "title": "too big for SQLite"}]}
+    path = checked_database(tmp_path / "checked.db", 8, bad)
+    report = run(path, ["test_features"])
+    assert [e.key for e in errors(report)] == [4]
+    assert count(path, "SELECT count(*) FROM test_features") == 14
+
+
+def test_bug_naming_a_feature_id_beyond_64_bits_fails_only_that_bug(tmp_path: Path) -> None:
+    path = checked_database(tmp_path / "checked.db", 3, {})
+    with sqlite3.connect(path) as conn:
+        conn.executemany(
+            "INSERT INTO bugs (id, customer_id, raw_data) VALUES (?, ?, ?)",
+            [
+                (1, 2, json.dumps({"test_feature": {"id": 10}})),
+                (2, 2, json.dumps({"test_feature": {"id": 2**70}})),
+                (3, 1, json.dumps({"test_feature": {"id": 20}})),
+            ],
+        )
+    report = run(path)
+    assert [(e.extractor, e.key) for e in errors(report)] == [("bug_attribution", 2)]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT id, test_feature_id FROM bugs ORDER BY id").fetchall() == [
+            (1, 10),
+            (2, None),
+            (3, 20),
+        ]

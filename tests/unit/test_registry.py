@@ -1,0 +1,458 @@
+"""The plugin registry: loading, conflicts, failures, lookup and dependency order."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import re
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backfill_core import (
+    ExitCode,
+    Extractor,
+    Metric,
+    PluginUnavailable,
+    Registry,
+    UsageError,
+    Validator,
+    hookimpl,
+    make_registry,
+)
+from backfill_core.changes import Change
+from backfill_core.extractor import Row
+
+Register = Callable[[Any], None]
+
+
+def extractor(name: str, depends_on: tuple[str, ...] = (), **attrs: Any) -> Extractor:
+    """An extractor instance of a fresh class with the given declarations."""
+
+    def extract(self: Extractor, row: Row) -> list[Change]:
+        return []
+
+    namespace: dict[str, Any] = {
+        "name": name,
+        "source": "sources",
+        "columns": ("id",),
+        "writes": {"targets": ("id",)},
+        "depends_on": depends_on,
+        "extract": extract,
+        **attrs,
+    }
+    cls = type(f"X_{name}", (Extractor,), namespace)
+    return cls()  # type: ignore[no-any-return]
+
+
+class CountValidator(Validator):
+    name = "counts"
+
+    def metrics(self) -> list[Metric]:
+        return []
+
+
+def plugin(cls_name: str, *items: Any, raise_after: Exception | None = None) -> object:
+    """A plugin object whose class is called ``cls_name`` and registers ``items``."""
+
+    def register_extractors(self: object, register: Register) -> None:
+        for x in items:
+            if isinstance(x, Extractor) or not isinstance(x, Validator):
+                register(x)
+        if raise_after is not None:
+            raise raise_after
+
+    def register_validators(self: object, register: Register) -> None:
+        for v in items:
+            if isinstance(v, Validator):
+                register(v)
+
+    namespace = {
+        "register_extractors": hookimpl(register_extractors),
+        "register_validators": hookimpl(register_validators),
+    }
+    return type(cls_name, (), namespace)()
+
+
+def registry_with(*plugins: object) -> tuple[Registry, io.StringIO]:
+    warn = io.StringIO()
+    registry = Registry(warn=warn)
+    for p in plugins:
+        registry.add(p)
+    return registry, warn
+
+
+def status(registry: Registry) -> dict[str, str]:
+    return {p.name: p.status for p in registry.plugins}
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+def test_extractors_and_validators_are_registered() -> None:
+    alpha, validator = extractor("alpha"), CountValidator()
+    registry, warn = registry_with(plugin("GoodPlugin", alpha, validator))
+    assert registry.extractor("alpha") is alpha
+    assert registry.validator("counts") is validator
+    assert status(registry) == {"GoodPlugin": "ok"}
+    (info,) = registry.plugins
+    assert info.extractors == ["alpha"] and info.validators == ["counts"]
+    assert warn.getvalue() == ""
+
+
+def test_make_registry_adds_every_plugin() -> None:
+    registry = make_registry(plugin("P1", extractor("alpha")), plugin("P2", extractor("beta")))
+    assert sorted(registry.extractors) == ["alpha", "beta"]
+
+
+def test_same_name_from_two_plugins_is_unavailable_naming_both() -> None:
+    registry, warn = registry_with(
+        plugin("FirstPlugin", extractor("shared"), extractor("alpha")),
+        plugin("SecondPlugin", extractor("shared"), extractor("beta")),
+    )
+    assert "shared" not in registry.extractors
+    with pytest.raises(PluginUnavailable) as info:
+        registry.extractor("shared")
+    assert info.value.exit_code == ExitCode.ENVIRONMENT and int(info.value.exit_code) == 3
+    assert "FirstPlugin" in str(info.value) and "SecondPlugin" in str(info.value)
+    assert registry.extractor("alpha").name == "alpha"
+    assert registry.extractor("beta").name == "beta"
+    lines = warn.getvalue().splitlines()
+    assert len(lines) == 1
+    assert "'shared'" in lines[0] and "FirstPlugin" in lines[0] and "SecondPlugin" in lines[0]
+
+
+def test_third_claimant_keeps_the_name_unavailable() -> None:
+    registry, warn = registry_with(
+        plugin("P1", extractor("shared")),
+        plugin("P2", extractor("shared")),
+        plugin("P3", extractor("shared")),
+    )
+    with pytest.raises(PluginUnavailable) as info:
+        registry.extractor("shared")
+    for name in ("P1", "P2", "P3"):
+        assert name in str(info.value)
+    assert len(warn.getvalue().splitlines()) == 2
+
+
+def test_misspelled_hook_is_an_error_and_other_plugins_still_load() -> None:
+    class Misspelled:
+        @hookimpl
+        def register_extractor(self, register: Register) -> None:
+            register(extractor("never"))
+
+    registry, warn = registry_with(Misspelled(), plugin("GoodPlugin", extractor("alpha")))
+    assert status(registry) == {"Misspelled": "error", "GoodPlugin": "ok"}
+    bad = registry.plugins[0]
+    assert bad.error is not None and "register_extractor" in bad.error
+    assert registry.extractor("alpha").name == "alpha"
+    assert "never" not in registry.extractors
+    lines = warn.getvalue().splitlines()
+    assert len(lines) == 1 and "Misspelled" in lines[0] and "failed to load" in lines[0]
+
+
+def test_plugin_whose_hook_raises_is_an_error_and_provides_nothing() -> None:
+    failing = plugin("Failing", extractor("half"), raise_after=RuntimeError("database of plugins\nis gone"))
+    registry, warn = registry_with(failing, plugin("GoodPlugin", extractor("alpha")))
+    assert status(registry) == {"Failing": "error", "GoodPlugin": "ok"}
+    assert registry.plugins[0].error == "RuntimeError: database of plugins is gone"
+    assert "half" not in registry.extractors
+    lines = warn.getvalue().splitlines()
+    assert len(lines) == 1
+    assert "Failing" in lines[0] and "RuntimeError: database of plugins is gone" in lines[0]
+    with pytest.raises(PluginUnavailable) as info:
+        registry.extractor("half")
+    assert info.value.exit_code == 3
+    assert "'half'" in str(info.value) and "Failing" in str(info.value)
+    assert registry.extractor("alpha").name == "alpha"
+
+
+def test_unknown_name_without_failed_plugins_is_a_usage_error() -> None:
+    registry, _ = registry_with(plugin("GoodPlugin", extractor("alpha"), extractor("beta")))
+    with pytest.raises(UsageError) as info:
+        registry.extractor("gamma")
+    assert not isinstance(info.value, PluginUnavailable)
+    assert info.value.exit_code == ExitCode.USAGE and int(info.value.exit_code) == 2
+    assert "'gamma'" in str(info.value) and "alpha, beta" in str(info.value)
+    with pytest.raises(UsageError):
+        registry.validator("nothing")
+
+
+def test_unknown_name_with_a_failed_plugin_is_plugin_unavailable() -> None:
+    registry, _ = registry_with(
+        plugin("Broken", raise_after=ImportError("no module named x")),
+        plugin("GoodPlugin", extractor("alpha")),
+    )
+    with pytest.raises(PluginUnavailable) as info:
+        registry.extractor("gamma")
+    assert info.value.exit_code == 3
+    assert "Broken" in str(info.value) and "no module named x" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("item", "fragment"),
+    [
+        (object(), "not a Extractor instance"),
+        ("alpha", "not a Extractor instance"),
+        (extractor("Bad-Name"), "lower_snake_case"),
+        (extractor("no_tables", writes={}), "writes declares no table"),
+        (extractor("string_columns", columns="id"), "not a string"),
+        (extractor("bad_source", source=42), "table name"),
+    ],
+)
+def test_registering_a_bad_extractor_is_an_error(item: object, fragment: str) -> None:
+    registry, warn = registry_with(plugin("BadItem", item), plugin("GoodPlugin", extractor("alpha")))
+    assert status(registry) == {"BadItem": "error", "GoodPlugin": "ok"}
+    error = registry.plugins[0].error
+    assert error is not None and fragment in error
+    assert list(registry.extractors) == ["alpha"]
+    assert len(warn.getvalue().splitlines()) == 1
+
+
+def test_extractor_missing_a_declaration_is_an_error() -> None:
+    class NoWrites(Extractor):
+        name = "no_writes"
+        source = "sources"
+        columns = ("id",)
+
+        def extract(self, row: Row) -> list[Change]:
+            return []
+
+    registry, _ = registry_with(plugin("BadItem", NoWrites()))
+    assert status(registry) == {"BadItem": "error"}
+    error = registry.plugins[0].error
+    assert error is not None and "'writes'" in error
+
+
+def test_registering_a_validator_as_extractor_is_an_error() -> None:
+    class Mixup:
+        @hookimpl
+        def register_extractors(self, register: Register) -> None:
+            register(CountValidator())
+
+    registry, _ = registry_with(Mixup())
+    assert status(registry) == {"Mixup": "error"}
+    error = registry.plugins[0].error
+    assert error is not None and "not a Extractor instance" in error
+    assert registry.extractors == {} and registry.validators == {}
+
+
+def test_registering_a_non_validator_as_validator_is_an_error() -> None:
+    class BadValidators:
+        @hookimpl
+        def register_validators(self, register: Register) -> None:
+            register(extractor("alpha"))
+
+    registry, _ = registry_with(BadValidators())
+    assert status(registry) == {"BadValidators": "error"}
+    assert registry.validators == {}
+
+
+def test_one_warning_line_per_problem() -> None:
+    class Misspelled:
+        @hookimpl
+        def register_validator(self, register: Register) -> None:
+            pass
+
+    _, warn = registry_with(
+        plugin("P1", extractor("shared")),
+        plugin("P2", extractor("shared")),
+        plugin("Failing", raise_after=ValueError("multi\nline\nmessage")),
+        Misspelled(),
+        plugin("BadItem", object()),
+        plugin("Fine", extractor("fine")),
+    )
+    lines = warn.getvalue().splitlines()
+    assert len(lines) == 4
+    assert all(line.startswith("backfill: ") for line in lines)
+    assert "multi line message" in lines[1]
+
+
+def test_registry_without_warn_stream_is_silent(capsys: pytest.CaptureFixture[str]) -> None:
+    registry = make_registry(plugin("Failing", raise_after=ValueError("boom")))
+    assert status(registry) == {"Failing": "error"}
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+# -- dependency order ---------------------------------------------------------------------------
+
+
+def chain_registry() -> Registry:
+    return make_registry(
+        plugin(
+            "Chain",
+            extractor("gamma", depends_on=("beta",)),
+            extractor("alpha"),
+            extractor("beta", depends_on=("alpha",)),
+            extractor("delta", depends_on=("alpha",)),
+        )
+    )
+
+
+@pytest.mark.parametrize("names", list(itertools.permutations(["alpha", "beta", "gamma"])))
+def test_ordered_puts_dependencies_first_whatever_the_order_given(names: tuple[str, ...]) -> None:
+    order = [x.name for x in chain_registry().ordered(names)]
+    assert order == ["alpha", "beta", "gamma"]
+
+
+def test_ordered_keeps_the_given_order_for_independent_names() -> None:
+    registry = chain_registry()
+    assert [x.name for x in registry.ordered(["delta", "beta"])] == ["delta", "beta"]
+    assert [x.name for x in registry.ordered(["beta", "delta", "alpha"])] == ["alpha", "beta", "delta"]
+
+
+def test_ordered_does_not_add_dependencies_that_were_not_named() -> None:
+    assert [x.name for x in chain_registry().ordered(["gamma"])] == ["gamma"]
+
+
+def test_ordered_rejects_a_dependency_cycle() -> None:
+    registry = make_registry(
+        plugin(
+            "Cycle",
+            extractor("one", depends_on=("three",)),
+            extractor("two", depends_on=("one",)),
+            extractor("three", depends_on=("two",)),
+        )
+    )
+    with pytest.raises(UsageError) as info:
+        registry.ordered(["two", "one", "three"])
+    assert "cycle" in str(info.value)
+    assert info.value.exit_code == 2
+
+
+def test_ordered_rejects_a_self_dependency() -> None:
+    registry = make_registry(plugin("Selfish", extractor("me", depends_on=("me",))))
+    with pytest.raises(UsageError):
+        registry.ordered(["me"])
+
+
+def test_ordered_rejects_an_unknown_dependency() -> None:
+    registry = make_registry(plugin("P", extractor("orphan", depends_on=("ghost",))))
+    with pytest.raises(UsageError) as info:
+        registry.ordered(["orphan"])
+    assert "'ghost'" in str(info.value)
+
+
+def test_ordered_rejects_an_unknown_name() -> None:
+    with pytest.raises(UsageError):
+        chain_registry().ordered(["alpha", "nope"])
+
+
+def test_validators_for_returns_validators_covering_the_extractors() -> None:
+    class Covering(Validator):
+        name = "covering"
+        covers = ("beta",)
+
+        def metrics(self) -> list[Metric]:
+            return []
+
+    registry = make_registry(plugin("P", extractor("alpha"), extractor("beta"), Covering()))
+    assert [v.name for v in registry.validators_for(["alpha", "beta"])] == ["covering"]
+    assert registry.validators_for(["alpha"]) == []
+
+
+# -- real entry-point discovery ------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., str]]:
+    """Install, on sys.path, a distribution with a ``backfill`` entry point to a new module."""
+    modules: list[str] = []
+
+    def make(dist: str, module_source: str) -> str:
+        module = f"fake_backfill_plugin_{len(modules)}_{abs(hash(tmp_path)) % 10**8}"
+        modules.append(module)
+        (tmp_path / f"{module}.py").write_text(module_source)
+        info = tmp_path / f"{re.sub(r'[-_.]+', '_', dist)}-1.2.3.dist-info"  # as installers name it
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
+        (info / "entry_points.txt").write_text(f"[backfill]\nfakeplug = {module}\n")
+        return module
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield make
+    for module in modules:
+        sys.modules.pop(module, None)
+
+
+GOOD_MODULE = """
+from backfill_core import Extractor, hookimpl
+
+class FakeExtractor(Extractor):
+    name = "unit_fake_one"
+    source = "sources"
+    columns = ("id",)
+    writes = {"targets": ("id",)}
+
+    def extract(self, row):
+        return []
+
+@hookimpl
+def register_extractors(register):
+    register(FakeExtractor())
+"""
+
+
+def check_builtin(registry: Registry) -> None:
+    builtin = next(p for p in registry.plugins if p.name == "testmanagement")
+    assert builtin.status == "ok"
+    assert builtin.distribution == "backfill"
+    assert builtin.entry_point == "testmanagement = backfill_plugins.testmanagement.plugin"
+    assert builtin.extractors == ["test_features", "bug_attribution"]
+    assert builtin.validators == ["coverage"]
+    assert builtin.commands
+    assert [x.name for x in registry.ordered(["bug_attribution", "test_features"])] == [
+        "test_features",
+        "bug_attribution",
+    ]
+
+
+def test_discover_with_empty_allow_list_loads_the_builtin_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACKFILL_LOAD_PLUGINS", "")
+    warn = io.StringIO()
+    registry = Registry.discover(warn=warn)
+    check_builtin(registry)
+    assert [p.name for p in registry.plugins] == ["testmanagement"]  # third-party ones skipped
+    assert warn.getvalue() == ""
+
+
+def test_discover_filters_third_party_distributions(
+    monkeypatch: pytest.MonkeyPatch, fake_distribution: Callable[..., str]
+) -> None:
+    fake_distribution("backfill_unit_fake", GOOD_MODULE)
+
+    monkeypatch.setenv("BACKFILL_LOAD_PLUGINS", "")
+    registry = Registry.discover(warn=io.StringIO())
+    check_builtin(registry)
+    assert "unit_fake_one" not in registry.extractors
+
+    monkeypatch.setenv("BACKFILL_LOAD_PLUGINS", "Backfill.Unit-Fake, other")
+    registry = Registry.discover(warn=io.StringIO())
+    check_builtin(registry)
+    assert "unit_fake_one" in registry.extractors
+    fake = next(p for p in registry.plugins if p.name == "fakeplug")
+    assert (fake.distribution, fake.version, fake.status) == ("backfill_unit_fake", "1.2.3", "ok")
+
+    monkeypatch.delenv("BACKFILL_LOAD_PLUGINS")
+    assert "unit_fake_one" in Registry.discover(warn=io.StringIO()).extractors
+
+
+def test_discover_reports_a_plugin_that_fails_to_import(
+    monkeypatch: pytest.MonkeyPatch, fake_distribution: Callable[..., str]
+) -> None:
+    fake_distribution("backfill-unit-broken", "raise ImportError('missing dependency foo')\n")
+    monkeypatch.setenv("BACKFILL_LOAD_PLUGINS", "backfill-unit-broken")
+    warn = io.StringIO()
+    registry = Registry.discover(warn=warn)
+    check_builtin(registry)
+    broken = next(p for p in registry.plugins if p.distribution == "backfill-unit-broken")
+    assert broken.status == "error"
+    assert broken.error == "ImportError: missing dependency foo"
+    lines = warn.getvalue().splitlines()
+    assert len(lines) == 1 and "backfill-unit-broken" in lines[0] and "missing dependency foo" in lines[0]
+    with pytest.raises(PluginUnavailable):
+        registry.extractor("unit_fake_one")

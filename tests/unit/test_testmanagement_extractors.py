@@ -1,0 +1,300 @@
+"""Example-based tests of the built-in test-management extractors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from backfill_core import RecordError, Ref, Update, Upsert
+from backfill_core.changes import check_change
+from backfill_plugins.testmanagement.extractors import (
+    FLAGS,
+    BugAttributionExtractor,
+    TestFeatureExtractor,
+)
+
+TF = TestFeatureExtractor()
+BA = BugAttributionExtractor()
+
+
+def source_row(data: Any, *, test_id: int = 7, customer_id: int | None = 3) -> dict[str, Any]:
+    text = data if data is None or isinstance(data, str | bytes) else json.dumps(data)
+    return {"id": test_id, "customer_id": customer_id, "data": text}
+
+
+def bug_row(raw: Any, *, bug_id: int = 11, customer_id: int = 3) -> dict[str, Any]:
+    text = raw if raw is None or isinstance(raw, str | bytes) else json.dumps(raw)
+    return {"id": bug_id, "customer_id": customer_id, "raw_data": text}
+
+
+def features(data: Any, **row: Any) -> list[Upsert]:
+    changes = TF.extract(source_row(data, **row))
+    for c in changes:
+        check_change(c, TF.written, TF.name)
+    return changes
+
+
+def record_error(extractor: TestFeatureExtractor | BugAttributionExtractor, row: dict[str, Any]) -> str:
+    with pytest.raises(RecordError) as info:
+        extractor.extract(row)
+    return info.value.kind
+
+
+FULL = {
+    "id": 101,
+    "feature_id": 55,
+    "title": "Login",
+    "description": "Log in with e-mail",
+    "howtofind": "Top right",
+    "user_stories": ["As a user I log in", "Ünïcode story"],
+    "enable_default": True,
+    "enable_content": False,
+    "enable_visual": None,
+}
+
+
+# -- TestFeatureExtractor ---------------------------------------------------------------------
+
+
+def test_declarations() -> None:
+    assert TF.declaration_problems() == []
+    assert TF.source_table == "tests"
+    assert TF.read_columns == ("id", "customer_id", "data")
+    assert set(TF.written) == {"test_features"}
+    assert BA.declaration_problems() == []
+    assert BA.written == {"bugs": frozenset({"id", "test_feature_id"})}
+    assert BA.depends_on == ("test_features",)
+
+
+def test_full_feature_becomes_one_upsert() -> None:
+    (change,) = features({"title": "A test", "features": [FULL]})
+    assert change == Upsert(
+        table="test_features",
+        key={"id": 101},
+        values={
+            "customer_id": 3,
+            "test_id": 7,
+            "feature_id": 55,
+            "title": "Login",
+            "description": "Log in with e-mail",
+            "howtofind": "Top right",
+            "user_stories": '["As a user I log in","Ünïcode story"]',
+            "enable_default": True,
+            "enable_content": False,
+            "enable_visual": None,
+        },
+        defaults=dict.fromkeys(FLAGS, False),
+    )
+
+
+def test_several_features_keep_their_order() -> None:
+    data = {"features": [{"id": 3, "title": "c"}, {"id": 1, "title": "a"}, {"id": 2}]}
+    assert [c.key["id"] for c in features(data)] == [3, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "missing_id", [{"title": "no id"}, {"id": None}, {"id": 0}, {"id": ""}, {"id": False}]
+)
+def test_features_without_a_truthy_id_are_skipped(missing_id: dict[str, Any]) -> None:
+    data = {"features": [missing_id, {"id": 9, "title": "kept"}]}
+    assert [c.key for c in features(data)] == [{"id": 9}]
+
+
+@pytest.mark.parametrize("data", [None, "null", {}, {"features": None}, {"features": []}, {"other": 1}])
+def test_no_features_gives_no_changes(data: Any) -> None:
+    assert features(data) == []
+
+
+def test_minimal_feature_gets_empty_title_and_stories() -> None:
+    (change,) = features({"features": [{"id": 4}]})
+    assert change.values["title"] == ""
+    assert change.values["user_stories"] == "[]"
+    assert change.values["feature_id"] is None
+    assert change.values["description"] is None and change.values["howtofind"] is None
+
+
+@pytest.mark.parametrize("stories", [None, "missing", []])
+def test_user_stories_none_missing_or_empty_is_empty_list_text(stories: Any) -> None:
+    feature: dict[str, Any] = {"id": 4}
+    if stories != "missing":
+        feature["user_stories"] = stories
+    (change,) = features({"features": [feature]})
+    assert change.values["user_stories"] == "[]"
+
+
+def test_user_stories_list_is_compact_json_text() -> None:
+    stories = ["a b", {"given": "x", "then": ["y", 1, None, True]}, "日本"]
+    (change,) = features({"features": [{"id": 4, "user_stories": stories}]})
+    assert change.values["user_stories"] == '["a b",{"given":"x","then":["y",1,null,true]},"日本"]'
+    assert json.loads(change.values["user_stories"]) == stories
+
+
+def test_flags_none_use_defaults_false_with_value_none() -> None:
+    (change,) = features({"features": [{"id": 4}]})
+    assert change.defaults == {"enable_default": False, "enable_content": False, "enable_visual": False}
+    for flag in FLAGS:
+        assert change.values[flag] is None
+
+
+@pytest.mark.parametrize(("raw", "expected"), [(True, True), (False, False), (1, True), (0, False)])
+def test_flags_accept_booleans_and_zero_one(raw: Any, expected: bool) -> None:
+    (change,) = features({"features": [{"id": 4, "enable_visual": raw}]})
+    assert change.values["enable_visual"] is expected
+
+
+def test_customer_and_test_come_from_the_row_not_the_json() -> None:
+    data = {
+        "id": 999,
+        "customer_id": 888,
+        "test_id": 777,
+        "features": [{"id": 4, "customer_id": 666, "test_id": 555}],
+    }
+    (change,) = features(data, test_id=12, customer_id=34)
+    assert change.values["customer_id"] == 34
+    assert change.values["test_id"] == 12
+
+
+def test_digit_string_ids_are_accepted() -> None:
+    (change,) = features({"features": [{"id": "42", "feature_id": " 17 "}]})
+    assert change.key == {"id": 42}
+    assert change.values["feature_id"] == 17
+
+
+def test_bytes_data_is_parsed() -> None:
+    (change,) = features(json.dumps({"features": [{"id": 5, "title": "é"}]}).encode())
+    assert change.values["title"] == "é"
+
+
+def test_null_customer_is_an_error() -> None:
+    assert record_error(TF, source_row({"features": [{"id": 1}]}, customer_id=None)) == "invalid-type"
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        ('{"features": [', "invalid-json"),
+        ("not json at all", "invalid-json"),
+        ('{"features": [{"id": NaN}]}', "invalid-json"),
+        ([1, 2], "invalid-shape"),
+        ('"a string"', "invalid-shape"),
+        ("42", "invalid-shape"),
+        ({"features": "not a list"}, "invalid-shape"),
+        ({"features": {"id": 1}}, "invalid-shape"),
+        ({"features": [1]}, "invalid-shape"),
+        ({"features": [{"id": 1}, "x"]}, "invalid-shape"),
+        ({"features": [{"id": "abc"}]}, "invalid-type"),
+        ({"features": [{"id": "-3"}]}, "invalid-type"),
+        ({"features": [{"id": "٣"}]}, "invalid-type"),  # a non-ASCII digit
+        ({"features": [{"id": 1.5}]}, "invalid-type"),
+        ({"features": [{"id": True}]}, "invalid-type"),
+        ({"features": [{"id": [1]}]}, "invalid-type"),
+        ({"features": [{"id": 1, "feature_id": "x"}]}, "invalid-type"),
+        ({"features": [{"id": 1, "feature_id": False}]}, "invalid-type"),
+        ({"features": [{"id": 1, "title": 7}]}, "invalid-type"),
+        ({"features": [{"id": 1, "description": ["x"]}]}, "invalid-type"),
+        ({"features": [{"id": 1, "howtofind": {"a": 1}}]}, "invalid-type"),
+        ({"features": [{"id": 1, "user_stories": "one story"}]}, "invalid-type"),
+        ({"features": [{"id": 1, "user_stories": {"a": 1}}]}, "invalid-type"),
+        ({"features": [{"id": 1, "enable_default": "yes"}]}, "invalid-type"),
+        ({"features": [{"id": 1, "enable_default": 2}]}, "invalid-type"),
+        ({"features": [{"id": 1, "enable_content": 1.0}]}, "invalid-type"),
+    ],
+)
+def test_bad_test_data_raises_record_error(data: Any, kind: str) -> None:
+    assert record_error(TF, source_row(data)) == kind
+
+
+def test_one_bad_feature_fails_the_whole_test() -> None:
+    data = {"features": [{"id": 1, "title": "ok"}, {"id": 2, "title": 3}]}
+    with pytest.raises(RecordError) as info:
+        TF.extract(source_row(data))
+    assert "data.features[1].title" in info.value.message
+
+
+def test_non_string_data_value_is_invalid_json() -> None:
+    assert record_error(TF, {"id": 1, "customer_id": 1, "data": 12}) == "invalid-json"
+
+
+def test_out_of_range_number_in_user_stories_is_a_record_error() -> None:
+    # 1e400 is valid JSON syntax; Python parses it as inf, which dump_json cannot write.
+    data = '{"features": [{"id": 1, "user_stories": ["ok", 1e400]}]}'
+    with pytest.raises(RecordError):
+        TF.extract(source_row(data))
+
+
+def test_id_with_too_many_digits_is_a_record_error() -> None:
+    data = json.dumps({"features": [{"id": "9" * 5000}]})
+    assert record_error(TF, source_row(data)) == "invalid-type"
+
+
+# -- BugAttributionExtractor -----------------------------------------------------------------
+
+
+def attribution(raw: Any, **row: Any) -> Update:
+    changes = BA.extract(bug_row(raw, **row))
+    assert len(changes) == 1
+    check_change(changes[0], BA.written, BA.name)
+    return changes[0]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        "null",
+        {},
+        {"title": "x"},
+        {"test_feature": None},
+        {"test_feature": {}},
+        {"test_feature": {"id": None}},
+        {"test_feature": {"id": 0}},
+    ],
+)
+def test_bug_without_test_feature_clears_the_attribution(raw: Any) -> None:
+    assert attribution(raw) == Update("bugs", {"id": 11}, {"test_feature_id": None}, requires=())
+
+
+def test_bug_with_test_feature_requires_it_for_the_same_customer() -> None:
+    change = attribution({"test_feature": {"id": 42, "title": "Login"}, "customer_id": 99}, customer_id=5)
+    assert change == Update(
+        "bugs",
+        {"id": 11},
+        {"test_feature_id": 42},
+        requires=(Ref("test_features", "id", 42, match={"customer_id": 5}),),
+    )
+
+
+def test_bug_digit_string_feature_id_is_accepted() -> None:
+    change = attribution({"test_feature": {"id": "42"}})
+    assert change.values == {"test_feature_id": 42}
+    assert change.requires[0].value == 42
+
+
+def test_bug_key_is_the_row_id() -> None:
+    assert attribution({"id": 1234, "test_feature": {"id": 1}}, bug_id=56).key == {"id": 56}
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind"),
+    [
+        ('{"test_feature": {"id": 1', "invalid-json"),
+        ("Infinity", "invalid-json"),
+        ([1], "invalid-shape"),
+        ('"text"', "invalid-shape"),
+        ({"test_feature": 42}, "invalid-shape"),
+        ({"test_feature": [{"id": 1}]}, "invalid-shape"),
+        ({"test_feature": {"id": "abc"}}, "invalid-type"),
+        ({"test_feature": {"id": 4.0}}, "invalid-type"),
+        ({"test_feature": {"id": True}}, "invalid-type"),
+        ({"test_feature": {"id": {"nested": 1}}}, "invalid-type"),
+    ],
+)
+def test_bad_bug_data_raises_record_error(raw: Any, kind: str) -> None:
+    assert record_error(BA, bug_row(raw)) == kind
+
+
+def test_bug_feature_id_with_too_many_digits_is_a_record_error() -> None:
+    raw = json.dumps({"test_feature": {"id": "1" * 5000}})
+    assert record_error(BA, bug_row(raw)) == "invalid-type"
