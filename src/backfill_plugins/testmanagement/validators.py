@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, FromClause, Select, column, exists, func, select, table
+from sqlalchemy import ColumnElement, FromClause, Select, column, func, select, table
 
 from backfill_core import Metric, Validator
 from backfill_core.sql import json_value
@@ -34,7 +34,9 @@ class CoverageValidator(Validator):
         self.threshold = threshold
 
     def metrics(self) -> list[Metric]:
-        has_feature = exists().where(features.c.test_id == tests.c.id)
+        # IN (subquery), not a correlated EXISTS: without an index on test_features.test_id the
+        # latter scans test_features once per test.
+        has_feature = tests.c.id.in_(select(features.c.test_id))
         names_feature = json_value(bugs.c.raw_data, "test_feature", "id").is_not(None)
         attributed = bugs.c.test_feature_id.is_not(None)
         return [
