@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -36,8 +37,12 @@ def resolve_url(database: str | None) -> URL:
         return URL.create("sqlite+aiosqlite", database=str(Path(raw).expanduser().resolve()))
     try:
         url = make_url(raw)
-    except exc.ArgumentError as e:
-        raise DatabaseUnavailable(f"cannot parse database URL {raw!r}: {e}") from None
+    except (exc.ArgumentError, ValueError):
+        shown = re.sub(r"(//[^/@]*?:)[^/@]*@", r"\1***@", raw)
+        raise DatabaseUnavailable(
+            f"cannot parse database URL {shown!r}; use dialect://user:password@host:port/database "
+            "or a plain file path"
+        ) from None
     backend, _, driver = url.drivername.partition("+")
     if not driver:
         url = url.set(drivername=ASYNC_DRIVERS.get(backend, backend))
@@ -135,17 +140,34 @@ class Database:
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reads; each statement sees the latest committed data."""
+        """A connection for reads; each statement sees the latest committed data.
+
+        A database failure that retrying cannot fix becomes DatabaseUnavailable.
+        """
         assert self._reader is not None, "database is not open"
-        async with self._reader.connect() as conn:
-            yield conn
+        try:
+            async with self._reader.connect() as conn:
+                yield conn
+        except exc.DBAPIError as e:
+            if is_record_level(e):
+                raise
+            raise self.fatal(e, "read from") from e
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        """One write transaction: committed on success, rolled back on any exception."""
+        """One write transaction: committed on success, rolled back on any exception.
+
+        Constraint violations propagate for the caller to isolate; any other database failure
+        becomes DatabaseUnavailable.
+        """
         assert self._writer is not None, "database is not open"
-        async with self._writer.begin() as conn:
-            yield conn
+        try:
+            async with self._writer.begin() as conn:
+                yield conn
+        except exc.DBAPIError as e:
+            if is_record_level(e):
+                raise
+            raise self.fatal(e, "write to") from e
 
     async def check_schema(self, needed: Mapping[str, Iterable[str]]) -> None:
         """Raise SchemaMissing naming the first table or column of ``needed`` that does not exist."""

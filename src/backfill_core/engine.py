@@ -332,7 +332,7 @@ class BatchRunner:
             async with self.db.transaction() as conn:
                 state = RunState(self.stats.run_id, self.x.name)
                 await self.ledger.checkpoint(conn, state, self._pending_key, self._pending)
-        except DBAPIError:
+        except (DBAPIError, BackfillError):
             return
         self._pending, self._pending_key = Delta(), None
 

@@ -35,7 +35,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backfill_core.database import Database
-from backfill_core.errors import EnvironmentProblem
+from backfill_core.errors import BackfillError, EnvironmentProblem
 from backfill_core.report import ErrorRecord
 
 RUNNING, SUCCEEDED, FAILED, INTERRUPTED = "running", "succeeded", "failed", "interrupted"
@@ -326,7 +326,7 @@ class Ledger:
                     .where(runs.c.id == run.id)
                     .values(status=status, message=message, finished_at=now(), heartbeat_at=now())
                 )
-        except DBAPIError:
+        except (DBAPIError, BackfillError):
             pass  # the run stays 'running'; its dead pid or stale heartbeat lets the next run take over
 
     # -- reading, for status, errors and --retry-errors ------------------------------------------

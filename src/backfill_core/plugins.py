@@ -82,7 +82,7 @@ class Registry:
         """Load every installed plugin allowed by ``BACKFILL_LOAD_PLUGINS``."""
         registry = cls(warn)
         allowed = os.environ.get(LOAD_PLUGINS_ENV)
-        wanted = None if allowed is None else {normalize(n) for n in allowed.split(",") if n.strip()}
+        wanted = None if allowed is None else {normalize(n.strip()) for n in allowed.split(",") if n.strip()}
         for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=_builtin_first):
             dist = normalize(ep.dist.name) if ep.dist else "unknown"
             if wanted is not None and dist != BUILTIN_DISTRIBUTION and dist not in wanted:

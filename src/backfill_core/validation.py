@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from sqlalchemy.exc import CompileError, DBAPIError
 
 from backfill_core.database import Database
 from backfill_core.errors import EnvironmentProblem, UsageError
-from backfill_core.validator import MetricResult, Validator
+from backfill_core.validator import Metric, MetricResult, Validator
 
 
 def parse_thresholds(items: Sequence[str]) -> dict[str, float]:
@@ -26,35 +26,58 @@ def parse_thresholds(items: Sequence[str]) -> dict[str, float]:
     return out
 
 
-async def run_validators(
-    db: Database, validators: Sequence[Validator], thresholds: Mapping[str, float] | None = None
-) -> list[MetricResult]:
-    thresholds = thresholds or {}
-    known = {v.name for v in validators} | {f"{v.name}.{m.name}" for v in validators for m in v.metrics()}
+def selected(validators: Sequence[Validator], ran: Collection[str] | None) -> list[tuple[Validator, Metric]]:
+    """The metrics to compute: all of them, or those checking an extractor in ``ran``."""
+    return [
+        (v, m)
+        for v in validators
+        for m in v.metrics()
+        if ran is None or m.extractor is None or m.extractor in ran
+    ]
+
+
+def check_thresholds(
+    validators: Sequence[Validator], thresholds: Mapping[str, float], ran: Collection[str] | None = None
+) -> None:
+    """Raise UsageError for a --threshold that names no metric about to be computed."""
+    chosen = selected(validators, ran)
+    known = {v.name for v, _ in chosen} | {f"{v.name}.{m.name}" for v, m in chosen}
     unknown = sorted(set(thresholds) - known)
     if unknown:
         raise UsageError(
             f"--threshold names no metric being validated: {', '.join(unknown)} "
             f"(known: {', '.join(sorted(known)) or 'none'})"
         )
+
+
+async def run_validators(
+    db: Database,
+    validators: Sequence[Validator],
+    thresholds: Mapping[str, float] | None = None,
+    ran: Collection[str] | None = None,
+) -> list[MetricResult]:
+    """Compute the metrics of ``validators`` (only those about extractors in ``ran``, if given)."""
+    thresholds = thresholds or {}
+    check_thresholds(validators, thresholds, ran)
     for v in validators:
         await db.check_schema(v.tables)
     results = []
     async with db.reading() as conn:
-        for v in validators:
-            for m in v.metrics():
-                try:
-                    num = (await conn.execute(m.numerator)).scalar_one()
-                    den = (await conn.execute(m.denominator)).scalar_one()
-                except (DBAPIError, CompileError) as e:
-                    raise EnvironmentProblem(
-                        f"validator {v.name!r} could not compute {m.name!r}: {getattr(e, 'orig', e)}; "
-                        "pass --no-validate to skip validation"
-                    ) from e
-                threshold = thresholds.get(f"{v.name}.{m.name}", thresholds.get(v.name, m.threshold))
-                if m.threshold is None:
-                    threshold = None
-                results.append(
-                    MetricResult(v.name, m.name, m.description, int(num or 0), int(den or 0), threshold)
-                )
+        for v, m in selected(validators, ran):
+            try:
+                num = (await conn.execute(m.numerator)).scalar_one()
+                den = (await conn.execute(m.denominator)).scalar_one()
+            except (DBAPIError, CompileError) as e:
+                raise EnvironmentProblem(
+                    f"validator {v.name!r} could not compute {m.name!r}: {getattr(e, 'orig', e)}; "
+                    "pass --no-validate to skip validation"
+                ) from e
+            threshold = (
+                None
+                if m.threshold is None
+                else thresholds.get(f"{v.name}.{m.name}", thresholds.get(v.name, m.threshold))
+            )
+            results.append(
+                MetricResult(v.name, m.name, m.description, int(num or 0), int(den or 0), threshold)
+            )
     return results

@@ -23,6 +23,9 @@ class Metric:
     numerator: Select[Any]
     denominator: Select[Any]
     threshold: float | None = 0.95
+    extractor: str | None = None
+    """The extractor whose result this checks: after ``backfill run`` the metric is computed only
+    if that extractor ran. None: whenever the validator runs."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ class CoverageValidator(Validator):
                 _count(tests, has_feature),
                 _count(tests),
                 self.threshold,
+                "test_features",
             ),
             Metric(
                 "bugs_attributed",
@@ -53,6 +54,7 @@ class CoverageValidator(Validator):
                 _count(bugs, names_feature, attributed),
                 _count(bugs, names_feature),
                 self.threshold,
+                "bug_attribution",
             ),
             Metric(
                 "bugs_attributed_all",
@@ -60,6 +62,7 @@ class CoverageValidator(Validator):
                 _count(bugs, attributed),
                 _count(bugs),
                 None,
+                "bug_attribution",
             ),
             Metric(
                 "features_with_customer",
@@ -67,5 +70,6 @@ class CoverageValidator(Validator):
                 _count(features, features.c.customer_id.is_not(None)),
                 _count(features),
                 self.threshold,
+                "test_features",
             ),
         ]

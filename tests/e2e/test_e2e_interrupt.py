@@ -1,0 +1,99 @@
+"""Ctrl-C in the middle of a run: exit 130, committed batches kept, no half-written batch.
+
+The run is a real subprocess on a 3000-test database with ``--batch-size 50``. The test
+waits, reading the file read-only, until the phase under test has committed something, then
+sends SIGINT. Test and bug ids are 1..N with no gaps and batches are read in id order, so
+after a clean interrupt the rows written are exactly a full run's rows for the ids up to a
+multiple of the batch size.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from e2e_support import BACKFILL, attributions, connect_ro, features_by_test, make_env, query, snapshot
+
+BATCH = 50
+COMMAND = ["run", "test_features", "bug_attribution", "--batch-size", str(BATCH), "--quiet"]
+PROBES = {
+    "test_features": "SELECT EXISTS (SELECT 1 FROM test_features)",
+    "bug_attribution": "SELECT EXISTS (SELECT 1 FROM bugs WHERE test_feature_id IS NOT NULL)",
+}
+
+
+def _committed(path: Path, probe: str) -> bool:
+    conn = connect_ro(path)
+    try:
+        return bool(conn.execute(probe).fetchone()[0])
+    except sqlite3.OperationalError:  # a commit in progress: look again
+        return False
+    finally:
+        conn.close()
+
+
+def _up_to_batch_boundary(ids: set[int]) -> int:
+    top = max(ids)
+    return -(-top // BATCH) * BATCH
+
+
+@pytest.mark.parametrize("phase", ["test_features", "bug_attribution"])
+def test_sigint_exits_130_and_keeps_only_whole_batches(
+    big_template_db: Path, big_full_run_db: Path, tmp_path: Path, phase: str
+) -> None:
+    db = tmp_path / "big.db"
+    shutil.copy(big_template_db, db)
+    db.chmod(0o644)
+    args = [str(BACKFILL), *COMMAND, "-d", str(db)]
+    proc = subprocess.Popen(args, env=make_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _committed(db, PROBES[phase]):
+            assert proc.poll() is None, f"the run ended before {phase} committed: {proc.communicate()}"
+            assert time.monotonic() < deadline, f"{phase} committed nothing in 120s"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    assert proc.returncode == 130, stdout + stderr
+    assert "interrupted" in stderr
+    assert "Traceback" not in stderr
+    assert "interrupted" in stdout
+    assert "rolled back" in stdout + stderr
+    assert not Path(f"{db}-journal").exists(), "the rollback journal was left behind"
+
+    full_features = features_by_test(big_full_run_db)
+    full_bugs = attributions(big_full_run_db)
+    features = features_by_test(db)
+    bugs = attributions(db)
+    assert features, "test_features had committed before the interrupt"
+
+    # every test whose features appear has all of them, and the rows are a full run's rows
+    assert {t: full_features[t] for t in features} == features
+    full_rows = set(query(big_full_run_db, "SELECT * FROM test_features"))
+    assert set(query(db, "SELECT * FROM test_features")) <= full_rows
+    # whole batches only: everything up to a batch boundary, nothing after it
+    cut = _up_to_batch_boundary(set(features))
+    assert features == {t: ids for t, ids in full_features.items() if t <= cut}
+
+    if phase == "bug_attribution":
+        assert features == full_features, "bug_attribution runs after test_features is done"
+        assert bugs, "bug_attribution had committed before the interrupt"
+        cut = _up_to_batch_boundary(set(bugs))
+        assert bugs == {b: f for b, f in full_bugs.items() if b <= cut}
+    else:
+        assert bugs == {} or features == full_features
+
+    # "run the same command to continue" ends where a full run ends
+    resumed = subprocess.run(args, env=make_env(), capture_output=True, text=True, timeout=300, check=False)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert snapshot(db) == snapshot(big_full_run_db)
