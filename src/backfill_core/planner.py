@@ -19,10 +19,14 @@ Target = tuple[str, KeyCols]
 
 @dataclass(slots=True)
 class Extracted:
-    """The changes one source row produced."""
+    """The changes one source row produced, each with the target row it addresses."""
 
     key: Any
     changes: Sequence[Change]
+    addresses: list[tuple[Target, tuple[Any, ...]]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.addresses = [address(c) for c in self.changes]
 
 
 @dataclass(slots=True)
@@ -65,20 +69,22 @@ class Plan:
         return any(w.inserts or w.updates for w in self.writes.values())
 
 
-def target_of(change: Change) -> Target:
-    return change.table, tuple(sorted(change.key))
-
-
-def key_of(change: Change) -> tuple[Any, ...]:
-    return tuple(change.key[c] for c in sorted(change.key))
+def address(change: Change) -> tuple[Target, tuple[Any, ...]]:
+    """The (table, key columns) a change addresses, and its key values in that column order."""
+    key = change.key
+    if len(key) == 1:
+        ((col, value),) = key.items()
+        return (change.table, (col,)), (value,)
+    cols = tuple(sorted(key))
+    return (change.table, cols), tuple(key[c] for c in cols)
 
 
 def keys_needed(batch: Iterable[Extracted]) -> dict[Target, set[tuple[Any, ...]]]:
     """The target rows whose current values the plan needs."""
     needed: dict[Target, set[tuple[Any, ...]]] = {}
     for item in batch:
-        for change in item.changes:
-            needed.setdefault(target_of(change), set()).add(key_of(change))
+        for target, key in item.addresses:
+            needed.setdefault(target, set()).add(key)
     return needed
 
 
@@ -109,8 +115,7 @@ def plan_batch(
         if problem:
             failures.append(Failure(item.key, *problem))
             continue
-        for change in item.changes:
-            target, key = target_of(change), key_of(change)
+        for change, (target, key) in zip(item.changes, item.addresses, strict=True):
             rows = entries.setdefault(target, {})
             entry = rows.get(key)
             if entry is None:
@@ -131,8 +136,7 @@ def _check(
     referenced: Mapping[tuple[str, str], Mapping[Any, Mapping[str, Any]]],
     entries: Mapping[Target, Mapping[tuple[Any, ...], _Entry]],
 ) -> tuple[str, str] | None:
-    for change in item.changes:
-        target, key = target_of(change), key_of(change)
+    for change, (target, key) in zip(item.changes, item.addresses, strict=True):
         if (
             isinstance(change, Update)
             and key not in current.get(target, {})

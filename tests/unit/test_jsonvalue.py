@@ -112,3 +112,10 @@ def test_dump_json_matches_sqlite_json() -> None:
     with sqlite3.connect(":memory:") as conn:
         (normalized,) = conn.execute("SELECT json(?)", (text,)).fetchone()
     assert normalized == text
+
+
+def test_integers_beyond_64_bits_become_floats() -> None:
+    # Like SQLite's json_extract: the value survives approximately, never as a wrong integer.
+    assert parse_json("18446744073709551616", "x") == 18446744073709551616.0
+    assert isinstance(parse_json("18446744073709551616", "x"), float)
+    assert parse_json("18446744073709551615", "x") == 18446744073709551615
