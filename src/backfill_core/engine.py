@@ -347,7 +347,13 @@ class BatchRunner:
     async def _plan(self, conn: AsyncConnection, batch: list[Extracted]) -> Plan:
         current = await self._current(conn, keys_needed(batch))
         referenced = await self._referenced(conn, refs_needed(batch))
-        return plan_batch(batch, current, referenced, sample_size=self.options.sample_size)
+        return plan_batch(
+            batch,
+            current,
+            referenced,
+            sample_size=self.options.sample_size,
+            keep_merged=self.overlay is not None,
+        )
 
     async def _current(
         self, conn: AsyncConnection, needed: Mapping[Target, set[tuple[Any, ...]]]
@@ -392,7 +398,8 @@ class BatchRunner:
         else:
             where = tuple_(*(t.c[c] for c in key_cols)).in_(keys)
         result = await conn.execute(select(*t.c).where(where))
-        return [dict(r) for r in result.mappings()]
+        names = tuple(t.c.keys())
+        return [dict(zip(names, r, strict=True)) for r in result.all()]
 
     async def _write(self, conn: AsyncConnection, plan: Plan) -> None:
         for writes in plan.writes.values():

@@ -62,7 +62,7 @@ class Plan:
     failures: list[Failure]
     samples: list[dict[str, Any]]
     merged: dict[Target, dict[tuple[Any, ...], dict[str, Any]]]
-    """The resulting row of every target touched, for a dry run's overlay."""
+    """The resulting row of every target touched, for a dry run's overlay (see keep_merged)."""
 
     @property
     def has_writes(self) -> bool:
@@ -106,8 +106,13 @@ def plan_batch(
     referenced: Mapping[tuple[str, str], Mapping[Any, Mapping[str, Any]]],
     *,
     sample_size: int = 0,
+    keep_merged: bool = True,
 ) -> Plan:
-    """Decide the writes for ``batch``, applying its changes in order (the last one wins)."""
+    """Decide the writes for ``batch``, applying its changes in order (the last one wins).
+
+    ``keep_merged=False`` leaves out ``Plan.merged`` for rows that already exist; only a dry
+    run's overlay needs them.
+    """
     entries: dict[Target, dict[tuple[Any, ...], _Entry]] = {}
     failures: list[Failure] = []
     for item in batch:
@@ -127,7 +132,7 @@ def plan_batch(
                 if value is None and col in defaults:
                     continue
                 entry.new[col] = value
-    return _diff(entries, failures, sample_size)
+    return _diff(entries, failures, sample_size, keep_merged)
 
 
 def _check(
@@ -169,7 +174,10 @@ def _check_ref(
 
 
 def _diff(
-    entries: dict[Target, dict[tuple[Any, ...], _Entry]], failures: list[Failure], sample_size: int
+    entries: dict[Target, dict[tuple[Any, ...], _Entry]],
+    failures: list[Failure],
+    sample_size: int,
+    keep_merged: bool,
 ) -> Plan:
     writes: dict[Target, Writes] = {}
     merged: dict[Target, dict[tuple[Any, ...], dict[str, Any]]] = {}
@@ -187,15 +195,17 @@ def _diff(
                 if len(samples) < sample_size:
                     samples.append({"table": target[0], "action": "insert", "row": row})
                 continue
-            changed = {c: v for c, v in entry.new.items() if entry.current.get(c) != v}
-            final[key] = {**entry.current, **entry.new}
-            if not changed:
+            current = entry.current
+            if keep_merged:
+                final[key] = {**current, **entry.new}
+            if all(current.get(c) == v for c, v in entry.new.items()):
                 unchanged += 1
                 continue
             values = {c: v for c, v in entry.new.items() if c not in target[1]}
             out.updates.append((dict(zip(target[1], key, strict=True)), values))
             updated += 1
             if len(samples) < sample_size:
+                changed = {c: v for c, v in entry.new.items() if current.get(c) != v}
                 samples.append(
                     {
                         "table": target[0],
