@@ -1,0 +1,460 @@
+"""The issue 5 benchmark: backfill against the set-based SQL and the naive ORM baselines.
+
+    python benchmarks/run.py [--tests 50000] [--small 10000] [--repeat 3] [--workdir DIR]
+
+Builds synthetic databases (cached in the workdir, keyed by size and generator version), runs
+every approach in its own child process on a fresh copy, checks that all of them leave identical
+tables (exit status 1 if not), and prints medians and the issue's ratios with PASS/FAIL.
+Every figure printed comes from this run's measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import baselines
+
+from backfill_plugins.testmanagement import synthetic
+
+HERE = Path(__file__).resolve().parent
+BASELINES = HERE / "baselines.py"
+BIN = Path(sys.executable).parent
+BACKFILL = BIN / "backfill"
+JOB = ("test_features", "bug_attribution")
+SCRUBBED = ("BACKFILL_DATABASE_URL", "BACKFILL_LOAD_PLUGINS", "BACKFILL_BUSY_TIMEOUT")
+NAIVE_GROWTH = 1.2
+"""Exponent used to extrapolate the naive script's time from the small size to the large one
+(measured near 1.0 from 2,000 to 10,000 tests; OFFSET paging adds a quadratic term that shows
+at larger sizes)."""
+
+SET_BASED = "set-based SQL"
+BACKFILL_RUN = "backfill"
+SECOND_RUN = "backfill, 2nd run"
+DRY_RUN = "backfill --dry-run"
+NAIVE = "naive ORM"
+ORDER = (SET_BASED, BACKFILL_RUN, SECOND_RUN, DRY_RUN, NAIVE)
+
+
+class BenchmarkError(Exception):
+    """A child failed or the approaches disagree: the figures cannot be trusted."""
+
+
+@dataclass
+class Measurement:
+    seconds: float
+    peak_mb: float
+    """Peak resident set size of the child (ru_maxrss), in MB of 10^6 bytes."""
+    stdout: str
+
+
+@dataclass
+class Size:
+    tests: int
+    path: Path
+    source_rows: int = 0
+    runs: dict[str, list[Measurement]] = field(default_factory=dict)
+
+    def median(self, approach: str, attr: str = "seconds") -> float | None:
+        found = self.runs.get(approach)
+        return statistics.median(getattr(m, attr) for m in found) if found else None
+
+
+# --- running children ------------------------------------------------------------------------------
+
+
+def child_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+
+
+LAUNCHER = """
+import os, sys, time
+started = time.perf_counter()
+pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+seconds = time.perf_counter() - started
+with open(sys.argv[1], "w") as f:
+    f.write(f"{os.waitstatus_to_exitcode(status)} {seconds!r} {usage.ru_maxrss}")
+"""
+"""Spawns the measured command from a small process, so the command's ru_maxrss is its own (on
+Linux a child's ru_maxrss starts from the RSS of the process that spawned it, and this harness is
+bigger than the smallest children), and times it from spawn to exit."""
+
+
+def measure(cmd: Sequence[str], ok: Sequence[int] = (0,)) -> Measurement:
+    """Run ``cmd`` in a child; its wall time from spawn to exit and its own peak RSS."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result, out, err = (Path(tmp) / name for name in ("result", "stdout", "stderr"))
+        with out.open("wb") as o, err.open("wb") as e:
+            subprocess.run(
+                [sys.executable, "-S", "-c", LAUNCHER, str(result), *cmd],
+                stdout=o,
+                stderr=e,
+                env=child_env(),
+                check=True,
+            )
+        code, seconds, maxrss_kib = result.read_text().split()
+        stdout = out.read_text(errors="replace")
+        stderr = err.read_text(errors="replace")
+    if int(code) not in ok:
+        raise BenchmarkError(
+            f"{shlex.join(cmd)} exited with {code}\n--- stderr (tail):\n{stderr[-3000:]}"
+            f"\n--- stdout (tail):\n{stdout[-2000:]}"
+        )
+    return Measurement(float(seconds), int(maxrss_kib) * 1024 / 1e6, stdout)
+
+
+def backfill_cmd(db: Path, *extra: str) -> list[str]:
+    return [str(BACKFILL), "run", *JOB, "-d", str(db), "--quiet", "--json", *extra]
+
+
+def baseline_cmd(mode: str, db: Path) -> list[str]:
+    return [sys.executable, str(BASELINES), mode, str(db)]
+
+
+# --- databases -------------------------------------------------------------------------------------
+
+
+def generator_version() -> str:
+    return hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:10]
+
+
+def database(workdir: Path, tests: int) -> Path:
+    """The cached synthetic database of ``tests`` tests, built if missing."""
+    path = workdir / f"synthetic-{tests}-{generator_version()}.db"
+    if path.exists():
+        print(f"  {tests:>7} tests: cached {path}")
+        return path
+    tmp = path.with_suffix(".building")
+    tmp.unlink(missing_ok=True)
+    started = time.perf_counter()
+    counts = synthetic.build(tmp, tests=tests)
+    tmp.rename(path)
+    print(
+        f"  {tests:>7} tests: built {path} in {time.perf_counter() - started:.1f} s "
+        f"({counts.bugs} bugs, {counts.messy_tests} messy tests, {counts.messy_bugs} messy bugs)"
+    )
+    return path
+
+
+def source_rows(path: Path) -> int:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return sum(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("tests", "bugs"))
+    finally:
+        conn.close()
+
+
+class Copies:
+    """Fresh copies of a template database, deleted once measured (kept if a check fails)."""
+
+    def __init__(self, workdir: Path, template: Path) -> None:
+        self.dir = workdir / "copies"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.template = template
+
+    def fresh(self, name: str) -> Path:
+        path = self.dir / f"{self.template.stem}-{name}.db"
+        for p in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
+            p.unlink(missing_ok=True)
+        shutil.copy(self.template, path)
+        return path
+
+    @staticmethod
+    def drop(path: Path) -> None:
+        for p in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
+            p.unlink(missing_ok=True)
+
+
+def check_same(reference: Path, ref_digest: object, other: Path, what: str) -> None:
+    if baselines.snapshot_digest(other) == ref_digest:
+        return
+    diff = baselines.first_difference(reference, other) or "(digests differ, yet no row differs?)"
+    raise BenchmarkError(f"tables differ: {what}\n  first difference: {diff}\n  copies kept for inspection")
+
+
+# --- the benchmark ---------------------------------------------------------------------------------
+
+
+def run_size(size: Size, copies: Copies, repeat: int, log: bool = True) -> Path:
+    """Set-based, backfill, its second run and a dry run, ``repeat`` times; returns a copy that
+    holds the set-based result, the reference for every other approach at this size."""
+    pristine = baselines.snapshot_digest(size.path)
+    reference: Path | None = None
+    ref_digest: object = None
+    for i in range(repeat):
+        sql_db = copies.fresh(f"set-based-{i}")
+        add(size, SET_BASED, measure(baseline_cmd("set-based", sql_db)), log)
+        if reference is None:
+            reference, ref_digest = sql_db, baselines.snapshot_digest(sql_db)
+            if ref_digest == pristine:
+                raise BenchmarkError(f"set-based SQL changed nothing in {sql_db}")
+        else:
+            check_same(reference, ref_digest, sql_db, f"set-based SQL run {i + 1} vs run 1")
+            copies.drop(sql_db)
+
+        bf_db = copies.fresh(f"backfill-{i}")
+        m = add(size, BACKFILL_RUN, measure(backfill_cmd(bf_db)), log)
+        check_report(m, dry_run=False)
+        check_same(reference, ref_digest, bf_db, f"backfill (run {i + 1}) vs set-based SQL")
+        m = add(size, SECOND_RUN, measure(backfill_cmd(bf_db)), log)
+        check_report(m, dry_run=False)
+        check_same(reference, ref_digest, bf_db, f"backfill second run (run {i + 1}) vs set-based SQL")
+        copies.drop(bf_db)
+
+        dry_db = copies.fresh(f"dry-run-{i}")
+        m = add(size, DRY_RUN, measure(backfill_cmd(dry_db, "--dry-run")), log)
+        check_report(m, dry_run=True)
+        if baselines.snapshot_digest(dry_db) != pristine:
+            raise BenchmarkError(f"backfill --dry-run changed the tables of {dry_db}")
+        copies.drop(dry_db)
+    assert reference is not None
+    return reference
+
+
+def run_naive(size: Size, copies: Copies, reference: Path) -> None:
+    db = copies.fresh("naive-orm")
+    add(size, NAIVE, measure(baseline_cmd("naive-orm", db)))
+    check_same(reference, baselines.snapshot_digest(reference), db, "naive ORM vs set-based SQL")
+    copies.drop(db)
+
+
+def check_report(m: Measurement, *, dry_run: bool) -> None:
+    """backfill's own JSON summary must say it processed every row and did what was asked."""
+    try:
+        report = json.loads(m.stdout)
+    except ValueError as e:
+        raise BenchmarkError(f"backfill printed no JSON summary: {e}\n{m.stdout[-2000:]}") from None
+    if report.get("dry_run") is not dry_run or [x["extractor"] for x in report["extractors"]] != list(JOB):
+        raise BenchmarkError(f"unexpected backfill summary:\n{m.stdout[-2000:]}")
+
+
+def add(size: Size, approach: str, m: Measurement, log: bool = True) -> Measurement:
+    size.runs.setdefault(approach, []).append(m)
+    if log:
+        print(f"  {size.tests:>7} tests  {approach:<20} {m.seconds:8.2f} s  {m.peak_mb:7.1f} MB", flush=True)
+    return m
+
+
+# --- reporting -------------------------------------------------------------------------------------
+
+
+def machine_facts() -> list[str]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = "?"
+    try:
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        ram = f"{kib / 2**20:.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(HERE.parent), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+    except OSError:
+        rev = ""
+    versions = ", ".join(
+        f"{d} {metadata.version(d)}" for d in ("backfill", "sqlalchemy", "sqlmodel", "aiosqlite")
+    )
+    return [
+        f"machine: nproc {nproc}, {cpu}, RAM {ram}, {platform.platform()}",
+        f"python {platform.python_version()} ({sys.executable}), SQLite {sqlite3.sqlite_version}",
+        f"{versions}; source tree {rev or 'unknown'}",
+    ]
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(sizes: Sequence[Size]) -> None:
+    header = ("approach", "tests", "source rows", "runs", "seconds", "rows/s", "peak MB")
+    rows = [header]
+    for approach in ORDER:
+        for s in sizes:
+            if approach not in s.runs:
+                continue
+            secs = s.median(approach)
+            rate = s.source_rows / secs if secs else None
+            rows.append(
+                (
+                    approach,
+                    str(s.tests),
+                    str(s.source_rows),
+                    str(len(s.runs[approach])),
+                    fmt(secs, ".2f"),
+                    fmt(rate, ",.0f"),
+                    fmt(s.median(approach, "peak_mb"), ".1f"),
+                )
+            )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for n, r in enumerate(rows):
+        cells = [r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True))]
+        print("  " + "  ".join(cells))
+        if n == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def print_ratios(large: Size, small: Size, naive_sizes: Sequence[Size]) -> None:
+    lines: list[tuple[str, float | None, str, bool | None]] = []
+
+    def check(label: str, value: float | None, target: str, passes: Callable[[float], bool]) -> None:
+        lines.append((label, value, target, None if value is None else passes(value)))
+
+    sql = large.median(SET_BASED)
+    r = ratio(large.median(BACKFILL_RUN), sql)
+    aim = "" if r is None else f" (aim 1.2: {'met' if r <= 1.2 else 'not met'})"
+    check(f"backfill / set-based SQL @ {large.tests}", r, f"<= 1.5{aim}", lambda v: v <= 1.5)
+    for s in naive_sizes:
+        r = ratio(s.median(NAIVE), s.median(BACKFILL_RUN))
+        check(f"naive ORM / backfill @ {s.tests}", r, ">= 20", lambda v: v >= 20)
+    peaks = [m.peak_mb for s in (small, large) for m in s.runs.get(BACKFILL_RUN, [])]
+    check("backfill peak memory, MB (max of all runs)", max(peaks, default=None), "< 150", lambda v: v < 150)
+    r = ratio(large.median(BACKFILL_RUN, "peak_mb"), small.median(BACKFILL_RUN, "peak_mb"))
+    check(
+        f"backfill peak memory @ {large.tests} / @ {small.tests}",
+        r,
+        "within 10% (0.90 .. 1.10)",
+        lambda v: abs(v - 1) <= 0.10,
+    )
+    per_row_large = ratio(large.median(BACKFILL_RUN), large.source_rows)
+    per_row_small = ratio(small.median(BACKFILL_RUN), small.source_rows)
+    r = ratio(per_row_large, per_row_small)
+    check(f"backfill time per row @ {large.tests} / @ {small.tests}", r, "<= 1.2", lambda v: v <= 1.2)
+    r = ratio(large.median(SECOND_RUN), sql)
+    check(f"2nd run (nothing to write) / set-based @ {large.tests}", r, "<= 1.0", lambda v: v <= 1.0)
+    r = ratio(large.median(DRY_RUN), sql)
+    check(f"dry run / set-based @ {large.tests}", r, "<= 1.0", lambda v: v <= 1.0)
+    width = max(len(label) for label, *_ in lines)
+    twidth = max(len(target) for _, _, target, _ in lines)
+    for label, value, target, ok in lines:
+        result = "-" if ok is None else verdict(ok)
+        print(f"  {label.ljust(width)}  {fmt(value, '.2f'):>7}   target {target.ljust(twidth)}  {result}")
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tests", type=int, default=50_000, help="tests in the large database")
+    p.add_argument("--small", type=int, default=10_000, help="tests in the small database (linearity)")
+    p.add_argument("--repeat", type=int, default=3, help="runs of each approach per size (medians)")
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/backfill-bench"), help="database cache")
+    p.add_argument(
+        "--naive-budget",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="run the naive ORM script at the large size too if it is expected to take at most this "
+        "(extrapolated from the small size); 0 = small size only",
+    )
+    args = p.parse_args(argv)
+    if not 0 < args.small < args.tests:
+        p.error("need 0 < --small < --tests")
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    print(f"$ {shlex.join([sys.executable, *sys.argv])}")
+    for line in machine_facts():
+        print(line)
+    if not BACKFILL.is_file():
+        print(f"error: no backfill console script next to {sys.executable}", file=sys.stderr)
+        return 2
+    print(
+        "\nEach approach runs in its own child process on a fresh copy of the database. 'seconds' is the\n"
+        "child's wall time from spawn to exit (interpreter start-up and imports included); 'peak MB' is\n"
+        "its own ru_maxrss (MB = 10^6 bytes). backfill is\n"
+        f"  {BACKFILL} run {' '.join(JOB)} -d COPY --quiet --json\n"
+        "with its validation (the coverage validator) included; the set-based baseline is the two SQL\n"
+        "statements plus the flag defaults and validates nothing, as issue 5 specifies.\n"
+        "Source rows = tests + bugs.\n"
+    )
+    workdir: Path = args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"databases (cache: {workdir}):")
+    small = Size(args.small, database(workdir, args.small))
+    large = Size(args.tests, database(workdir, args.tests))
+    for s in (small, large):
+        s.source_rows = source_rows(s.path)
+
+    try:
+        startup = [measure([str(BACKFILL), "--version"]) for _ in range(args.repeat)]
+        references = {}
+        for s in (small, large):
+            print(f"\nrunning at {s.tests} tests ({s.source_rows} source rows), {args.repeat} time(s) each:")
+            references[s.tests] = run_size(s, Copies(workdir, s.path), args.repeat)
+        growth = (large.source_rows / small.source_rows) ** NAIVE_GROWTH
+        print("\nnaive ORM, once:")
+        run_naive(small, Copies(workdir, small.path), references[small.tests])
+        expected = (small.median(NAIVE) or 0) * growth
+        naive_sizes = [small]
+        naive_note = (
+            f"naive ORM ran once at {small.tests} tests; at {large.tests} it would take about "
+            f"{expected:.0f} s (extrapolated as rows^{NAIVE_GROWTH}), "
+        )
+        if expected <= args.naive_budget:
+            naive_note += f"within --naive-budget {args.naive_budget:g} s, so it ran once there too"
+            run_naive(large, Copies(workdir, large.path), references[large.tests])
+            naive_sizes.append(large)
+        else:
+            naive_note += f"over --naive-budget {args.naive_budget:g} s, so it ran at {small.tests} only"
+        for ref in references.values():
+            Copies.drop(ref)
+    except BenchmarkError as e:
+        print(f"\nBENCHMARK FAILED: {e}", file=sys.stderr)
+        return 1
+
+    print("\nall approaches left identical test_features and bugs(id, test_feature_id) at every size")
+    print(f"{naive_note}\n\nmedians:")
+    print_table([small, large])
+    print(
+        f"  (backfill's fixed start-up cost, `backfill --version`: "
+        f"{statistics.median(m.seconds for m in startup):.2f} s, "
+        f"{statistics.median(m.peak_mb for m in startup):.1f} MB)"
+    )
+    print("\nratios (issue 5 targets):")
+    print_ratios(large, small, naive_sizes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

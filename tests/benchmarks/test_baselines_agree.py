@@ -1,0 +1,113 @@
+"""The benchmark's three approaches leave identical tables (issue 5): the set-based SQL baseline,
+the naive ORM baseline and the real ``backfill`` CLI, on a small synthetic database with messy rows.
+
+No timing here: ``benchmarks/run.py`` prints the figures.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from backfill_plugins.testmanagement import synthetic
+
+ROOT = Path(__file__).resolve().parents[2]
+BACKFILL = Path(sys.executable).parent / "backfill"
+TESTS = 150
+SCRUBBED = ("BACKFILL_DATABASE_URL", "BACKFILL_LOAD_PLUGINS", "BACKFILL_BUSY_TIMEOUT")
+
+
+def _load_baselines() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("benchmark_baselines", ROOT / "benchmarks" / "baselines.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+baselines = _load_baselines()
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("bench") / "template.db"
+    counts = synthetic.build(path, tests=TESTS)
+    assert counts.messy_tests > 0 and counts.messy_bugs > 0
+    path.chmod(0o444)
+    return path
+
+
+def _copy(template: Path, directory: Path, name: str) -> Path:
+    path = directory / f"{name}.db"
+    shutil.copy(template, path)
+    path.chmod(0o644)
+    return path
+
+
+def _scalar(path: Path, sql: str) -> int:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return int(conn.execute(sql).fetchone()[0] or 0)
+    finally:
+        conn.close()
+
+
+VALID_DATA = "CASE WHEN json_valid(data) THEN data END"
+VALID_RAW = "CASE WHEN json_valid(raw_data) THEN raw_data END"
+MESSY_KINDS = {
+    "test with malformed JSON": "SELECT count(*) FROM tests WHERE NOT json_valid(data)",
+    "test with JSON null": "SELECT count(*) FROM tests WHERE data = 'null'",
+    "test whose features are not a list": (
+        f"SELECT count(*) FROM tests WHERE json_type({VALID_DATA}, '$.features') NOT IN ('array', 'null')"
+    ),
+    "test with a non-integer feature id": (
+        f"SELECT count(*) FROM tests WHERE json_type({VALID_DATA}, '$.features[0].id') = 'text'"
+    ),
+    "bug with malformed JSON": "SELECT count(*) FROM bugs WHERE NOT json_valid(raw_data)",
+    "bug naming a feature that does not exist": (
+        f"SELECT count(*) FROM bugs WHERE json_extract({VALID_RAW}, '$.test_feature.id') >= 10000000"
+    ),
+}
+
+
+def test_the_data_has_messy_rows_of_every_kind(template: Path) -> None:
+    missing = [kind for kind, sql in MESSY_KINDS.items() if _scalar(template, sql) == 0]
+    assert not missing, f"no {', '.join(missing)} in the synthetic data: the comparison proves less"
+
+
+def test_set_based_naive_and_backfill_leave_identical_tables(template: Path, tmp_path: Path) -> None:
+    pristine = baselines.snapshot_digest(template)
+
+    sql_db = _copy(template, tmp_path, "set-based")
+    baselines.set_based(sql_db)
+    naive_db = _copy(template, tmp_path, "naive-orm")
+    baselines.naive_orm(naive_db)
+    backfill_db = _copy(template, tmp_path, "backfill")
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+    cmd = [str(BACKFILL), "run", "test_features", "bug_attribution", "-d", str(backfill_db), "--quiet"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr + done.stdout
+
+    expected = baselines.snapshot_digest(sql_db)
+    assert expected != pristine, "the set-based SQL changed nothing"
+    for name, db in (("naive ORM", naive_db), ("backfill", backfill_db)):
+        assert baselines.snapshot_digest(db) == expected, (
+            f"{name} differs from the set-based SQL: {baselines.first_difference(sql_db, db)}"
+        )
+
+    # The result is not trivially empty, and the messy bugs were really left unattributed.
+    assert _scalar(sql_db, "SELECT count(*) FROM test_features") > TESTS
+    assert _scalar(sql_db, "SELECT count(*) FROM bugs WHERE test_feature_id IS NOT NULL") > TESTS
+    other_customer = """
+        SELECT count(*) FROM bugs b JOIN test_features tf
+          ON tf.id = json_extract(CASE WHEN json_valid(b.raw_data) THEN b.raw_data END, '$.test_feature.id')
+        WHERE tf.customer_id != b.customer_id AND b.test_feature_id IS NULL"""
+    assert _scalar(sql_db, other_customer) > 0, "no bug names another customer's feature"
