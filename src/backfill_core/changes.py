@@ -67,10 +67,11 @@ def check_change(change: object, writes: Mapping[str, frozenset[str]], extractor
             f"extractor {extractor!r} wrote table {change.table!r}, which it does not declare",
             kind="plugin-bug",
         )
-    undeclared = (
-        change.key.keys() | change.values.keys() | getattr(change, "defaults", {}).keys()
-    ) - declared
-    if undeclared:
+    defaults = change.defaults if isinstance(change, Upsert) else {}
+    if not (
+        change.values.keys() <= declared and change.key.keys() <= declared and defaults.keys() <= declared
+    ):
+        undeclared = (change.key.keys() | change.values.keys() | defaults.keys()) - declared
         raise RecordError(
             f"extractor {extractor!r} wrote undeclared columns {sorted(undeclared)} of {change.table!r}",
             kind="plugin-bug",

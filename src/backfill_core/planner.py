@@ -10,7 +10,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backfill_core.changes import Change, Ref, Update
+from backfill_core.changes import Change, Ref, Update, Upsert
+
+_EMPTY: Mapping[Any, Any] = {}
 
 KeyCols = tuple[str, ...]
 Target = tuple[str, KeyCols]
@@ -121,17 +123,21 @@ def plan_batch(
             failures.append(Failure(item.key, *problem))
             continue
         for change, (target, key) in zip(item.changes, item.addresses, strict=True):
-            rows = entries.setdefault(target, {})
+            rows = entries.get(target)
+            if rows is None:
+                rows = entries[target] = {}
             entry = rows.get(key)
             if entry is None:
-                found = current.get(target, {}).get(key)
-                entry = rows[key] = _Entry(dict(found) if found is not None else None, dict(change.key))
-            defaults = getattr(change, "defaults", {})
+                found = current.get(target, _EMPTY).get(key)
+                entry = rows[key] = _Entry(None if found is None else dict(found), dict(change.key))
+            defaults = change.defaults if isinstance(change, Upsert) else _EMPTY
+            if not defaults:
+                entry.new.update(change.values)
+                continue
             entry.defaults.update(defaults)
             for col, value in change.values.items():
-                if value is None and col in defaults:
-                    continue
-                entry.new[col] = value
+                if value is not None or col not in defaults:
+                    entry.new[col] = value
     return _diff(entries, failures, sample_size, keep_merged)
 
 
@@ -141,11 +147,12 @@ def _check(
     referenced: Mapping[tuple[str, str], Mapping[Any, Mapping[str, Any]]],
     entries: Mapping[Target, Mapping[tuple[Any, ...], _Entry]],
 ) -> tuple[str, str] | None:
+    """Why ``item`` cannot be applied (an Update of a missing row, a failed reference), or None."""
     for change, (target, key) in zip(item.changes, item.addresses, strict=True):
         if (
             isinstance(change, Update)
-            and key not in current.get(target, {})
-            and key not in entries.get(target, {})
+            and key not in current.get(target, _EMPTY)
+            and key not in entries.get(target, _EMPTY)
         ):
             where = ", ".join(f"{c}={v!r}" for c, v in sorted(change.key.items()))
             return "missing", f"{change.table} row {where} does not exist, so it cannot be updated"
