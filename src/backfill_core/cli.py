@@ -13,10 +13,10 @@ from typing import Any
 import click
 from sqlalchemy.engine import URL
 
-from backfill_core.database import DATABASE_ENV, Database, display, resolve_url
+from backfill_core.database import BUSY_TIMEOUT_ENV, DATABASE_ENV, Database, display, resolve_url
 from backfill_core.engine import RunOptions
 from backfill_core.errors import BackfillError, UsageError
-from backfill_core.ledger import Ledger, decode_key, run_summary
+from backfill_core.ledger import STALE_AFTER_ENV, Ledger, decode_key, run_summary
 from backfill_core.plugins import LOAD_PLUGINS_ENV, Registry
 from backfill_core.progress import tqdm_progress
 from backfill_core.report import ErrorLog, RunReport
@@ -29,14 +29,18 @@ Exit codes:
   0    success, and validation passed
   1    validation failed, or the error rate went over --max-error-rate
   2    usage error (unknown extractor, bad option)
-  3    environment error (database missing or unreachable, schema missing,
-       a requested plugin failed to load)
-  130  interrupted (Ctrl-C): the batch in flight was rolled back
+  3    environment error (database missing, unreachable or locked, schema
+       missing, a requested plugin failed to load, the run already running)
+  130  interrupted by SIGINT (Ctrl-C) after the batch in flight; resumable
+  143  interrupted by SIGTERM, likewise
 
 \b
 Environment:
   {DATABASE_ENV}    default for --database
   {LOAD_PLUGINS_ENV}    comma-separated distributions to load ('' = built-ins only)
+  {BUSY_TIMEOUT_ENV}    seconds to wait for a locked SQLite database (10)
+  {STALE_AFTER_ENV}     seconds without a heartbeat before another host's run
+                           counts as dead and may be taken over (60)
 """
 
 
@@ -76,7 +80,13 @@ def threshold_option(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--all", "run_all", is_flag=True, help="Run every registered extractor.")
 @database_option
 @click.option("--dry-run", is_flag=True, help="Read only: report what would change.")
-@click.option("--batch-size", type=click.IntRange(1, 100_000), default=500, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 100_000),
+    default=500,
+    show_default=True,
+    help="Source rows read, extracted and written per transaction.",
+)
 @click.option(
     "--max-error-rate",
     type=click.FloatRange(0, 1),
@@ -285,6 +295,8 @@ def list_plugins(registry: Registry, as_json: bool) -> None:
         provides = [f"extractor:{n}" for n in p.extractors] + [f"validator:{n}" for n in p.validators]
         if p.commands:
             provides.append("commands")
+        if p.conflicts:
+            provides.append(f"DISABLED (registered twice): {', '.join(p.conflicts)}")
         detail = ", ".join(provides) if p.status == "ok" else (p.error or "")
         rows.append((p.name, f"{p.distribution} {p.version}", p.status, detail))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
@@ -302,7 +314,11 @@ def _execute(
 ) -> None:
     """Run ``work`` and turn its outcome, or its failure, into output and an exit code."""
     url = _url(database, as_json)
-    report = RunReport(database=display(url), dry_run=dry_run, errors=ErrorLog(log_file))
+    try:
+        errors = ErrorLog(log_file)
+    except OSError as e:
+        raise click.BadParameter(f"cannot open {log_file}: {e.strerror}", param_hint="--log-file") from None
+    report = RunReport(database=display(url), dry_run=dry_run, errors=errors)
     try:
         asyncio.run(_until_signalled(work(url, report), report))
     except asyncio.CancelledError:

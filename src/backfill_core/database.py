@@ -13,7 +13,7 @@ from urllib.parse import quote
 from sqlalchemy import Connection, event, exc, inspect, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql import Executable, TableClause
 
@@ -43,10 +43,12 @@ def resolve_url(database: str | None) -> URL:
             f"cannot parse database URL {shown!r}; use dialect://user:password@host:port/database "
             "or a plain file path"
         ) from None
-    backend, _, driver = url.drivername.partition("+")
-    if not driver:
-        url = url.set(drivername=ASYNC_DRIVERS.get(backend, backend))
-    return url
+    backend = url.get_backend_name()
+    if backend not in ASYNC_DRIVERS:
+        raise DatabaseUnavailable(
+            f"backfill works with SQLite and PostgreSQL databases, not {backend!r} ({display(url)})"
+        )
+    return url.set(drivername=ASYNC_DRIVERS[backend])  # the async driver, whichever one was named
 
 
 def display(url: URL) -> str:
@@ -83,6 +85,12 @@ class Database:
     @property
     def shown(self) -> str:
         return display(self.url)
+
+    @property
+    def sa_dialect(self) -> Dialect:
+        """SQLAlchemy's dialect, with the server version known once the database is open."""
+        assert self._reader is not None, "database is not open"
+        return self._reader.sync_engine.dialect
 
     async def __aenter__(self) -> Database:
         if self.is_sqlite:
@@ -224,6 +232,10 @@ class Database:
             hint = "the disk is full; free space and run again (committed batches are kept)"
         elif "readonly" in lowered or "read-only" in lowered:
             hint = "the file is read-only for this user, or was moved or replaced while the run had it open"
+        elif "on conflict" in lowered:
+            hint = "the key columns of a plugin's Upsert need a PRIMARY KEY or UNIQUE constraint on them"
+        elif "no such table" in lowered or "no such column" in lowered or "does not exist" in lowered:
+            hint = "a table or column that a plugin reads or references is missing; run the migrations"
         else:
             hint = "check that the database is reachable and the URL is right"
         return DatabaseUnavailable(f"could not {action} {self.shown}: {text.strip()} ({hint})")

@@ -132,7 +132,7 @@ class BatchRunner:
         self.stats.note = state.note if state else None
         key = self.source.c[self.x.key]
         if keys is None:
-            counting = select(func.count()).select_from(self.source)
+            counting = select(func.count()).select_from(self.source).where(key.is_not(None))
             if start_after is not None:
                 counting = counting.where(key > start_after)
             async with self.db.reading() as conn:
@@ -148,15 +148,24 @@ class BatchRunner:
                 delta = Delta(processed=len(rows))
                 extracted = self._extract(rows, delta)
                 clear = (clear_run, [r[self.key_index] for r in rows]) if clear_run is not None else None
-                await self._commit(
-                    extracted, delta, rows[-1][self.key_index] if keys is None else None, clear
-                )
+                last_key = rows[-1][self.key_index] if keys is None else None
+                # A signal waits for the batch in flight: its writes, its checkpoint and the
+                # summary's counts then agree.
+                in_flight = asyncio.ensure_future(self._commit(extracted, delta, last_key, clear))
+                try:
+                    await asyncio.shield(in_flight)
+                except asyncio.CancelledError:
+                    await in_flight
+                    raise
                 bar.update(len(rows))
-                if self.stats.error_rate > self.options.max_error_rate:
+                # Retrying known failures is not judged by how many still fail.
+                if keys is None and self.stats.error_rate > self.options.max_error_rate:
                     self.stats.stopped = message = (
                         f"error rate {self.stats.error_rate:.1%} is over --max-error-rate "
-                        f"{self.options.max_error_rate:.1%} after {self.stats.processed} rows; "
-                        "fix the data or the plugin, or raise the limit"
+                        f"{self.options.max_error_rate:.1%} after {self.stats.processed} rows. Fix the "
+                        "data or the plugin, then run the same command to resume after the last "
+                        "checkpoint (--retry-errors reprocesses the failed rows, --restart starts "
+                        "over), or raise --max-error-rate"
                     )
                     break
             else:
@@ -164,7 +173,7 @@ class BatchRunner:
             if keys is not None and clear_run is not None:
                 await self._clear_vanished(clear_run, keys)
         except asyncio.CancelledError:
-            status, message = INTERRUPTED, "interrupted; the batch in flight was rolled back"
+            status, message = INTERRUPTED, "interrupted by a signal after its last committed batch"
             raise
         except BackfillError as e:
             message = str(e)
@@ -189,7 +198,8 @@ class BatchRunner:
             return
         last = start_after
         while True:
-            stmt = select(*self.source.c).order_by(key).limit(size)
+            # Rows with a NULL key cannot be paged by key; they are left out, as from the count.
+            stmt = select(*self.source.c).where(key.is_not(None)).order_by(key).limit(size)
             if last is not None:
                 stmt = stmt.where(key > last)
             async with self.db.reading() as conn:

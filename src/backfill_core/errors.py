@@ -12,7 +12,7 @@ class ExitCode(IntEnum):
     FAILED = 1  # validation failed or the error rate went over --max-error-rate
     USAGE = 2  # unknown extractor, bad option
     ENVIRONMENT = 3  # database missing or unreachable, schema missing, plugin failed to load
-    INTERRUPTED = 130  # SIGINT (Ctrl-C): the batch in flight was rolled back, the run can resume
+    INTERRUPTED = 130  # SIGINT (Ctrl-C): stopped after the batch in flight; the run can resume
     TERMINATED = 143  # SIGTERM: likewise
 
 

@@ -141,16 +141,29 @@ class RunState:
 
 
 def is_live(row: Any, *, host: str, limit: float) -> bool:
-    """Whether the process that owns a ``running`` row is still alive."""
-    age: float = (now() - row.heartbeat_at).total_seconds()
+    """Whether the process that owns a ``running`` row is still alive.
+
+    On this host the process itself is asked (a long batch does not make it look dead); on
+    another host, a heartbeat newer than ``limit`` seconds counts as alive.
+    """
     if row.host == host and row.pid:
-        try:
-            os.kill(row.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
+        return _is_backfill_process(row.pid)
+    age: float = (now() - row.heartbeat_at).total_seconds()
     return age < limit
+
+
+def _is_backfill_process(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"backfill" in f.read()  # a reused pid belongs to some other program
+    except OSError:
+        return True  # no /proc: trust the pid
 
 
 def run_summary(row: Any) -> dict[str, Any]:

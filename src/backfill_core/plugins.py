@@ -44,6 +44,13 @@ class PluginInfo:
     extractors: list[str] = field(default_factory=list)
     validators: list[str] = field(default_factory=list)
     commands: bool = False
+    conflicts: list[str] = field(default_factory=list)
+    """Names this plugin registers that another plugin registers too; both are disabled."""
+
+    @property
+    def key(self) -> str:
+        """The name it is registered under with pluggy: unique per distribution."""
+        return f"{self.distribution}:{self.name}"
 
     @property
     def label(self) -> str:
@@ -59,6 +66,8 @@ class PluginInfo:
             "error": self.error,
             "extractors": self.extractors,
             "validators": self.validators,
+            "commands": self.commands,
+            "conflicts": self.conflicts,
         }
 
 
@@ -86,17 +95,13 @@ class Registry:
         for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=_builtin_first):
             dist = normalize(ep.dist.name) if ep.dist else "unknown"
             if wanted is not None and dist != BUILTIN_DISTRIBUTION and dist not in wanted:
+                registry.plugins.append(_info(ep, status="disabled", error=f"not in {LOAD_PLUGINS_ENV}"))
                 continue
             registry.load_entry_point(ep)
         return registry
 
     def load_entry_point(self, ep: EntryPoint) -> PluginInfo:
-        info = PluginInfo(
-            name=ep.name,
-            distribution=ep.dist.name if ep.dist else "unknown",
-            version=ep.dist.version if ep.dist else "?",
-            entry_point=f"{ep.name} = {ep.value}",
-        )
+        info = _info(ep)
         try:
             module = ep.load()
         except BaseException as exc:
@@ -111,7 +116,7 @@ class Registry:
             name = getattr(plugin, "__name__", type(plugin).__name__)
             info = PluginInfo(name=name, distribution=name, version="-", entry_point="(direct)")
         try:
-            self.pm.register(plugin, name=info.name)
+            self.pm.register(plugin, name=info.key)
             self.pm.check_pending()
         except Exception as exc:
             if self.pm.is_registered(plugin):
@@ -162,6 +167,9 @@ class Registry:
             self.owner[slot] = info
             table[item.name] = item
             return
+        for owner in self.conflicts[slot]:
+            if f"{kind}:{item.name}" not in owner.conflicts:
+                owner.conflicts.append(f"{kind}:{item.name}")
         owners = " and ".join(p.label for p in self.conflicts[slot])
         self._say(
             f"backfill: {kind} {item.name!r} is registered by both {owners}; "
@@ -204,7 +212,9 @@ class Registry:
                 f"Fix or reinstall that plugin, then run `backfill list-plugins`"
             )
         known = ", ".join(sorted(table)) or "none"
-        raise UsageError(f"unknown {kind} {name!r} (available: {known}); see `backfill list-plugins`")
+        skipped = [p.distribution for p in self.plugins if p.status == "disabled"]
+        hint = f"; {LOAD_PLUGINS_ENV} left out {', '.join(skipped)}" if skipped else ""
+        raise UsageError(f"unknown {kind} {name!r} (available: {known}{hint}); see `backfill list-plugins`")
 
     def ordered(self, names: Iterable[str]) -> list[Extractor]:
         """The named extractors in dependency order (dependencies first, then as named)."""
@@ -235,15 +245,29 @@ class Registry:
         return [v for v in self.validators.values() if ran & set(v.covers)]
 
     def add_commands(self, cli: Any) -> None:
+        """Let plugins add subcommands; one may not replace a command that is already there."""
         for impl in self.pm.hook.register_commands.get_hookimpls():
+            info = next((p for p in self.plugins if p.key == impl.plugin_name), None)
+            label = info.label if info else impl.plugin_name
+            before = dict(cli.commands)
             try:
                 impl.function(cli=cli)
             except Exception as exc:
-                info = next((p for p in self.plugins if p.name == impl.plugin_name), None)
-                self._say(
-                    f"backfill: {info.label if info else impl.plugin_name} could not add "
-                    f"its commands: {type(exc).__name__}: {exc}"
-                )
+                self._say(f"backfill: {label} could not add its commands: {type(exc).__name__}: {exc}")
+            for name, command in before.items():
+                if cli.commands.get(name) is not command:
+                    cli.commands[name] = command
+                    self._say(f"backfill: {label} tried to replace the {name!r} command; kept the original")
+
+
+def _info(ep: EntryPoint, **extra: Any) -> PluginInfo:
+    return PluginInfo(
+        name=ep.name,
+        distribution=ep.dist.name if ep.dist else "unknown",
+        version=ep.dist.version if ep.dist else "?",
+        entry_point=f"{ep.name} = {ep.value}",
+        **extra,
+    )
 
 
 def _impls(pm: pluggy.PluginManager, hook: str, plugin: object) -> list[pluggy.HookImpl]:

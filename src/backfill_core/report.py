@@ -187,8 +187,9 @@ class RunReport:
                     lines.append(f"  {s.name} errors: {kinds}")
                 if s.stopped:
                     lines.append(f"  {s.name} STOPPED: {s.stopped}")
+                verb = "would" if s.dry_run else "sample:"
                 for sample in s.samples:
-                    lines.append(f"  {s.name} would {json.dumps(sample, default=str)}")
+                    lines.append(f"  {s.name} {verb} {json.dumps(sample, default=str)}")
         if self.validation is not None:
             lines.append("validation:")
             for m in self.validation:
@@ -210,8 +211,8 @@ class RunReport:
                 lines.append("pass --log-file PATH to keep all of them")
         if self.interrupted_by is not None:
             lines.append(
-                f"interrupted by {signal.Signals(self.interrupted_by).name}: the batch in flight was "
-                "rolled back; committed batches are kept"
+                f"interrupted by {signal.Signals(self.interrupted_by).name} after the batch in flight; "
+                "every committed batch is checkpointed"
             )
         return "\n".join(lines)
 

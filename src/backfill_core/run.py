@@ -13,7 +13,7 @@ from backfill_core.engine import BatchRunner, Overlay, ProgressFactory, RunOptio
 from backfill_core.ledger import RESUMABLE, RUNNING, Ledger
 from backfill_core.plugins import Registry
 from backfill_core.report import RunReport
-from backfill_core.validation import check_thresholds, run_validators
+from backfill_core.validation import check_compiles, check_thresholds, run_validators
 
 
 async def run_backfill(
@@ -51,6 +51,7 @@ async def run_backfill(
         for v in validators:
             await db.check_schema(v.tables)
         check_thresholds(validators, thresholds or {}, plan.split(","))
+        check_compiles(db, validators, plan.split(","))
         ledger = None if options.dry_run else Ledger(db)
         done: dict[str, int] = {}
         invocation = uuid.uuid4().hex

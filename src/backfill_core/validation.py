@@ -41,13 +41,26 @@ def check_thresholds(
 ) -> None:
     """Raise UsageError for a --threshold that names no metric about to be computed."""
     chosen = selected(validators, ran)
-    known = {v.name for v, _ in chosen} | {f"{v.name}.{m.name}" for v, m in chosen}
+    known = {v.name for v, _ in chosen} | {f"{v.name}.{m.name}" for v, m in chosen if m.threshold is not None}
     unknown = sorted(set(thresholds) - known)
     if unknown:
         raise UsageError(
             f"--threshold names no metric being validated: {', '.join(unknown)} "
             f"(known: {', '.join(sorted(known)) or 'none'})"
         )
+
+
+def check_compiles(db: Database, validators: Sequence[Validator], ran: Collection[str] | None = None) -> None:
+    """Compile every metric query for this database before anything is written."""
+    for v, m in selected(validators, ran):
+        try:
+            for query in (m.numerator, m.denominator):
+                query.compile(dialect=db.sa_dialect)
+        except CompileError as e:
+            raise EnvironmentProblem(
+                f"validator {v.name!r} cannot compute {m.name!r} on {db.shown}: {e} "
+                "(`backfill run --no-validate` skips validation)"
+            ) from None
 
 
 async def run_validators(
@@ -69,8 +82,8 @@ async def run_validators(
                 den = (await conn.execute(m.denominator)).scalar_one()
             except (DBAPIError, CompileError) as e:
                 raise EnvironmentProblem(
-                    f"validator {v.name!r} could not compute {m.name!r}: {getattr(e, 'orig', e)}; "
-                    "pass --no-validate to skip validation"
+                    f"validator {v.name!r} could not compute {m.name!r}: {getattr(e, 'orig', e)} "
+                    "(`backfill run --no-validate` skips validation)"
                 ) from e
             threshold = (
                 None
