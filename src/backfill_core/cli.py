@@ -273,7 +273,9 @@ def _ledger_call(
     url = _url(database, as_json)
 
     async def go() -> Any:
-        async with Database(url, read_only=True) as db:
+        # Read-write although it only reads: a hot journal left by a killed run must be
+        # recovered before the file can be read, and a read-only connection cannot do that.
+        async with Database(url) as db:
             return await call(Ledger(db))
 
     try:

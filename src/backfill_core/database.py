@@ -230,6 +230,12 @@ class Database:
             )
         elif "disk is full" in lowered or "no space" in lowered:
             hint = "the disk is full; free space and run again (committed batches are kept)"
+        elif self.read_only and self.is_sqlite and Path(f"{self.url.database}-journal").exists():
+            hint = (
+                "a process that was writing to it died and left a hot journal, which only a "
+                "connection that may write can roll back: run `backfill status` on it once, then "
+                "the dry run"
+            )
         elif "readonly" in lowered or "read-only" in lowered:
             hint = "the file is read-only for this user, or was moved or replaced while the run had it open"
         elif "on conflict" in lowered:

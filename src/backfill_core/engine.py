@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -143,8 +144,14 @@ class BatchRunner:
         bar = self.progress(self.x.name, self.stats.total)
         status: str = FAILED
         message: str | None = "stopped by an unexpected error"
+        reader = self._batches(start_after, keys)
+        ahead: asyncio.Future[list[Any] | None] | None = None
         try:
-            async for rows in self._batches(start_after, keys):
+            ahead = asyncio.ensure_future(anext(reader, None))
+            while (rows := await ahead) is not None:
+                # Read the next batch (on the reader's connection and thread) while this one is
+                # extracted and written.
+                ahead = asyncio.ensure_future(anext(reader, None))
                 delta = Delta(processed=len(rows))
                 extracted = self._extract(rows, delta)
                 clear = (clear_run, [r[self.key_index] for r in rows]) if clear_run is not None else None
@@ -179,6 +186,11 @@ class BatchRunner:
             message = str(e)
             raise
         finally:
+            if ahead is not None and not ahead.done():
+                ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError, BackfillError):
+                    await ahead
+            await reader.aclose()
             bar.close()
             self.stats.elapsed = time.perf_counter() - started
             if self.ledger is not None and state is not None:
@@ -186,7 +198,7 @@ class BatchRunner:
                 await self.ledger.finish(state, status, message)
         return self.stats
 
-    async def _batches(self, start_after: Any, keys: Sequence[Any] | None) -> AsyncIterator[list[Any]]:
+    async def _batches(self, start_after: Any, keys: Sequence[Any] | None) -> AsyncGenerator[list[Any], None]:
         key = self.source.c[self.x.key]
         size = self.options.batch_size
         if keys is not None:

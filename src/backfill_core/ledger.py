@@ -225,13 +225,17 @@ class Ledger:
         restart: bool,
         retry_of: int | None = None,
     ) -> RunState:
-        """Resume the extractor's interrupted or failed run, take over a dead one, or start anew."""
+        """Resume the extractor's interrupted or failed run, take over a dead one, or start anew.
+
+        With ``retry_of``, the same for the runs retrying that run's errors.
+        """
+        same_kind = runs.c.retry_of.is_(None) if retry_of is None else runs.c.retry_of == retry_of
         async with self.db.transaction() as conn:
             await self.db.lock(conn, f"backfill:{extractor}")
             latest = (
                 await conn.execute(
                     select(runs)
-                    .where(runs.c.extractor == extractor, runs.c.retry_of.is_(None))
+                    .where(runs.c.extractor == extractor, same_kind)
                     .order_by(desc(runs.c.id))
                     .limit(1)
                 )
@@ -253,7 +257,7 @@ class Ledger:
             stamp = now()
             owner = {"host": self.host, "pid": os.getpid(), "heartbeat_at": stamp}
             resumable = latest is not None and (latest.status in RESUMABLE or latest.id in taken_over)
-            if retry_of is None and not restart and resumable and latest is not None:
+            if not restart and resumable and latest is not None:
                 await conn.execute(
                     update(runs)
                     .where(runs.c.id == latest.id)

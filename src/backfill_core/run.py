@@ -10,7 +10,7 @@ from sqlalchemy.engine import URL
 
 from backfill_core.database import Database
 from backfill_core.engine import BatchRunner, Overlay, ProgressFactory, RunOptions
-from backfill_core.ledger import RESUMABLE, RUNNING, Ledger
+from backfill_core.ledger import RESUMABLE, RUNNING, SUCCEEDED, Ledger
 from backfill_core.plugins import Registry
 from backfill_core.report import RunReport
 from backfill_core.validation import check_compiles, check_thresholds, run_validators
@@ -78,7 +78,7 @@ async def run_backfill(
             if ledger is None:
                 await runner.run()
             elif retry_errors:
-                await _retry(ledger, runner, options, invocation, announce)
+                await _retry(ledger, runner, options, invocation, announce, _version(registry, runner.x.name))
             else:
                 state = await ledger.begin(
                     runner.x.name,
@@ -110,28 +110,38 @@ async def _retry(
     options: RunOptions,
     invocation: str,
     announce: Callable[[str], object],
+    version: str,
 ) -> None:
-    """Reprocess only the keys recorded as failed in the extractor's latest run."""
+    """Reprocess only the keys recorded as failed in the extractor's latest run.
+
+    An unfinished retry is resumed: the keys it had not reached are still recorded as errors of
+    the run it retries.
+    """
     name = runner.x.name
     latest = await ledger.latest(name)
     if latest is None:
         runner.stats.note = "no earlier run, so no errors to retry"
         announce(f"{name}: {runner.stats.note}")
         return
-    keys = await ledger.error_keys(latest.id)
+    unfinished_retry = latest.retry_of is not None and latest.status != SUCCEEDED
+    original = latest.retry_of if unfinished_retry else latest.id
+    keys = await ledger.error_keys(original)
     state = await ledger.begin(
         name,
         plugin=runner.stats.plugin,
-        version="",
+        version=version,
         invocation=invocation,
         plan="retry",
         options={**_options(options), "retry_errors": True},
-        restart=True,
-        retry_of=latest.id,
+        restart=False,
+        retry_of=original,
     )
-    announce(f"{name}: retrying {len(keys)} failed keys of run {latest.id} as run {state.id}")
-    state.note = f"retried {len(keys)} failed keys of run {latest.id}"
-    await runner.run(state, keys=keys, clear_run=latest.id)
+    if state.resumed:
+        announce(f"{name}: resuming retry run {state.id} over {len(keys)} failed keys of run {original}")
+    else:
+        announce(f"{name}: retrying {len(keys)} failed keys of run {original} as run {state.id}")
+    state.note = f"retried {len(keys)} failed keys of run {original}"
+    await runner.run(state, keys=keys, clear_run=original)
 
 
 async def validate_only(
@@ -143,7 +153,7 @@ async def validate_only(
 ) -> RunReport:
     """Run validators (all of them when ``names`` is empty) without extracting anything."""
     validators = [registry.validator(n) for n in names] if names else list(registry.validators.values())
-    async with Database(url, read_only=True) as db:
+    async with Database(url) as db:  # read-write only so that a hot journal can be recovered
         report.validation = await run_validators(db, validators, thresholds)
     return report
 

@@ -1,0 +1,122 @@
+"""SIGINT and SIGTERM stop a run cleanly: exit 130 / 143, the run marked interrupted, the batch
+in flight rolled back, a hint on stderr; the same command then resumes, --restart starts over."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from conftest import Crash, Reference
+
+SIGNALS = {"SIGINT": (signal.SIGINT, 130), "SIGTERM": (signal.SIGTERM, 143)}
+
+
+def _start_and_stop(crash: Crash, path: Path, sig: int, extra: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
+    """Start both extractors with --batch-size 50, and send ``sig`` once test_features has rows."""
+    cmd = ["run", *crash.BOTH, "-d", path, "-q", "--batch-size", "50", *extra]
+    proc = crash.spawn(cmd)
+    has_rows = crash.wait_for(
+        lambda: crash.scalar(path, "SELECT COUNT(*) FROM test_features") > 0, proc, every=0.01
+    )
+    assert has_rows, f"the run ended before test_features had rows:\n{proc.wait().stderr}"
+    proc.signal(sig)
+    return cmd, proc.wait(timeout=120)
+
+
+@pytest.mark.parametrize("name", sorted(SIGNALS))
+def test_signal_interrupts_then_resumes(
+    name: str, crash: Crash, medium_template: Path, medium_reference: Reference
+) -> None:
+    sig, code = SIGNALS[name]
+    path = crash.copy(medium_template, "cache.db")
+    cmd, done = _start_and_stop(crash, path, sig, ("--json",))
+
+    assert done.returncode == code, done.stderr
+    report = json.loads(done.stdout)
+    assert report["interrupted"] is True and report["signal"] == name, report
+    assert report["exit_code"] == code, report
+    err = done.stderr.lower()
+    assert "interrupted" in err, done.stderr
+    assert "run the same command again to resume" in err and "--restart" in err, done.stderr
+    assert not Path(f"{path}-journal").exists(), "a clean stop left a hot journal behind"
+
+    ledger = crash.runs(path)
+    assert ledger, "the interrupted run left no ledger"
+    stopped = ledger[-1]
+    assert stopped["status"] == "interrupted", ledger
+    assert stopped["finished_at"] is not None
+    assert "interrupted" in (stopped["message"] or ""), stopped
+    assert [r["status"] for r in ledger[:-1]] == ["succeeded"] * (len(ledger) - 1), ledger
+    # Every committed batch is in the checkpoint, and nothing after it was written.
+    crash.check_consistent(path, medium_reference, f"after {name}")
+    # The summary this process printed agrees with what its ledger run committed.
+    summary = next(x for x in report["extractors"] if x["extractor"] == stopped["extractor"])
+    assert summary["run_id"] == stopped["id"], summary
+    for count in ("processed", "inserted", "updated", "unchanged"):
+        assert summary[count] == stopped[count], (count, summary, stopped)
+    assert summary["errors"] == stopped["record_errors"] + stopped["batch_errors"], (summary, stopped)
+    source = "tests" if stopped["extractor"] == "test_features" else "bugs"
+    total = crash.scalar(path, f"SELECT COUNT(*) FROM {source}")
+    assert stopped["processed"] < total, f"{name} landed after the run had finished: {stopped}"
+
+    again = crash.run_cli(cmd)
+    assert again.returncode == 0, again.stderr
+    last = crash.decode_key(stopped["last_key"])
+    start = "from the start" if last is None else f"from key {last}"
+    assert f"backfill: resuming run {stopped['id']} of {stopped['extractor']} {start}" in again.stderr, (
+        again.stderr
+    )
+    if stopped["extractor"] == "bug_attribution":
+        assert "test_features: already completed in run" in again.stderr, again.stderr
+    crash.check_equal_to_reference(path, medium_reference, f"after resuming from {name}")
+
+    after = {r["id"]: r for r in crash.runs(path)}
+    resumed = after[stopped["id"]]
+    assert resumed["status"] == "succeeded", resumed
+    assert resumed["processed"] == resumed["total"] == total, resumed
+    assert len(after) == 2, f"resuming created extra runs: {list(after.values())}"
+    for r in after.values():
+        crash.check_run_counts(path, r, f"after resuming from {name}")
+    tf = next(r for r in after.values() if r["extractor"] == "test_features")
+    assert tf["inserted"] == len(medium_reference.features), tf
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+def test_restart_after_interruption_starts_over(
+    how: str, crash: Crash, medium_template: Path, medium_reference: Reference
+) -> None:
+    path = crash.copy(medium_template, "cache.db")
+    _cmd, done = _start_and_stop(crash, path, signal.SIGINT if how == "SIGINT" else signal.SIGKILL)
+    assert done.returncode == (130 if how == "SIGINT" else -signal.SIGKILL), done.stderr
+    before = crash.runs(crash.readable(path))
+    assert before, "the stopped run left no ledger"
+    stopped = before[-1]
+    assert stopped["status"] == ("interrupted" if how == "SIGINT" else "running"), before
+    assert stopped["processed"] > 0 or stopped["extractor"] == "test_features"
+
+    again = crash.run_cli(["run", *crash.BOTH, "-d", path, "-q", "--restart", "--json"])
+    assert again.returncode == 0, again.stderr
+    assert "resuming run" not in again.stderr and "taking over run" not in again.stderr, again.stderr
+    report = json.loads(again.stdout)
+    new_ids = {x["extractor"]: x["run_id"] for x in report["extractors"]}
+    old_ids = {r["id"] for r in before}
+    assert all(i not in old_ids for i in new_ids.values()), (new_ids, old_ids)
+
+    after = {r["id"]: r for r in crash.runs(path)}
+    assert not [r for r in after.values() if r["status"] == "running"], list(after.values())
+    assert after[stopped["id"]]["status"] == "interrupted", after[stopped["id"]]
+    totals = {"test_features": medium_reference.tests, "bug_attribution": medium_reference.bugs}
+    for name, run_id in new_ids.items():
+        r = after[run_id]
+        assert r["status"] == "succeeded", r
+        assert r["retry_of"] is None
+        assert r["processed"] == r["total"] == totals[name], r
+        crash.check_run_counts(path, r, f"--restart after {how}")
+        x = next(x for x in report["extractors"] if x["extractor"] == name)
+        assert x["processed"] == totals[name], x
+    crash.check_equal_to_reference(path, medium_reference, f"--restart after {how}")

@@ -1,0 +1,148 @@
+"""`backfill status` and `backfill errors` read the ledger; a dry run never creates it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from conftest import Crash, Reference
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_dry_run_creates_no_ledger(crash: Crash, small_template: Path) -> None:
+    path = crash.copy(small_template, "cache.db")
+    digest = _sha256(path)
+    tests = crash.scalar(path, "SELECT COUNT(*) FROM tests")
+
+    proc = crash.run_cli(["run", *crash.BOTH, "-d", path, "--dry-run", "-q", "--json"])
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["dry_run"] is True
+    assert report["extractors"][0]["processed"] == tests
+    assert all(x["run_id"] is None for x in report["extractors"]), report["extractors"]
+
+    names = crash.table_names(path)
+    assert "backfill_runs" not in names and "backfill_errors" not in names, names
+    assert _sha256(path) == digest, "a dry run changed the database file"
+    assert not Path(f"{path}-journal").exists()
+
+    status = crash.run_cli(["status", "-d", path])
+    assert status.returncode == 0, status.stderr
+    assert "no runs recorded yet" in status.stdout, status.stdout
+    as_json = crash.run_cli(["status", "-d", path, "--json"])
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == []
+    missing = crash.run_cli(["errors", "1", "-d", path])
+    assert missing.returncode == 2, missing.stderr
+    assert _sha256(path) == digest, "status or errors changed the database file"
+    assert "backfill_runs" not in crash.table_names(path)
+
+
+def test_dry_run_neither_records_nor_takes_over(crash: Crash, small_with_ledger: Path) -> None:
+    """With a ledger present, and a dead run in it, a dry run still writes nothing at all."""
+    path = crash.copy(small_with_ledger, "cache.db")
+    dead = crash.insert_fake_run(
+        path,
+        extractor="test_features",
+        host=socket.gethostname(),
+        pid=crash.dead_pid(),
+        heartbeat_age=0,
+        plan="test_features",
+    )
+    before = crash.runs(path)
+    digest = _sha256(path)
+    proc = crash.run_cli(["run", "test_features", "-d", path, "--dry-run", "-q"])
+    assert proc.returncode == 0, proc.stderr
+    assert "taking over" not in proc.stderr and "resuming" not in proc.stderr, proc.stderr
+    assert _sha256(path) == digest, "a dry run changed the database file"
+    assert crash.runs(path) == before
+    assert before[-1]["id"] == dead and before[-1]["status"] == "running"
+
+
+def test_status_json_after_a_complete_run(crash: Crash, small_reference: Reference) -> None:
+    path = small_reference.path  # read-only file: status and errors must only read
+    proc = crash.run_cli(["status", "-d", path, "--json"])
+    assert proc.returncode == 0, proc.stderr
+    listed = json.loads(proc.stdout)
+    by_name = {r["extractor"]: r for r in listed}
+    assert sorted(by_name) == sorted(crash.BOTH), listed
+    totals = {"test_features": small_reference.tests, "bug_attribution": small_reference.bugs}
+    for name, r in by_name.items():
+        assert r["status"] == "succeeded", r
+        assert r["processed"] == r["total"] == totals[name], r
+        assert r["retry_of"] is None
+        assert r["errors"] == r["record_errors"] + r["batch_errors"], r
+        assert r["finished_at"] is not None
+        errors = crash.run_cli(["errors", str(r["id"]), "-d", path, "--json"])
+        assert errors.returncode == 0, errors.stderr
+        listed_errors = json.loads(errors.stdout)
+        assert len(listed_errors) == r["errors"], (name, listed_errors)
+        assert len({e["key"] for e in listed_errors}) == len(listed_errors)
+    assert (
+        by_name["bug_attribution"]["updated"]
+        + by_name["bug_attribution"]["unchanged"]
+        + by_name["bug_attribution"]["errors"]
+        == small_reference.bugs
+    )
+    assert by_name["test_features"]["inserted"] == len(small_reference.features)
+
+    text = crash.run_cli(["status", "-d", path])
+    assert text.returncode == 0, text.stderr
+    for name in crash.BOTH:
+        line = next(line for line in text.stdout.splitlines() if f" {name} " in f" {line} ")
+        assert "succeeded" in line and f"{totals[name]}/{totals[name]}" in line, line
+
+    missing = crash.run_cli(["errors", "999", "-d", path])
+    assert missing.returncode == 2, missing.stderr
+    assert "no run 999" in missing.stderr, missing.stderr
+    missing_json = crash.run_cli(["errors", "999", "-d", path, "--json"])
+    assert missing_json.returncode == 2, missing_json.stderr
+
+
+def test_status_and_errors_work_right_after_a_crash(crash: Crash, medium_template: Path) -> None:
+    """SIGKILL lands while a batch commits, leaving a hot rollback journal beside the database:
+    `backfill status` and `backfill errors` are what a user runs next, and must still work."""
+    path = crash.copy(medium_template, "cache.db")
+    cmd = ["run", *crash.BOTH, "-d", path, "-q", "--batch-size", "50"]
+    for _attempt in range(30):
+        proc = crash.spawn(cmd)
+        started = crash.wait_for(
+            lambda p=proc: bool(
+                crash.query(
+                    path,
+                    "SELECT 1 FROM backfill_runs WHERE status = 'running' AND pid = ? AND processed > 0",
+                    (p.pid,),
+                )
+            ),
+            proc,
+        )
+        # Kill while a batch is committing: its journal is synced and the database being written.
+        committing = started and crash.wait_for(lambda: crash.journal_is_hot(path), proc, every=0.0002)
+        proc.signal(signal.SIGKILL)
+        proc.wait()
+        if committing and crash.journal_is_hot(path):
+            break
+    assert crash.journal_is_hot(path), "could not land a SIGKILL inside a commit in 30 attempts"
+    expected = crash.runs(crash.readable(path))  # what the ledger says once the journal is rolled back
+    dead = expected[-1]
+    assert dead["status"] == "running"
+
+    status = crash.run_cli(["status", "-d", path, "--json"])
+    assert status.returncode == 0, f"`backfill status` fails after a crash:\n{status.stderr}"
+    listed = {r["id"]: r for r in json.loads(status.stdout)}
+    assert listed[dead["id"]]["status"] == "running", listed
+    assert listed[dead["id"]]["processed"] == dead["processed"], listed
+    errors = crash.run_cli(["errors", str(dead["id"]), "-d", path])
+    assert errors.returncode == 0, f"`backfill errors` fails after a crash:\n{errors.stderr}"
+
+    resumed = crash.run_cli(cmd)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"taking over run {dead['id']} of {dead['extractor']}" in resumed.stderr, resumed.stderr

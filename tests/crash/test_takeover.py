@@ -1,0 +1,138 @@
+"""A 'running' run whose owner is dead or silent is taken over; a live one is never run twice."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from conftest import Crash
+
+OTHER_HOST = "some-other-host"
+
+
+# (host, owner process, heartbeat age in s, BACKFILL_STALE_AFTER, taken over?)
+CASES = {
+    # On this host the owner process itself is asked.
+    "same-host-pid-gone": ("HOST", "dead", 0, None, True),
+    "same-host-pid-reused-by-another-program": ("HOST", "sleep", 0, None, True),
+    "same-host-live-backfill": ("HOST", "backfill", 0, None, False),
+    # A slow batch does not make a live local process look dead, however old its heartbeat.
+    "same-host-live-backfill-silent-10min": ("HOST", "backfill", 600, None, False),
+    # On another host only the heartbeat tells.
+    "other-host-heartbeat-10min-old": (OTHER_HOST, 424242, 600, None, True),
+    "other-host-fresh-heartbeat": (OTHER_HOST, 424242, 0, None, False),
+    "other-host-30s-old-stale-after-10s": (OTHER_HOST, 424242, 30, "10", True),
+    "other-host-10min-old-stale-after-1h": (OTHER_HOST, 424242, 600, "3600", False),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_running_row_is_taken_over_only_when_dead_or_stale(
+    case: str, crash: Crash, small_template: Path, small_with_ledger: Path
+) -> None:
+    host, owner, age, stale_after, taken_over = CASES[case]
+    host = socket.gethostname() if host == "HOST" else host
+    with contextlib.ExitStack() as stack:
+        if owner == "dead":
+            pid = crash.dead_pid()
+        elif owner == "sleep":
+            sleeper = subprocess.Popen(["sleep", "600"])
+            stack.callback(sleeper.wait)
+            stack.callback(sleeper.kill)
+            pid = sleeper.pid
+        elif owner == "backfill":
+            pid = stack.enter_context(crash.live_backfill(small_template))
+        else:
+            pid = owner
+        _check_takeover(crash, small_with_ledger, case, host, pid, age, stale_after, taken_over)
+
+
+def _check_takeover(
+    crash: Crash,
+    template: Path,
+    case: str,
+    host: str,
+    pid: int,
+    age: float,
+    stale_after: str | None,
+    taken_over: bool,
+) -> None:
+    path = crash.copy(template, "cache.db")
+    tests = crash.scalar(path, "SELECT COUNT(*) FROM tests")
+    halfway = 150
+    done_before = crash.scalar(path, "SELECT COUNT(*) FROM tests WHERE id <= ?", (halfway,))
+    fake = crash.insert_fake_run(
+        path,
+        extractor="test_features",
+        host=host,
+        pid=pid,
+        heartbeat_age=age,
+        plan="test_features",
+        last_key=halfway,
+        processed=done_before,
+        total=tests,
+    )
+    before = crash.runs(path)
+    features_before = crash.features(path)
+
+    env = {"BACKFILL_STALE_AFTER": stale_after}
+    proc = crash.run_cli(["run", "test_features", "-d", path, "-q"], env=env)
+
+    after = {r["id"]: r for r in crash.runs(path)}
+    if taken_over:
+        assert proc.returncode == 0, proc.stderr
+        assert f"backfill: taking over run {fake} of test_features from key {halfway}" in proc.stderr, (
+            proc.stderr
+        )
+        assert len(after) == len(before), f"taking over created a new run: {list(after.values())}"
+        r = after[fake]
+        assert r["status"] == "succeeded", r
+        assert r["host"] == socket.gethostname() and r["pid"] != pid, r
+        assert r["processed"] == r["total"] == tests, r
+        crash.check_run_counts(path, r, case)
+        assert crash.features(path) == features_before  # the first run had written them all
+    else:
+        assert proc.returncode == 3, proc.stderr
+        assert "already running" in proc.stderr, proc.stderr
+        assert f"run {fake} of test_features" in proc.stderr, proc.stderr
+        assert "taking over" not in proc.stderr
+        assert list(after.values()) == before, "a refused run changed the ledger"
+
+
+def test_second_run_of_a_live_extractor_is_refused(crash: Crash, big_template: Path) -> None:
+    path = crash.copy(big_template, "cache.db")
+    first = crash.spawn(["run", "test_features", "-d", path, "-q", "--batch-size", "20"])
+    running = crash.wait_for(
+        lambda: bool(
+            crash.query(
+                path,
+                "SELECT 1 FROM backfill_runs WHERE extractor = 'test_features' AND status = 'running' "
+                "AND pid = ? AND processed > 0",
+                (first.pid,),
+            )
+        ),
+        first,
+    )
+    assert running, f"the first run ended before it was seen running:\n{first.wait().stderr}"
+    (owner,) = crash.runs(path)
+
+    for extra in ([], ["--restart"], ["--retry-errors"]):
+        second = crash.run_cli(["run", "test_features", "-d", path, "-q", *extra])
+        assert second.returncode == 3, (extra, second.stderr)
+        assert "already running" in second.stderr, (extra, second.stderr)
+        assert f"run {owner['id']} of test_features" in second.stderr, second.stderr
+        assert first.alive(), f"the first run ended while {extra} was refused; the test proves nothing"
+
+    done = first.wait()
+    assert done.returncode == 0, done.stderr
+    ledger = crash.runs(path)
+    assert [(r["id"], r["status"]) for r in ledger] == [(owner["id"], "succeeded")], ledger
+    tests = crash.scalar(path, "SELECT COUNT(*) FROM tests")
+    assert ledger[0]["processed"] == ledger[0]["total"] == tests, ledger[0]
+    crash.check_run_counts(path, ledger[0], "concurrent")
