@@ -8,7 +8,8 @@ Importing it needs hypothesis (it is meant for tests) but not pytest::
         check_extractor(MyExtractor(), schema=[Bug, MyTable])
 
 The pytest fixtures (``backfill_registry``, ``register_plugin``, ``backfill_database``,
-``backfill_cli``) come from ``backfill_core.pytest_plugin``, loaded automatically by pytest.
+``backfill_cli``) come from ``backfill_pytest``, which pytest loads automatically; it is a
+package of its own so that loading it does not import the engine into every test session.
 """
 
 from backfill_core.testing.checks import (

@@ -119,7 +119,7 @@ def create_database(path: Path | str, schema: Schema, rows: Rows | None = None) 
     return path
 
 
-def _quote(name: str) -> str:
+def quote_name(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -139,7 +139,7 @@ def insert_rows(
     for row in rows:
         cols = list(row)
         sql = (
-            f"INSERT INTO {_quote(table)} ({', '.join(map(_quote, cols))}) "
+            f"INSERT INTO {quote_name(table)} ({', '.join(map(quote_name, cols))}) "
             f"VALUES ({', '.join('?' for _ in cols)})"
         )
         try:
@@ -164,6 +164,6 @@ def snapshot(path: Path | str, tables: Sequence[str] | None = None) -> dict[str,
             ]
         else:
             names = list(tables)
-        return {n: sorted(conn.execute(f"SELECT * FROM {_quote(n)}").fetchall(), key=repr) for n in names}
+        return {n: sorted(conn.execute(f"SELECT * FROM {quote_name(n)}").fetchall(), key=repr) for n in names}
     finally:
         conn.close()
