@@ -39,10 +39,11 @@ async def run_backfill(
     validators = registry.validators_for(x.name for x in extractors) if validate else []
     plan = ",".join(x.name for x in extractors)
     async with Database(url, read_only=options.dry_run) as db:
+        ledger = None if options.dry_run else Ledger(db)
         overlay = Overlay()
         runners = [
             BatchRunner(
-                db, x, options, report.errors, progress, overlay, plugin=_plugin_label(registry, x.name)
+                db, x, options, report.errors, progress, overlay, _plugin_label(registry, x.name), ledger
             )
             for x in extractors
         ]
@@ -53,7 +54,6 @@ async def run_backfill(
         check_thresholds(validators, thresholds or {}, plan.split(","))
         if not options.dry_run:  # a dry run does not validate
             check_compiles(db, validators, plan.split(","))
-        ledger = None if options.dry_run else Ledger(db)
         done: dict[str, int] = {}
         invocation = uuid.uuid4().hex
         if ledger is not None:
@@ -69,7 +69,6 @@ async def run_backfill(
                 invocation = previous.invocation
                 done = await ledger.succeeded_in(invocation)
         for runner in runners:
-            runner.ledger = ledger
             report.extractors.append(runner.stats)
             if runner.x.name in done:
                 runner.stats.run_id = done[runner.x.name]
