@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -191,7 +192,7 @@ def validate(
 def status(database: str | None, limit: int, as_json: bool) -> None:
     """Show each extractor's latest runs from the ledger: status, progress, rate, errors."""
     rows = _ledger_call(database, as_json, lambda ledger: ledger.recent(limit))
-    runs = [run_summary(r) for r in rows]
+    runs = [run_summary(r, socket.gethostname()) for r in rows]
     if as_json:
         click.echo(json.dumps(runs, indent=2, default=str))
         return
@@ -382,4 +383,4 @@ def _fail(error: BackfillError, as_json: bool) -> None:
 def main() -> None:
     registry = Registry.discover()
     registry.add_commands(cli)
-    cli(obj=registry)
+    cli(obj=registry, prog_name="backfill")

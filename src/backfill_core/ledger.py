@@ -147,7 +147,9 @@ def is_live(row: Any, *, host: str, limit: float) -> bool:
     another host, a heartbeat newer than ``limit`` seconds counts as alive.
     """
     if row.host == host and row.pid:
-        return _is_backfill_process(row.pid)
+        # Our own pid can only be a dead run's: in a container that restarted with the same
+        # hostname, the new backfill is often pid 1 again.
+        return row.pid != os.getpid() and _is_backfill_process(row.pid)
     age: float = (now() - row.heartbeat_at).total_seconds()
     return age < limit
 
@@ -166,14 +168,19 @@ def _is_backfill_process(pid: int) -> bool:
         return True  # no /proc: trust the pid
 
 
-def run_summary(row: Any) -> dict[str, Any]:
-    """A ledger row as ``backfill status`` shows it."""
+def run_summary(row: Any, host: str | None = None) -> dict[str, Any]:
+    """A ledger row as ``backfill status`` shows it; a ``running`` run whose process is gone
+    shows as ``dead`` (the next run takes it over)."""
     end = row.finished_at or row.heartbeat_at
     seconds = max((end - row.started_at).total_seconds(), 1e-9)
     return {
         "id": row.id,
         "extractor": row.extractor,
-        "status": row.status,
+        "status": (
+            "dead"
+            if row.status == RUNNING and host is not None and not is_live(row, host=host, limit=stale_after())
+            else row.status
+        ),
         "plugin": row.plugin,
         "retry_of": row.retry_of,
         "processed": row.processed,
@@ -224,6 +231,7 @@ class Ledger:
         options: dict[str, Any],
         restart: bool,
         retry_of: int | None = None,
+        depends_on: Sequence[str] = (),
     ) -> RunState:
         """Resume the extractor's interrupted or failed run, take over a dead one, or start anew.
 
@@ -245,6 +253,17 @@ class Ledger:
                     select(runs).where(runs.c.extractor == extractor, runs.c.status == RUNNING)
                 )
             ).all()
+            if depends_on:
+                for row in (
+                    await conn.execute(
+                        select(runs).where(runs.c.extractor.in_(depends_on), runs.c.status == RUNNING)
+                    )
+                ).all():
+                    if is_live(row, host=self.host, limit=stale_after()):
+                        raise RunInProgress(
+                            f"{extractor} depends on {row.extractor}, which run {row.id} is still "
+                            f"filling (pid {row.pid} on {row.host}); wait for it to finish"
+                        )
             taken_over = []
             for row in running:
                 if is_live(row, host=self.host, limit=stale_after()):

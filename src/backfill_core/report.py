@@ -190,7 +190,9 @@ class RunReport:
                 verb = "would" if s.dry_run else "sample:"
                 for sample in s.samples:
                     lines.append(f"  {s.name} {verb} {json.dumps(sample, default=str)}")
-        if self.validation is not None:
+        if self.validation == []:
+            lines.append("validation: no validator covers these extractors")
+        elif self.validation is not None:
             lines.append("validation:")
             for m in self.validation:
                 value = "n/a" if m.value is None else f"{m.value:.1%}"

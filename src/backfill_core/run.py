@@ -88,6 +88,7 @@ async def run_backfill(
                     plan=plan,
                     options=_options(options),
                     restart=restart,
+                    depends_on=runner.x.depends_on,
                 )
                 if state.note:
                     announce(state.note)

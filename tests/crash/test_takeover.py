@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -136,3 +138,80 @@ def test_second_run_of_a_live_extractor_is_refused(crash: Crash, big_template: P
     tests = crash.scalar(path, "SELECT COUNT(*) FROM tests")
     assert ledger[0]["processed"] == ledger[0]["total"] == tests, ledger[0]
     crash.check_run_counts(path, ledger[0], "concurrent")
+
+
+def test_dependent_extractor_waits_for_a_live_run_of_its_dependency(
+    crash: Crash, small_with_ledger: Path
+) -> None:
+    path = crash.copy(small_with_ledger, "cache.db")
+    with crash.live_backfill(small_with_ledger) as pid:
+        fake = crash.insert_fake_run(
+            path,
+            extractor="test_features",
+            host=socket.gethostname(),
+            pid=pid,
+            heartbeat_age=0,
+            plan="test_features",
+            last_key=10,
+            processed=10,
+            total=300,
+        )
+        before = crash.runs(path)
+        proc = crash.run_cli(["run", "bug_attribution", "-d", path, "-q"])
+
+    assert proc.returncode == 3, proc.stderr
+    assert f"bug_attribution depends on test_features, which run {fake} is still filling" in proc.stderr
+    assert crash.runs(path) == before, "a refused run changed the ledger"
+
+
+def test_a_run_recorded_with_this_process_pid_is_dead(crash: Crash, small_with_ledger: Path) -> None:
+    """A container restarted with the same hostname: the dead run's pid is the new process's."""
+    path = crash.copy(small_with_ledger, "cache.db")
+    script = (
+        "import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+        "c.execute('UPDATE backfill_runs SET pid = ? WHERE id = ?', (os.getpid(), int(sys.argv[2])));"
+        "c.commit(); c.close(); sys.argv = ['backfill', 'run', 'test_features', '-d', sys.argv[1], '-q'];"
+        "from backfill_core.cli import main; main()"
+    )
+    fake = crash.insert_fake_run(
+        path,
+        extractor="test_features",
+        host=socket.gethostname(),
+        pid=1,
+        heartbeat_age=0,
+        plan="test_features",
+        last_key=150,
+        processed=150,
+        total=300,
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(path), str(fake)],
+        capture_output=True,
+        text=True,
+        env=crash.make_env(),
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"taking over run {fake} of test_features" in proc.stderr
+
+
+def test_status_shows_a_running_run_whose_process_is_gone_as_dead(
+    crash: Crash, small_with_ledger: Path
+) -> None:
+    path = crash.copy(small_with_ledger, "cache.db")
+    fake = crash.insert_fake_run(
+        path,
+        extractor="test_features",
+        host=socket.gethostname(),
+        pid=crash.dead_pid(),
+        heartbeat_age=0,
+        plan="test_features",
+        last_key=150,
+        processed=150,
+        total=300,
+    )
+    proc = crash.run_cli(["status", "-d", path, "--json"])
+    assert proc.returncode == 0, proc.stderr
+    shown = {r["id"]: r["status"] for r in json.loads(proc.stdout)}
+    assert shown[fake] == "dead", shown
+    assert crash.scalar(path, "SELECT status FROM backfill_runs WHERE id = ?", (fake,)) == "running"
