@@ -207,9 +207,12 @@ class RunReport:
         if self.errors.total:
             lines.append(f"first {len(self.errors.first)} of {self.errors.total} errors:")
             lines += [f"  {e}" for e in self.errors.first]
+            recorded = [s for s in self.extractors if s.run_id is not None and s.errors]
+            for s in recorded:
+                lines.append(f"all errors of {s.name} are in the ledger: backfill errors {s.run_id}")
             if self.errors.path:
                 lines.append(f"all errors are in {self.errors.path}")
-            elif self.errors.total > len(self.errors.first):
+            elif not recorded and self.errors.total > len(self.errors.first):
                 lines.append("pass --log-file PATH to keep all of them")
         if self.interrupted_by is not None:
             lines.append(
