@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import signal
 import socket
 import sys
@@ -159,6 +160,7 @@ def run(
         database,
         dry_run=dry_run,
         log_file=log_file,
+        resume=["backfill", "run", *names, *(["--retry-errors"] if retry_errors else [])],
     )
 
 
@@ -314,8 +316,12 @@ def _execute(
     *,
     dry_run: bool = False,
     log_file: Path | None = None,
+    resume: list[str] | None = None,
 ) -> None:
-    """Run ``work`` and turn its outcome, or its failure, into output and an exit code."""
+    """Run ``work`` and turn its outcome, or its failure, into output and an exit code.
+
+    ``resume`` is the command that continues an interrupted run (without --database).
+    """
     url = _url(database, as_json)
     try:
         errors = ErrorLog(log_file)
@@ -332,9 +338,10 @@ def _execute(
         report.errors.close()
     click.echo(report.to_json() if as_json else report.to_text())
     if report.interrupted_by is not None:
+        command = shlex.join([*(resume or ["backfill", "run"]), "-d", _shown_database(database, url)])
         click.echo(
             "backfill: interrupted; committed batches are kept. Run the same command again to resume "
-            "from the last checkpoint (or add --restart to start over)",
+            f"from the last checkpoint: {command} (or add --restart to start over)",
             err=True,
         )
     sys.exit(int(report.exit_code))
@@ -361,6 +368,11 @@ async def _until_signalled(work: Coroutine[Any, Any, RunReport], report: RunRepo
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+
+
+def _shown_database(database: str | None, url: URL) -> str:
+    """``--database`` as the user gave it when it is a file path; otherwise the URL, masked."""
+    return database if database and "://" not in database else display(url)
 
 
 def _url(database: str | None, as_json: bool) -> URL:
