@@ -138,7 +138,7 @@ def test_status_and_errors_work_right_after_a_crash(crash: Crash, medium_templat
     status = crash.run_cli(["status", "-d", path, "--json"])
     assert status.returncode == 0, f"`backfill status` fails after a crash:\n{status.stderr}"
     listed = {r["id"]: r for r in json.loads(status.stdout)}
-    assert listed[dead["id"]]["status"] == "running", listed
+    assert listed[dead["id"]]["status"] == "dead", listed  # recorded 'running'; its process is gone
     assert listed[dead["id"]]["processed"] == dead["processed"], listed
     errors = crash.run_cli(["errors", str(dead["id"]), "-d", path])
     assert errors.returncode == 0, f"`backfill errors` fails after a crash:\n{errors.stderr}"
