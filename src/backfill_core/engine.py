@@ -19,6 +19,7 @@ from backfill_core.database import Database, is_record_level
 from backfill_core.errors import BackfillError, RecordError
 from backfill_core.extractor import Extractor
 from backfill_core.ledger import FAILED, INTERRUPTED, SUCCEEDED, Delta, Ledger, RunState
+from backfill_core.overlay import Overlay
 from backfill_core.planner import (
     Extracted,
     Plan,
@@ -59,20 +60,6 @@ class RunOptions:
     dry_run: bool = False
     max_error_rate: float = 0.05
     sample_size: int = 0
-
-
-class Overlay:
-    """A dry run's memory of what it would have written, so later batches and extractors see it."""
-
-    def __init__(self) -> None:
-        self.rows: dict[Target, Rows] = {}
-
-    def apply(self, plan: Plan) -> None:
-        for target, rows in plan.merged.items():
-            self.rows.setdefault(target, {}).update(rows)
-
-    def lookup(self, tname: str, column: str, value: Any) -> dict[str, Any] | None:
-        return self.rows.get((tname, (column,)), {}).get((value,))
 
 
 def light_table(name: str, columns: Iterable[str]) -> TableClause:
@@ -312,7 +299,7 @@ class BatchRunner:
             return
         self._count(plan, delta)
         if self.overlay is not None:
-            self.overlay.apply(plan)
+            self.overlay.apply(plan.merged)
 
     def _count(self, plan: Plan, delta: Delta) -> None:
         delta.inserted += plan.inserted
@@ -389,10 +376,7 @@ class BatchRunner:
                 for row in await self._select(conn, t, key_cols, chunk):
                     found[tuple(row[c] for c in key_cols)] = row
             if self.overlay is not None:
-                for k in keys:
-                    pending = self.overlay.rows.get(target, {}).get(k)
-                    if pending is not None:
-                        found[k] = pending
+                found.update(self.overlay.rows(target, keys))
         return out
 
     async def _referenced(
@@ -406,10 +390,8 @@ class BatchRunner:
                 for row in await self._select(conn, t, (col,), chunk):
                     found[row[col]] = row
             if self.overlay is not None:
-                for v in values:
-                    pending = self.overlay.lookup(tname, col, v)
-                    if pending is not None:
-                        found[v] = pending
+                for (v,), row in self.overlay.rows((tname, (col,)), [(v,) for v in values]).items():
+                    found[v] = row
         return out
 
     async def _select(

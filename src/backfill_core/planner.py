@@ -64,7 +64,8 @@ class Plan:
     failures: list[Failure]
     samples: list[dict[str, Any]]
     merged: dict[Target, dict[tuple[Any, ...], dict[str, Any]]]
-    """The resulting row of every target touched, for a dry run's overlay (see keep_merged)."""
+    """The resulting row of every target inserted or updated, for a dry run's overlay (rows that
+    already exist only with keep_merged)."""
 
     @property
     def has_writes(self) -> bool:
@@ -203,11 +204,11 @@ def _diff(
                     samples.append({"table": target[0], "action": "insert", "row": row})
                 continue
             current = entry.current
+            if all(current.get(c) == v for c, v in entry.new.items()):
+                unchanged += 1  # as it is in the database: nothing for an overlay to remember
+                continue
             if keep_merged:
                 final[key] = {**current, **entry.new}
-            if all(current.get(c) == v for c, v in entry.new.items()):
-                unchanged += 1
-                continue
             values = {c: v for c, v in entry.new.items() if c not in target[1]}
             out.updates.append((dict(zip(target[1], key, strict=True)), values))
             updated += 1

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import closing
 from dataclasses import asdict
 
 from sqlalchemy.engine import URL
 
 from backfill_core.database import Database
-from backfill_core.engine import BatchRunner, Overlay, ProgressFactory, RunOptions
+from backfill_core.engine import BatchRunner, ProgressFactory, RunOptions
 from backfill_core.ledger import RESUMABLE, RUNNING, SUCCEEDED, Ledger
+from backfill_core.overlay import Overlay
 from backfill_core.plugins import Registry
 from backfill_core.report import RunReport
 from backfill_core.validation import check_compiles, check_thresholds, run_validators
@@ -38,70 +40,72 @@ async def run_backfill(
     extractors = registry.ordered(names)
     validators = registry.validators_for(x.name for x in extractors) if validate else []
     plan = ",".join(x.name for x in extractors)
-    async with Database(url, read_only=options.dry_run) as db:
-        ledger = None if options.dry_run else Ledger(db)
-        overlay = Overlay()
-        runners = [
-            BatchRunner(
-                db, x, options, report.errors, progress, overlay, _plugin_label(registry, x.name), ledger
-            )
-            for x in extractors
-        ]
-        for runner in runners:  # every schema is checked before anything is written
-            await runner.check_schema()
-        for v in validators:
-            await db.check_schema(v.tables)
-        check_thresholds(validators, thresholds or {}, plan.split(","))
-        if not options.dry_run:  # a dry run does not validate
-            check_compiles(db, validators, plan.split(","))
-        done: dict[str, int] = {}
-        invocation = uuid.uuid4().hex
-        if ledger is not None:
-            await ledger.ensure()
-            previous = await ledger.latest_of([x.name for x in extractors])
-            if (
-                previous is not None
-                and not restart
-                and not retry_errors
-                and previous.plan == plan
-                and (previous.status in RESUMABLE or previous.status == RUNNING)
-            ):
-                invocation = previous.invocation
-                done = await ledger.succeeded_in(invocation)
-        for runner in runners:
-            report.extractors.append(runner.stats)
-            if runner.x.name in done:
-                runner.stats.run_id = done[runner.x.name]
-                runner.stats.note = f"already completed in run {done[runner.x.name]} of this command"
-                announce(f"{runner.x.name}: {runner.stats.note}")
-                continue
-            if ledger is None:
-                await runner.run()
-            elif retry_errors:
-                await _retry(ledger, runner, options, invocation, announce, _version(registry, runner.x.name))
-            else:
-                state = await ledger.begin(
-                    runner.x.name,
-                    plugin=runner.stats.plugin,
-                    version=_version(registry, runner.x.name),
-                    invocation=invocation,
-                    plan=plan,
-                    options=_options(options),
-                    restart=restart,
-                    depends_on=runner.x.depends_on,
+    with closing(Overlay()) as overlay:  # a dry run's would-be rows, on disk
+        async with Database(url, read_only=options.dry_run) as db:
+            ledger = None if options.dry_run else Ledger(db)
+            runners = [
+                BatchRunner(
+                    db, x, options, report.errors, progress, overlay, _plugin_label(registry, x.name), ledger
                 )
-                if state.note:
-                    announce(state.note)
-                await runner.run(state)
-            if runner.stats.stopped:
-                report.validation_skipped = "the run stopped early"
-                return report
-        if not validate:
-            report.validation_skipped = "--no-validate"
-        elif options.dry_run:
-            report.validation_skipped = "dry run"
-        else:
-            report.validation = await run_validators(db, validators, thresholds, plan.split(","))
+                for x in extractors
+            ]
+            for runner in runners:  # every schema is checked before anything is written
+                await runner.check_schema()
+            for v in validators:
+                await db.check_schema(v.tables)
+            check_thresholds(validators, thresholds or {}, plan.split(","))
+            if not options.dry_run:  # a dry run does not validate
+                check_compiles(db, validators, plan.split(","))
+            done: dict[str, int] = {}
+            invocation = uuid.uuid4().hex
+            if ledger is not None:
+                await ledger.ensure()
+                previous = await ledger.latest_of([x.name for x in extractors])
+                if (
+                    previous is not None
+                    and not restart
+                    and not retry_errors
+                    and previous.plan == plan
+                    and (previous.status in RESUMABLE or previous.status == RUNNING)
+                ):
+                    invocation = previous.invocation
+                    done = await ledger.succeeded_in(invocation)
+            for runner in runners:
+                report.extractors.append(runner.stats)
+                if runner.x.name in done:
+                    runner.stats.run_id = done[runner.x.name]
+                    runner.stats.note = f"already completed in run {done[runner.x.name]} of this command"
+                    announce(f"{runner.x.name}: {runner.stats.note}")
+                    continue
+                if ledger is None:
+                    await runner.run()
+                elif retry_errors:
+                    await _retry(
+                        ledger, runner, options, invocation, announce, _version(registry, runner.x.name)
+                    )
+                else:
+                    state = await ledger.begin(
+                        runner.x.name,
+                        plugin=runner.stats.plugin,
+                        version=_version(registry, runner.x.name),
+                        invocation=invocation,
+                        plan=plan,
+                        options=_options(options),
+                        restart=restart,
+                        depends_on=runner.x.depends_on,
+                    )
+                    if state.note:
+                        announce(state.note)
+                    await runner.run(state)
+                if runner.stats.stopped:
+                    report.validation_skipped = "the run stopped early"
+                    return report
+            if not validate:
+                report.validation_skipped = "--no-validate"
+            elif options.dry_run:
+                report.validation_skipped = "dry run"
+            else:
+                report.validation = await run_validators(db, validators, thresholds, plan.split(","))
     return report
 
 

@@ -1,0 +1,50 @@
+"""The dry-run overlay: rows kept on disk, found again by target and key, removed on close."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from backfill_core.overlay import Overlay
+
+FEATURES = ("test_features", ("id",))
+BUGS = ("bugs", ("id",))
+
+
+def test_rows_round_trip_by_target_and_key() -> None:
+    overlay = Overlay()
+    try:
+        assert overlay.rows(FEATURES, [(1,)]) == {}  # nothing remembered yet, no file created
+        overlay.apply({FEATURES: {(1,): {"id": 1, "title": "x" * 500}, (2,): {"id": 2, "title": None}}})
+        overlay.apply({BUGS: {(1,): {"id": 1, "test_feature_id": 2}}})
+        assert overlay.rows(FEATURES, [(1,), (2,), (3,)]) == {
+            (1,): {"id": 1, "title": "x" * 500},
+            (2,): {"id": 2, "title": None},
+        }
+        assert overlay.rows(BUGS, [(1,), (2,)]) == {(1,): {"id": 1, "test_feature_id": 2}}
+        assert overlay.rows(("test_features", ("title",)), [(1,)]) == {}  # another addressing
+    finally:
+        overlay.close()
+
+
+def test_a_later_batch_replaces_a_row_and_lookups_span_chunks() -> None:
+    overlay = Overlay()
+    try:
+        overlay.apply({FEATURES: {(k,): {"id": k, "n": 0} for k in range(2500)}})
+        overlay.apply({FEATURES: {(7,): {"id": 7, "n": 1}}})
+        found = overlay.rows(FEATURES, [(k,) for k in range(3000)])
+        assert len(found) == 2500
+        assert found[(7,)] == {"id": 7, "n": 1}
+        assert found[(2499,)] == {"id": 2499, "n": 0}
+    finally:
+        overlay.close()
+
+
+def test_close_removes_the_temporary_file() -> None:
+    overlay = Overlay()
+    overlay.apply({FEATURES: {(1,): {"id": 1}}})
+    assert overlay._dir is not None
+    folder = Path(overlay._dir.name)
+    assert (folder / "overlay.db").exists()
+    overlay.close()
+    assert not folder.exists()
+    assert overlay.rows(FEATURES, [(1,)]) == {}
