@@ -298,3 +298,11 @@ def test_bad_bug_data_raises_record_error(raw: Any, kind: str) -> None:
 def test_bug_feature_id_with_too_many_digits_is_a_record_error() -> None:
     raw = json.dumps({"test_feature": {"id": "1" * 5000}})
     assert record_error(BA, bug_row(raw)) == "invalid-type"
+
+
+def test_digit_string_with_a_control_character_is_a_record_error() -> None:
+    # Python's \s matches \x1f, which int() refuses: found by the property test.
+    row = {"id": 1, "customer_id": 1, "raw_data": '{"test_feature": {"id": "0\\u001f"}}'}
+    with pytest.raises(RecordError) as info:
+        BugAttributionExtractor().extract(row)
+    assert info.value.kind == "invalid-type"

@@ -13,7 +13,7 @@ FLAGS = ("enable_default", "enable_content", "enable_visual")
 
 
 INT64 = range(-(2**63), 2**63)
-DIGITS = re.compile(r"\s*[0-9]{1,19}\s*")
+DIGITS = re.compile(r"[ \t\r\n]*([0-9]{1,19})[ \t\r\n]*")
 
 
 def _int(value: Any, what: str) -> int | None:
@@ -22,8 +22,9 @@ def _int(value: Any, what: str) -> int | None:
         return None
     if isinstance(value, bool):
         raise RecordError(f"{what} is a boolean, not an integer id", kind="invalid-type")
-    if isinstance(value, str) and DIGITS.fullmatch(value):
-        value = int(value)
+    digits = DIGITS.fullmatch(value) if isinstance(value, str) else None
+    if digits:
+        value = int(digits.group(1))
     if isinstance(value, int):
         if value not in INT64:
             raise RecordError(f"{what} is {value}, beyond a 64-bit integer", kind="invalid-type")
