@@ -191,7 +191,8 @@ class BatchRunner:
         if keys is not None:
             for chunk in _chunks(list(keys), size):
                 async with self.db.reading() as conn:
-                    rows = await self._fetch(conn, select(*self.source.c).where(key.in_(chunk)).order_by(key))
+                    stmt = select(*self.source.c).where(key.in_(_padded(chunk))).order_by(key)
+                    rows = await self._fetch(conn, stmt)
                 if rows:
                     yield rows
             return
@@ -397,6 +398,7 @@ class BatchRunner:
     async def _select(
         self, conn: AsyncConnection, t: TableClause, key_cols: tuple[str, ...], keys: list[tuple[Any, ...]]
     ) -> list[dict[str, Any]]:
+        keys = _padded(keys)
         if len(key_cols) == 1:
             where = t.c[key_cols[0]].in_([k[0] for k in keys])
         else:
@@ -421,6 +423,20 @@ class BatchRunner:
                     for key, new in pairs
                 ]
                 await conn.execute(stmt, params)
+
+
+IN_PADDING = 256
+
+
+def _padded(values: list[Any]) -> list[Any]:
+    """``values`` repeated at the end up to a multiple of IN_PADDING.
+
+    Each length of an ``IN (?, ?, …)`` list is a statement of its own in the driver's statement
+    cache (128 on sqlite3, each holding its parameters); a handful of lengths keeps that cache
+    small and useful instead of filling it with one-off statements as a run goes on.
+    """
+    short = -len(values) % IN_PADDING
+    return values + values[-1:] * short if values else values
 
 
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
