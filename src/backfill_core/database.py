@@ -153,13 +153,8 @@ class Database:
         A database failure that retrying cannot fix becomes DatabaseUnavailable.
         """
         assert self._reader is not None, "database is not open"
-        try:
-            async with self._reader.connect() as conn:
-                yield conn
-        except exc.DBAPIError as e:
-            if is_record_level(e):
-                raise
-            raise self.fatal(e, "read from") from e
+        async with self._fatal_on_failure("read from"), self._reader.connect() as conn:
+            yield conn
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -169,13 +164,18 @@ class Database:
         becomes DatabaseUnavailable.
         """
         assert self._writer is not None, "database is not open"
+        async with self._fatal_on_failure("write to"), self._writer.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _fatal_on_failure(self, action: str) -> AsyncIterator[None]:
+        """Turn a database failure that isolating rows cannot fix into DatabaseUnavailable."""
         try:
-            async with self._writer.begin() as conn:
-                yield conn
+            yield
         except exc.DBAPIError as e:
             if is_record_level(e):
                 raise
-            raise self.fatal(e, "write to") from e
+            raise self.fatal(e, action) from e
 
     async def check_schema(self, needed: Mapping[str, Iterable[str]]) -> None:
         """Raise SchemaMissing naming the first table or column of ``needed`` that does not exist."""

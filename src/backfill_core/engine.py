@@ -124,7 +124,7 @@ class BatchRunner:
             if start_after is not None:
                 counting = counting.where(key > start_after)
             async with self.db.reading() as conn:
-                self.stats.total = await self._fetch(conn, counting, scalar=True)
+                self.stats.total = (await conn.execute(counting)).scalar_one()
         else:
             self.stats.total = len(keys)
         self._ledger_total = (state.processed if state else 0) + self.stats.total if keys is None else None
@@ -132,7 +132,8 @@ class BatchRunner:
         status: str = FAILED
         message: str | None = "stopped by an unexpected error"
         reader = self._batches(start_after, keys)
-        ahead: asyncio.Future[list[Any] | None] | None = None
+        cleared: set[Any] = set()  # keys whose old errors were cleared with their batch
+        ahead: asyncio.Future[Sequence[Any] | None] | None = None
         try:
             ahead = asyncio.ensure_future(anext(reader, None))
             while (rows := await ahead) is not None:
@@ -141,7 +142,10 @@ class BatchRunner:
                 ahead = asyncio.ensure_future(anext(reader, None))
                 delta = Delta(processed=len(rows))
                 extracted = self._extract(rows, delta)
-                clear = (clear_run, [r[self.key_index] for r in rows]) if clear_run is not None else None
+                clear = None
+                if clear_run is not None:
+                    clear = (clear_run, [r[self.key_index] for r in rows])
+                    cleared.update(clear[1])
                 last_key = rows[-1][self.key_index] if keys is None else None
                 # A signal waits for the batch in flight: its writes, its checkpoint and the
                 # summary's counts then agree.
@@ -165,7 +169,7 @@ class BatchRunner:
             else:
                 status, message = SUCCEEDED, None
             if keys is not None and clear_run is not None:
-                await self._clear_vanished(clear_run, keys)
+                await self._clear_vanished(clear_run, [k for k in keys if k not in cleared])
         except asyncio.CancelledError:
             status, message = INTERRUPTED, "interrupted by a signal after its last committed batch"
             raise
@@ -185,14 +189,16 @@ class BatchRunner:
                 await self.ledger.finish(state, status, message)
         return self.stats
 
-    async def _batches(self, start_after: Any, keys: Sequence[Any] | None) -> AsyncGenerator[list[Any], None]:
+    async def _batches(
+        self, start_after: Any, keys: Sequence[Any] | None
+    ) -> AsyncGenerator[Sequence[Any], None]:
         key = self.source.c[self.x.key]
         size = self.options.batch_size
         if keys is not None:
             for chunk in _chunks(list(keys), size):
                 async with self.db.reading() as conn:
                     stmt = select(*self.source.c).where(key.in_(_padded(chunk))).order_by(key)
-                    rows = await self._fetch(conn, stmt)
+                    rows = (await conn.execute(stmt)).all()
                 if rows:
                     yield rows
             return
@@ -203,18 +209,11 @@ class BatchRunner:
             if last is not None:
                 stmt = stmt.where(key > last)
             async with self.db.reading() as conn:
-                rows = await self._fetch(conn, stmt)
+                rows = (await conn.execute(stmt)).all()
             if not rows:
                 return
             yield rows
             last = rows[-1][self.key_index]
-
-    async def _fetch(self, conn: AsyncConnection, stmt: Any, scalar: bool = False) -> Any:
-        try:
-            result = await conn.execute(stmt)
-            return result.scalar_one() if scalar else result.all()
-        except DBAPIError as e:
-            raise self.db.fatal(e, "read from") from e
 
     # -- extraction: pure, outside any transaction ------------------------------------------------
 
@@ -348,7 +347,7 @@ class BatchRunner:
 
     async def _clear_vanished(self, run_id: int, keys: Sequence[Any]) -> None:
         """Clear the recorded errors of keys whose source rows no longer exist."""
-        if self.ledger is None or self.stats.run_id is None:
+        if self.ledger is None or self.stats.run_id is None or not keys:
             return
         async with self.db.transaction() as conn:
             state = RunState(self.stats.run_id, self.x.name)

@@ -39,7 +39,8 @@ async def run_backfill(
     """
     extractors = registry.ordered(names)
     validators = registry.validators_for(x.name for x in extractors) if validate else []
-    plan = ",".join(x.name for x in extractors)
+    ran = [x.name for x in extractors]
+    plan = ",".join(ran)
     with closing(Overlay()) as overlay:  # a dry run's would-be rows, on disk
         async with Database(url, read_only=options.dry_run) as db:
             ledger = None if options.dry_run else Ledger(db)
@@ -53,14 +54,14 @@ async def run_backfill(
                 await runner.check_schema()
             for v in validators:
                 await db.check_schema(v.tables)
-            check_thresholds(validators, thresholds or {}, plan.split(","))
+            check_thresholds(validators, thresholds or {}, ran)
             if not options.dry_run:  # a dry run does not validate
-                check_compiles(db, validators, plan.split(","))
+                check_compiles(db, validators, ran)
             done: dict[str, int] = {}
             invocation = uuid.uuid4().hex
             if ledger is not None:
                 await ledger.ensure()
-                previous = await ledger.latest_of([x.name for x in extractors])
+                previous = await ledger.latest_of(ran)
                 if (
                     previous is not None
                     and not restart
@@ -105,7 +106,7 @@ async def run_backfill(
             elif options.dry_run:
                 report.validation_skipped = "dry run"
             else:
-                report.validation = await run_validators(db, validators, thresholds, plan.split(","))
+                report.validation = await run_validators(db, validators, thresholds, ran)
     return report
 
 

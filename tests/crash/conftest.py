@@ -17,7 +17,6 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -28,18 +27,9 @@ from typing import Any
 
 import pytest
 
+import cli_support
 from backfill_plugins.testmanagement import synthetic
-
-BACKFILL = Path(sys.executable).parent / "backfill"
-"""The console script installed next to the interpreter running the tests."""
-
-SCRUBBED = (
-    "BACKFILL_DATABASE_URL",
-    "BACKFILL_LOAD_PLUGINS",
-    "BACKFILL_BUSY_TIMEOUT",
-    "BACKFILL_STALE_AFTER",
-)
-"""Variables that would change what the CLI does behind the tests' back."""
+from cli_support import BACKFILL, Env, make_env
 
 SMALL_TESTS = 300
 MEDIUM_TESTS = 3000
@@ -47,36 +37,15 @@ BIG_TESTS = 20_000
 
 BOTH = ("test_features", "bug_attribution")
 
-Env = Mapping[str, str | None]
-
 
 # -- processes ---------------------------------------------------------------------------------
-
-
-def make_env(overrides: Env | None = None) -> dict[str, str]:
-    """A copy of this process's environment without backfill's variables, plus ``overrides``
-    (a value of None removes the variable)."""
-    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
-    for key, value in (overrides or {}).items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env
 
 
 def run_cli(
     args: Sequence[Any], env: Env | None = None, *, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
     """Run ``backfill ARGS`` to completion and capture its output."""
-    return subprocess.run(
-        [str(BACKFILL), *map(str, args)],
-        env=make_env(env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return cli_support.run_cli(args, env, timeout=timeout)
 
 
 @dataclass

@@ -70,16 +70,20 @@ def copy_db(template_db: Path, tmp_path: Path) -> Callable[[str], Path]:
     return copy
 
 
-@pytest.fixture(scope="session")
-def full_run_db(template_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The small template after one complete run of both extractors (read-only reference)."""
-    path = tmp_path_factory.mktemp("full") / "full.db"
-    shutil.copy(template_db, path)
+def _after_full_run(template: Path, path: Path) -> Path:
+    """A read-only copy of ``template`` after one complete run of both extractors."""
+    shutil.copy(template, path)
     path.chmod(0o644)
     proc = run_cli(["run", "test_features", "bug_attribution", "-d", path, "--quiet"])
     assert proc.returncode == 0, proc.stderr
     path.chmod(0o444)
     return path
+
+
+@pytest.fixture(scope="session")
+def full_run_db(template_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small template after one complete run of both extractors (read-only reference)."""
+    return _after_full_run(template_db, tmp_path_factory.mktemp("full") / "full.db")
 
 
 @pytest.fixture(scope="session")
@@ -92,13 +96,7 @@ def big_template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def big_full_run_db(big_template_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The big template after one complete run of both extractors (read-only reference)."""
-    path = tmp_path_factory.mktemp("bigfull") / "big-full.db"
-    shutil.copy(big_template_db, path)
-    path.chmod(0o644)
-    proc = run_cli(["run", "test_features", "bug_attribution", "-d", path, "--quiet"])
-    assert proc.returncode == 0, proc.stderr
-    path.chmod(0o444)
-    return path
+    return _after_full_run(big_template_db, tmp_path_factory.mktemp("bigfull") / "big-full.db")
 
 
 @pytest.fixture(scope="session")

@@ -10,47 +10,24 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import cli_support
 from backfill_plugins.testmanagement import synthetic
+from cli_support import BACKFILL as BACKFILL  # re-exported for the test modules
+from cli_support import Env
+from cli_support import make_env as make_env
 
-BACKFILL = Path(sys.executable).parent / "backfill"
-"""The console script installed next to the interpreter running the tests."""
-
-# Variables that would change what the CLI does behind the tests' back.
-SCRUBBED = ("BACKFILL_DATABASE_URL", "BACKFILL_LOAD_PLUGINS", "BACKFILL_BUSY_TIMEOUT")
-
-Env = Mapping[str, str | None]
 RunCli = Callable[..., subprocess.CompletedProcess[str]]
-
-
-def make_env(overrides: Env | None = None) -> dict[str, str]:
-    """A copy of this process's environment without backfill's variables, plus ``overrides``
-    (a value of None removes the variable)."""
-    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
-    for key, value in (overrides or {}).items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env
 
 
 def run_cli(
     args: list[str], env: Env | None = None, *, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     """Run ``backfill ARGS`` as a real subprocess and capture its output."""
-    return subprocess.run(
-        [str(BACKFILL), *map(str, args)],
-        env=make_env(env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return cli_support.run_cli(args, env, timeout=timeout)
 
 
 def sha256(path: Path) -> str:

@@ -63,10 +63,12 @@ async def _load(url: str, source: Path) -> None:
         with sqlite3.connect(source) as lite:
             tests = lite.execute("SELECT id, customer_id, product_id, status, data FROM tests").fetchall()
             bugs = lite.execute("SELECT id, customer_id, test_id, raw_data FROM bugs").fetchall()
-        await conn.copy_records_to_table("tests", records=tests,
-                                         columns=["id", "customer_id", "product_id", "status", "data"])
-        await conn.copy_records_to_table("bugs", records=bugs,
-                                         columns=["id", "customer_id", "test_id", "raw_data"])
+        await conn.copy_records_to_table(
+            "tests", records=tests, columns=["id", "customer_id", "product_id", "status", "data"]
+        )
+        await conn.copy_records_to_table(
+            "bugs", records=bugs, columns=["id", "customer_id", "test_id", "raw_data"]
+        )
     finally:
         await conn.close()
 
@@ -109,13 +111,17 @@ def test_postgres_matches_sqlite(pg_url: str, source: Path, tmp_path: Path) -> N
 
     def counts(out: str) -> list[tuple[Any, ...]]:
         doc = json.loads(out)
-        return [(x["extractor"], x["processed"], x["inserted"], x["updated"], x["unchanged"],
-                 x["errors_by_tier"]) for x in doc["extractors"]]
+        return [
+            (x["extractor"], x["processed"], x["inserted"], x["updated"], x["unchanged"], x["errors_by_tier"])
+            for x in doc["extractors"]
+        ]
 
     assert counts(on_pg.stdout) == counts(on_lite.stdout)
     with sqlite3.connect(lite) as conn:
-        lite_features = [tuple(bool(v) if i >= 8 and v is not None else v for i, v in enumerate(r))
-                         for r in conn.execute(FEATURES)]
+        lite_features = [
+            tuple(bool(v) if i >= 8 and v is not None else v for i, v in enumerate(r))
+            for r in conn.execute(FEATURES)
+        ]
         lite_bugs = conn.execute(BUGS).fetchall()
     assert len(lite_features) > 300
     assert asyncio.run(_fetch(pg_url, FEATURES)) == lite_features

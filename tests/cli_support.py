@@ -1,0 +1,52 @@
+"""Running the real ``backfill`` console script from the tests, with a controlled environment.
+
+Shared by the end-to-end and crash-safety tests (``tests`` is on pytest's ``pythonpath``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+BACKFILL = Path(sys.executable).parent / "backfill"
+"""The console script installed next to the interpreter running the tests."""
+
+SCRUBBED = (
+    "BACKFILL_DATABASE_URL",
+    "BACKFILL_LOAD_PLUGINS",
+    "BACKFILL_BUSY_TIMEOUT",
+    "BACKFILL_STALE_AFTER",
+)
+"""Variables that would change what the CLI does behind the tests' back."""
+
+Env = Mapping[str, str | None]
+
+
+def make_env(overrides: Env | None = None) -> dict[str, str]:
+    """A copy of this process's environment without backfill's variables, plus ``overrides``
+    (a value of None removes the variable)."""
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+    for key, value in (overrides or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def run_cli(
+    args: Sequence[Any], env: Env | None = None, *, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run ``backfill ARGS`` as a real subprocess to completion and capture its output."""
+    return subprocess.run(
+        [str(BACKFILL), *map(str, args)],
+        env=make_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
