@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,13 +12,11 @@ from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy import Connection, event, exc, inspect, text
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.sql import Executable, TableClause
 
 from backfill_core.errors import DatabaseUnavailable, SchemaMissing
+from backfill_core.statements import Statements
 
 DATABASE_ENV = "BACKFILL_DATABASE_URL"
 BUSY_TIMEOUT_ENV = "BACKFILL_BUSY_TIMEOUT"
@@ -77,6 +76,7 @@ class Database:
         self.is_sqlite = url.get_backend_name() == "sqlite"
         self._reader: AsyncEngine | None = None
         self._writer: AsyncEngine | None = None
+        self._statements: Statements | None = None
 
     @property
     def dialect(self) -> str:
@@ -91,6 +91,13 @@ class Database:
         """SQLAlchemy's dialect, with the server version known once the database is open."""
         assert self._reader is not None, "database is not open"
         return self._reader.sync_engine.dialect
+
+    @property
+    def statements(self) -> Statements:
+        """SQL text for the statements run per batch, in this database's dialect."""
+        if self._statements is None:
+            self._statements = Statements(self.sa_dialect)
+        return self._statements
 
     async def __aenter__(self) -> Database:
         if self.is_sqlite:
@@ -177,6 +184,32 @@ class Database:
                 raise
             raise self.fatal(e, action) from e
 
+    async def fetch(self, conn: AsyncConnection, sql: str, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
+        """The rows of driver-level ``sql`` (see statements.py) run on ``conn``."""
+        if not self.is_sqlite:
+            return (await conn.exec_driver_sql(sql, tuple(params))).all()
+        aio = (await conn.get_raw_connection()).driver_connection
+        try:
+            return await aio.execute_fetchall(sql, params)  # type: ignore[no-any-return,union-attr]
+        except sqlite3.Error as e:
+            raise exc.DBAPIError.instance(sql, None, e, sqlite3.Error) from e
+
+    async def execute(self, conn: AsyncConnection, sql: str, params: Sequence[Any]) -> None:
+        """Run driver-level ``sql`` once, on ``conn``."""
+        await self.execute_many(conn, sql, [params])
+
+    async def execute_many(self, conn: AsyncConnection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run driver-level ``sql`` once per row of parameters, on ``conn``."""
+        if not self.is_sqlite:
+            await conn.exec_driver_sql(sql, [tuple(r) for r in rows])
+            return
+        # On SQLite this is one hop to aiosqlite's thread instead of SQLAlchemy's several.
+        aio = (await conn.get_raw_connection()).driver_connection
+        try:
+            await aio.executemany(sql, rows)  # type: ignore[union-attr]
+        except sqlite3.Error as e:
+            raise exc.DBAPIError.instance(sql, None, e, sqlite3.Error) from e
+
     async def check_schema(self, needed: Mapping[str, Iterable[str]]) -> None:
         """Raise SchemaMissing naming the first table or column of ``needed`` that does not exist."""
         try:
@@ -205,19 +238,6 @@ class Database:
         """
         if self.dialect == "postgresql":
             await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": name})
-
-    def upsert(self, table: TableClause, key_cols: Sequence[str], columns: Sequence[str]) -> Executable:
-        """INSERT ``columns``; on a conflict over ``key_cols``, update the other columns instead."""
-        if self.is_sqlite:
-            stmt: Any = sqlite_insert(table)
-        elif self.dialect == "postgresql":
-            stmt = postgresql_insert(table)
-        else:
-            raise DatabaseUnavailable(f"backfill cannot write upserts to {self.dialect} databases yet")
-        rest = {c: stmt.excluded[c] for c in columns if c not in key_cols}
-        if not rest:
-            return stmt.on_conflict_do_nothing(index_elements=list(key_cols))  # type: ignore[no-any-return]
-        return stmt.on_conflict_do_update(index_elements=list(key_cols), set_=rest)  # type: ignore[no-any-return]
 
     def fatal(self, error: BaseException, action: str) -> DatabaseUnavailable:
         """The run-ending error for a database failure that retrying a batch cannot fix."""

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import and_, bindparam, column, func, select, table, tuple_, update
+from sqlalchemy import column, func, select, table
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import TableClause
 
-from backfill_core.changes import check_change
+from backfill_core.changes import Update, check_change
 from backfill_core.database import Database, is_record_level
 from backfill_core.errors import BackfillError, RecordError
 from backfill_core.extractor import Extractor
@@ -24,12 +25,17 @@ from backfill_core.planner import (
     Extracted,
     Plan,
     Target,
+    address,
     keys_needed,
     plan_batch,
     refs_needed,
 )
 from backfill_core.report import ErrorLog, ErrorRecord, ExtractorStats
 
+GC_THRESHOLD = 10_000
+"""Allocations between the cycle collector's young collections during a run (Python's default is
+700): each batch allocates many short-lived, acyclic rows and changes that reference counting
+frees, so frequent collections would only rescan them."""
 CHECKPOINT_EVERY = 2.0
 """Seconds between checkpoints of batches that changed nothing (their rows are re-read on resume)."""
 IN_CHUNK = 5000
@@ -93,7 +99,7 @@ class BatchRunner:
         self.cols = extractor.read_columns
         self.key_index = self.cols.index(extractor.key)
         self.source = light_table(extractor.source_table, self.cols)
-        self.targets = {t: light_table(t, cols) for t, cols in self.written.items()}
+        self.target_cols = {t: tuple(sorted(cols)) for t, cols in self.written.items()}
         self._pending = Delta()
         self._pending_key: Any = None
         self._checkpointed = time.monotonic()
@@ -114,6 +120,12 @@ class BatchRunner:
         With a ledger run ``state``, each batch's checkpoint commits with the batch; ``clear_run``
         names a run whose recorded errors for the processed keys are cleared (--retry-errors).
         """
+        with _few_collections():
+            return await self._run(state, keys, clear_run)
+
+    async def _run(
+        self, state: RunState | None, keys: Sequence[Any] | None, clear_run: int | None
+    ) -> ExtractorStats:
         started = time.perf_counter()
         start_after = state.last_key if state else None
         self.stats.run_id = state.id if state else None
@@ -192,24 +204,23 @@ class BatchRunner:
     async def _batches(
         self, start_after: Any, keys: Sequence[Any] | None
     ) -> AsyncGenerator[Sequence[Any], None]:
-        key = self.source.c[self.x.key]
+        table, key = self.x.source_table, self.x.key
         size = self.options.batch_size
         if keys is not None:
             for chunk in _chunks(list(keys), size):
+                padded = _padded(chunk)
+                stmt = self.db.statements.lookup(table, self.cols, (key,), len(padded), order_by=key)
                 async with self.db.reading() as conn:
-                    stmt = select(*self.source.c).where(key.in_(_padded(chunk))).order_by(key)
-                    rows = (await conn.execute(stmt)).all()
+                    rows = await self.db.fetch(conn, stmt, padded)
                 if rows:
                     yield rows
             return
         last = start_after
         while True:
             # Rows with a NULL key cannot be paged by key; they are left out, as from the count.
-            stmt = select(*self.source.c).where(key.is_not(None)).order_by(key).limit(size)
-            if last is not None:
-                stmt = stmt.where(key > last)
+            stmt = self.db.statements.page(table, self.cols, key, size, last is not None)
             async with self.db.reading() as conn:
-                rows = (await conn.execute(stmt)).all()
+                rows = await self.db.fetch(conn, stmt, () if last is None else (last,))
             if not rows:
                 return
             yield rows
@@ -225,6 +236,7 @@ class BatchRunner:
             key = values[self.key_index]
             try:
                 changes = [check_change(c, written, name) for c in extract(row)]
+                addresses = [address(c) for c in changes]
             except RecordError as e:
                 self._error(delta, key, "record", e.kind, e.message)
             except Exception as e:
@@ -237,7 +249,8 @@ class BatchRunner:
                     "report it to the plugin's authors)",
                 )
             else:
-                out.append(Extracted(key, changes))
+                checked = any(c.requires or isinstance(c, Update) for c in changes)
+                out.append(Extracted(key, changes, addresses, checked))
         return out
 
     def _error(self, delta: Delta, key: Any, tier: str, kind: str, message: str) -> None:
@@ -267,19 +280,54 @@ class BatchRunner:
         try:
             if self.options.dry_run:
                 async with self.db.reading() as conn:
-                    await self._isolating(conn, batch, delta)
+                    plans = await self._isolating(conn, batch, delta)
             else:
-                async with self.db.transaction() as conn:
-                    await self._isolating(conn, batch, delta)
-                    await self._checkpoint(conn, delta, last_key, clear)
+                try:
+                    plans, delta = await self._attempt(batch, delta, last_key, clear, isolate=False)
+                except (DBAPIError, OverflowError) as e:
+                    if not is_record_level(e):
+                        raise
+                    # A row breaks a constraint: write the batch again, finding the rows that fail.
+                    plans, delta = await self._attempt(batch, delta, last_key, clear, isolate=True)
         except DBAPIError as e:
             raise self.db.fatal(e, "write to") from e
+        for plan in plans:
+            room = self.options.sample_size - len(self.stats.samples)
+            self.stats.samples += plan.samples[: max(room, 0)]
         self._account(delta)
 
-    async def _isolating(self, conn: AsyncConnection, batch: list[Extracted], delta: Delta) -> None:
+    async def _attempt(
+        self,
+        batch: list[Extracted],
+        delta: Delta,
+        last_key: Any,
+        clear: tuple[int, list[Any]] | None,
+        *,
+        isolate: bool,
+    ) -> tuple[list[Plan], Delta]:
+        """One write transaction for the batch; ``delta`` is left as it was if it rolls back."""
+        attempt = Delta()
+        attempt.add(delta)
+        folded = self._pending, self._pending_key, self._checkpointed
+        try:
+            async with self.db.transaction() as conn:
+                if isolate:
+                    plans = await self._isolating(conn, batch, attempt)
+                else:
+                    plan = await self._plan(conn, batch)
+                    await self._write(conn, plan)
+                    self._count(plan, attempt)
+                    plans = [plan]
+                await self._checkpoint(conn, attempt, last_key, clear)
+        except BaseException:
+            self._pending, self._pending_key, self._checkpointed = folded
+            raise
+        return plans, attempt
+
+    async def _isolating(self, conn: AsyncConnection, batch: list[Extracted], delta: Delta) -> list[Plan]:
         """Plan and write ``batch`` in a savepoint; if rows break a constraint, find them by halving."""
         if not batch:
-            return
+            return []
         try:
             if self.options.dry_run:
                 plan = await self._plan(conn, batch)
@@ -292,14 +340,14 @@ class BatchRunner:
                 raise
             if len(batch) == 1:
                 self._error(delta, batch[0].key, "batch", "write", str(getattr(e, "orig", e)).strip())
-                return
+                return []
             half = len(batch) // 2
-            await self._isolating(conn, batch[:half], delta)
-            await self._isolating(conn, batch[half:], delta)
-            return
+            first = await self._isolating(conn, batch[:half], delta)
+            return first + await self._isolating(conn, batch[half:], delta)
         self._count(plan, delta)
         if self.overlay is not None:
             self.overlay.apply(plan.merged)
+        return [plan]
 
     def _count(self, plan: Plan, delta: Delta) -> None:
         delta.inserted += plan.inserted
@@ -307,8 +355,6 @@ class BatchRunner:
         delta.unchanged += plan.unchanged
         for failure in plan.failures:
             self._error(delta, failure.key, "record", failure.kind, failure.message)
-        room = self.options.sample_size - len(self.stats.samples)
-        self.stats.samples += plan.samples[: max(room, 0)]
 
     async def _checkpoint(
         self, conn: AsyncConnection, delta: Delta, last_key: Any, clear: tuple[int, list[Any]] | None
@@ -369,12 +415,9 @@ class BatchRunner:
     ) -> dict[Target, Rows]:
         out: dict[Target, Rows] = {}
         for target, keys in needed.items():
-            tname, key_cols = target
-            t = self.targets[tname]
-            found = out[target] = {}
-            for chunk in _chunks(list(keys), IN_CHUNK):
-                for row in await self._select(conn, t, key_cols, chunk):
-                    found[tuple(row[c] for c in key_cols)] = row
+            found = out[target] = await self._select(
+                conn, target[0], self.target_cols[target[0]], target[1], keys
+            )
             if self.overlay is not None:
                 found.update(self.overlay.rows(target, keys))
         return out
@@ -384,44 +427,64 @@ class BatchRunner:
     ) -> dict[tuple[str, str], dict[Any, dict[str, Any]]]:
         out: dict[tuple[str, str], dict[Any, dict[str, Any]]] = {}
         for (tname, col), (match_cols, values) in needed.items():
-            t = light_table(tname, {col, *match_cols})
-            found = out[(tname, col)] = {}
-            for chunk in _chunks([(v,) for v in values], IN_CHUNK):
-                for row in await self._select(conn, t, (col,), chunk):
-                    found[row[col]] = row
+            cols = tuple(sorted({col, *match_cols}))
+            rows = await self._select(conn, tname, cols, (col,), {(v,) for v in values})
+            found = out[(tname, col)] = {k[0]: row for k, row in rows.items()}
             if self.overlay is not None:
                 for (v,), row in self.overlay.rows((tname, (col,)), [(v,) for v in values]).items():
                     found[v] = row
         return out
 
     async def _select(
-        self, conn: AsyncConnection, t: TableClause, key_cols: tuple[str, ...], keys: list[tuple[Any, ...]]
-    ) -> list[dict[str, Any]]:
-        keys = _padded(keys)
-        if len(key_cols) == 1:
-            where = t.c[key_cols[0]].in_([k[0] for k in keys])
-        else:
-            where = tuple_(*(t.c[c] for c in key_cols)).in_(keys)
-        result = await conn.execute(select(*t.c).where(where))
-        names = tuple(t.c.keys())
-        return [dict(zip(names, r, strict=True)) for r in result.all()]
+        self,
+        conn: AsyncConnection,
+        table: str,
+        cols: tuple[str, ...],
+        key_cols: tuple[str, ...],
+        keys: set[Any],
+    ) -> Rows:
+        """The rows of ``table`` (as dicts of ``cols``) whose ``key_cols`` have one of ``keys``."""
+        found: Rows = {}
+        at = [cols.index(c) for c in key_cols]
+        for chunk in _chunks(list(keys), IN_CHUNK // len(key_cols)):
+            padded = _padded(chunk)
+            params = [k[0] for k in padded] if len(key_cols) == 1 else [v for k in padded for v in k]
+            stmt = self.db.statements.lookup(table, cols, key_cols, len(padded))
+            rows = await self.db.fetch(conn, stmt, params)
+            if len(at) == 1:
+                (i,) = at
+                found.update(((r[i],), dict(zip(cols, r, strict=True))) for r in rows)
+            else:
+                found.update((tuple(r[i] for i in at), dict(zip(cols, r, strict=True))) for r in rows)
+        return found
 
     async def _write(self, conn: AsyncConnection, plan: Plan) -> None:
         for writes in plan.writes.values():
-            t = self.targets[writes.table]
-            for cols, rows in _by_columns(writes.inserts):
-                await conn.execute(self.db.upsert(t, writes.key_cols, cols), rows)
-            for cols, pairs in _by_columns(writes.updates):
-                stmt = (
-                    update(t)
-                    .where(and_(*(t.c[c] == bindparam(f"k_{c}") for c in writes.key_cols)))
-                    .values({c: bindparam(f"v_{c}") for c in cols})
-                )
-                params = [
-                    {**{f"k_{c}": v for c, v in key.items()}, **{f"v_{c}": v for c, v in new.items()}}
-                    for key, new in pairs
-                ]
-                await conn.execute(stmt, params)
+            table, key_cols = writes.table, writes.key_cols
+            inserts: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+            for row in writes.inserts:
+                inserts.setdefault(tuple(row), []).append(tuple(row.values()))
+            for cols, params in inserts.items():
+                await self.db.execute_many(conn, self.db.statements.upsert(table, cols, key_cols), params)
+            updates: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+            for key, new in writes.updates:
+                updates.setdefault(tuple(new), []).append((*new.values(), *key.values()))
+            for cols, params in updates.items():
+                await self.db.execute_many(conn, self.db.statements.update(table, cols, key_cols), params)
+
+
+@contextlib.contextmanager
+def _few_collections() -> Iterator[None]:
+    """Run with the objects that exist now (modules, plugins) out of the cycle collector's scans
+    and with young collections GC_THRESHOLD allocations apart; restored afterwards."""
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(max(GC_THRESHOLD, thresholds[0]), *thresholds[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
 
 
 IN_PADDING = 256
@@ -441,12 +504,3 @@ def _padded(values: list[Any]) -> list[Any]:
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
-
-def _by_columns(items: Sequence[Any]) -> Iterable[tuple[tuple[str, ...], list[Any]]]:
-    """Group insert rows, or (key, values) update pairs, by the columns they set."""
-    groups: dict[tuple[str, ...], list[Any]] = {}
-    for item in items:
-        cols = tuple(sorted(item[1] if isinstance(item, tuple) else item))
-        groups.setdefault(cols, []).append(item)
-    return groups.items()

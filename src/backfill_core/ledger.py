@@ -209,6 +209,13 @@ class Ledger:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.host = socket.gethostname()
+        self._to_driver: Any = False
+
+    def _timestamp(self, value: datetime) -> Any:
+        """``value`` as SQLAlchemy would pass a DateTime parameter to this database's driver."""
+        if self._to_driver is False:
+            self._to_driver = runs.c.heartbeat_at.type.bind_processor(self.db.sa_dialect)
+        return value if self._to_driver is None else self._to_driver(value)
 
     async def exists(self) -> bool:
         async with self.db.reading() as conn:
@@ -324,33 +331,32 @@ class Ledger:
         clear: tuple[int, Sequence[Any]] | None = None,
     ) -> None:
         """Record a batch's progress inside the batch's own transaction ``conn``."""
-        values: dict[str, Any] = {name: getattr(runs.c, name) + getattr(delta, name) for name in COUNTS}
-        values["heartbeat_at"] = now()
+        assigned = (
+            ("heartbeat_at",) + ("last_key",) * (last_key is not None) + ("total",) * (total is not None)
+        )
+        params = [getattr(delta, name) for name in COUNTS]
+        params.append(self._timestamp(now()))
         if last_key is not None:
-            values["last_key"] = encode_key(last_key)
+            params.append(encode_key(last_key))
         if total is not None:
-            values["total"] = total
-        await conn.execute(update(runs).where(runs.c.id == run.id).values(**values))
+            params.append(total)
+        params.append(run.id)
+        # Driver-level SQL: this runs with every batch, and SQLAlchemy's statement handling would
+        # cost more than the writes themselves.
+        sql = self.db.statements.increment(runs.name, COUNTS, assigned, "id")
+        await self.db.execute(conn, sql, params)
         if clear is not None and clear[1]:
             old_run, keys = clear
             for i in range(0, len(keys), 1000):
                 chunk = [encode_key(k) for k in keys[i : i + 1000]]
                 await conn.execute(delete(errors).where(errors.c.run_id == old_run, errors.c.key.in_(chunk)))
         if delta.errors:
-            stamp = now()
-            await conn.execute(
-                insert(errors),
-                [
-                    {
-                        "run_id": run.id,
-                        "key": encode_key(e.key),
-                        "tier": e.tier,
-                        "kind": e.kind,
-                        "message": e.message,
-                        "created_at": stamp,
-                    }
-                    for e in delta.errors
-                ],
+            stamp = self._timestamp(now())
+            columns = ("run_id", "key", "tier", "kind", "message", "created_at")
+            await self.db.execute_many(
+                conn,
+                self.db.statements.insert(errors.name, columns),
+                [(run.id, encode_key(e.key), e.tier, e.kind, e.message, stamp) for e in delta.errors],
             )
 
     async def finish(self, run: RunState, status: str, message: str | None = None) -> None:

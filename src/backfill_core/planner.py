@@ -17,6 +17,7 @@ _EMPTY: Mapping[Any, Any] = {}
 KeyCols = tuple[str, ...]
 Target = tuple[str, KeyCols]
 """A table and the key columns changes address it by."""
+Address = tuple[Target, tuple[Any, ...]]
 
 
 @dataclass(slots=True)
@@ -25,10 +26,13 @@ class Extracted:
 
     key: Any
     changes: Sequence[Change]
-    addresses: list[tuple[Target, tuple[Any, ...]]] = field(init=False)
+    addresses: Sequence[Address] = ()
+    checked: bool = True
+    """Whether a change is an Update or has references: only then can the row fail in planning."""
 
     def __post_init__(self) -> None:
-        self.addresses = [address(c) for c in self.changes]
+        if not self.addresses and self.changes:
+            self.addresses = [address(c) for c in self.changes]
 
 
 @dataclass(slots=True)
@@ -36,13 +40,6 @@ class Failure:
     key: Any
     kind: str
     message: str
-
-
-@dataclass(slots=True)
-class _Entry:
-    current: dict[str, Any] | None
-    new: dict[str, Any]
-    defaults: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -64,15 +61,15 @@ class Plan:
     failures: list[Failure]
     samples: list[dict[str, Any]]
     merged: dict[Target, dict[tuple[Any, ...], dict[str, Any]]]
-    """The resulting row of every target inserted or updated, for a dry run's overlay (rows that
-    already exist only with keep_merged)."""
+    """The resulting row of every target inserted or updated, for a dry run's overlay; empty
+    unless planned with keep_merged."""
 
     @property
     def has_writes(self) -> bool:
         return any(w.inserts or w.updates for w in self.writes.values())
 
 
-def address(change: Change) -> tuple[Target, tuple[Any, ...]]:
+def address(change: Change) -> Address:
     """The (table, key columns) a change addresses, and its key values in that column order."""
     key = change.key
     if len(key) == 1:
@@ -87,7 +84,10 @@ def keys_needed(batch: Iterable[Extracted]) -> dict[Target, set[tuple[Any, ...]]
     needed: dict[Target, set[tuple[Any, ...]]] = {}
     for item in batch:
         for target, key in item.addresses:
-            needed.setdefault(target, set()).add(key)
+            keys = needed.get(target)
+            if keys is None:
+                keys = needed[target] = set()
+            keys.add(key)
     return needed
 
 
@@ -95,12 +95,40 @@ def refs_needed(batch: Iterable[Extracted]) -> dict[tuple[str, str], tuple[set[s
     """For each referenced (table, column): the match columns and the values looked for."""
     needed: dict[tuple[str, str], tuple[set[str], set[Any]]] = {}
     for item in batch:
+        if not item.checked:
+            continue
         for change in item.changes:
             for ref in change.requires:
                 cols, values = needed.setdefault((ref.table, ref.column), (set(), set()))
                 cols.update(ref.match)
                 values.add(ref.value)
     return needed
+
+
+class _Entry:
+    """A target row's pending values within a batch: ``new`` is shared with the change until a
+    second change to the same row merges into a copy."""
+
+    __slots__ = ("defaults", "new", "owned")
+
+    def __init__(self, new: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
+        self.new = new
+        self.defaults = defaults
+        self.owned = False
+
+    def merge(self, new: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
+        if not self.owned:
+            self.new, self.defaults, self.owned = dict(self.new), dict(self.defaults), True
+        self.new.update(new)  # type: ignore[attr-defined]
+        self.defaults.update(defaults)  # type: ignore[attr-defined]
+
+
+def _effective(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``values`` without the defaulted columns set to None (those keep what the row has)."""
+    for col in defaults:
+        if col in values and values[col] is None:
+            return {c: v for c, v in values.items() if v is not None or c not in defaults}
+    return values
 
 
 def plan_batch(
@@ -113,33 +141,28 @@ def plan_batch(
 ) -> Plan:
     """Decide the writes for ``batch``, applying its changes in order (the last one wins).
 
-    ``keep_merged=False`` leaves out ``Plan.merged`` for rows that already exist; only a dry
-    run's overlay needs them.
+    ``keep_merged=False`` leaves ``Plan.merged`` empty; only a dry run's overlay needs it.
     """
     entries: dict[Target, dict[tuple[Any, ...], _Entry]] = {}
     failures: list[Failure] = []
     for item in batch:
-        problem = _check(item, current, referenced, entries)
-        if problem:
-            failures.append(Failure(item.key, *problem))
-            continue
+        if item.checked:
+            problem = _check(item, current, referenced, entries)
+            if problem:
+                failures.append(Failure(item.key, *problem))
+                continue
         for change, (target, key) in zip(item.changes, item.addresses, strict=True):
             rows = entries.get(target)
             if rows is None:
                 rows = entries[target] = {}
+            defaults = change.defaults if isinstance(change, Upsert) else _EMPTY
+            new = _effective(change.values, defaults) if defaults else change.values
             entry = rows.get(key)
             if entry is None:
-                found = current.get(target, _EMPTY).get(key)
-                entry = rows[key] = _Entry(None if found is None else dict(found), dict(change.key))
-            defaults = change.defaults if isinstance(change, Upsert) else _EMPTY
-            if not defaults:
-                entry.new.update(change.values)
-                continue
-            entry.defaults.update(defaults)
-            for col, value in change.values.items():
-                if value is not None or col not in defaults:
-                    entry.new[col] = value
-    return _diff(entries, failures, sample_size, keep_merged)
+                rows[key] = _Entry(new, defaults)
+            else:
+                entry.merge(new, defaults)
+    return _diff(entries, current, failures, sample_size, keep_merged)
 
 
 def _check(
@@ -158,7 +181,7 @@ def _check(
             where = ", ".join(f"{c}={v!r}" for c, v in sorted(change.key.items()))
             return "missing", f"{change.table} row {where} does not exist, so it cannot be updated"
         for ref in change.requires:
-            problem = _check_ref(ref, referenced, entries)
+            problem = _check_ref(ref, current, referenced, entries)
             if problem:
                 return "integrity", problem
     return None
@@ -166,13 +189,16 @@ def _check(
 
 def _check_ref(
     ref: Ref,
+    current: Mapping[Target, Mapping[tuple[Any, ...], Mapping[str, Any]]],
     referenced: Mapping[tuple[str, str], Mapping[Any, Mapping[str, Any]]],
     entries: Mapping[Target, Mapping[tuple[Any, ...], _Entry]],
 ) -> str | None:
-    row: Mapping[str, Any] | None = referenced.get((ref.table, ref.column), {}).get(ref.value)
-    pending = entries.get((ref.table, (ref.column,)), {}).get((ref.value,))
+    row: Mapping[str, Any] | None = referenced.get((ref.table, ref.column), _EMPTY).get(ref.value)
+    target = (ref.table, (ref.column,))
+    pending = entries.get(target, _EMPTY).get((ref.value,))
     if pending is not None:
-        row = {**(pending.current or {}), **pending.new}
+        base = current.get(target, _EMPTY).get((ref.value,)) or row
+        row = {**(pending.defaults if base is None else base), ref.column: ref.value, **pending.new}
     if row is None:
         return f"{ref.table}.{ref.column}={ref.value!r} does not exist"
     for col, expected in ref.match.items():
@@ -183,6 +209,7 @@ def _check_ref(
 
 def _diff(
     entries: dict[Target, dict[tuple[Any, ...], _Entry]],
+    current: Mapping[Target, Mapping[tuple[Any, ...], Mapping[str, Any]]],
     failures: list[Failure],
     sample_size: int,
     keep_merged: bool,
@@ -192,34 +219,39 @@ def _diff(
     samples: list[dict[str, Any]] = []
     inserted = updated = unchanged = 0
     for target, rows in entries.items():
-        out = writes[target] = Writes(target[0], target[1])
+        table, key_cols = target
+        out = writes[target] = Writes(table, key_cols)
+        inserts, updates = out.inserts, out.updates
         final = merged[target] = {}
+        existing = current.get(target, _EMPTY)
         for key, entry in rows.items():
-            if entry.current is None:
-                row = {**entry.defaults, **entry.new}
-                out.inserts.append(row)
-                final[key] = row
-                inserted += 1
+            new = entry.new
+            found = existing.get(key)
+            if found is None:
+                row = {**entry.defaults, **dict(zip(key_cols, key, strict=True)), **new}
+                inserts.append(row)
+                if keep_merged:
+                    final[key] = row
                 if len(samples) < sample_size:
-                    samples.append({"table": target[0], "action": "insert", "row": row})
+                    samples.append({"table": table, "action": "insert", "row": row})
                 continue
-            current = entry.current
-            if all(current.get(c) == v for c, v in entry.new.items()):
+            if new.items() <= found.items():
                 unchanged += 1  # as it is in the database: nothing for an overlay to remember
                 continue
+            if any(c in new for c in key_cols):
+                new = {c: v for c, v in new.items() if c not in key_cols}
+            updates.append((dict(zip(key_cols, key, strict=True)), dict(new)))
             if keep_merged:
-                final[key] = {**current, **entry.new}
-            values = {c: v for c, v in entry.new.items() if c not in target[1]}
-            out.updates.append((dict(zip(target[1], key, strict=True)), values))
-            updated += 1
+                final[key] = {**found, **new}
             if len(samples) < sample_size:
-                changed = {c: v for c, v in entry.new.items() if current.get(c) != v}
                 samples.append(
                     {
-                        "table": target[0],
+                        "table": table,
                         "action": "update",
-                        "key": dict(zip(target[1], key, strict=True)),
-                        "changes": {c: [entry.current.get(c), v] for c, v in changed.items()},
+                        "key": dict(zip(key_cols, key, strict=True)),
+                        "changes": {c: [found.get(c), v] for c, v in new.items() if found.get(c) != v},
                     }
                 )
+        inserted += len(inserts)
+        updated += len(updates)
     return Plan(writes, inserted, updated, unchanged, failures, samples, merged)
