@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Collection, Mapping, Sequence
 
 from sqlalchemy.exc import CompileError, DBAPIError
@@ -74,9 +76,12 @@ async def run_validators(
     check_thresholds(validators, thresholds, ran)
     for v in validators:
         await db.check_schema(v.tables)
-    results = []
-    async with db.reading() as conn:
-        for v, m in selected(validators, ran):
+    # Metrics are whole-table scans: they run side by side on their own connections, so that
+    # the database (SQLite in its threads, or the server) can use more than one core.
+    slots = asyncio.Semaphore(max(2, os.cpu_count() or 1))
+
+    async def compute(v: Validator, m: Metric) -> MetricResult:
+        async with slots, db.reading() as conn:
             try:
                 num = (await conn.execute(m.numerator)).scalar_one()
                 den = (await conn.execute(m.denominator)).scalar_one()
@@ -85,12 +90,17 @@ async def run_validators(
                     f"validator {v.name!r} could not compute {m.name!r}: {getattr(e, 'orig', e)} "
                     "(`backfill run --no-validate` skips validation)"
                 ) from e
-            threshold = (
-                None
-                if m.threshold is None
-                else thresholds.get(f"{v.name}.{m.name}", thresholds.get(v.name, m.threshold))
-            )
-            results.append(
-                MetricResult(v.name, m.name, m.description, int(num or 0), int(den or 0), threshold)
-            )
-    return results
+        threshold = (
+            None
+            if m.threshold is None
+            else thresholds.get(f"{v.name}.{m.name}", thresholds.get(v.name, m.threshold))
+        )
+        return MetricResult(v.name, m.name, m.description, int(num or 0), int(den or 0), threshold)
+
+    tasks = [asyncio.ensure_future(compute(v, m)) for v, m in selected(validators, ran)]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:  # after a failure, stop the other metrics before the database closes
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
