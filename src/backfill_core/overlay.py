@@ -32,9 +32,7 @@ class Overlay:
             self._db = sqlite3.connect(Path(self._dir.name) / "overlay.db", isolation_level=None)
             self._db.execute("PRAGMA journal_mode = OFF")
             self._db.execute("PRAGMA synchronous = OFF")
-            self._db.execute(
-                "CREATE TABLE rows (target TEXT, key BLOB, row BLOB, PRIMARY KEY (target, key)) WITHOUT ROWID"
-            )
+            self._db.execute("CREATE TABLE rows (target TEXT, key BLOB, row BLOB, PRIMARY KEY (target, key))")
         return self._db
 
     def apply(self, merged: Mapping[Target, Mapping[tuple[Any, ...], Mapping[str, Any]]]) -> None:
@@ -45,7 +43,10 @@ class Overlay:
             for key, row in by_key.items()
         ]
         if rows:
-            self._open().executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?)", rows)
+            db = self._open()
+            with db:  # one transaction, not one per row
+                db.execute("BEGIN")
+                db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?)", rows)
 
     def rows(self, target: Target, keys: Iterable[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
         """The remembered rows of ``target`` among ``keys``."""
