@@ -39,4 +39,12 @@ def dump_json(value: Any) -> str:
 
     NaN and infinities raise ValueError, as they have no JSON form.
     """
+    if type(value) is list and all(type(v) is str for v in value):
+        # The common case (a list of labels) through orjson, which writes strings the same way
+        # and refuses lone surrogates; orjson would write NaN as null, so other values take the
+        # standard encoder.
+        try:
+            return orjson.dumps(value).decode()
+        except orjson.JSONEncodeError:
+            pass
     return _ENCODER.encode(value)

@@ -60,3 +60,10 @@ def test_arbitrary_text_parses_or_raises_invalid_json(text: str | bytes) -> None
     except RecordError as e:
         assert e.kind == "invalid-json"
         assert "the.field" in e.message
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(st.characters(codec="utf-8"))))
+def test_lists_of_text_are_written_as_the_standard_encoder_writes_them(value: list[str]) -> None:
+    # dump_json takes a faster path for lists of strings; it must not change a byte.
+    assert dump_json(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)

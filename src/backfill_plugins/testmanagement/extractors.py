@@ -14,12 +14,19 @@ FLAGS = ("enable_default", "enable_content", "enable_visual")
 
 INT64 = range(-(2**63), 2**63)
 DIGITS = re.compile(r"[ \t\r\n]*([0-9]{1,19})[ \t\r\n]*")
+FLAG_DEFAULTS = dict.fromkeys(FLAGS, False)
+
+# The checks below take the place a value was found at as ``where`` and ``field`` and build the
+# message from them only when the value is bad: they run for every field of every feature.
 
 
-def _int(value: Any, what: str) -> int | None:
+def _int(value: Any, where: str, field: str = "") -> int | None:
     """An integer id that fits a 64-bit column: an int, or a string of digits; None stays None."""
+    if type(value) is int and value in INT64:
+        return value
     if value is None:
         return None
+    what = where + field
     if isinstance(value, bool):
         raise RecordError(f"{what} is a boolean, not an integer id", kind="invalid-type")
     digits = DIGITS.fullmatch(value) if isinstance(value, str) else None
@@ -32,23 +39,27 @@ def _int(value: Any, what: str) -> int | None:
     raise RecordError(f"{what} is {str(value)[:80]!r}, not an integer id", kind="invalid-type")
 
 
-def _text(value: Any, what: str) -> str | None:
-    if value is None or isinstance(value, str):
+def _text(value: Any, where: str, field: str = "") -> str | None:
+    if value is None or type(value) is str:
         return value
-    raise RecordError(f"{what} is {type(value).__name__}, not text", kind="invalid-type")
+    if isinstance(value, str):
+        return value
+    raise RecordError(f"{where}{field} is {type(value).__name__}, not text", kind="invalid-type")
 
 
-def _flag(value: Any, what: str) -> bool | None:
-    if value is None or isinstance(value, bool):
+def _flag(value: Any, where: str, field: str = "") -> bool | None:
+    if value is None or value is True or value is False:
         return value
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    raise RecordError(f"{what} is {value!r}, not true or false", kind="invalid-type")
+    raise RecordError(f"{where}{field} is {value!r}, not true or false", kind="invalid-type")
 
 
-def _object(value: Any, what: str) -> Mapping[str, Any]:
+def _object(value: Any, where: str, field: str = "") -> Mapping[str, Any]:
     if not isinstance(value, dict):
-        raise RecordError(f"{what} is {type(value).__name__}, not a JSON object", kind="invalid-shape")
+        raise RecordError(
+            f"{where}{field} is {type(value).__name__}, not a JSON object", kind="invalid-shape"
+        )
     return value
 
 
@@ -88,12 +99,15 @@ class TestFeatureExtractor(Extractor):
         if not isinstance(features, list):
             raise RecordError(f"data.features is {type(features).__name__}, not a list", kind="invalid-shape")
         changes = []
+        test_id = row["id"]
         for i, item in enumerate(features):
-            feature = _object(item, f"data.features[{i}]")
-            if not feature.get("id"):
+            if type(item) is not dict:
+                _object(item, f"data.features[{i}]")
+            if not item.get("id"):
                 continue
             where = f"data.features[{i}]"
-            stories = feature.get("user_stories")
+            get = item.get
+            stories = get("user_stories")
             if stories is not None and not isinstance(stories, list):
                 raise RecordError(
                     f"{where}.user_stories is {type(stories).__name__}, not a list", kind="invalid-type"
@@ -101,18 +115,20 @@ class TestFeatureExtractor(Extractor):
             changes.append(
                 Upsert(
                     table="test_features",
-                    key={"id": _int(feature["id"], f"{where}.id")},
+                    key={"id": _int(item["id"], where, ".id")},
                     values={
                         "customer_id": customer_id,
-                        "test_id": row["id"],
-                        "feature_id": _int(feature.get("feature_id"), f"{where}.feature_id"),
-                        "title": _text(feature.get("title"), f"{where}.title") or "",
-                        "description": _text(feature.get("description"), f"{where}.description"),
-                        "howtofind": _text(feature.get("howtofind"), f"{where}.howtofind"),
+                        "test_id": test_id,
+                        "feature_id": _int(get("feature_id"), where, ".feature_id"),
+                        "title": _text(get("title"), where, ".title") or "",
+                        "description": _text(get("description"), where, ".description"),
+                        "howtofind": _text(get("howtofind"), where, ".howtofind"),
                         "user_stories": dump_json(stories or []),
-                        **{flag: _flag(feature.get(flag), f"{where}.{flag}") for flag in FLAGS},
+                        "enable_default": _flag(get("enable_default"), where, ".enable_default"),
+                        "enable_content": _flag(get("enable_content"), where, ".enable_content"),
+                        "enable_visual": _flag(get("enable_visual"), where, ".enable_visual"),
                     },
-                    defaults=dict.fromkeys(FLAGS, False),
+                    defaults=FLAG_DEFAULTS,
                 )
             )
         return changes
