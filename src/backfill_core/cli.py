@@ -85,7 +85,7 @@ def threshold_option(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.option(
     "--batch-size",
     type=click.IntRange(1, 100_000),
-    default=1000,
+    default=500,
     show_default=True,
     help="Source rows read, extracted and written per transaction.",
 )

@@ -62,7 +62,7 @@ class _NoProgress:
 
 @dataclass
 class RunOptions:
-    batch_size: int = 1000
+    batch_size: int = 500
     dry_run: bool = False
     max_error_rate: float = 0.05
     sample_size: int = 0
