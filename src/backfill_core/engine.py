@@ -15,13 +15,14 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import TableClause
 
-from backfill_core.changes import Update, check_change
+from backfill_core.changes import Change, Update, Upsert, check_change
 from backfill_core.database import Database, is_record_level
 from backfill_core.errors import BackfillError, RecordError
 from backfill_core.extractor import Extractor
 from backfill_core.ledger import FAILED, INTERRUPTED, SUCCEEDED, Delta, Ledger, RunState
 from backfill_core.overlay import Overlay
 from backfill_core.planner import (
+    Address,
     Extracted,
     Plan,
     Target,
@@ -42,6 +43,7 @@ IN_CHUNK = 5000
 """Values per IN (...) list: well under SQLite's and asyncpg's bound-parameter limits."""
 
 Rows = dict[tuple[Any, ...], dict[str, Any]]
+_NO_DEFAULTS: Mapping[str, Any] = {}
 
 
 class Progress(Protocol):
@@ -230,13 +232,18 @@ class BatchRunner:
 
     def _extract(self, rows: Sequence[Sequence[Any]], delta: Delta) -> list[Extracted]:
         out: list[Extracted] = []
-        extract, written, name, cols = self.x.extract, self.written, self.x.name, self.cols
+        extract, admit, name, cols = self.x.extract, self._admit, self.x.name, self.cols
         for values in rows:
-            row = dict(zip(cols, values, strict=True))
             key = values[self.key_index]
+            changes: list[Change] = []
+            addresses: list[Address] = []
+            checked = False
             try:
-                changes = [check_change(c, written, name) for c in extract(row)]
-                addresses = [address(c) for c in changes]
+                for change in extract(dict(zip(cols, values, strict=True))):
+                    where, check = admit(change)
+                    changes.append(change)
+                    addresses.append(where)
+                    checked = checked or check
             except RecordError as e:
                 self._error(delta, key, "record", e.kind, e.message)
             except Exception as e:
@@ -249,9 +256,37 @@ class BatchRunner:
                     "report it to the plugin's authors)",
                 )
             else:
-                checked = any(c.requires or isinstance(c, Update) for c in changes)
                 out.append(Extracted(key, changes, addresses, checked))
         return out
+
+    def _admit(self, change: Any) -> tuple[Address, bool]:
+        """The row ``change`` addresses, and whether planning must check it (an Update or a Ref).
+
+        A change the extractor may not make raises RecordError (see ``check_change``); this runs
+        for every change, so the common case is checked inline.
+        """
+        kind = type(change)
+        if kind is Upsert:
+            defaults, checked = change.defaults, bool(change.requires)
+        elif kind is Update:
+            defaults, checked = _NO_DEFAULTS, True
+        else:  # anything else, subclasses of Upsert and Update included, takes the full check
+            change = check_change(change, self.written, self.x.name)
+            return address(change), bool(change.requires) or isinstance(change, Update)
+        declared = self.written.get(change.table)
+        key = change.key
+        if (
+            declared is None
+            or not key
+            or not key.keys() <= declared
+            or not change.values.keys() <= declared
+            or not defaults.keys() <= declared
+        ):
+            check_change(change, self.written, self.x.name)  # raises, saying what is wrong
+        if len(key) == 1:
+            ((col, value),) = key.items()
+            return ((change.table, (col,)), (value,)), checked
+        return address(change), checked
 
     def _error(self, delta: Delta, key: Any, tier: str, kind: str, message: str) -> None:
         delta.errors.append(ErrorRecord(self.x.name, key, tier, kind, message))
@@ -476,15 +511,21 @@ class BatchRunner:
 @contextlib.contextmanager
 def _few_collections() -> Iterator[None]:
     """Run with the objects that exist now (modules, plugins) out of the cycle collector's scans
-    and with young collections GC_THRESHOLD allocations apart; restored afterwards."""
+    and with young collections GC_THRESHOLD allocations apart; restored afterwards.
+
+    A program embedding backfill that froze objects itself keeps its own freeze untouched.
+    """
     thresholds = gc.get_threshold()
-    gc.freeze()
+    freezing = gc.get_freeze_count() == 0
+    if freezing:
+        gc.freeze()
     gc.set_threshold(max(GC_THRESHOLD, thresholds[0]), *thresholds[1:])
     try:
         yield
     finally:
         gc.set_threshold(*thresholds)
-        gc.unfreeze()
+        if freezing:
+            gc.unfreeze()
 
 
 IN_PADDING = 256

@@ -49,7 +49,8 @@ class Writes:
     table: str
     key_cols: KeyCols
     inserts: list[dict[str, Any]] = field(default_factory=list)
-    updates: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    updates: list[tuple[dict[str, Any], Mapping[str, Any]]] = field(default_factory=list)
+    """(key, values) pairs; the values may be the change's own mapping, which nothing mutates."""
 
 
 @dataclass
@@ -240,7 +241,7 @@ def _diff(
                 continue
             if any(c in new for c in key_cols):
                 new = {c: v for c, v in new.items() if c not in key_cols}
-            updates.append((dict(zip(key_cols, key, strict=True)), dict(new)))
+            updates.append((dict(zip(key_cols, key, strict=True)), new))
             if keep_merged:
                 final[key] = {**found, **new}
             if len(samples) < sample_size:

@@ -32,9 +32,9 @@ class Statements:
         self.increment = lru_cache(maxsize=16)(self._increment)
         self.insert = lru_cache(maxsize=16)(self._insert)
 
-    def _marks(self, n: int, start: int = 0) -> list[str]:
+    def _marks(self, n: int) -> list[str]:
         if self._numbered:
-            return [f"{self._mark}{i}" for i in range(start + 1, start + n + 1)]
+            return [f"{self._mark}{i}" for i in range(1, n + 1)]
         return ["?"] * n
 
     def _names(self, names: Sequence[str]) -> str:
