@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from backfill_core.errors import DatabaseUnavailable, SchemaMissing
 from backfill_core.statements import Statements
+
+BatchConnection = AsyncConnection | sqlite3.Connection
+"""What the engine runs a batch's statements on (see Database.batch_transaction)."""
 
 DATABASE_ENV = "BACKFILL_DATABASE_URL"
 BUSY_TIMEOUT_ENV = "BACKFILL_BUSY_TIMEOUT"
@@ -77,6 +81,7 @@ class Database:
         self._reader: AsyncEngine | None = None
         self._writer: AsyncEngine | None = None
         self._statements: Statements | None = None
+        self._sync: sqlite3.Connection | None = None
 
     @property
     def dialect(self) -> str:
@@ -116,6 +121,9 @@ class Database:
         await self.close()
 
     async def close(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
         for engine in {id(e): e for e in (self._reader, self._writer) if e is not None}.values():
             await engine.dispose()
         self._reader = self._writer = None
@@ -184,31 +192,102 @@ class Database:
                 raise
             raise self.fatal(e, action) from e
 
-    async def fetch(self, conn: AsyncConnection, sql: str, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
-        """The rows of driver-level ``sql`` (see statements.py) run on ``conn``."""
-        if not self.is_sqlite:
-            return (await conn.exec_driver_sql(sql, tuple(params))).all()
-        aio = (await conn.get_raw_connection()).driver_connection
-        try:
-            return await aio.execute_fetchall(sql, params)  # type: ignore[no-any-return,union-attr]
-        except sqlite3.Error as e:
-            raise exc.DBAPIError.instance(sql, None, e, sqlite3.Error) from e
+    # -- the per-batch work: driver-level SQL on a batch connection --------------------------------
+    #
+    # On SQLite a batch connection is a stdlib sqlite3 connection used from the event loop's own
+    # thread: each batch runs its statements back to back, with no hand-off to a driver thread
+    # per statement (that hand-off, and SQLAlchemy's statement handling around it, cost several
+    # times SQLite's own work). A signal is handled between batches, as before. On PostgreSQL it
+    # is an SQLAlchemy AsyncConnection on the asyncpg engine.
 
-    async def execute(self, conn: AsyncConnection, sql: str, params: Sequence[Any]) -> None:
-        """Run driver-level ``sql`` once, on ``conn``."""
+    @asynccontextmanager
+    async def batch_transaction(self) -> AsyncIterator[BatchConnection]:
+        """A write transaction for one batch, as :meth:`transaction`; SQLite's is synchronous."""
+        if not self.is_sqlite:
+            async with self.transaction() as conn:
+                yield conn
+            return
+        async with self._sqlite_transaction("BEGIN IMMEDIATE", "write to") as con:
+            yield con
+
+    @asynccontextmanager
+    async def batch_reading(self) -> AsyncIterator[BatchConnection]:
+        """A read-only snapshot for planning a dry run's batch."""
+        if not self.is_sqlite:
+            async with self.reading() as conn:
+                yield conn
+            return
+        async with self._sqlite_transaction("BEGIN", "read from") as con:
+            yield con
+
+    @asynccontextmanager
+    async def batch_pages(self) -> AsyncIterator[BatchConnection]:
+        """A connection for reading one page of source rows, outside any transaction."""
+        if not self.is_sqlite:
+            async with self.reading() as conn:
+                yield conn
+            return
+        async with self._fatal_on_failure("read from"):
+            yield self._sqlite_sync()
+
+    @asynccontextmanager
+    async def _sqlite_transaction(self, begin: str, action: str) -> AsyncIterator[sqlite3.Connection]:
+        con = self._sqlite_sync()
+        async with self._fatal_on_failure(action):
+            _sqlite_call(begin, con.execute)
+            try:
+                yield con
+                _sqlite_call("COMMIT", con.execute)
+            except BaseException:
+                if con.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):  # the first error is the one to report
+                        con.execute("ROLLBACK")
+                raise
+
+    def _sqlite_sync(self) -> sqlite3.Connection:
+        if self._sync is None:
+            path = self.url.database or ""
+            mode = "ro" if self.read_only else "rw"
+            try:
+                self._sync = sqlite3.connect(
+                    f"file:{quote(path)}?mode={mode}", uri=True, timeout=busy_timeout(), isolation_level=None
+                )
+            except sqlite3.Error as e:
+                raise self.fatal(e, "connect to") from e
+        return self._sync
+
+    async def fetch(self, conn: BatchConnection, sql: str, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
+        """The rows of driver-level ``sql`` (see statements.py) run on batch connection ``conn``."""
+        if isinstance(conn, sqlite3.Connection):
+            return _sqlite_call(sql, _fetchall, conn, params)  # type: ignore[no-any-return]
+        return (await conn.exec_driver_sql(sql, tuple(params))).all()
+
+    async def execute(self, conn: BatchConnection, sql: str, params: Sequence[Any]) -> None:
+        """Run driver-level ``sql`` once, on batch connection ``conn``."""
         await self.execute_many(conn, sql, [params])
 
-    async def execute_many(self, conn: AsyncConnection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        """Run driver-level ``sql`` once per row of parameters, on ``conn``."""
-        if not self.is_sqlite:
+    async def execute_many(self, conn: BatchConnection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run driver-level ``sql`` once per row of parameters, on batch connection ``conn``."""
+        if isinstance(conn, sqlite3.Connection):
+            _sqlite_call(sql, conn.executemany, rows)
+        else:
             await conn.exec_driver_sql(sql, [tuple(r) for r in rows])
+
+    @asynccontextmanager
+    async def savepoint(self, conn: BatchConnection) -> AsyncIterator[None]:
+        """A savepoint inside ``conn``'s transaction: rolled back to if the block raises."""
+        if not isinstance(conn, sqlite3.Connection):
+            async with conn.begin_nested():
+                yield
             return
-        # On SQLite this is one hop to aiosqlite's thread instead of SQLAlchemy's several.
-        aio = (await conn.get_raw_connection()).driver_connection
+        _sqlite_call("SAVEPOINT batch", conn.execute)
         try:
-            await aio.executemany(sql, rows)  # type: ignore[union-attr]
-        except sqlite3.Error as e:
-            raise exc.DBAPIError.instance(sql, None, e, sqlite3.Error) from e
+            yield
+        except BaseException:
+            _sqlite_call("ROLLBACK TO batch", conn.execute)
+            _sqlite_call("RELEASE batch", conn.execute)
+            raise
+        _sqlite_call("RELEASE batch", conn.execute)
 
     async def check_schema(self, needed: Mapping[str, Iterable[str]]) -> None:
         """Raise SchemaMissing naming the first table or column of ``needed`` that does not exist."""
@@ -285,6 +364,19 @@ def _sqlite_transactions(engine: AsyncEngine, begin: str) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Any) -> None:
         conn.exec_driver_sql(begin)
+
+
+def _sqlite_call(sql: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``sql`` through a sqlite3 call; its errors become SQLAlchemy's (IntegrityError,
+    OperationalError, …) as the async engine raises them, so one set of handlers serves both."""
+    try:
+        return fn(sql, *args)
+    except sqlite3.Error as e:
+        raise exc.DBAPIError.instance(sql, None, e, sqlite3.Error) from e
+
+
+def _fetchall(sql: str, con: sqlite3.Connection, params: Sequence[Any]) -> list[Any]:
+    return con.execute(sql, params).fetchall()
 
 
 def is_record_level(error: BaseException) -> bool:

@@ -12,11 +12,10 @@ from typing import Any, Protocol
 
 from sqlalchemy import column, func, select, table
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import TableClause
 
 from backfill_core.changes import Change, Update, Upsert, check_change
-from backfill_core.database import Database, is_record_level
+from backfill_core.database import BatchConnection, Database, is_record_level
 from backfill_core.errors import BackfillError, RecordError
 from backfill_core.extractor import Extractor
 from backfill_core.ledger import FAILED, INTERRUPTED, SUCCEEDED, Delta, Ledger, RunState
@@ -151,8 +150,9 @@ class BatchRunner:
         try:
             ahead = asyncio.ensure_future(anext(reader, None))
             while (rows := await ahead) is not None:
-                # Read the next batch (on the reader's connection and thread) while this one is
-                # extracted and written.
+                # On PostgreSQL the next batch is read on its own connection while this one is
+                # extracted and written; SQLite's batch connection runs in this thread, so there
+                # it is simply read next.
                 ahead = asyncio.ensure_future(anext(reader, None))
                 delta = Delta(processed=len(rows))
                 extracted = self._extract(rows, delta)
@@ -191,9 +191,9 @@ class BatchRunner:
             message = str(e)
             raise
         finally:
-            if ahead is not None and not ahead.done():
+            if ahead is not None:  # a read ahead that is no longer wanted; its failure is not news
                 ahead.cancel()
-                with contextlib.suppress(asyncio.CancelledError, BackfillError):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await ahead
             await reader.aclose()
             bar.close()
@@ -212,7 +212,7 @@ class BatchRunner:
             for chunk in _chunks(list(keys), size):
                 padded = _padded(chunk)
                 stmt = self.db.statements.lookup(table, self.cols, (key,), len(padded), order_by=key)
-                async with self.db.reading() as conn:
+                async with self.db.batch_pages() as conn:
                     rows = await self.db.fetch(conn, stmt, padded)
                 if rows:
                     yield rows
@@ -221,7 +221,7 @@ class BatchRunner:
         while True:
             # Rows with a NULL key cannot be paged by key; they are left out, as from the count.
             stmt = self.db.statements.page(table, self.cols, key, size, last is not None)
-            async with self.db.reading() as conn:
+            async with self.db.batch_pages() as conn:
                 rows = await self.db.fetch(conn, stmt, () if last is None else (last,))
             if not rows:
                 return
@@ -314,7 +314,7 @@ class BatchRunner:
         """Plan and write a batch and its checkpoint in one transaction (or plan only, in a dry run)."""
         try:
             if self.options.dry_run:
-                async with self.db.reading() as conn:
+                async with self.db.batch_reading() as conn:
                     plans = await self._isolating(conn, batch, delta)
             else:
                 try:
@@ -345,7 +345,7 @@ class BatchRunner:
         attempt.add(delta)
         folded = self._pending, self._pending_key, self._checkpointed
         try:
-            async with self.db.transaction() as conn:
+            async with self.db.batch_transaction() as conn:
                 if isolate:
                     plans = await self._isolating(conn, batch, attempt)
                 else:
@@ -359,7 +359,7 @@ class BatchRunner:
             raise
         return plans, attempt
 
-    async def _isolating(self, conn: AsyncConnection, batch: list[Extracted], delta: Delta) -> list[Plan]:
+    async def _isolating(self, conn: BatchConnection, batch: list[Extracted], delta: Delta) -> list[Plan]:
         """Plan and write ``batch`` in a savepoint; if rows break a constraint, find them by halving."""
         if not batch:
             return []
@@ -367,7 +367,7 @@ class BatchRunner:
             if self.options.dry_run:
                 plan = await self._plan(conn, batch)
             else:
-                async with conn.begin_nested():
+                async with self.db.savepoint(conn):
                     plan = await self._plan(conn, batch)
                     await self._write(conn, plan)
         except (DBAPIError, OverflowError) as e:
@@ -392,7 +392,7 @@ class BatchRunner:
             self._error(delta, failure.key, "record", failure.kind, failure.message)
 
     async def _checkpoint(
-        self, conn: AsyncConnection, delta: Delta, last_key: Any, clear: tuple[int, list[Any]] | None
+        self, conn: BatchConnection, delta: Delta, last_key: Any, clear: tuple[int, list[Any]] | None
     ) -> None:
         """Record the batch in the ledger, in its transaction; batches that changed nothing are
         folded into the next checkpoint, at most CHECKPOINT_EVERY seconds apart."""
@@ -419,7 +419,7 @@ class BatchRunner:
         if self.ledger is None or self.stats.run_id is None or not self._pending:
             return
         try:
-            async with self.db.transaction() as conn:
+            async with self.db.batch_transaction() as conn:
                 state = RunState(self.stats.run_id, self.x.name)
                 await self.ledger.checkpoint(conn, state, self._pending_key, self._pending)
         except (DBAPIError, BackfillError):
@@ -430,11 +430,11 @@ class BatchRunner:
         """Clear the recorded errors of keys whose source rows no longer exist."""
         if self.ledger is None or self.stats.run_id is None or not keys:
             return
-        async with self.db.transaction() as conn:
+        async with self.db.batch_transaction() as conn:
             state = RunState(self.stats.run_id, self.x.name)
             await self.ledger.checkpoint(conn, state, None, Delta(), clear=(run_id, list(keys)))
 
-    async def _plan(self, conn: AsyncConnection, batch: list[Extracted]) -> Plan:
+    async def _plan(self, conn: BatchConnection, batch: list[Extracted]) -> Plan:
         current = await self._current(conn, keys_needed(batch))
         referenced = await self._referenced(conn, refs_needed(batch))
         return plan_batch(
@@ -446,7 +446,7 @@ class BatchRunner:
         )
 
     async def _current(
-        self, conn: AsyncConnection, needed: Mapping[Target, set[tuple[Any, ...]]]
+        self, conn: BatchConnection, needed: Mapping[Target, set[tuple[Any, ...]]]
     ) -> dict[Target, Rows]:
         out: dict[Target, Rows] = {}
         for target, keys in needed.items():
@@ -458,7 +458,7 @@ class BatchRunner:
         return out
 
     async def _referenced(
-        self, conn: AsyncConnection, needed: Mapping[tuple[str, str], tuple[set[str], set[Any]]]
+        self, conn: BatchConnection, needed: Mapping[tuple[str, str], tuple[set[str], set[Any]]]
     ) -> dict[tuple[str, str], dict[Any, dict[str, Any]]]:
         out: dict[tuple[str, str], dict[Any, dict[str, Any]]] = {}
         for (tname, col), (match_cols, values) in needed.items():
@@ -472,7 +472,7 @@ class BatchRunner:
 
     async def _select(
         self,
-        conn: AsyncConnection,
+        conn: BatchConnection,
         table: str,
         cols: tuple[str, ...],
         key_cols: tuple[str, ...],
@@ -493,7 +493,7 @@ class BatchRunner:
                 found.update((tuple(r[i] for i in at), dict(zip(cols, r, strict=True))) for r in rows)
         return found
 
-    async def _write(self, conn: AsyncConnection, plan: Plan) -> None:
+    async def _write(self, conn: BatchConnection, plan: Plan) -> None:
         for writes in plan.writes.values():
             table, key_cols = writes.table, writes.key_cols
             inserts: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}

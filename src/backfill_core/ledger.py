@@ -24,7 +24,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    delete,
     desc,
     insert,
     inspect,
@@ -32,9 +31,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from backfill_core.database import Database
+from backfill_core.database import BatchConnection, Database
 from backfill_core.errors import BackfillError, EnvironmentProblem
 from backfill_core.report import ErrorRecord
 
@@ -322,7 +320,7 @@ class Ledger:
 
     async def checkpoint(
         self,
-        conn: AsyncConnection,
+        conn: BatchConnection,
         run: RunState,
         last_key: Any,
         delta: Delta,
@@ -349,7 +347,8 @@ class Ledger:
             old_run, keys = clear
             for i in range(0, len(keys), 1000):
                 chunk = [encode_key(k) for k in keys[i : i + 1000]]
-                await conn.execute(delete(errors).where(errors.c.run_id == old_run, errors.c.key.in_(chunk)))
+                sql = self.db.statements.delete_in(errors.name, "run_id", "key", len(chunk))
+                await self.db.execute(conn, sql, [old_run, *chunk])
         if delta.errors:
             stamp = self._timestamp(now())
             columns = ("run_id", "key", "tier", "kind", "message", "created_at")

@@ -31,6 +31,7 @@ class Statements:
         self.update = lru_cache(maxsize=256)(self._update)
         self.increment = lru_cache(maxsize=16)(self._increment)
         self.insert = lru_cache(maxsize=16)(self._insert)
+        self.delete_in = lru_cache(maxsize=16)(self._delete_in)
 
     def _marks(self, n: int) -> list[str]:
         if self._numbered:
@@ -95,3 +96,12 @@ class Statements:
         sets = [f"{q(c)} = {q(c)} + {m}" for c, m in zip(added, marks, strict=False)]
         sets += [f"{q(c)} = {m}" for c, m in zip(assigned, marks[len(added) :], strict=False)]
         return f"UPDATE {q(table)} SET {', '.join(sets)} WHERE {q(key)} = {marks[-1]}"
+
+    def _delete_in(self, table: str, column: str, in_column: str, n: int) -> str:
+        """Delete the rows with ``column`` equal to the first parameter and ``in_column`` among
+        the ``n`` after it."""
+        marks = self._marks(n + 1)
+        return (
+            f"DELETE FROM {self._quote(table)} WHERE {self._quote(column)} = {marks[0]} "
+            f"AND {self._quote(in_column)} IN ({', '.join(marks[1:])})"
+        )
