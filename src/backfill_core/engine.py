@@ -14,7 +14,7 @@ from sqlalchemy import column, func, select, table
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import TableClause
 
-from backfill_core.changes import Change, Update, Upsert, check_change
+from backfill_core.changes import Change, Update, check_change
 from backfill_core.database import BatchConnection, Database, is_record_level
 from backfill_core.errors import BackfillError, RecordError
 from backfill_core.extractor import Extractor
@@ -42,7 +42,6 @@ IN_CHUNK = 5000
 """Values per IN (...) list: well under SQLite's and asyncpg's bound-parameter limits."""
 
 Rows = dict[tuple[Any, ...], dict[str, Any]]
-_NO_DEFAULTS: Mapping[str, Any] = {}
 
 
 class Progress(Protocol):
@@ -262,31 +261,10 @@ class BatchRunner:
     def _admit(self, change: Any) -> tuple[Address, bool]:
         """The row ``change`` addresses, and whether planning must check it (an Update or a Ref).
 
-        A change the extractor may not make raises RecordError (see ``check_change``); this runs
-        for every change, so the common case is checked inline.
+        A change the extractor may not make raises RecordError (see ``check_change``).
         """
-        kind = type(change)
-        if kind is Upsert:
-            defaults, checked = change.defaults, bool(change.requires)
-        elif kind is Update:
-            defaults, checked = _NO_DEFAULTS, True
-        else:  # anything else, subclasses of Upsert and Update included, takes the full check
-            change = check_change(change, self.written, self.x.name)
-            return address(change), bool(change.requires) or isinstance(change, Update)
-        declared = self.written.get(change.table)
-        key = change.key
-        if (
-            declared is None
-            or not key
-            or not key.keys() <= declared
-            or not change.values.keys() <= declared
-            or not defaults.keys() <= declared
-        ):
-            check_change(change, self.written, self.x.name)  # raises, saying what is wrong
-        if len(key) == 1:
-            ((col, value),) = key.items()
-            return ((change.table, (col,)), (value,)), checked
-        return address(change), checked
+        change = check_change(change, self.written, self.x.name)
+        return address(change), bool(change.requires) or isinstance(change, Update)
 
     def _error(self, delta: Delta, key: Any, tier: str, kind: str, message: str) -> None:
         delta.errors.append(ErrorRecord(self.x.name, key, tier, kind, message))
