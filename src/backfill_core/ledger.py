@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy import (
@@ -207,12 +208,13 @@ class Ledger:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.host = socket.gethostname()
-        self._to_driver: Any = False
+
+    @cached_property
+    def _to_driver(self) -> Callable[[datetime], Any] | None:
+        return runs.c.heartbeat_at.type.bind_processor(self.db.sa_dialect)
 
     def _timestamp(self, value: datetime) -> Any:
         """``value`` as SQLAlchemy would pass a DateTime parameter to this database's driver."""
-        if self._to_driver is False:
-            self._to_driver = runs.c.heartbeat_at.type.bind_processor(self.db.sa_dialect)
         return value if self._to_driver is None else self._to_driver(value)
 
     async def exists(self) -> bool:
