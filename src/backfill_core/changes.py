@@ -49,6 +49,7 @@ class Update:
 
 
 Change = Upsert | Update
+_NO_DEFAULTS: Mapping[str, Any] = {}
 
 
 def check_change(change: object, writes: Mapping[str, frozenset[str]], extractor: str) -> Change:
@@ -56,7 +57,7 @@ def check_change(change: object, writes: Mapping[str, frozenset[str]], extractor
 
     A violation is a bug in the plugin, reported per record so the run can go on.
     """
-    if not isinstance(change, Upsert | Update):
+    if not isinstance(change, (Upsert, Update)):  # a tuple: faster than a union here
         raise RecordError(
             f"extractor {extractor!r} returned {type(change).__name__}, not Upsert or Update",
             kind="plugin-bug",
@@ -67,7 +68,7 @@ def check_change(change: object, writes: Mapping[str, frozenset[str]], extractor
             f"extractor {extractor!r} wrote table {change.table!r}, which it does not declare",
             kind="plugin-bug",
         )
-    defaults = change.defaults if isinstance(change, Upsert) else {}
+    defaults = change.defaults if isinstance(change, Upsert) else _NO_DEFAULTS
     if not (
         change.values.keys() <= declared and change.key.keys() <= declared and defaults.keys() <= declared
     ):

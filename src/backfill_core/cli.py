@@ -109,6 +109,13 @@ def threshold_option(f: Callable[..., Any]) -> Callable[..., Any]:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Append every recorded error to this file as JSON lines.",
 )
+@click.option(
+    "--worker/--no-worker",
+    default=True,
+    show_default=True,
+    help="Read and extract the next batches in a worker process while this one writes "
+    "(SQLite on Linux with 2+ CPUs; otherwise extraction runs in the main process).",
+)
 @click.pass_obj
 def run(
     registry: Registry,
@@ -126,6 +133,7 @@ def run(
     restart: bool,
     retry_errors: bool,
     log_file: Path | None,
+    worker: bool,
 ) -> None:
     """Run extractors NAMES (in dependency order), then validate.
 
@@ -140,7 +148,11 @@ def run(
     if restart and retry_errors:
         raise click.UsageError("choose one of --restart and --retry-errors")
     options = RunOptions(
-        batch_size=batch_size, dry_run=dry_run, max_error_rate=max_error_rate, sample_size=5 if verbose else 0
+        batch_size=batch_size,
+        dry_run=dry_run,
+        max_error_rate=max_error_rate,
+        sample_size=5 if verbose else 0,
+        worker=worker,
     )
     _execute(
         as_json,

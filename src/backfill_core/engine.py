@@ -14,23 +14,15 @@ from sqlalchemy import column, func, select, table
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import TableClause
 
-from backfill_core.changes import Change, Update, check_change
 from backfill_core.database import BatchConnection, Database, is_record_level
-from backfill_core.errors import BackfillError, RecordError
+from backfill_core.errors import BackfillError
+from backfill_core.extraction import BatchExtractor, Extraction
 from backfill_core.extractor import Extractor
 from backfill_core.ledger import FAILED, INTERRUPTED, SUCCEEDED, Delta, Ledger, RunState
 from backfill_core.overlay import Overlay
-from backfill_core.planner import (
-    Address,
-    Extracted,
-    Plan,
-    Target,
-    address,
-    keys_needed,
-    plan_batch,
-    refs_needed,
-)
+from backfill_core.planner import Extracted, Plan, Target, keys_needed, plan_batch, refs_needed
 from backfill_core.report import ErrorLog, ErrorRecord, ExtractorStats
+from backfill_core.worker import Worker, WorkerReadError
 
 GC_THRESHOLD = 10_000
 """Allocations between the cycle collector's young collections during a run (Python's default is
@@ -66,6 +58,8 @@ class RunOptions:
     dry_run: bool = False
     max_error_rate: float = 0.05
     sample_size: int = 0
+    worker: bool = True
+    """Extract in a worker process where one can run (see worker.py)."""
 
 
 def light_table(name: str, columns: Iterable[str]) -> TableClause:
@@ -86,6 +80,7 @@ class BatchRunner:
         overlay: Overlay | None = None,
         plugin: str = "",
         ledger: Ledger | None = None,
+        worker: Worker | None = None,
     ) -> None:
         self.db = db
         self.x = extractor
@@ -98,6 +93,8 @@ class BatchRunner:
         self.written = extractor.written
         self.cols = extractor.read_columns
         self.key_index = self.cols.index(extractor.key)
+        self.extract = BatchExtractor(extractor, plugin)
+        self.worker = worker
         self.source = light_table(extractor.source_table, self.cols)
         self.target_cols = {t: tuple(sorted(cols)) for t, cols in self.written.items()}
         self._pending = Delta()
@@ -143,32 +140,33 @@ class BatchRunner:
         bar = self.progress(self.x.name, self.stats.total)
         status: str = FAILED
         message: str | None = "stopped by an unexpected error"
-        reader = self._batches(start_after, keys)
+        reader = self._extractions(start_after, keys)
         cleared: set[Any] = set()  # keys whose old errors were cleared with their batch
-        ahead: asyncio.Future[Sequence[Any] | None] | None = None
+        ahead: asyncio.Future[Extraction | None] | None = None
         try:
             ahead = asyncio.ensure_future(anext(reader, None))
-            while (rows := await ahead) is not None:
-                # On PostgreSQL the next batch is read on its own connection while this one is
-                # extracted and written; SQLite's batch connection runs in this thread, so there
-                # it is simply read next.
+            while (batch := await ahead) is not None:
+                # The next batch is read and extracted while this one is written: by the worker
+                # process, or on PostgreSQL by its own connection (SQLite's batch connection runs
+                # in this thread, so without a worker it is simply read next).
                 ahead = asyncio.ensure_future(anext(reader, None))
-                delta = Delta(processed=len(rows))
-                extracted = self._extract(rows, delta)
+                delta = Delta(processed=len(batch.keys))
+                for key, kind, message in batch.errors:
+                    self._error(delta, key, "record", kind, message)
                 clear = None
                 if clear_run is not None:
-                    clear = (clear_run, [r[self.key_index] for r in rows])
-                    cleared.update(clear[1])
-                last_key = rows[-1][self.key_index] if keys is None else None
+                    clear = (clear_run, batch.keys)
+                    cleared.update(batch.keys)
+                last_key = batch.keys[-1] if keys is None else None
                 # A signal waits for the batch in flight: its writes, its checkpoint and the
                 # summary's counts then agree.
-                in_flight = asyncio.ensure_future(self._commit(extracted, delta, last_key, clear))
+                in_flight = asyncio.ensure_future(self._commit(batch, delta, last_key, clear))
                 try:
                     await asyncio.shield(in_flight)
                 except asyncio.CancelledError:
                     await in_flight
                     raise
-                bar.update(len(rows))
+                bar.update(len(batch.keys))
                 # Retrying known failures is not judged by how many still fail.
                 if keys is None and self.stats.error_rate > self.options.max_error_rate:
                     self.stats.stopped = message = (
@@ -202,7 +200,27 @@ class BatchRunner:
                 await self.ledger.finish(state, status, message)
         return self.stats
 
-    async def _batches(
+    async def _extractions(
+        self, start_after: Any, keys: Sequence[Any] | None
+    ) -> AsyncGenerator[Extraction, None]:
+        """The batches to write, extracted: by the worker when there is one, else here."""
+        if self.worker is not None and self.worker.alive and keys is None:
+            page = self.db.statements.page
+            t, cols, key, size = self.x.source_table, self.cols, self.x.key, self.options.batch_size
+            batches = self.worker.extractions(
+                self.x.name, page(t, cols, key, size, False), page(t, cols, key, size, True), start_after
+            )
+            try:
+                async with contextlib.aclosing(batches):
+                    async for batch in batches:
+                        yield batch
+            except WorkerReadError as e:
+                raise self.db.fatal(e.error, "read from") from e
+            return
+        async for rows in self._pages(start_after, keys):
+            yield self.extract(rows)
+
+    async def _pages(
         self, start_after: Any, keys: Sequence[Any] | None
     ) -> AsyncGenerator[Sequence[Any], None]:
         table, key = self.x.source_table, self.x.key
@@ -227,45 +245,6 @@ class BatchRunner:
             yield rows
             last = rows[-1][self.key_index]
 
-    # -- extraction: pure, outside any transaction ------------------------------------------------
-
-    def _extract(self, rows: Sequence[Sequence[Any]], delta: Delta) -> list[Extracted]:
-        out: list[Extracted] = []
-        extract, admit, name, cols = self.x.extract, self._admit, self.x.name, self.cols
-        for values in rows:
-            key = values[self.key_index]
-            changes: list[Change] = []
-            addresses: list[Address] = []
-            checked = False
-            try:
-                for change in extract(dict(zip(cols, values, strict=True))):
-                    where, check = admit(change)
-                    changes.append(change)
-                    addresses.append(where)
-                    checked = checked or check
-            except RecordError as e:
-                self._error(delta, key, "record", e.kind, e.message)
-            except Exception as e:
-                self._error(
-                    delta,
-                    key,
-                    "record",
-                    "plugin-bug",
-                    f"extract raised {type(e).__name__}: {e} (a bug in {self.stats.plugin or name}; "
-                    "report it to the plugin's authors)",
-                )
-            else:
-                out.append(Extracted(key, changes, addresses, checked))
-        return out
-
-    def _admit(self, change: Any) -> tuple[Address, bool]:
-        """The row ``change`` addresses, and whether planning must check it (an Update or a Ref).
-
-        A change the extractor may not make raises RecordError (see ``check_change``).
-        """
-        change = check_change(change, self.written, self.x.name)
-        return address(change), bool(change.requires) or isinstance(change, Update)
-
     def _error(self, delta: Delta, key: Any, tier: str, kind: str, message: str) -> None:
         delta.errors.append(ErrorRecord(self.x.name, key, tier, kind, message))
         if tier == "batch":
@@ -287,13 +266,13 @@ class BatchRunner:
     # -- writing: one transaction per batch, failing rows isolated in savepoints -------------------
 
     async def _commit(
-        self, batch: list[Extracted], delta: Delta, last_key: Any, clear: tuple[int, list[Any]] | None
+        self, batch: Extraction, delta: Delta, last_key: Any, clear: tuple[int, list[Any]] | None
     ) -> None:
         """Plan and write a batch and its checkpoint in one transaction (or plan only, in a dry run)."""
         try:
             if self.options.dry_run:
                 async with self.db.batch_reading() as conn:
-                    plans = await self._isolating(conn, batch, delta)
+                    plans = await self._isolating(conn, batch.items, delta, batch)
             else:
                 try:
                     plans, delta = await self._attempt(batch, delta, last_key, clear, isolate=False)
@@ -311,7 +290,7 @@ class BatchRunner:
 
     async def _attempt(
         self,
-        batch: list[Extracted],
+        batch: Extraction,
         delta: Delta,
         last_key: Any,
         clear: tuple[int, list[Any]] | None,
@@ -325,9 +304,9 @@ class BatchRunner:
         try:
             async with self.db.batch_transaction() as conn:
                 if isolate:
-                    plans = await self._isolating(conn, batch, attempt)
+                    plans = await self._isolating(conn, batch.items, attempt, batch)
                 else:
-                    plan = await self._plan(conn, batch)
+                    plan = await self._plan(conn, batch.items, batch)
                     await self._write(conn, plan)
                     self._count(plan, attempt)
                     plans = [plan]
@@ -337,22 +316,27 @@ class BatchRunner:
             raise
         return plans, attempt
 
-    async def _isolating(self, conn: BatchConnection, batch: list[Extracted], delta: Delta) -> list[Plan]:
-        """Plan and write ``batch`` in a savepoint; if rows break a constraint, find them by halving."""
+    async def _isolating(
+        self, conn: BatchConnection, batch: list[Extracted], delta: Delta, whole: Extraction | None = None
+    ) -> list[Plan]:
+        """Plan and write ``batch`` in a savepoint; if rows break a constraint, find them by halving.
+
+        ``whole`` is the Extraction when ``batch`` is all of its items.
+        """
         if not batch:
             return []
         try:
             if self.options.dry_run:
-                plan = await self._plan(conn, batch)
+                plan = await self._plan(conn, batch, whole)
             else:
                 async with self.db.savepoint(conn):
-                    plan = await self._plan(conn, batch)
+                    plan = await self._plan(conn, batch, whole)
                     await self._write(conn, plan)
         except (DBAPIError, OverflowError) as e:
             if not is_record_level(e):
                 raise
             if len(batch) == 1:
-                self._error(delta, batch[0].key, "batch", "write", str(getattr(e, "orig", e)).strip())
+                self._error(delta, batch[0][0], "batch", "write", str(getattr(e, "orig", e)).strip())
                 return []
             half = len(batch) // 2
             first = await self._isolating(conn, batch[:half], delta)
@@ -412,9 +396,10 @@ class BatchRunner:
             state = RunState(self.stats.run_id, self.x.name)
             await self.ledger.checkpoint(conn, state, None, Delta(), clear=(run_id, list(keys)))
 
-    async def _plan(self, conn: BatchConnection, batch: list[Extracted]) -> Plan:
-        current = await self._current(conn, keys_needed(batch))
-        referenced = await self._referenced(conn, refs_needed(batch))
+    async def _plan(self, conn: BatchConnection, batch: list[Extracted], whole: Extraction | None) -> Plan:
+        """Plan ``batch`` against the rows it addresses and references; ``whole`` as in _isolating."""
+        current = await self._current(conn, whole.needed if whole else keys_needed(batch))
+        referenced = await self._referenced(conn, whole.refs if whole else refs_needed(batch))
         return plan_batch(
             batch,
             current,

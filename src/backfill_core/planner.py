@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backfill_core.changes import Change, Ref, Update, Upsert
+from backfill_core.changes import Change, Upsert
 
 _EMPTY: Mapping[Any, Any] = {}
 
@@ -20,19 +20,38 @@ Target = tuple[str, KeyCols]
 Address = tuple[Target, tuple[Any, ...]]
 
 
-@dataclass(slots=True)
-class Extracted:
-    """The changes one source row produced, each with the target row it addresses."""
+RefSpec = tuple[str, str, Any, Mapping[str, Any]]
+"""A Ref as planning uses it: (table, column, value, match)."""
+Op = tuple[Target, tuple[Any, ...], Mapping[str, Any], Mapping[str, Any], tuple[RefSpec, ...], bool]
+"""One change as planning uses it: (target, key values, values, defaults, references, is an Update).
 
-    key: Any
-    changes: Sequence[Change]
-    addresses: Sequence[Address] = ()
-    checked: bool = True
-    """Whether a change is an Update or has references: only then can the row fail in planning."""
+The values leave out defaulted columns set to None (those keep what the row has). Plain tuples
+cost little to build and to send between processes, unlike the Change objects plugins return.
+"""
+Extracted = tuple[Any, list[Op], bool]
+"""What one source row produced: its key, its changes, and whether planning must check them
+(only an Update or a change with references can fail in planning)."""
 
-    def __post_init__(self) -> None:
-        if not self.addresses and self.changes:
-            self.addresses = [address(c) for c in self.changes]
+
+def op(change: Change) -> Op:
+    """``change`` as planning uses it; the change must have passed ``check_change``."""
+    target, key = address(change)
+    requires = change.requires
+    refs = tuple([(r.table, r.column, r.value, r.match) for r in requires]) if requires else ()
+    if isinstance(change, Upsert):
+        defaults = change.defaults
+        values = _effective(change.values, defaults) if defaults else change.values
+        return target, key, values, defaults, refs, False
+    return target, key, change.values, _EMPTY, refs, True
+
+
+def extracted(key: Any, changes: Iterable[Change]) -> Extracted:
+    """The Extracted for source row ``key`` and its (checked) ``changes``."""
+    ops = [op(c) for c in changes]
+    for o in ops:
+        if o[4] or o[5]:
+            return key, ops, True
+    return key, ops, False
 
 
 @dataclass(slots=True)
@@ -70,12 +89,18 @@ class Plan:
         return any(w.inserts or w.updates for w in self.writes.values())
 
 
+_TARGETS: dict[str, dict[str, Target]] = {}
+"""One Target object per table and key column, shared by every change that addresses it."""
+
+
 def address(change: Change) -> Address:
     """The (table, key columns) a change addresses, and its key values in that column order."""
     key = change.key
     if len(key) == 1:
         ((col, value),) = key.items()
-        return (change.table, (col,)), (value,)
+        by_col = _TARGETS.get(change.table) or _TARGETS.setdefault(change.table, {})
+        target = by_col.get(col) or by_col.setdefault(col, (change.table, (col,)))
+        return target, (value,)
     cols = tuple(sorted(key))
     return (change.table, cols), tuple(key[c] for c in cols)
 
@@ -83,26 +108,29 @@ def address(change: Change) -> Address:
 def keys_needed(batch: Iterable[Extracted]) -> dict[Target, set[tuple[Any, ...]]]:
     """The target rows whose current values the plan needs."""
     needed: dict[Target, set[tuple[Any, ...]]] = {}
-    for item in batch:
-        for target, key in item.addresses:
-            keys = needed.get(target)
-            if keys is None:
-                keys = needed[target] = set()
-            keys.add(key)
+    last: Target | None = None
+    keys: set[tuple[Any, ...]] = set()
+    for _, ops, _ in batch:
+        for o in ops:
+            target = o[0]
+            if target is not last:
+                last = target
+                keys = needed.get(target) or needed.setdefault(target, set())
+            keys.add(o[1])
     return needed
 
 
 def refs_needed(batch: Iterable[Extracted]) -> dict[tuple[str, str], tuple[set[str], set[Any]]]:
     """For each referenced (table, column): the match columns and the values looked for."""
     needed: dict[tuple[str, str], tuple[set[str], set[Any]]] = {}
-    for item in batch:
-        if not item.checked:
+    for _, ops, checked in batch:
+        if not checked:
             continue
-        for change in item.changes:
-            for ref in change.requires:
-                cols, values = needed.setdefault((ref.table, ref.column), (set(), set()))
-                cols.update(ref.match)
-                values.add(ref.value)
+        for o in ops:
+            for table, column, value, match in o[4]:
+                cols, values = needed.setdefault((table, column), (set(), set()))
+                cols.update(match)
+                values.add(value)
     return needed
 
 
@@ -126,10 +154,13 @@ class _Entry:
 
 def _effective(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> Mapping[str, Any]:
     """``values`` without the defaulted columns set to None (those keep what the row has)."""
+    effective = values
     for col in defaults:
-        if col in values and values[col] is None:
-            return {c: v for c, v in values.items() if v is not None or c not in defaults}
-    return values
+        if col in effective and effective[col] is None:
+            if effective is values:
+                effective = dict(values)
+            del effective[col]  # type: ignore[attr-defined]
+    return effective
 
 
 def plan_batch(
@@ -146,18 +177,16 @@ def plan_batch(
     """
     entries: dict[Target, dict[tuple[Any, ...], _Entry]] = {}
     failures: list[Failure] = []
-    for item in batch:
-        if item.checked:
-            problem = _check(item, current, referenced, entries)
+    for source_key, ops, checked in batch:
+        if checked:
+            problem = _check(ops, current, referenced, entries)
             if problem:
-                failures.append(Failure(item.key, *problem))
+                failures.append(Failure(source_key, *problem))
                 continue
-        for change, (target, key) in zip(item.changes, item.addresses, strict=True):
+        for target, key, new, defaults, _, _ in ops:
             rows = entries.get(target)
             if rows is None:
                 rows = entries[target] = {}
-            defaults = change.defaults if isinstance(change, Upsert) else _EMPTY
-            new = _effective(change.values, defaults) if defaults else change.values
             entry = rows.get(key)
             if entry is None:
                 rows[key] = _Entry(new, defaults)
@@ -167,21 +196,18 @@ def plan_batch(
 
 
 def _check(
-    item: Extracted,
+    ops: Sequence[Op],
     current: Mapping[Target, Mapping[tuple[Any, ...], Mapping[str, Any]]],
     referenced: Mapping[tuple[str, str], Mapping[Any, Mapping[str, Any]]],
     entries: Mapping[Target, Mapping[tuple[Any, ...], _Entry]],
 ) -> tuple[str, str] | None:
-    """Why ``item`` cannot be applied (an Update of a missing row, a failed reference), or None."""
-    for change, (target, key) in zip(item.changes, item.addresses, strict=True):
-        if (
-            isinstance(change, Update)
-            and key not in current.get(target, _EMPTY)
-            and key not in entries.get(target, _EMPTY)
-        ):
-            where = ", ".join(f"{c}={v!r}" for c, v in sorted(change.key.items()))
-            return "missing", f"{change.table} row {where} does not exist, so it cannot be updated"
-        for ref in change.requires:
+    """Why ``ops`` cannot be applied (an Update of a missing row, a failed reference), or None."""
+    for target, key, _, _, refs, is_update in ops:
+        if is_update and key not in current.get(target, _EMPTY) and key not in entries.get(target, _EMPTY):
+            (table, key_cols) = target
+            where = ", ".join(f"{c}={v!r}" for c, v in zip(key_cols, key, strict=True))
+            return "missing", f"{table} row {where} does not exist, so it cannot be updated"
+        for ref in refs:
             problem = _check_ref(ref, current, referenced, entries)
             if problem:
                 return "integrity", problem
@@ -189,22 +215,23 @@ def _check(
 
 
 def _check_ref(
-    ref: Ref,
+    ref: RefSpec,
     current: Mapping[Target, Mapping[tuple[Any, ...], Mapping[str, Any]]],
     referenced: Mapping[tuple[str, str], Mapping[Any, Mapping[str, Any]]],
     entries: Mapping[Target, Mapping[tuple[Any, ...], _Entry]],
 ) -> str | None:
-    row: Mapping[str, Any] | None = referenced.get((ref.table, ref.column), _EMPTY).get(ref.value)
-    target = (ref.table, (ref.column,))
-    pending = entries.get(target, _EMPTY).get((ref.value,))
+    table, column, value, match = ref
+    row: Mapping[str, Any] | None = referenced.get((table, column), _EMPTY).get(value)
+    target = (table, (column,))
+    pending = entries.get(target, _EMPTY).get((value,))
     if pending is not None:
-        base = current.get(target, _EMPTY).get((ref.value,)) or row
-        row = {**(pending.defaults if base is None else base), ref.column: ref.value, **pending.new}
+        base = current.get(target, _EMPTY).get((value,)) or row
+        row = {**(pending.defaults if base is None else base), column: value, **pending.new}
     if row is None:
-        return f"{ref.table}.{ref.column}={ref.value!r} does not exist"
-    for col, expected in ref.match.items():
+        return f"{table}.{column}={value!r} does not exist"
+    for col, expected in match.items():
         if row.get(col) != expected:
-            return f"{ref.table}.{ref.column}={ref.value!r} has {col}={row.get(col)!r}, expected {expected!r}"
+            return f"{table}.{column}={value!r} has {col}={row.get(col)!r}, expected {expected!r}"
     return None
 
 

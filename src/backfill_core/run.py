@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import closing
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import asdict
 
 from sqlalchemy.engine import URL
 
-from backfill_core.database import Database
+from backfill_core import worker
+from backfill_core.database import Database, busy_timeout
 from backfill_core.engine import BatchRunner, ProgressFactory, RunOptions
+from backfill_core.extraction import BatchExtractor
 from backfill_core.ledger import RESUMABLE, RUNNING, SUCCEEDED, Ledger
 from backfill_core.overlay import Overlay
 from backfill_core.plugins import Registry
 from backfill_core.report import RunReport
 from backfill_core.validation import check_compiles, check_thresholds, run_validators
+from backfill_core.worker import Worker
 
 
 async def run_backfill(
@@ -41,13 +44,18 @@ async def run_backfill(
     validators = registry.validators_for(x.name for x in extractors) if validate else []
     ran = [x.name for x in extractors]
     plan = ",".join(ran)
-    with closing(Overlay()) as overlay:  # a dry run's would-be rows, on disk
+    labels = {x.name: _plugin_label(registry, x.name) for x in extractors}
+    # Forked first, before any connection or temporary file exists for the worker to inherit.
+    with (
+        _worker(url, options, [BatchExtractor(x, labels[x.name]) for x in extractors]) as worker,
+        closing(
+            Overlay()  # a dry run's would-be rows, on disk
+        ) as overlay,
+    ):
         async with Database(url, read_only=options.dry_run) as db:
             ledger = None if options.dry_run else Ledger(db)
             runners = [
-                BatchRunner(
-                    db, x, options, report.errors, progress, overlay, _plugin_label(registry, x.name), ledger
-                )
+                BatchRunner(db, x, options, report.errors, progress, overlay, labels[x.name], ledger, worker)
                 for x in extractors
             ]
             for runner in runners:  # every schema is checked before anything is written
@@ -164,8 +172,18 @@ async def validate_only(
     return report
 
 
+@contextmanager
+def _worker(url: URL, options: RunOptions, extractors: list[BatchExtractor]) -> Iterator[Worker | None]:
+    """An extraction worker for a run on a SQLite file, where one can run and is wanted."""
+    if not (options.worker and url.get_backend_name() == "sqlite" and url.database and worker.available()):
+        yield None
+        return
+    with Worker.forked(extractors, url.database, busy_timeout()) as forked:
+        yield forked
+
+
 def _options(options: RunOptions) -> dict[str, object]:
-    return {k: v for k, v in asdict(options).items() if k != "sample_size"}
+    return {k: v for k, v in asdict(options).items() if k not in ("sample_size", "worker")}
 
 
 def _plugin_label(registry: Registry, extractor: str) -> str:

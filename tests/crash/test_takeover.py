@@ -109,7 +109,7 @@ def _check_takeover(
 
 def test_second_run_of_a_live_extractor_is_refused(crash: Crash, big_template: Path) -> None:
     path = crash.copy(big_template, "cache.db")
-    first = crash.spawn(["run", "test_features", "-d", path, "-q", "--batch-size", "20"])
+    first = crash.spawn(["run", "test_features", "-d", path, "-q", "--batch-size", "5"])
     running = crash.wait_for(
         lambda: bool(
             crash.query(

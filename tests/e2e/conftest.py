@@ -93,6 +93,19 @@ def big_template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture
+def copy_big(big_template_db: Path, tmp_path: Path) -> Callable[[str], Path]:
+    """``copy_big(name)``: a writable copy of the big template in this test's tmp dir."""
+
+    def copy(name: str) -> Path:
+        path = tmp_path / name
+        shutil.copy(big_template_db, path)
+        path.chmod(0o644)
+        return path
+
+    return copy
+
+
 @pytest.fixture(scope="session")
 def big_full_run_db(big_template_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The big template after one complete run of both extractors (read-only reference)."""
@@ -101,14 +114,26 @@ def big_full_run_db(big_template_db: Path, tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The fixture plugin packages, really installed (once per session) into a target dir.
+    """The broken and the good fixture plugins, really installed (once per session) into a
+    target dir."""
+    return _install(tmp_path_factory, FIXTURE_PLUGINS)
+
+
+@pytest.fixture(scope="session")
+def probe_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The probe plugin (tests/plugins/backfill-probe-plugin), installed into its own target dir."""
+    return _install(tmp_path_factory, ("backfill-probe-plugin",))
+
+
+def _install(tmp_path_factory: pytest.TempPathFactory, names: tuple[str, ...]) -> Path:
+    """Install the fixture plugin packages ``names`` with pip into a new target dir.
 
     The sources are copied first so the build leaves no ``build/`` or ``*.egg-info`` behind
     in the repository.
     """
     work = tmp_path_factory.mktemp("plugin-src")
     sources = []
-    for name in FIXTURE_PLUGINS:
+    for name in names:
         src = work / name
         shutil.copytree(PLUGINS_DIR / name, src)
         sources.append(str(src))
@@ -138,7 +163,7 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
         site.mkdir()
     else:
         pytest.fail("could not install the fixture plugins:\n" + "\n".join(failures))
-    for name in FIXTURE_PLUGINS:
+    for name in names:
         dist = name.replace("-", "_")
         assert list(site.glob(f"{dist}-*.dist-info/entry_points.txt")), f"{name} has no entry points"
     return site

@@ -34,17 +34,19 @@ class LockAfterFirstBatch:
             self.holder.execute("ROLLBACK")
 
 
+@pytest.mark.parametrize("worker", [True, False], ids=["worker", "no-worker"])
 @pytest.mark.parametrize("lock", ["EXCLUSIVE", "IMMEDIATE"])
 def test_lock_taken_mid_run_ends_it_with_its_committed_batches_kept(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lock: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lock: str, worker: bool
 ) -> None:
-    """EXCLUSIVE blocks the next page read, IMMEDIATE the next write transaction."""
+    """EXCLUSIVE blocks the next page read, IMMEDIATE the next write transaction (with a worker,
+    whichever of its reads and the engine's write comes first)."""
     path = tmp_path / "db.sqlite"
     synthetic.build(path, tests=40, seed=5)
     monkeypatch.setenv("BACKFILL_BUSY_TIMEOUT", "0.3")
     bar = LockAfterFirstBatch(path, lock)
     report = RunReport(database=str(path), errors=ErrorLog())
-    options = RunOptions(batch_size=10, max_error_rate=1.0)
+    options = RunOptions(batch_size=10, max_error_rate=1.0, worker=worker)
     with pytest.raises(DatabaseUnavailable, match=r"database is locked.*BACKFILL_BUSY_TIMEOUT"):
         asyncio.run(
             run_backfill(

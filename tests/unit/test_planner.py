@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from backfill_core.changes import Change, Ref, Update, Upsert
-from backfill_core.planner import Extracted, Plan, plan_batch
+from backfill_core.planner import Extracted, Plan, extracted, plan_batch
 
 FEATURES = ("test_features", ("id",))
 BUGS = ("bugs", ("id",))
@@ -17,7 +17,7 @@ Referenced = dict[tuple[str, str], dict[Any, dict[str, Any]]]
 
 
 def item(key: Any, *changes: Change) -> Extracted:
-    return Extracted(key, list(changes))
+    return extracted(key, changes)
 
 
 def feature(fid: int, **values: Any) -> Upsert:

@@ -194,13 +194,17 @@ def run_once(
     extractor: Extractor, path: Path | str, *, dry_run: bool = False, batch_size: int = 500
 ) -> ExtractorStats:
     """One ``backfill run`` of ``extractor`` alone over the SQLite file at ``path``, in-process,
-    through the real engine and ledger, without validators and without an error-rate limit."""
+    through the real engine and ledger, without validators and without an error-rate limit.
+
+    Extraction stays in this process (no worker): a check must see the state an impure
+    extractor keeps between calls, which a forked worker would keep to itself.
+    """
     registry = make_registry(_OnlyThis(_standalone(extractor)))
     failed = [p for p in registry.plugins if p.status != "ok"]
     if failed:
         raise AssertionError(f"{_label(extractor)} cannot be registered: {failed[0].error}")
     report = RunReport(database=str(path), dry_run=dry_run)
-    options = RunOptions(batch_size=batch_size, dry_run=dry_run, max_error_rate=1.0)
+    options = RunOptions(batch_size=batch_size, dry_run=dry_run, max_error_rate=1.0, worker=False)
     url = resolve_url(str(path))
     _run_sync(lambda: run_backfill(registry, [extractor.name], url, options, report, validate=False))
     (stats,) = report.extractors

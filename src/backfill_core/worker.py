@@ -1,0 +1,279 @@
+"""Extraction in a worker process: it reads and extracts the next batches while the engine writes.
+
+Extractors are pure functions of a row, so a forked copy of the process can run them: the worker
+reads source pages from SQLite on its own read-only connection, extracts them and sends back
+plain values (see ``extraction.Extraction``), at most ``AHEAD`` batches ahead of the engine. The
+engine plans and writes each batch in its own transaction as before, in key order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import os
+import pickle
+import signal
+import sqlite3
+import sys
+import threading
+import traceback
+from collections.abc import AsyncGenerator, Iterator, Sequence
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection
+from typing import Any
+from urllib.parse import quote
+
+from backfill_core.errors import BackfillError
+from backfill_core.extraction import BatchExtractor, Extraction
+from backfill_core.planner import keys_needed, refs_needed
+
+AHEAD = 2
+"""Batches the worker may read and extract before the engine takes them."""
+GC_THRESHOLD = 10_000
+
+
+class WorkerFailed(BackfillError):
+    """The worker process died or failed; committed batches are kept."""
+
+
+class WorkerReadError(Exception):
+    """The worker could not read a source page: the engine reports it as a database failure."""
+
+    def __init__(self, error: sqlite3.Error) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def available() -> bool:
+    """Whether a worker can run here: Linux, two CPUs or more, and no other thread to fork over."""
+    if not sys.platform.startswith("linux") or threading.active_count() != 1:
+        return False
+    return len(os.sched_getaffinity(0)) >= 2
+
+
+class Worker:
+    """The engine's side of a forked extraction worker."""
+
+    def __init__(self, pid: int, inbox: Connection, outbox: Connection) -> None:
+        self.pid = pid
+        self._inbox = inbox
+        self._outbox = outbox
+        self._busy = False
+        self.alive = True
+
+    @classmethod
+    @contextlib.contextmanager
+    def forked(cls, extractors: Sequence[BatchExtractor], path: str, timeout: float) -> Iterator[Worker]:
+        """Fork a worker serving ``extractors`` over the SQLite file at ``path``; stop it on exit.
+
+        Fork before opening any database connection: the child must not share the parent's.
+        """
+        from_worker, to_parent = Pipe(duplex=False)
+        from_parent, to_worker = Pipe(duplex=False)
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns into the caller's code
+            code = 1
+            try:
+                from_worker.close()
+                to_worker.close()
+                _serve(from_parent, to_parent, {x.name: x for x in extractors}, path, timeout)
+                code = 0
+            finally:
+                os._exit(code)
+        from_parent.close()
+        to_parent.close()
+        worker = cls(pid, from_worker, to_worker)
+        try:
+            yield worker
+        finally:
+            worker.stop()
+
+    async def extractions(
+        self, extractor: str, first_page: str, next_page: str, start_after: Any
+    ) -> AsyncGenerator[Extraction, None]:
+        """The batches of ``extractor`` after ``start_after``, read with the two page statements
+        (the second takes the last key of the previous page)."""
+        self._send(("run", (extractor, first_page, next_page, start_after)))
+        self._busy = True
+        try:
+            while True:
+                kind, payload = await self._receive()
+                if kind == "batch":
+                    self._send(("credit", None))
+                    yield payload
+                elif kind == "end":
+                    self._busy = False
+                    return
+                elif kind == "read-error":
+                    self._busy = False
+                    raise WorkerReadError(payload)
+                else:
+                    raise WorkerFailed(
+                        f"the extraction worker failed while extracting {extractor}:\n{payload}\n"
+                        "Committed batches are kept: run the same command to resume, with --no-worker "
+                        "to extract in the main process."
+                    )
+        finally:
+            if self._busy:  # stopped part-way: the worker is still reading ahead, so end it
+                self.stop(kill=True)
+
+    def _send(self, message: tuple[str, Any]) -> None:
+        try:
+            self._outbox.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
+        except OSError:
+            raise self._died() from None
+
+    async def _receive(self) -> tuple[str, Any]:
+        if not self._inbox.poll():
+            loop = asyncio.get_running_loop()
+            ready = loop.create_future()
+            fd = self._inbox.fileno()
+
+            def wake() -> None:
+                if not ready.done():
+                    ready.set_result(None)
+
+            loop.add_reader(fd, wake)
+            try:
+                await ready
+            finally:
+                loop.remove_reader(fd)
+        try:
+            data = self._inbox.recv_bytes()
+        except (EOFError, OSError):
+            raise self._died() from None
+        return pickle.loads(data)  # type: ignore[no-any-return]
+
+    def _died(self) -> WorkerFailed:
+        status = self._reap(block=True)
+        if status is not None and os.WIFSIGNALED(status):
+            how = f"was killed by signal {os.WTERMSIG(status)}"
+        elif status is not None:
+            how = f"exited with status {os.waitstatus_to_exitcode(status)}"
+        else:
+            how = "stopped answering"
+        return WorkerFailed(
+            f"the extraction worker (pid {self.pid}) {how}. Committed batches are kept: run the "
+            "same command to resume (--no-worker extracts in the main process)."
+        )
+
+    def _reap(self, block: bool) -> int | None:
+        if not self.alive:
+            return None
+        try:
+            pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.pid, 0
+        if pid == 0:
+            return None
+        self.alive = False
+        return status
+
+    def stop(self, kill: bool = False) -> None:
+        """End the worker: ask it to exit (kill it if it is still reading ahead) and wait for it."""
+        if not self.alive:
+            return
+        if kill or self._busy:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        else:
+            with contextlib.suppress(OSError):
+                self._outbox.send_bytes(pickle.dumps(("exit", None)))
+        self._outbox.close()
+        self._inbox.close()
+        self._reap(block=True)
+
+
+# -- the worker process ----------------------------------------------------------------------------
+
+
+def _serve(
+    inbox: Connection, outbox: Connection, extractors: dict[str, BatchExtractor], path: str, timeout: float
+) -> None:
+    """Answer ``run`` requests until told to exit or the engine's end of the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the engine decides what a Ctrl-C stops
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    with contextlib.suppress(ValueError):
+        signal.set_wakeup_fd(-1)  # the parent's event loop's, inherited
+    gc.freeze()  # what the fork inherited: never rescanned, so never copied by the collector
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+    con: sqlite3.Connection | None = None
+    extractor: BatchExtractor | None = None
+
+    def send(kind: str, payload: Any) -> None:
+        outbox.send_bytes(_pickled(kind, payload, extractor))
+
+    try:
+        while True:
+            try:
+                kind, request = pickle.loads(inbox.recv_bytes())
+            except EOFError:
+                return
+            if kind == "exit":
+                return
+            if kind != "run":
+                continue  # a credit for a batch of an earlier run
+            name, first_page, next_page, last = request
+            extractor = extractors[name]
+            credits = AHEAD
+            while True:
+                while credits == 0 or inbox.poll():
+                    kind, _ = pickle.loads(inbox.recv_bytes())
+                    if kind == "exit":
+                        return
+                    credits += kind == "credit"
+                try:
+                    if con is None:
+                        con = sqlite3.connect(
+                            f"file:{quote(path)}?mode=ro", uri=True, timeout=timeout, isolation_level=None
+                        )
+                    sql, params = (first_page, ()) if last is None else (next_page, (last,))
+                    rows = con.execute(sql, params).fetchall()
+                except sqlite3.Error as e:
+                    send("read-error", e)
+                    break
+                if not rows:
+                    send("end", None)
+                    break
+                send("batch", extractor(rows))
+                credits -= 1
+                last = rows[-1][extractor.key_index]
+    except EOFError:
+        return
+    except BaseException:
+        with contextlib.suppress(Exception):
+            send("crash", traceback.format_exc())
+        raise
+    finally:
+        if con is not None:
+            con.close()
+
+
+def _pickled(kind: str, payload: Any, extractor: BatchExtractor | None) -> bytes:
+    """``(kind, payload)`` pickled; a batch whose changes hold values that cannot be pickled keeps
+    its other rows, and those rows become record errors."""
+    try:
+        return pickle.dumps((kind, payload), pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        if kind != "batch" or extractor is None:
+            raise
+    batch: Extraction = payload
+    kept = []
+    for item in batch.items:
+        try:
+            pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
+        except Exception as e:
+            batch.errors.append(
+                (
+                    item[0],
+                    "plugin-bug",
+                    f"extract returned a value the engine cannot take ({type(e).__name__}: {e}); "
+                    f"a bug in {extractor.plugin or extractor.name}: report it to the plugin's authors",
+                )
+            )
+        else:
+            kept.append(item)
+    batch.items = kept
+    batch.needed, batch.refs = keys_needed(kept), refs_needed(kept)
+    return pickle.dumps((kind, batch), pickle.HIGHEST_PROTOCOL)
