@@ -20,11 +20,16 @@ _CHUNK = 900  # below SQLite's smallest default limit of bound parameters
 
 
 class Overlay:
-    """Would-be rows by target and key; created on first use, deleted by :meth:`close`."""
+    """Would-be rows by target and key; created on first use, deleted by :meth:`close`.
+
+    Each target has a table of its own keyed by its key columns, so lookups are plain index
+    probes; the rows themselves are pickled.
+    """
 
     def __init__(self) -> None:
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._db: sqlite3.Connection | None = None
+        self._tables: dict[Target, str] = {}
 
     def _open(self) -> sqlite3.Connection:
         if self._db is None:
@@ -32,35 +37,50 @@ class Overlay:
             self._db = sqlite3.connect(Path(self._dir.name) / "overlay.db", isolation_level=None)
             self._db.execute("PRAGMA journal_mode = OFF")
             self._db.execute("PRAGMA synchronous = OFF")
-            self._db.execute("CREATE TABLE rows (target TEXT, key BLOB, row BLOB, PRIMARY KEY (target, key))")
         return self._db
+
+    def _table(self, target: Target) -> str:
+        name = self._tables.get(target)
+        if name is None:
+            name = self._tables[target] = f"t{len(self._tables)}"
+            keys = ", ".join(f"k{i}" for i in range(len(target[1])))
+            self._open().execute(f"CREATE TABLE {name} ({keys}, row BLOB, PRIMARY KEY ({keys}))")
+        return name
 
     def apply(self, merged: Mapping[Target, Mapping[tuple[Any, ...], Mapping[str, Any]]]) -> None:
         """Remember the rows a batch would leave (a Plan's ``merged``)."""
-        rows = [
-            (_target(t), _pack(key), _pack(dict(row)))
-            for t, by_key in merged.items()
-            for key, row in by_key.items()
-        ]
-        if rows:
-            db = self._open()
-            with db:  # one transaction, not one per row
-                db.execute("BEGIN")
-                db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?)", rows)
+        writes = [(t, by_key) for t, by_key in merged.items() if by_key]
+        if not writes:
+            return
+        db = self._open()
+        with db:  # one transaction, not one per row
+            db.execute("BEGIN")
+            for target, by_key in writes:
+                marks = ", ".join("?" * (len(target[1]) + 1))
+                db.executemany(
+                    f"INSERT OR REPLACE INTO {self._table(target)} VALUES ({marks})",
+                    [(*key, _pack(dict(row))) for key, row in by_key.items()],
+                )
 
     def rows(self, target: Target, keys: Iterable[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
         """The remembered rows of ``target`` among ``keys``."""
-        if self._db is None:
+        name = self._tables.get(target)
+        if name is None or self._db is None:
             return {}
+        width = len(target[1])
         found: dict[tuple[Any, ...], dict[str, Any]] = {}
-        packed = [_pack(k) for k in keys]
-        for i in range(0, len(packed), _CHUNK):
-            chunk = packed[i : i + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for key, row in self._db.execute(
-                f"SELECT key, row FROM rows WHERE target = ? AND key IN ({marks})", (_target(target), *chunk)
-            ):
-                found[pickle.loads(key)] = pickle.loads(row)
+        wanted = list(keys)
+        step = _CHUNK // width
+        cols = ", ".join(f"k{i}" for i in range(width))
+        for i in range(0, len(wanted), step):
+            chunk = wanted[i : i + step]
+            if width == 1:
+                where = f"k0 IN ({','.join('?' * len(chunk))})"
+            else:
+                where = f"({cols}) IN (VALUES {','.join(['(' + ','.join('?' * width) + ')'] * len(chunk))})"
+            params = [v for key in chunk for v in key]
+            for *key, row in self._db.execute(f"SELECT {cols}, row FROM {name} WHERE {where}", params):
+                found[tuple(key)] = pickle.loads(row)
         return found
 
     def close(self) -> None:
@@ -70,11 +90,7 @@ class Overlay:
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None
-
-
-def _target(target: Target) -> str:
-    table, cols = target
-    return f"{table}:{','.join(cols)}"
+        self._tables.clear()
 
 
 def _pack(value: object) -> bytes:

@@ -48,3 +48,16 @@ def test_close_removes_the_temporary_file() -> None:
     overlay.close()
     assert not folder.exists()
     assert overlay.rows(FEATURES, [(1,)]) == {}
+
+
+def test_composite_and_text_keys_round_trip() -> None:
+    pairs = ("assignments", ("bug_id", "user"))
+    overlay = Overlay()
+    try:
+        rows = {(b, u): {"bug_id": b, "user": u, "role": "owner"} for b in range(700) for u in ("ann", "bo")}
+        overlay.apply({pairs: rows})
+        found = overlay.rows(pairs, [(3, "ann"), (3, "cy"), (699, "bo"), ("3", "ann")])
+        assert found == {(3, "ann"): rows[(3, "ann")], (699, "bo"): rows[(699, "bo")]}
+        assert len(overlay.rows(pairs, list(rows))) == 1400  # more keys than one statement's parameters
+    finally:
+        overlay.close()
