@@ -451,24 +451,33 @@ class BatchRunner:
             rows = await self.db.fetch(conn, stmt, params)
             if len(at) == 1:
                 (i,) = at
-                found.update(((r[i],), dict(zip(cols, r, strict=True))) for r in rows)
+                found.update(((r[i],), dict(zip(cols, r, strict=False))) for r in rows)  # rows of cols
             else:
-                found.update((tuple(r[i] for i in at), dict(zip(cols, r, strict=True))) for r in rows)
+                found.update((tuple(r[i] for i in at), dict(zip(cols, r, strict=False))) for r in rows)
         return found
 
     async def _write(self, conn: BatchConnection, plan: Plan) -> None:
         for writes in plan.writes.values():
             table, key_cols = writes.table, writes.key_cols
-            inserts: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
-            for row in writes.inserts:
-                inserts.setdefault(tuple(row), []).append(tuple(row.values()))
+            inserts = _by_columns((tuple(row), tuple(row.values())) for row in writes.inserts)
             for cols, params in inserts.items():
                 await self.db.execute_many(conn, self.db.statements.upsert(table, cols, key_cols), params)
-            updates: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
-            for key, new in writes.updates:
-                updates.setdefault(tuple(new), []).append((*new.values(), *key.values()))
+            updates = _by_columns((tuple(new), (*new.values(), *key.values())) for key, new in writes.updates)
             for cols, params in updates.items():
                 await self.db.execute_many(conn, self.db.statements.update(table, cols, key_cols), params)
+
+
+def _by_columns(rows: Iterable[tuple[tuple[str, ...], tuple[Any, ...]]]) -> dict[tuple[str, ...], list[Any]]:
+    """Parameter tuples grouped by the columns they set (one statement each), in order."""
+    groups: dict[tuple[str, ...], list[Any]] = {}
+    last: tuple[str, ...] | None = None
+    group: list[Any] = []
+    for cols, params in rows:
+        if cols != last:
+            last = cols
+            group = groups.get(cols) or groups.setdefault(cols, [])
+        group.append(params)
+    return groups
 
 
 @contextlib.contextmanager

@@ -252,11 +252,12 @@ def _diff(
         inserts, updates = out.inserts, out.updates
         final = merged[target] = {}
         existing = current.get(target, _EMPTY)
+        (first_key_col, *more_key_cols) = key_cols
         for key, entry in rows.items():
             new = entry.new
             found = existing.get(key)
             if found is None:
-                row = {**entry.defaults, **dict(zip(key_cols, key, strict=True)), **new}
+                row = {**entry.defaults, **dict(zip(key_cols, key, strict=False)), **new}
                 inserts.append(row)
                 if keep_merged:
                     final[key] = row
@@ -266,9 +267,9 @@ def _diff(
             if new.items() <= found.items():
                 unchanged += 1  # as it is in the database: nothing for an overlay to remember
                 continue
-            if any(c in new for c in key_cols):
+            if first_key_col in new or (more_key_cols and any(c in new for c in more_key_cols)):
                 new = {c: v for c, v in new.items() if c not in key_cols}
-            updates.append((dict(zip(key_cols, key, strict=True)), new))
+            updates.append((dict(zip(key_cols, key, strict=False)), new))
             if keep_merged:
                 final[key] = {**found, **new}
             if len(samples) < sample_size:
