@@ -178,8 +178,15 @@ def _worker(url: URL, options: RunOptions, extractors: list[BatchExtractor]) -> 
     if not (options.worker and url.get_backend_name() == "sqlite" and url.database and worker.available()):
         yield None
         return
-    with Worker.forked(extractors, url.database, busy_timeout()) as forked:
+    try:
+        forked = Worker.fork(extractors, url.database, busy_timeout())
+    except OSError:  # no process to spare (EAGAIN, ENOMEM): extract here instead
+        yield None
+        return
+    try:
         yield forked
+    finally:
+        forked.stop()
 
 
 def _options(options: RunOptions) -> dict[str, object]:

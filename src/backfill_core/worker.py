@@ -18,7 +18,7 @@ import sqlite3
 import sys
 import threading
 import traceback
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 from typing import Any
@@ -63,14 +63,16 @@ class Worker:
         self.alive = True
 
     @classmethod
-    @contextlib.contextmanager
-    def forked(cls, extractors: Sequence[BatchExtractor], path: str, timeout: float) -> Iterator[Worker]:
-        """Fork a worker serving ``extractors`` over the SQLite file at ``path``; stop it on exit.
+    def fork(cls, extractors: Sequence[BatchExtractor], path: str, timeout: float) -> Worker:
+        """Fork a worker serving ``extractors`` over the SQLite file at ``path``; :meth:`stop` it.
 
         Fork before opening any database connection: the child must not share the parent's.
+        OSError means the system has no process to spare.
         """
         from_worker, to_parent = Pipe(duplex=False)
         from_parent, to_worker = Pipe(duplex=False)
+        for stream in (sys.stdout, sys.stderr):  # or the worker would print them again
+            stream.flush()
         pid = os.fork()
         if pid == 0:  # the worker: never returns into the caller's code
             code = 1
@@ -80,14 +82,13 @@ class Worker:
                 _serve(from_parent, to_parent, {x.name: x for x in extractors}, path, timeout)
                 code = 0
             finally:
+                for stream in (sys.stdout, sys.stderr):  # what a plugin printed
+                    with contextlib.suppress(Exception):
+                        stream.flush()
                 os._exit(code)
         from_parent.close()
         to_parent.close()
-        worker = cls(pid, from_worker, to_worker)
-        try:
-            yield worker
-        finally:
-            worker.stop()
+        return cls(pid, from_worker, to_worker)
 
     async def extractions(
         self, extractor: str, first_page: str, next_page: str, start_after: Any

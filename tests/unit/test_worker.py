@@ -1,0 +1,91 @@
+"""The extraction worker on its own: a forked process reading and extracting pages of a real file."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backfill_core import Extractor, RecordError, Row, Upsert
+from backfill_core.extraction import BatchExtractor, Extraction
+from backfill_core.worker import Worker, WorkerReadError, _pickled
+
+FIRST = "SELECT id, label FROM items WHERE id IS NOT NULL ORDER BY id LIMIT 7"
+NEXT = "SELECT id, label FROM items WHERE id IS NOT NULL AND id > ? ORDER BY id LIMIT 7"
+
+
+class Labels(Extractor):
+    name = "labels"
+    source = "items"
+    columns = ("label",)
+    writes = {"labels": ("id", "text")}
+
+    def extract(self, row: Row) -> list[Upsert]:
+        if row["label"] is None:
+            raise RecordError("no label", kind="missing")
+        return [Upsert("labels", {"id": row["id"]}, {"text": row["label"].upper()})]
+
+
+@pytest.fixture
+def items(tmp_path: Path) -> Path:
+    path = tmp_path / "items.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, label TEXT)")
+        conn.executemany(
+            "INSERT INTO items VALUES (?, ?)", [(i, None if i % 5 == 0 else f"l{i}") for i in range(1, 31)]
+        )
+    return path
+
+
+async def _collect(worker: Worker, start_after: Any = None) -> list[Extraction]:
+    return [b async for b in worker.extractions("labels", FIRST, NEXT, start_after)]
+
+
+def _flat(batches: Sequence[Extraction]) -> list[Any]:
+    return [(b.keys, b.items, b.errors, b.needed) for b in batches]
+
+
+def test_worker_batches_are_what_extracting_here_gives(items: Path) -> None:
+    extract = BatchExtractor(Labels())
+    with sqlite3.connect(items) as conn:
+        rows = conn.execute("SELECT id, label FROM items ORDER BY id").fetchall()
+    expected = [extract(rows[i : i + 7]) for i in range(0, len(rows), 7)]
+    worker = Worker.fork([extract], str(items), 1.0)
+    try:
+        assert _flat(asyncio.run(_collect(worker))) == _flat(expected)
+        # the same worker serves a second run, here resumed after key 21
+        assert _flat(asyncio.run(_collect(worker, 21))) == _flat([extract(rows[21:28]), extract(rows[28:])])
+    finally:
+        worker.stop()
+    assert not worker.alive
+
+
+def test_a_page_the_worker_cannot_read_is_a_read_error(items: Path) -> None:
+    worker = Worker.fork([BatchExtractor(Labels())], str(items), 1.0)
+    try:
+        batches = worker.extractions("labels", "SELECT id, label FROM nowhere", NEXT, None)
+        with pytest.raises(WorkerReadError, match="no such table: nowhere"):
+            asyncio.run(anext(batches))
+        assert _flat(asyncio.run(_collect(worker))) != []  # and it still serves the next request
+    finally:
+        worker.stop()
+
+
+def test_changes_that_cannot_be_pickled_become_record_errors() -> None:
+    extract = BatchExtractor(Labels(), plugin="labels-plugin 1.0")
+    batch = extract([(1, "a"), (2, "b"), (3, "c")])
+    lock = threading.Lock()
+    batch.items[1][1][0] = (*batch.items[1][1][0][:2], {"text": lock}, *batch.items[1][1][0][3:])
+    kind, sent = pickle.loads(_pickled("batch", batch, extract))
+    assert kind == "batch"
+    assert [item[0] for item in sent.items] == [1, 3]
+    assert sent.needed == {("labels", ("id",)): {(1,), (3,)}}
+    ((key, error_kind, message),) = sent.errors
+    assert (key, error_kind) == (2, "plugin-bug")
+    assert "cannot take" in message and "labels-plugin 1.0" in message
