@@ -421,15 +421,16 @@ class BatchRunner:
         return out
 
     async def _referenced(
-        self, conn: BatchConnection, needed: Mapping[tuple[str, str], tuple[set[str], set[Any]]]
-    ) -> dict[tuple[str, str], dict[Any, dict[str, Any]]]:
-        out: dict[tuple[str, str], dict[Any, dict[str, Any]]] = {}
-        for (tname, col), (match_cols, values) in needed.items():
+        self, conn: BatchConnection, needed: Mapping[Target, tuple[set[str], set[Any]]]
+    ) -> dict[Target, dict[Any, dict[str, Any]]]:
+        out: dict[Target, dict[Any, dict[str, Any]]] = {}
+        for target, (match_cols, values) in needed.items():
+            tname, (col,) = target
             cols = tuple(sorted({col, *match_cols}))
             rows = await self._select(conn, tname, cols, (col,), {(v,) for v in values})
-            found = out[(tname, col)] = {k[0]: row for k, row in rows.items()}
+            found = out[target] = {k[0]: row for k, row in rows.items()}
             if self.overlay is not None:
-                for (v,), row in self.overlay.rows((tname, (col,)), [(v,) for v in values]).items():
+                for (v,), row in self.overlay.rows(target, [(v,) for v in values]).items():
                     found[v] = row
         return out
 
@@ -451,9 +452,10 @@ class BatchRunner:
             rows = await self.db.fetch(conn, stmt, params)
             if len(at) == 1:
                 (i,) = at
-                found.update(((r[i],), dict(zip(cols, r, strict=False))) for r in rows)  # rows of cols
+                # zip without strict=: the keyword costs more than the zip (rows are of cols)
+                found.update(((r[i],), dict(zip(cols, r))) for r in rows)  # noqa: B905
             else:
-                found.update((tuple(r[i] for i in at), dict(zip(cols, r, strict=False))) for r in rows)
+                found.update((tuple(r[i] for i in at), dict(zip(cols, r))) for r in rows)  # noqa: B905
         return found
 
     async def _write(self, conn: BatchConnection, plan: Plan) -> None:

@@ -23,8 +23,8 @@ class Extraction:
     """(key, kind, message) of each row that failed to extract."""
     needed: dict[Target, set[tuple[Any, ...]]] = field(default_factory=dict)
     """The target rows whose current values planning needs."""
-    refs: dict[tuple[str, str], tuple[set[str], set[Any]]] = field(default_factory=dict)
-    """The referenced (table, column)s, with the columns to match and the values looked for."""
+    refs: dict[Target, tuple[set[str], set[Any]]] = field(default_factory=dict)
+    """The referenced tables and columns, with the columns to match and the values looked for."""
 
 
 class BatchExtractor:
@@ -48,7 +48,8 @@ class BatchExtractor:
         items, errors = out.items, out.errors
         for key, values in zip(out.keys, rows, strict=True):
             try:
-                changes = extract(dict(zip(cols, values, strict=False)))  # one length: our SELECT's
+                # zip without strict=: the keyword costs more than the zip (rows are of cols)
+                changes = extract(dict(zip(cols, values)))  # noqa: B905
                 items.append(extracted(key, [check_change(c, written, name) for c in changes]))
             except RecordError as e:
                 errors.append((key, e.kind, e.message))

@@ -20,8 +20,8 @@ Target = tuple[str, KeyCols]
 Address = tuple[Target, tuple[Any, ...]]
 
 
-RefSpec = tuple[str, str, Any, Mapping[str, Any]]
-"""A Ref as planning uses it: (table, column, value, match)."""
+RefSpec = tuple[Target, Any, Mapping[str, Any]]
+"""A Ref as planning uses it: (the referenced table and column as a Target, value, match)."""
 Op = tuple[Target, tuple[Any, ...], Mapping[str, Any], Mapping[str, Any], tuple[RefSpec, ...], bool]
 """One change as planning uses it: (target, key values, values, defaults, references, is an Update).
 
@@ -37,7 +37,7 @@ def op(change: Change) -> Op:
     """``change`` as planning uses it; the change must have passed ``check_change``."""
     target, key = address(change)
     requires = change.requires
-    refs = tuple([(r.table, r.column, r.value, r.match) for r in requires]) if requires else ()
+    refs = tuple([(_target(r.table, r.column), r.value, r.match) for r in requires]) if requires else ()
     if isinstance(change, Upsert):
         defaults = change.defaults
         values = _effective(change.values, defaults) if defaults else change.values
@@ -93,14 +93,17 @@ _TARGETS: dict[str, dict[str, Target]] = {}
 """One Target object per table and key column, shared by every change that addresses it."""
 
 
+def _target(table: str, column: str) -> Target:
+    by_col = _TARGETS.get(table) or _TARGETS.setdefault(table, {})
+    return by_col.get(column) or by_col.setdefault(column, (table, (column,)))
+
+
 def address(change: Change) -> Address:
     """The (table, key columns) a change addresses, and its key values in that column order."""
     key = change.key
     if len(key) == 1:
         ((col, value),) = key.items()
-        by_col = _TARGETS.get(change.table) or _TARGETS.setdefault(change.table, {})
-        target = by_col.get(col) or by_col.setdefault(col, (change.table, (col,)))
-        return target, (value,)
+        return _target(change.table, col), (value,)
     cols = tuple(sorted(key))
     return (change.table, cols), tuple(key[c] for c in cols)
 
@@ -120,17 +123,20 @@ def keys_needed(batch: Iterable[Extracted]) -> dict[Target, set[tuple[Any, ...]]
     return needed
 
 
-def refs_needed(batch: Iterable[Extracted]) -> dict[tuple[str, str], tuple[set[str], set[Any]]]:
-    """For each referenced (table, column): the match columns and the values looked for."""
-    needed: dict[tuple[str, str], tuple[set[str], set[Any]]] = {}
+def refs_needed(batch: Iterable[Extracted]) -> dict[Target, tuple[set[str], set[Any]]]:
+    """For each referenced table and column: the match columns and the values looked for."""
+    needed: dict[Target, tuple[set[str], set[Any]]] = {}
     for _, ops, checked in batch:
         if not checked:
             continue
         for o in ops:
-            for table, column, value, match in o[4]:
-                cols, values = needed.setdefault((table, column), (set(), set()))
-                cols.update(match)
-                values.add(value)
+            for target, value, match in o[4]:
+                found = needed.get(target)
+                if found is None:
+                    found = needed[target] = (set(), set())
+                if match:
+                    found[0].update(match)
+                found[1].add(value)
     return needed
 
 
@@ -166,7 +172,7 @@ def _effective(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> Mappin
 def plan_batch(
     batch: Sequence[Extracted],
     current: Mapping[Target, Mapping[tuple[Any, ...], Mapping[str, Any]]],
-    referenced: Mapping[tuple[str, str], Mapping[Any, Mapping[str, Any]]],
+    referenced: Mapping[Target, Mapping[Any, Mapping[str, Any]]],
     *,
     sample_size: int = 0,
     keep_merged: bool = True,
@@ -198,7 +204,7 @@ def plan_batch(
 def _check(
     ops: Sequence[Op],
     current: Mapping[Target, Mapping[tuple[Any, ...], Mapping[str, Any]]],
-    referenced: Mapping[tuple[str, str], Mapping[Any, Mapping[str, Any]]],
+    referenced: Mapping[Target, Mapping[Any, Mapping[str, Any]]],
     entries: Mapping[Target, Mapping[tuple[Any, ...], _Entry]],
 ) -> tuple[str, str] | None:
     """Why ``ops`` cannot be applied (an Update of a missing row, a failed reference), or None."""
@@ -217,13 +223,13 @@ def _check(
 def _check_ref(
     ref: RefSpec,
     current: Mapping[Target, Mapping[tuple[Any, ...], Mapping[str, Any]]],
-    referenced: Mapping[tuple[str, str], Mapping[Any, Mapping[str, Any]]],
+    referenced: Mapping[Target, Mapping[Any, Mapping[str, Any]]],
     entries: Mapping[Target, Mapping[tuple[Any, ...], _Entry]],
 ) -> str | None:
-    table, column, value, match = ref
-    row: Mapping[str, Any] | None = referenced.get((table, column), _EMPTY).get(value)
-    target = (table, (column,))
+    target, value, match = ref
+    row: Mapping[str, Any] | None = referenced.get(target, _EMPTY).get(value)
     pending = entries.get(target, _EMPTY).get((value,))
+    table, (column,) = target
     if pending is not None:
         base = current.get(target, _EMPTY).get((value,)) or row
         row = {**(pending.defaults if base is None else base), column: value, **pending.new}
@@ -257,7 +263,8 @@ def _diff(
             new = entry.new
             found = existing.get(key)
             if found is None:
-                row = {**entry.defaults, **dict(zip(key_cols, key, strict=False)), **new}
+                # zip without strict=: the keyword costs more than the zip (keys are of key_cols)
+                row = {**entry.defaults, **dict(zip(key_cols, key)), **new}  # noqa: B905
                 inserts.append(row)
                 if keep_merged:
                     final[key] = row
@@ -269,7 +276,7 @@ def _diff(
                 continue
             if first_key_col in new or (more_key_cols and any(c in new for c in more_key_cols)):
                 new = {c: v for c, v in new.items() if c not in key_cols}
-            updates.append((dict(zip(key_cols, key, strict=False)), new))
+            updates.append((dict(zip(key_cols, key)), new))  # noqa: B905
             if keep_merged:
                 final[key] = {**found, **new}
             if len(samples) < sample_size:

@@ -13,7 +13,7 @@ BUGS = ("bugs", ("id",))
 FLAGS = {"enable_default": False, "enable_visual": False}
 
 Current = dict[tuple[str, tuple[str, ...]], dict[tuple[Any, ...], dict[str, Any]]]
-Referenced = dict[tuple[str, str], dict[Any, dict[str, Any]]]
+Referenced = dict[tuple[str, tuple[str, ...]], dict[Any, dict[str, Any]]]
 
 
 def item(key: Any, *changes: Change) -> Extracted:
@@ -220,7 +220,7 @@ BUG_ROWS: Current = {BUGS: {(b,): {"id": b, "test_feature_id": None} for b in ra
 
 
 def test_ref_to_missing_row_is_an_integrity_failure() -> None:
-    p = plan([item(1, attribution(1, 777, customer=4))], BUG_ROWS, {("test_features", "id"): {}})
+    p = plan([item(1, attribution(1, 777, customer=4))], BUG_ROWS, {FEATURES: {}})
     assert len(p.failures) == 1
     f = p.failures[0]
     assert (f.key, f.kind) == (1, "integrity")
@@ -229,7 +229,7 @@ def test_ref_to_missing_row_is_an_integrity_failure() -> None:
 
 
 def test_ref_with_mismatching_match_column_is_an_integrity_failure() -> None:
-    referenced: Referenced = {("test_features", "id"): {7: {"id": 7, "customer_id": 2}}}
+    referenced: Referenced = {FEATURES: {7: {"id": 7, "customer_id": 2}}}
     p = plan([item(1, attribution(1, 7, customer=4))], BUG_ROWS, referenced)
     assert len(p.failures) == 1
     f = p.failures[0]
@@ -248,7 +248,7 @@ def test_ref_failure_drops_every_change_of_that_source_row() -> None:
 
 
 def test_satisfied_ref_lets_the_change_through() -> None:
-    referenced: Referenced = {("test_features", "id"): {7: {"id": 7, "customer_id": 4}}}
+    referenced: Referenced = {FEATURES: {7: {"id": 7, "customer_id": 4}}}
     p = plan([item(1, attribution(1, 7, customer=4))], BUG_ROWS, referenced)
     assert p.failures == []
     assert rows(p, BUGS)[1] == [({"id": 1}, {"test_feature_id": 7})]
@@ -259,13 +259,13 @@ def test_ref_satisfied_by_upsert_earlier_in_the_same_batch() -> None:
         item("t1", feature(7, customer_id=4, test_id=1)),
         item(2, attribution(2, 7, customer=4)),
     ]
-    p = plan(batch, BUG_ROWS, {("test_features", "id"): {}})
+    p = plan(batch, BUG_ROWS, {FEATURES: {}})
     assert p.failures == []
     assert rows(p, BUGS)[1] == [({"id": 2}, {"test_feature_id": 7})]
 
 
 def test_ref_checks_match_against_upsert_earlier_in_the_batch() -> None:
-    referenced: Referenced = {("test_features", "id"): {7: {"id": 7, "customer_id": 4}}}
+    referenced: Referenced = {FEATURES: {7: {"id": 7, "customer_id": 4}}}
     batch = [
         item("t1", feature(7, customer_id=5)),  # the feature moves to customer 5
         item(2, attribution(2, 7, customer=4)),
@@ -281,7 +281,7 @@ def test_ref_is_not_satisfied_by_upsert_of_a_failed_source_row() -> None:
         item("t1", feature(7, customer_id=4), Update("bugs", {"id": 404}, {})),
         item(2, attribution(2, 7, customer=4)),
     ]
-    p = plan(batch, BUG_ROWS, {("test_features", "id"): {}})
+    p = plan(batch, BUG_ROWS, {FEATURES: {}})
     assert [(f.key, f.kind) for f in p.failures] == [("t1", "missing"), (2, "integrity")]
     assert not p.has_writes
 
