@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
+from sqlalchemy import Select
 from sqlalchemy.exc import CompileError, DBAPIError
 
 from backfill_core.database import Database
@@ -76,20 +78,23 @@ async def run_validators(
     check_thresholds(validators, thresholds, ran)
     for v in validators:
         await db.check_schema(v.tables)
-    # Metrics are whole-table scans: they run side by side on their own connections, so that
-    # the database (SQLite in its threads, or the server) can use more than one core.
+    # Metric queries are whole-table scans: each runs on its own connection, side by side, so
+    # that the database (SQLite in its threads, or the server) can use more than one core; a
+    # numerator and its denominator often scan the same table, so they run side by side too.
     slots = asyncio.Semaphore(max(2, os.cpu_count() or 1))
 
-    async def compute(v: Validator, m: Metric) -> MetricResult:
+    async def count(v: Validator, m: Metric, query: Select[Any]) -> Any:
         async with slots, db.reading() as conn:
             try:
-                num = (await conn.execute(m.numerator)).scalar_one()
-                den = (await conn.execute(m.denominator)).scalar_one()
+                return (await conn.execute(query)).scalar_one()
             except (DBAPIError, CompileError) as e:
                 raise EnvironmentProblem(
                     f"validator {v.name!r} could not compute {m.name!r}: {getattr(e, 'orig', e)} "
                     "(`backfill run --no-validate` skips validation)"
                 ) from e
+
+    async def compute(v: Validator, m: Metric) -> MetricResult:
+        num, den = await asyncio.gather(count(v, m, m.numerator), count(v, m, m.denominator))
         threshold = (
             None
             if m.threshold is None
