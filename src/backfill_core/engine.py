@@ -151,8 +151,8 @@ class BatchRunner:
                 # in this thread, so without a worker it is simply read next).
                 ahead = asyncio.ensure_future(anext(reader, None))
                 delta = Delta(processed=len(batch.keys))
-                for key, kind, message in batch.errors:
-                    self._error(delta, key, "record", kind, message)
+                for failed, kind, why in batch.errors:
+                    self._error(delta, failed, "record", kind, why)
                 clear = None
                 if clear_run is not None:
                     clear = (clear_run, batch.keys)

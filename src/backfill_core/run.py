@@ -9,7 +9,6 @@ from dataclasses import asdict
 
 from sqlalchemy.engine import URL
 
-from backfill_core import worker
 from backfill_core.database import Database, busy_timeout
 from backfill_core.engine import BatchRunner, ProgressFactory, RunOptions
 from backfill_core.extraction import BatchExtractor
@@ -18,7 +17,7 @@ from backfill_core.overlay import Overlay
 from backfill_core.plugins import Registry
 from backfill_core.report import RunReport
 from backfill_core.validation import check_compiles, check_thresholds, run_validators
-from backfill_core.worker import Worker
+from backfill_core.worker import Worker, can_run
 
 
 async def run_backfill(
@@ -45,13 +44,10 @@ async def run_backfill(
     ran = [x.name for x in extractors]
     plan = ",".join(ran)
     labels = {x.name: _plugin_label(registry, x.name) for x in extractors}
-    # Forked first, before any connection or temporary file exists for the worker to inherit.
-    with (
-        _worker(url, options, [BatchExtractor(x, labels[x.name]) for x in extractors]) as worker,
-        closing(
-            Overlay()  # a dry run's would-be rows, on disk
-        ) as overlay,
-    ):
+    extracting = [BatchExtractor(x, labels[x.name]) for x in extractors]
+    # The worker is forked first, before any connection or temporary file exists for it to
+    # inherit; the overlay keeps a dry run's would-be rows on disk.
+    with _worker(url, options, extracting) as worker, closing(Overlay()) as overlay:
         async with Database(url, read_only=options.dry_run) as db:
             ledger = None if options.dry_run else Ledger(db)
             runners = [
@@ -175,7 +171,7 @@ async def validate_only(
 @contextmanager
 def _worker(url: URL, options: RunOptions, extractors: list[BatchExtractor]) -> Iterator[Worker | None]:
     """An extraction worker for a run on a SQLite file, where one can run and is wanted."""
-    if not (options.worker and url.get_backend_name() == "sqlite" and url.database and worker.available()):
+    if not (options.worker and url.get_backend_name() == "sqlite" and url.database and can_run()):
         yield None
         return
     try:

@@ -30,7 +30,6 @@ from backfill_core.planner import keys_needed, refs_needed
 
 AHEAD = 2
 """Batches the worker may read and extract before the engine takes them."""
-GC_THRESHOLD = 10_000
 
 
 class WorkerFailed(BackfillError):
@@ -45,7 +44,7 @@ class WorkerReadError(Exception):
         self.error = error
 
 
-def available() -> bool:
+def can_run() -> bool:
     """Whether a worker can run here: Linux, two CPUs or more, and no other thread to fork over."""
     if not sys.platform.startswith("linux") or threading.active_count() != 1:
         return False
@@ -193,6 +192,7 @@ def _serve(
     inbox: Connection, outbox: Connection, extractors: dict[str, BatchExtractor], path: str, timeout: float
 ) -> None:
     """Answer ``run`` requests until told to exit or the engine's end of the pipe closes."""
+    from backfill_core.engine import GC_THRESHOLD  # the engine imports this module
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the engine decides what a Ctrl-C stops
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     with contextlib.suppress(ValueError):
