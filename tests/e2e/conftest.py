@@ -60,10 +60,13 @@ def fresh_db(template_db: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def copy_db(template_db: Path, tmp_path: Path) -> Callable[[str], Path]:
     """``copy_db(name)``: another writable copy of the small template in this test's tmp dir."""
+    return _copier(template_db, tmp_path)
 
+
+def _copier(template: Path, folder: Path) -> Callable[[str], Path]:
     def copy(name: str) -> Path:
-        path = tmp_path / name
-        shutil.copy(template_db, path)
+        path = folder / name
+        shutil.copy(template, path)
         path.chmod(0o644)
         return path
 
@@ -96,14 +99,7 @@ def big_template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def copy_big(big_template_db: Path, tmp_path: Path) -> Callable[[str], Path]:
     """``copy_big(name)``: a writable copy of the big template in this test's tmp dir."""
-
-    def copy(name: str) -> Path:
-        path = tmp_path / name
-        shutil.copy(big_template_db, path)
-        path.chmod(0o644)
-        return path
-
-    return copy
+    return _copier(big_template_db, tmp_path)
 
 
 @pytest.fixture(scope="session")
