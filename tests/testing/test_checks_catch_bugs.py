@@ -92,6 +92,13 @@ class NotAChange(Labels):
         return [{"table": "labels", "item_id": row["id"]}]
 
 
+class Unpicklable(Labels):
+    name = "unpicklable"
+
+    def extract(self, row: Row) -> list[Upsert]:
+        return [Upsert("labels", key={"item_id": row["id"]}, values={"label": lambda: "red"})]
+
+
 class ReturnsNone(Labels):
     name = "returns_none"
 
@@ -168,6 +175,7 @@ class WritesTheFile(Labels):
         (UndeclaredColumn(), check_declared, r"undeclared columns \['colour'\]"),
         (UndeclaredTable(), check_declared, "wrote table 'tags'"),
         (NotAChange(), check_declared, "returned dict, not Upsert or Update"),
+        (Unpicklable(), check_declared, "cannot be pickled"),
     ],
     ids=lambda v: getattr(v, "name", None) or getattr(v, "__name__", ""),
 )

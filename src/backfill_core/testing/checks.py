@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import pickle
 import reprlib
 import sqlite3
 import tempfile
@@ -27,6 +28,7 @@ from backfill_core.engine import RunOptions
 from backfill_core.errors import RecordError
 from backfill_core.extractor import Extractor, Row
 from backfill_core.hookspecs import hookimpl
+from backfill_core.planner import op
 from backfill_core.plugins import make_registry
 from backfill_core.report import ExtractorStats, RunReport
 from backfill_core.run import run_backfill
@@ -143,7 +145,8 @@ def check_deterministic(extractor: Extractor, row: Row) -> None:
 
 def check_declared(extractor: Extractor, row: Row) -> None:
     """Every change is an Upsert or Update that touches only tables and columns in
-    ``extractor.writes``, has a key, and requires only ``Ref`` objects."""
+    ``extractor.writes``, has a key, requires only ``Ref`` objects, and can be pickled (the
+    extraction worker sends changes to the engine that way)."""
     label = _label(extractor)
     changes = check_total(extractor, row) or []
     written = extractor.written
@@ -155,6 +158,13 @@ def check_declared(extractor: Extractor, row: Row) -> None:
         bad = [r for r in change.requires if not isinstance(r, Ref)]
         if bad:
             raise AssertionError(f"{label} required {_show(bad)}, not Ref objects, for row {_show(row)}")
+        try:
+            pickle.dumps(op(change))
+        except Exception as e:
+            raise AssertionError(
+                f"{label} returned a value that cannot be pickled ({type(e).__name__}: {e}) in "
+                f"{_show(change)} for row {_show(row)}; the extraction worker could not send it"
+            ) from None
 
 
 # -- checks on a batch: a real SQLite file, the real engine ----------------------------------------
