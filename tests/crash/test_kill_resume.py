@@ -77,7 +77,9 @@ def test_kill_and_resume(crash: Crash, big_template: Path) -> None:
     }
 
     path = crash.copy(big_template, "killed.db")
-    cmd = ["run", *crash.BOTH, "-d", path, "-q", "--json"]
+    # Batches of 100 (200 for test_features, about 800 for bug_attribution) keep each phase long
+    # enough for a kill at a random moment to land inside it.
+    cmd = ["run", *crash.BOTH, "-d", path, "-q", "--json", "--batch-size", "100"]
     stderrs: list[str] = []
     reached_phases: list[str] = []
     kills = 0
@@ -86,13 +88,13 @@ def test_kill_and_resume(crash: Crash, big_template: Path) -> None:
         where = f"kill {i} ({phase}), seed={seed}"
         proc_bg = crash.spawn(cmd)
         if phase == "early":
-            time.sleep(rng.uniform(0.3, 1.5))
+            time.sleep(rng.uniform(0.3, 1.2))
             reached = False
         else:
             reached = crash.wait_for(lambda p=proc_bg, x=phase: _in_phase(crash, path, x, p.pid), proc_bg)
             if reached:
                 reached_phases.append(phase)
-                time.sleep(rng.uniform(0.0, 1.2))
+                time.sleep(rng.uniform(0.0, 0.8))
         proc_bg.signal(signal.SIGKILL)
         done = proc_bg.wait()
         stderrs.append(done.stderr)
