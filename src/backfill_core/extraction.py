@@ -41,27 +41,35 @@ class BatchExtractor:
         self.cols = extractor.read_columns
         self.key_index = self.cols.index(extractor.key)
         self.written = extractor.written
+        self.stopped_at: Any = None
+        """The key of the row whose ``extract`` raised what is not an Exception (SystemExit,
+        KeyboardInterrupt): that ends the batch instead of becoming a record error."""
 
     def __call__(self, rows: Sequence[Sequence[Any]]) -> Extraction:
         out = Extraction([r[self.key_index] for r in rows], [])
         extract, written, name, cols = self.extractor.extract, self.written, self.name, self.cols
         items, errors = out.items, out.errors
-        for key, values in zip(out.keys, rows, strict=True):
-            try:
-                # zip without strict=: the keyword costs more than the zip (rows are of cols)
-                changes = extract(dict(zip(cols, values)))  # noqa: B905
-                items.append(extracted(key, [check_change(c, written, name) for c in changes]))
-            except RecordError as e:
-                errors.append((key, e.kind, e.message))
-            except Exception as e:
-                errors.append(
-                    (
-                        key,
-                        "plugin-bug",
-                        f"extract raised {type(e).__name__}: {e} (a bug in {self.plugin or name}; "
-                        "report it to the plugin's authors)",
+        key = None
+        try:
+            for key, values in zip(out.keys, rows, strict=True):
+                try:
+                    # zip without strict=: the keyword costs more than the zip (rows are of cols)
+                    changes = extract(dict(zip(cols, values)))  # noqa: B905
+                    items.append(extracted(key, [check_change(c, written, name) for c in changes]))
+                except RecordError as e:
+                    errors.append((key, e.kind, e.message))
+                except Exception as e:
+                    errors.append(
+                        (
+                            key,
+                            "plugin-bug",
+                            f"extract raised {type(e).__name__}: {e} (a bug in {self.plugin or name}; "
+                            "report it to the plugin's authors)",
+                        )
                     )
-                )
+        except BaseException:
+            self.stopped_at = key
+            raise
         out.needed = keys_needed(items)
         out.refs = refs_needed(items)
         return out

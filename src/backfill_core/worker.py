@@ -110,7 +110,7 @@ class Worker:
                     raise WorkerReadError(payload)
                 else:
                     raise WorkerFailed(
-                        f"the extraction worker failed while extracting {extractor}:\n{payload}\n"
+                        f"the extraction worker failed in extractor {extractor!r}{payload}\n"
                         "Committed batches are kept: run the same command to resume, with --no-worker "
                         "to extract in the main process."
                     )
@@ -193,6 +193,7 @@ def _serve(
 ) -> None:
     """Answer ``run`` requests until told to exit or the engine's end of the pipe closes."""
     from backfill_core.engine import GC_THRESHOLD  # the engine imports this module
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the engine decides what a Ctrl-C stops
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     with contextlib.suppress(ValueError):
@@ -244,11 +245,22 @@ def _serve(
         return
     except BaseException:
         with contextlib.suppress(Exception):
-            send("crash", traceback.format_exc())
+            send("crash", _crash_report(extractor))
         raise
     finally:
         if con is not None:
             con.close()
+
+
+def _crash_report(extractor: BatchExtractor | None) -> str:
+    """Where the worker failed (the plugin and the row, when extract raised) and the traceback."""
+    where = ""
+    if extractor is not None and extractor.stopped_at is not None:
+        where = (
+            f" ({extractor.plugin or 'its plugin'}) on the row with key {extractor.stopped_at!r}: "
+            "extract may raise RecordError for a bad row, nothing that is not an Exception"
+        )
+    return f"{where}:\n{traceback.format_exc()}"
 
 
 def _pickled(kind: str, payload: Any, extractor: BatchExtractor | None) -> bytes:

@@ -14,7 +14,7 @@ import pytest
 
 from backfill_core import Extractor, RecordError, Row, Upsert
 from backfill_core.extraction import BatchExtractor, Extraction
-from backfill_core.worker import Worker, WorkerReadError, _pickled
+from backfill_core.worker import Worker, WorkerFailed, WorkerReadError, _pickled
 
 FIRST = "SELECT id, label FROM items WHERE id IS NOT NULL ORDER BY id LIMIT 7"
 NEXT = "SELECT id, label FROM items WHERE id IS NOT NULL AND id > ? ORDER BY id LIMIT 7"
@@ -89,3 +89,33 @@ def test_changes_that_cannot_be_pickled_become_record_errors() -> None:
     ((key, error_kind, message),) = sent.errors
     assert (key, error_kind) == (2, "plugin-bug")
     assert "cannot take" in message and "labels-plugin 1.0" in message
+
+
+class Quits(Labels):
+    """Raises what is not an Exception on one row: the worker cannot go on."""
+
+    name = "quits"
+
+    def extract(self, row: Row) -> list[Upsert]:
+        if row["id"] == 9:
+            raise SystemExit(3)
+        return super().extract(row)
+
+
+def test_extract_raising_system_exit_fails_the_run_naming_the_row(items: Path) -> None:
+    worker = Worker.fork([BatchExtractor(Quits(), plugin="quits-plugin 2.0")], str(items), 1.0)
+    try:
+        batches = worker.extractions("quits", FIRST, NEXT, None)
+        with pytest.raises(WorkerFailed) as e:
+            asyncio.run(_drain(batches))
+        message = str(e.value)
+        assert "extractor 'quits' (quits-plugin 2.0) on the row with key 9" in message, message
+        assert "SystemExit: 3" in message and "run the same command to resume" in message
+        assert not worker.alive
+    finally:
+        worker.stop()
+
+
+async def _drain(batches: Any) -> None:
+    async for _ in batches:
+        pass
