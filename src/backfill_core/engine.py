@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -14,6 +13,7 @@ from sqlalchemy import column, func, select, table
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import TableClause
 
+from backfill_core.collector import few_collections
 from backfill_core.database import BatchConnection, Database, is_record_level
 from backfill_core.errors import BackfillError
 from backfill_core.extraction import BatchExtractor, Extraction
@@ -24,10 +24,6 @@ from backfill_core.planner import Extracted, Plan, Target, keys_needed, plan_bat
 from backfill_core.report import ErrorLog, ErrorRecord, ExtractorStats
 from backfill_core.worker import Worker, WorkerReadError
 
-GC_THRESHOLD = 10_000
-"""Allocations between the cycle collector's young collections during a run (Python's default is
-700): each batch allocates many short-lived, acyclic rows and changes that reference counting
-frees, so frequent collections would only rescan them."""
 CHECKPOINT_EVERY = 2.0
 """Seconds between checkpoints of batches that changed nothing (their rows are re-read on resume)."""
 IN_CHUNK = 5000
@@ -117,7 +113,7 @@ class BatchRunner:
         With a ledger run ``state``, each batch's checkpoint commits with the batch; ``clear_run``
         names a run whose recorded errors for the processed keys are cleared (--retry-errors).
         """
-        with _few_collections():
+        with few_collections():
             return await self._run(state, keys, clear_run)
 
     async def _run(
@@ -480,26 +476,6 @@ def _by_columns(rows: Iterable[tuple[tuple[str, ...], tuple[Any, ...]]]) -> dict
             group = groups.get(cols) or groups.setdefault(cols, [])
         group.append(params)
     return groups
-
-
-@contextlib.contextmanager
-def _few_collections() -> Iterator[None]:
-    """Run with the objects that exist now (modules, plugins) out of the cycle collector's scans
-    and with young collections GC_THRESHOLD allocations apart; restored afterwards.
-
-    A program embedding backfill that froze objects itself keeps its own freeze untouched.
-    """
-    thresholds = gc.get_threshold()
-    freezing = gc.get_freeze_count() == 0
-    if freezing:
-        gc.freeze()
-    gc.set_threshold(max(GC_THRESHOLD, thresholds[0]), *thresholds[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        if freezing:
-            gc.unfreeze()
 
 
 IN_PADDING = 256

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import pickle
 import signal
@@ -24,6 +23,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 from urllib.parse import quote
 
+from backfill_core.collector import few_collections
 from backfill_core.errors import BackfillError
 from backfill_core.extraction import BatchExtractor, Extraction
 from backfill_core.planner import keys_needed, refs_needed
@@ -78,7 +78,9 @@ class Worker:
             try:
                 from_worker.close()
                 to_worker.close()
-                _serve(from_parent, to_parent, {x.name: x for x in extractors}, path, timeout)
+                # What the fork inherited is frozen: never rescanned, so never copied by the collector.
+                with few_collections():
+                    _serve(from_parent, to_parent, {x.name: x for x in extractors}, path, timeout)
                 code = 0
             finally:
                 for stream in (sys.stdout, sys.stderr):  # what a plugin printed
@@ -192,14 +194,10 @@ def _serve(
     inbox: Connection, outbox: Connection, extractors: dict[str, BatchExtractor], path: str, timeout: float
 ) -> None:
     """Answer ``run`` requests until told to exit or the engine's end of the pipe closes."""
-    from backfill_core.engine import GC_THRESHOLD  # the engine imports this module
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the engine decides what a Ctrl-C stops
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     with contextlib.suppress(ValueError):
         signal.set_wakeup_fd(-1)  # the parent's event loop's, inherited
-    gc.freeze()  # what the fork inherited: never rescanned, so never copied by the collector
-    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
     con: sqlite3.Connection | None = None
     extractor: BatchExtractor | None = None
 
