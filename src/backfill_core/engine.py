@@ -17,7 +17,6 @@ from backfill_core.collector import few_collections
 from backfill_core.database import BatchConnection, Database, is_record_level
 from backfill_core.errors import BackfillError
 from backfill_core.extraction import BatchExtractor, Extraction
-from backfill_core.extractor import Extractor
 from backfill_core.ledger import FAILED, INTERRUPTED, SUCCEEDED, Delta, Ledger, RunState
 from backfill_core.overlay import Overlay
 from backfill_core.planner import Extracted, Plan, Target, keys_needed, plan_batch, refs_needed
@@ -69,27 +68,24 @@ class BatchRunner:
     def __init__(
         self,
         db: Database,
-        extractor: Extractor,
+        extract: BatchExtractor,
         options: RunOptions,
         errors: ErrorLog,
         progress: ProgressFactory | None = None,
         overlay: Overlay | None = None,
-        plugin: str = "",
         ledger: Ledger | None = None,
         worker: Worker | None = None,
     ) -> None:
         self.db = db
-        self.x = extractor
+        self.x = extractor = extract.extractor
+        self.extract = extract
         self.options = options
         self.errors = errors
         self.progress = progress or (lambda _name, _total: _NoProgress())
         self.overlay = overlay if options.dry_run else None
         self.ledger = None if options.dry_run else ledger
-        self.stats = ExtractorStats(extractor.name, plugin=plugin, dry_run=options.dry_run)
-        self.written = extractor.written
-        self.cols = extractor.read_columns
-        self.key_index = self.cols.index(extractor.key)
-        self.extract = BatchExtractor(extractor, plugin)
+        self.stats = ExtractorStats(extractor.name, plugin=extract.plugin, dry_run=options.dry_run)
+        self.written, self.cols, self.key_index = extract.written, extract.cols, extract.key_index
         self.worker = worker
         self.source = light_table(extractor.source_table, self.cols)
         self.target_cols = {t: tuple(sorted(cols)) for t, cols in self.written.items()}

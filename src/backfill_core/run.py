@@ -43,16 +43,15 @@ async def run_backfill(
     validators = registry.validators_for(x.name for x in extractors) if validate else []
     ran = [x.name for x in extractors]
     plan = ",".join(ran)
-    labels = {x.name: _plugin_label(registry, x.name) for x in extractors}
-    extracting = [BatchExtractor(x, labels[x.name]) for x in extractors]
+    extracting = [BatchExtractor(x, _plugin_label(registry, x.name)) for x in extractors]
     # The worker is forked first, before any connection or temporary file exists for it to
     # inherit; the overlay keeps a dry run's would-be rows on disk.
     with _worker(url, options, extracting) as worker, closing(Overlay()) as overlay:
         async with Database(url, read_only=options.dry_run) as db:
             ledger = None if options.dry_run else Ledger(db)
             runners = [
-                BatchRunner(db, x, options, report.errors, progress, overlay, labels[x.name], ledger, worker)
-                for x in extractors
+                BatchRunner(db, x, options, report.errors, progress, overlay, ledger, worker)
+                for x in extracting
             ]
             for runner in runners:  # every schema is checked before anything is written
                 await runner.check_schema()
