@@ -82,6 +82,7 @@ class Database:
         self._writer: AsyncEngine | None = None
         self._statements: Statements | None = None
         self._sync: sqlite3.Connection | None = None
+        self._journal_persisted = False
 
     @property
     def dialect(self) -> str:
@@ -122,6 +123,10 @@ class Database:
 
     async def close(self) -> None:
         if self._sync is not None:
+            if self._journal_persisted:
+                with contextlib.suppress(sqlite3.Error):  # else a zeroed journal stays: harmless
+                    self._sync.execute("PRAGMA journal_mode = DELETE")
+                self._journal_persisted = False
             self._sync.close()
             self._sync = None
         for engine in {id(e): e for e in (self._reader, self._writer) if e is not None}.values():
@@ -252,9 +257,23 @@ class Database:
                 self._sync = sqlite3.connect(
                     f"file:{quote(path)}?mode={mode}", uri=True, timeout=busy_timeout(), isolation_level=None
                 )
+                if not self.read_only:
+                    self._persist_journal(self._sync)
             except sqlite3.Error as e:
                 raise self.fatal(e, "connect to") from e
         return self._sync
+
+    def _persist_journal(self, con: sqlite3.Connection) -> None:
+        """Keep this connection's rollback journal between batches instead of deleting it.
+
+        Creating and deleting the journal file cost about a quarter of each small commit. PERSIST
+        is as safe (the journal's header is zeroed instead) and applies to this connection only;
+        :meth:`close` goes back to DELETE, which removes the file. Other modes (WAL) are left alone.
+        """
+        (mode,) = con.execute("PRAGMA journal_mode").fetchone()
+        if mode == "delete":
+            con.execute("PRAGMA journal_mode = PERSIST")
+            self._journal_persisted = True
 
     async def fetch(self, conn: BatchConnection, sql: str, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
         """The rows of driver-level ``sql`` (see statements.py) run on batch connection ``conn``."""
@@ -329,7 +348,7 @@ class Database:
             )
         elif "disk is full" in lowered or "no space" in lowered:
             hint = "the disk is full; free space and run again (committed batches are kept)"
-        elif self.read_only and self.is_sqlite and Path(f"{self.url.database}-journal").exists():
+        elif self.read_only and self.is_sqlite and _hot_journal(f"{self.url.database}-journal"):
             hint = (
                 "a process that was writing to it died and left a hot journal, which only a "
                 "connection that may write can roll back: run `backfill status` on it once, then "
@@ -373,6 +392,19 @@ def _sqlite_call(sql: str, fn: Callable[..., Any], *args: Any) -> Any:
         return fn(sql, *args)
     except sqlite3.Error as e:
         raise exc.DBAPIError.instance(sql, None, e, sqlite3.Error) from e
+
+
+JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
+
+
+def _hot_journal(path: str) -> bool:
+    """Whether a rollback journal at ``path`` may hold a transaction to roll back: it begins with
+    the journal header (a persisted journal between transactions has a zeroed one)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(JOURNAL_MAGIC)) == JOURNAL_MAGIC
+    except OSError:
+        return False
 
 
 def _fetchall(sql: str, con: sqlite3.Connection, params: Sequence[Any]) -> list[Any]:

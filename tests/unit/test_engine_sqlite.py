@@ -275,3 +275,45 @@ def test_bug_naming_a_feature_id_beyond_64_bits_fails_only_that_bug(tmp_path: Pa
             (2, None),
             (3, 20),
         ]
+
+
+class JournalWatch:
+    """A progress bar that records, after each batch, what lies beside the database file."""
+
+    def __init__(self, path: Path) -> None:
+        self.journal = Path(f"{path}-journal")
+        self.seen: list[bytes | None] = []
+
+    def __call__(self, _name: str, _total: int) -> JournalWatch:
+        return self
+
+    def update(self, _n: int) -> None:
+        self.seen.append(self.journal.read_bytes()[:8] if self.journal.exists() else None)
+
+    def close(self) -> None:
+        pass
+
+
+def test_journal_is_kept_between_batches_and_removed_at_the_end(db: Path) -> None:
+    watch = JournalWatch(db)
+    report = RunReport(database=str(db), errors=ErrorLog())
+    options = RunOptions(batch_size=20, max_error_rate=1.0, worker=False)
+    asyncio.run(
+        run_backfill(registry(), BOTH, resolve_url(str(db)), options, report, validate=False, progress=watch)
+    )
+    assert report.extractors[0].inserted > 0
+    # persisted between batches, with its header zeroed: not a hot journal, nothing to roll back
+    assert len(watch.seen) > 2 and set(watch.seen) == {bytes(8)}, watch.seen
+    assert not watch.journal.exists(), "the run left its journal behind"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+
+
+def test_a_wal_database_stays_in_wal_mode(db: Path) -> None:
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode = WAL").fetchone() == ("wal",)
+    assert sum(s.inserted + s.updated for s in run(db).extractors) > 0
+    assert sum(s.inserted + s.updated for s in run(db).extractors) == 0
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert not Path(f"{db}-journal").exists()
