@@ -456,7 +456,7 @@ class BatchRunner:
             inserts = _by_columns((tuple(row), tuple(row.values())) for row in writes.inserts)
             for cols, params in inserts.items():
                 await self.db.execute_many(conn, self.db.statements.upsert(table, cols, key_cols), params)
-            updates = _by_columns((tuple(new), (*new.values(), *key.values())) for key, new in writes.updates)
+            updates = _by_columns((tuple(new), (*new.values(), *key)) for key, new in writes.updates)
             for cols, params in updates.items():
                 await self.db.execute_many(conn, self.db.statements.update(table, cols, key_cols), params)
 

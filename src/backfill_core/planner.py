@@ -68,8 +68,9 @@ class Writes:
     table: str
     key_cols: KeyCols
     inserts: list[dict[str, Any]] = field(default_factory=list)
-    updates: list[tuple[dict[str, Any], Mapping[str, Any]]] = field(default_factory=list)
-    """(key, values) pairs; the values may be the change's own mapping, which nothing mutates."""
+    updates: list[tuple[tuple[Any, ...], Mapping[str, Any]]] = field(default_factory=list)
+    """(key values in ``key_cols`` order, values) pairs; the values may be the change's own
+    mapping, which nothing mutates."""
 
 
 @dataclass
@@ -140,22 +141,9 @@ def refs_needed(batch: Iterable[Extracted]) -> dict[Target, tuple[set[str], set[
     return needed
 
 
-class _Entry:
-    """A target row's pending values within a batch: ``new`` is shared with the change until a
-    second change to the same row merges into a copy."""
-
-    __slots__ = ("defaults", "new", "owned")
-
-    def __init__(self, new: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
-        self.new = new
-        self.defaults = defaults
-        self.owned = False
-
-    def merge(self, new: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
-        if not self.owned:
-            self.new, self.defaults, self.owned = dict(self.new), dict(self.defaults), True
-        self.new.update(new)  # type: ignore[attr-defined]
-        self.defaults.update(defaults)  # type: ignore[attr-defined]
+Entry = tuple[Mapping[str, Any], Mapping[str, Any]]
+"""A target row's pending values within a batch and its defaults: the change's own mappings,
+until a second change to the same row merges both into new ones."""
 
 
 def _effective(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -181,7 +169,7 @@ def plan_batch(
 
     ``keep_merged=False`` leaves ``Plan.merged`` empty; only a dry run's overlay needs it.
     """
-    entries: dict[Target, dict[tuple[Any, ...], _Entry]] = {}
+    entries: dict[Target, dict[tuple[Any, ...], Entry]] = {}
     failures: list[Failure] = []
     for source_key, ops, checked in batch:
         if checked:
@@ -194,10 +182,7 @@ def plan_batch(
             if rows is None:
                 rows = entries[target] = {}
             entry = rows.get(key)
-            if entry is None:
-                rows[key] = _Entry(new, defaults)
-            else:
-                entry.merge(new, defaults)
+            rows[key] = (new, defaults) if entry is None else ({**entry[0], **new}, {**entry[1], **defaults})
     return _diff(entries, current, failures, sample_size, keep_merged)
 
 
@@ -205,7 +190,7 @@ def _check(
     ops: Sequence[Op],
     current: Mapping[Target, Mapping[tuple[Any, ...], Mapping[str, Any]]],
     referenced: Mapping[Target, Mapping[Any, Mapping[str, Any]]],
-    entries: Mapping[Target, Mapping[tuple[Any, ...], _Entry]],
+    entries: Mapping[Target, Mapping[tuple[Any, ...], Entry]],
 ) -> tuple[str, str] | None:
     """Why ``ops`` cannot be applied (an Update of a missing row, a failed reference), or None."""
     for target, key, _, _, refs, is_update in ops:
@@ -224,25 +209,27 @@ def _check_ref(
     ref: RefSpec,
     current: Mapping[Target, Mapping[tuple[Any, ...], Mapping[str, Any]]],
     referenced: Mapping[Target, Mapping[Any, Mapping[str, Any]]],
-    entries: Mapping[Target, Mapping[tuple[Any, ...], _Entry]],
+    entries: Mapping[Target, Mapping[tuple[Any, ...], Entry]],
 ) -> str | None:
     target, value, match = ref
     row: Mapping[str, Any] | None = referenced.get(target, _EMPTY).get(value)
-    pending = entries.get(target, _EMPTY).get((value,))
-    table, (column,) = target
-    if pending is not None:
-        base = current.get(target, _EMPTY).get((value,)) or row
-        row = {**(pending.defaults if base is None else base), column: value, **pending.new}
+    pending_rows = entries.get(target)
+    if pending_rows is not None:  # the batch itself writes the referenced table
+        pending = pending_rows.get((value,))
+        if pending is not None:
+            new, defaults = pending
+            base = current.get(target, _EMPTY).get((value,)) or row
+            row = {**(defaults if base is None else base), target[1][0]: value, **new}
     if row is None:
-        return f"{table}.{column}={value!r} does not exist"
+        return f"{target[0]}.{target[1][0]}={value!r} does not exist"
     for col, expected in match.items():
         if row.get(col) != expected:
-            return f"{table}.{column}={value!r} has {col}={row.get(col)!r}, expected {expected!r}"
+            return f"{target[0]}.{target[1][0]}={value!r} has {col}={row.get(col)!r}, expected {expected!r}"
     return None
 
 
 def _diff(
-    entries: dict[Target, dict[tuple[Any, ...], _Entry]],
+    entries: dict[Target, dict[tuple[Any, ...], Entry]],
     current: Mapping[Target, Mapping[tuple[Any, ...], Mapping[str, Any]]],
     failures: list[Failure],
     sample_size: int,
@@ -259,12 +246,11 @@ def _diff(
         final = merged[target] = {}
         existing = current.get(target, _EMPTY)
         (first_key_col, *more_key_cols) = key_cols
-        for key, entry in rows.items():
-            new = entry.new
+        for key, (new, defaults) in rows.items():
             found = existing.get(key)
             if found is None:
                 # zip without strict=: the keyword costs more than the zip (keys are of key_cols)
-                row = {**entry.defaults, **dict(zip(key_cols, key)), **new}  # noqa: B905
+                row = {**defaults, **dict(zip(key_cols, key)), **new}  # noqa: B905
                 inserts.append(row)
                 if keep_merged:
                     final[key] = row
@@ -276,7 +262,7 @@ def _diff(
                 continue
             if first_key_col in new or (more_key_cols and any(c in new for c in more_key_cols)):
                 new = {c: v for c, v in new.items() if c not in key_cols}
-            updates.append((dict(zip(key_cols, key)), new))  # noqa: B905
+            updates.append((key, new))
             if keep_merged:
                 final[key] = {**found, **new}
             if len(samples) < sample_size:

@@ -63,8 +63,8 @@ def apply(state: State, plan: Plan) -> None:
     for row in writes.inserts:
         assert row["id"] not in state
         state[row["id"]] = {**NULLS, **row}
-    for key, new in writes.updates:
-        row = state[key["id"]]
+    for (key,), new in writes.updates:
+        row = state[key]
         assert "id" not in new
         assert any(row.get(c) != v for c, v in new.items()), "an update that changes nothing"
         row.update(new)

@@ -35,7 +35,7 @@ def plan(
 
 def rows(p: Plan, target: tuple[str, tuple[str, ...]]) -> tuple[list[dict[str, Any]], list[Any]]:
     w = p.writes[target]
-    return w.inserts, w.updates
+    return w.inserts, [(dict(zip(w.key_cols, key, strict=True)), values) for key, values in w.updates]
 
 
 # -- insert / update / unchanged ---------------------------------------------------------------
@@ -336,8 +336,8 @@ def _apply(state: dict[Any, dict[str, Any]], p: Plan, target: tuple[str, tuple[s
         return
     for row in w.inserts:
         state[row["id"]] = dict(row)
-    for key, values in w.updates:
-        state[key["id"]].update(values)
+    for (key,), values in w.updates:
+        state[key].update(values)
 
 
 def test_merged_matches_the_rows_after_the_writes() -> None:
