@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -226,3 +228,26 @@ def test_locked_database_exits_3_without_partial_writes(cli: RunCli, fresh_db: P
     assert "BACKFILL_BUSY_TIMEOUT" in proc.stderr
     assert sha256(fresh_db) == digest
     assert snapshot(fresh_db) == before
+
+
+# -- leaving: the command skips interpreter teardown, not what exit must do -------------------------
+
+
+def test_exit_runs_atexit_handlers_and_flushes_output(fresh_db: Path) -> None:
+    """The CLI leaves with os._exit after its work; handlers registered with atexit still run,
+    buffered output is written, and the exit code is the command's."""
+    script = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('atexit ran', file=sys.stderr))\n"
+        "sys.stdout.write('buffered, no newline')\n"
+        f"sys.argv = ['backfill', 'validate', '-d', {str(fresh_db)!r}, '--threshold', 'coverage=1.0']\n"
+        "from backfill_core.cli import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 1, proc.stderr  # coverage below 100% before any backfill
+    assert proc.stdout.startswith("buffered, no newline"), proc.stdout
+    assert "FAIL" in proc.stdout
+    assert proc.stderr.rstrip().endswith("atexit ran"), proc.stderr
