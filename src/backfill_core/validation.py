@@ -7,8 +7,11 @@ import os
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Select
+from sqlalchemy import ColumnElement, Select, and_, case, func
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import CompileError, DBAPIError
+from sqlalchemy.sql.elements import BooleanClauseList
+from sqlalchemy.sql.operators import and_ as and_op
 
 from backfill_core.database import Database
 from backfill_core.errors import EnvironmentProblem, UsageError
@@ -93,8 +96,22 @@ async def run_validators(
                     "(`backfill run --no-validate` skips validation)"
                 ) from e
 
+    async def counts(v: Validator, m: Metric, query: Select[Any, Any]) -> Any:
+        async with slots, db.reading() as conn:
+            try:
+                return (await conn.execute(query)).one()
+            except (DBAPIError, CompileError) as e:
+                raise EnvironmentProblem(
+                    f"validator {v.name!r} could not compute {m.name!r}: {getattr(e, 'orig', e)} "
+                    "(`backfill run --no-validate` skips validation)"
+                ) from e
+
     async def compute(v: Validator, m: Metric) -> MetricResult:
-        num, den = await asyncio.gather(count(v, m, m.numerator), count(v, m, m.denominator))
+        both = fused(m, db.sa_dialect)
+        if both is not None:
+            num, den = await counts(v, m, both)
+        else:
+            num, den = await asyncio.gather(count(v, m, m.numerator), count(v, m, m.denominator))
         threshold = (
             None
             if m.threshold is None
@@ -109,3 +126,43 @@ async def run_validators(
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def fused(m: Metric, dialect: Dialect) -> Select[Any, Any] | None:
+    """One query giving ``(numerator, denominator)`` in a single scan, when the denominator is a
+    plain ``count(*)`` and the numerator is the same query with more conditions; else None.
+
+    The usual coverage metric ("rows with X that also have Y" over "rows with X") otherwise
+    scans the table twice, evaluating X (often a JSON function) each time.
+    """
+    num, den = m.numerator, m.denominator
+    within, also = _conjuncts(den), _conjuncts(num)
+    extra = [c for c in also if not any(c.compare(d) for d in within)]
+    if len(also) - len(extra) != len(within):
+        return None
+    counted = func.count(case((and_(*extra), 1))) if extra else func.count()
+    both = den.with_only_columns(counted, func.count())
+    # The rendered SQL decides: the numerator must be the denominator plus the extra conditions,
+    # and the denominator a count and nothing more (one row, one column).
+    try:
+        plain = str(den.compile(dialect=dialect))
+        same = str(num.compile(dialect=dialect)) == str(den.where(*extra).compile(dialect=dialect))
+        count_only = plain == str(den.with_only_columns(func.count()).compile(dialect=dialect))
+    except CompileError:  # computed apart, the queries report it
+        return None
+    if (
+        not same
+        or not count_only
+        or any(w in plain for w in (" GROUP BY ", " HAVING ", " LIMIT ", " OFFSET ", "DISTINCT"))
+    ):
+        return None
+    return both
+
+
+def _conjuncts(query: Select[Any]) -> list[ColumnElement[Any]]:
+    where = query.whereclause
+    if where is None:
+        return []
+    if isinstance(where, BooleanClauseList) and where.operator is and_op:
+        return list(where.clauses)
+    return [where]

@@ -151,3 +151,31 @@ def test_postgres_missing_table_is_exit_3(pg_url: str) -> None:
     result = _run("run", "bug_attribution", "-d", pg_url)
     assert result.returncode == 3
     assert "'bugs' does not exist" in result.stderr
+
+
+def test_postgres_fused_metric_counts_match_separate_queries(pg_url: str) -> None:
+    """A numerator and its denominator in one scan give the counts the two queries give (the
+    JSON metric needs PostgreSQL 16, so on older servers it is computed apart, and not here)."""
+    from backfill_core import Database, resolve_url
+    from backfill_core.validation import fused
+    from backfill_plugins.testmanagement.validators import CoverageValidator
+
+    assert _run("run", "test_features", "bug_attribution", "-d", pg_url, "--no-validate").returncode == 0
+
+    async def go() -> list[tuple[str, tuple[Any, ...], tuple[Any, ...]]]:
+        out = []
+        async with Database(resolve_url(pg_url)) as db, db.reading() as conn:
+            for m in CoverageValidator().metrics():
+                both = fused(m, db.sa_dialect)
+                if both is None:
+                    assert m.name == "bugs_attributed" and db.sa_dialect.server_version_info < (16,)
+                    continue
+                apart = tuple([(await conn.execute(q)).scalar_one() for q in (m.numerator, m.denominator)])
+                out.append((m.name, tuple((await conn.execute(both)).one()), apart))
+        return out
+
+    results = asyncio.run(go())
+    assert len(results) >= 3
+    for name, together, apart in results:
+        assert together == apart, name
+        assert apart[1] > 0, name

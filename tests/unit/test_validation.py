@@ -10,9 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import column, func, select, table
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
 from backfill_core import (
     Database,
+    Metric,
     MetricResult,
     RunOptions,
     RunReport,
@@ -22,7 +25,7 @@ from backfill_core import (
     resolve_url,
     run_backfill,
 )
-from backfill_core.validation import parse_thresholds, run_validators
+from backfill_core.validation import fused, parse_thresholds, run_validators
 from backfill_plugins.testmanagement import plugin, synthetic
 from backfill_plugins.testmanagement.validators import CoverageValidator
 
@@ -259,3 +262,57 @@ def test_coverage_after_a_backfill_matches_independent_counts(tmp_path: Path) ->
     assert from_run == expected == numbers(validate(path))
     assert expected["tests_with_features"][0] > 0
     assert expected["bugs_attributed"][0] > 0
+
+
+# -- one scan for a numerator and its denominator ---------------------------------------------------
+
+t = table("t", column("a"), column("b"))
+u = table("u", column("a"))
+
+
+def _count(source: Any, *where: Any) -> Any:
+    return select(func.count()).select_from(source).where(*where)
+
+
+def test_every_coverage_metric_is_one_query_giving_the_same_counts(tmp_path: Path) -> None:
+    path = handmade(tmp_path / "cov.db")
+
+    async def go() -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
+        async with Database(resolve_url(str(path))) as db, db.reading() as conn:
+            together, apart = {}, {}
+            for m in CoverageValidator().metrics():
+                both = fused(m, db.sa_dialect)
+                assert both is not None, m.name
+                together[m.name] = tuple((await conn.execute(both)).one())
+                apart[m.name] = tuple(
+                    [(await conn.execute(q)).scalar_one() for q in (m.numerator, m.denominator)]
+                )
+            return together, apart
+
+    together, apart = asyncio.run(go())
+    assert together == apart == counted(path)
+
+
+@pytest.mark.parametrize(
+    ("numerator", "denominator"),
+    [
+        (_count(t, t.c.a > 1), _count(u, u.c.a > 1)),  # another table
+        (_count(t, t.c.b == 2), _count(t, t.c.a > 1)),  # not the denominator's rows
+        (_count(t, t.c.b == 2, t.c.a > 1), _count(t, t.c.a > 1)),  # its conditions in another order
+        (select(func.sum(t.c.a)).select_from(t).where(t.c.a > 1, t.c.b == 2), _count(t, t.c.a > 1)),
+        (_count(t, t.c.a > 1, t.c.b == 2), _count(t, t.c.a > 1).group_by(t.c.b)),
+        (_count(t, t.c.a > 1, t.c.b == 2), _count(t, t.c.a > 1).limit(1)),
+        (_count(t).distinct(), _count(t).distinct()),
+    ],
+    ids=["other-table", "not-a-subset", "reordered", "sum", "group-by", "limit", "distinct"],
+)
+def test_queries_of_other_shapes_are_not_fused(numerator: Any, denominator: Any) -> None:
+    metric = Metric("m", "d", numerator, denominator)
+    assert fused(metric, sqlite_dialect()) is None
+
+
+def test_a_numerator_with_no_extra_condition_counts_the_same_rows() -> None:
+    metric = Metric("m", "d", _count(t, t.c.a > 1), _count(t, t.c.a > 1))
+    both = fused(metric, sqlite_dialect())
+    assert both is not None
+    assert str(both.compile(dialect=sqlite_dialect())).startswith("SELECT count(*) AS count_1, count(*)")
