@@ -30,6 +30,8 @@ class Overlay:
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._db: sqlite3.Connection | None = None
         self._tables: dict[Target, str] = {}
+        self._spans: dict[Target, tuple[tuple[Any, ...], tuple[Any, ...]] | None] = {}
+        """The lowest and highest key remembered per target (None: keys that do not compare)."""
 
     def _open(self) -> sqlite3.Connection:
         if self._db is None:
@@ -56,11 +58,22 @@ class Overlay:
         with db:  # one transaction, not one per row
             db.execute("BEGIN")
             for target, by_key in writes:
+                self._widen(target, by_key)
                 marks = ", ".join("?" * (len(target[1]) + 1))
                 db.executemany(
                     f"INSERT OR REPLACE INTO {self._table(target)} VALUES ({marks})",
                     [(*key, _pack(dict(row))) for key, row in by_key.items()],
                 )
+
+    def _widen(self, target: Target, by_key: Mapping[tuple[Any, ...], Any]) -> None:
+        if target in self._spans and self._spans[target] is None:
+            return
+        try:
+            lo, hi = min(by_key), max(by_key)
+            span = self._spans.get(target)
+            self._spans[target] = (lo, hi) if span is None else (min(span[0], lo), max(span[1], hi))
+        except TypeError:  # keys of mixed types: look every key up
+            self._spans[target] = None
 
     def rows(self, target: Target, keys: Iterable[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
         """The remembered rows of ``target`` among ``keys``."""
@@ -69,7 +82,12 @@ class Overlay:
             return {}
         width = len(target[1])
         found: dict[tuple[Any, ...], dict[str, Any]] = {}
-        wanted = list(keys)
+        span = self._spans.get(target)
+        try:
+            # A batch in key order usually asks for keys past all that earlier batches wrote.
+            wanted = list(keys) if span is None else [k for k in keys if span[0] <= k <= span[1]]
+        except TypeError:
+            wanted = list(keys)
         step = _CHUNK // width
         cols = ", ".join(f"k{i}" for i in range(width))
         for i in range(0, len(wanted), step):
@@ -91,6 +109,7 @@ class Overlay:
             self._dir.cleanup()
             self._dir = None
         self._tables.clear()
+        self._spans.clear()
 
 
 def _pack(value: object) -> bytes:

@@ -61,3 +61,44 @@ def test_composite_and_text_keys_round_trip() -> None:
         assert len(overlay.rows(pairs, list(rows))) == 1400  # more keys than one statement's parameters
     finally:
         overlay.close()
+
+
+class Counting(Overlay):
+    """An overlay that records the statements it runs on its file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.statements: list[str] = []
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        db = super()._open()
+        db.set_trace_callback(self.statements.append)
+        return db
+
+
+def test_keys_past_every_remembered_key_are_not_looked_up() -> None:
+    overlay = Counting()
+    try:
+        overlay.apply({BUGS: {(k,): {"id": k, "test_feature_id": 1} for k in range(10, 20)}})
+        overlay.statements.clear()
+        assert overlay.rows(BUGS, [(k,) for k in range(20, 40)]) == {}
+        assert overlay.rows(BUGS, [(k,) for k in range(0, 10)]) == {}
+        assert not [s for s in overlay.statements if s.startswith("SELECT")]  # both outside the span
+        found = overlay.rows(BUGS, [(5,), (15,), (25,)])
+        assert found == {(15,): {"id": 15, "test_feature_id": 1}}
+        assert len([s for s in overlay.statements if s.startswith("SELECT")]) == 1
+        overlay.apply({BUGS: {(30,): {"id": 30, "test_feature_id": 2}}})  # the span grows
+        assert overlay.rows(BUGS, [(25,), (30,)]) == {(30,): {"id": 30, "test_feature_id": 2}}
+    finally:
+        overlay.close()
+
+
+def test_keys_that_do_not_compare_are_all_looked_up() -> None:
+    overlay = Overlay()
+    try:
+        overlay.apply({BUGS: {(1,): {"id": 1}, ("a",): {"id": "a"}}})  # int and text keys together
+        assert overlay.rows(BUGS, [(1,), ("a",), (None,)]) == {(1,): {"id": 1}, ("a",): {"id": "a"}}
+        overlay.apply({FEATURES: {(1,): {"id": 1}}})
+        assert overlay.rows(FEATURES, [("a",), (1,)]) == {(1,): {"id": 1}}  # a wanted key of another type
+    finally:
+        overlay.close()
