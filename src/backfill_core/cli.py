@@ -11,6 +11,7 @@ import shlex
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, NoReturn
@@ -413,6 +414,8 @@ def main() -> None:
     try:
         cli(obj=registry, prog_name="backfill")
     except SystemExit as e:
+        if any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+            raise  # a plugin's thread: exit normally, which waits for it
         _exit(e.code)
 
 

@@ -251,3 +251,19 @@ def test_exit_runs_atexit_handlers_and_flushes_output(fresh_db: Path) -> None:
     assert proc.stdout.startswith("buffered, no newline"), proc.stdout
     assert "FAIL" in proc.stdout
     assert proc.stderr.rstrip().endswith("atexit ran"), proc.stderr
+
+
+def test_exit_waits_for_a_thread_a_plugin_left_running(fresh_db: Path) -> None:
+    """With another thread alive the command exits the normal way, which waits for it."""
+    script = (
+        "import sys, threading, time\n"
+        "threading.Thread(target=lambda: (time.sleep(0.5), print('thread done', flush=True))).start()\n"
+        "sys.argv = ['backfill', '--version']\n"
+        "from backfill_core.cli import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "thread done" in proc.stdout, proc.stdout
