@@ -86,17 +86,7 @@ async def run_validators(
     # numerator and its denominator often scan the same table, so they run side by side too.
     slots = asyncio.Semaphore(max(2, os.cpu_count() or 1))
 
-    async def count(v: Validator, m: Metric, query: Select[Any]) -> Any:
-        async with slots, db.reading() as conn:
-            try:
-                return (await conn.execute(query)).scalar_one()
-            except (DBAPIError, CompileError) as e:
-                raise EnvironmentProblem(
-                    f"validator {v.name!r} could not compute {m.name!r}: {getattr(e, 'orig', e)} "
-                    "(`backfill run --no-validate` skips validation)"
-                ) from e
-
-    async def counts(v: Validator, m: Metric, query: Select[Any, Any]) -> Any:
+    async def row(v: Validator, m: Metric, query: Select[Any] | Select[Any, Any]) -> Any:
         async with slots, db.reading() as conn:
             try:
                 return (await conn.execute(query)).one()
@@ -109,9 +99,10 @@ async def run_validators(
     async def compute(v: Validator, m: Metric) -> MetricResult:
         both = fused(m, db.sa_dialect)
         if both is not None:
-            num, den = await counts(v, m, both)
+            num, den = await row(v, m, both)
         else:
-            num, den = await asyncio.gather(count(v, m, m.numerator), count(v, m, m.denominator))
+            rows = await asyncio.gather(row(v, m, m.numerator), row(v, m, m.denominator))
+            num, den = rows[0][0], rows[1][0]
         threshold = (
             None
             if m.threshold is None
