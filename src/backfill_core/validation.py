@@ -82,8 +82,9 @@ async def run_validators(
     for v in validators:
         await db.check_schema(v.tables)
     # Metric queries are whole-table scans: each runs on its own connection, side by side, so
-    # that the database (SQLite in its threads, or the server) can use more than one core; a
-    # numerator and its denominator often scan the same table, so they run side by side too.
+    # that the database (SQLite in its threads, or the server) can use more than one core. A
+    # numerator and its denominator are one query when they can be (see fused), else they too
+    # run side by side.
     slots = asyncio.Semaphore(max(2, os.cpu_count() or 1))
 
     async def row(v: Validator, m: Metric, query: Select[Any] | Select[Any, Any]) -> Any:
