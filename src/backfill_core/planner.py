@@ -221,11 +221,17 @@ def _check_ref(
             base = current.get(target, _EMPTY).get((value,)) or row
             row = {**(defaults if base is None else base), target[1][0]: value, **new}
     if row is None:
-        return f"{target[0]}.{target[1][0]}={value!r} does not exist"
+        return f"{_named(target, value)} does not exist"
     for col, expected in match.items():
         if row.get(col) != expected:
-            return f"{target[0]}.{target[1][0]}={value!r} has {col}={row.get(col)!r}, expected {expected!r}"
+            return f"{_named(target, value)} has {col}={row.get(col)!r}, expected {expected!r}"
     return None
+
+
+def _named(target: Target, value: Any) -> str:
+    """``table.column=value`` for a message about a reference (built only when one fails)."""
+    table, (column,) = target
+    return f"{table}.{column}={value!r}"
 
 
 def _diff(

@@ -132,8 +132,6 @@ def fused(m: Metric, dialect: Dialect) -> Select[Any, Any] | None:
     extra = [c for c in also if not any(c.compare(d) for d in within)]
     if len(also) - len(extra) != len(within):
         return None
-    counted = func.count(case((and_(*extra), 1))) if extra else func.count()
-    both = den.with_only_columns(counted, func.count())
     # The rendered SQL decides: the numerator must be the denominator plus the extra conditions,
     # and the denominator a count and nothing more (one row, one column).
     try:
@@ -148,7 +146,8 @@ def fused(m: Metric, dialect: Dialect) -> Select[Any, Any] | None:
         or any(w in plain for w in (" GROUP BY ", " HAVING ", " LIMIT ", " OFFSET ", "DISTINCT"))
     ):
         return None
-    return both
+    counted = func.count(case((and_(*extra), 1))) if extra else func.count()
+    return den.with_only_columns(counted, func.count())
 
 
 def _conjuncts(query: Select[Any]) -> list[ColumnElement[Any]]:
