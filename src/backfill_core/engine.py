@@ -119,24 +119,21 @@ class BatchRunner:
         start_after = state.last_key if state else None
         self.stats.run_id = state.id if state else None
         self.stats.note = state.note if state else None
-        key = self.source.c[self.x.key]
-        if keys is None:
-            counting = select(func.count()).select_from(self.source).where(key.is_not(None))
-            if start_after is not None:
-                counting = counting.where(key > start_after)
-            async with self.db.reading() as conn:
-                self.stats.total = (await conn.execute(counting)).scalar_one()
-        else:
-            self.stats.total = len(keys)
-        self._ledger_total = (state.processed if state else 0) + self.stats.total if keys is None else None
-        bar = self.progress(self.x.name, self.stats.total)
         status: str = FAILED
         message: str | None = "stopped by an unexpected error"
         reader = self._extractions(start_after, keys)
         cleared: set[Any] = set()  # keys whose old errors were cleared with their batch
         ahead: asyncio.Future[Extraction | None] | None = None
+        bar: Progress = _NoProgress()
         try:
+            # The first batch is read and extracted while the rows are counted.
             ahead = asyncio.ensure_future(anext(reader, None))
+            if keys is None:
+                self.stats.total = await self._remaining(start_after)
+                self._ledger_total = (state.processed if state else 0) + self.stats.total
+            else:
+                self.stats.total, self._ledger_total = len(keys), None
+            bar = self.progress(self.x.name, self.stats.total)
             while (batch := await ahead) is not None:
                 # The next batch is read and extracted while this one is written: by the worker
                 # process, or on PostgreSQL by its own connection (SQLite's batch connection runs
@@ -191,6 +188,15 @@ class BatchRunner:
                 await self._flush()
                 await self.ledger.finish(state, status, message)
         return self.stats
+
+    async def _remaining(self, start_after: Any) -> int:
+        """The source rows after ``start_after`` (rows with a NULL key are never read)."""
+        key = self.source.c[self.x.key]
+        counting = select(func.count()).select_from(self.source).where(key.is_not(None))
+        if start_after is not None:
+            counting = counting.where(key > start_after)
+        async with self.db.reading() as conn:
+            return (await conn.execute(counting)).scalar_one()
 
     async def _extractions(
         self, start_after: Any, keys: Sequence[Any] | None
