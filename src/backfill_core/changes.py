@@ -57,26 +57,37 @@ def check_change(change: object, writes: Mapping[str, frozenset[str]], extractor
 
     A violation is a bug in the plugin, reported per record so the run can go on.
     """
-    if not isinstance(change, (Upsert, Update)):  # a tuple: faster than a union here
-        raise RecordError(
+    if isinstance(change, (Upsert, Update)):  # a tuple: faster than a union here
+        declared = writes.get(change.table)
+        if (
+            declared is not None
+            and change.key
+            and change.values.keys() <= declared
+            and change.key.keys() <= declared
+            and (not isinstance(change, Upsert) or change.defaults.keys() <= declared)
+        ):
+            return change
+    raise _refusal(change, writes, extractor)
+
+
+def _refusal(change: object, writes: Mapping[str, frozenset[str]], extractor: str) -> RecordError:
+    """Why check_change refused ``change``: built only then, as this runs for every change."""
+    if not isinstance(change, (Upsert, Update)):
+        return RecordError(
             f"extractor {extractor!r} returned {type(change).__name__}, not Upsert or Update",
             kind="plugin-bug",
         )
     declared = writes.get(change.table)
     if declared is None:
-        raise RecordError(
+        return RecordError(
             f"extractor {extractor!r} wrote table {change.table!r}, which it does not declare",
             kind="plugin-bug",
         )
     defaults = change.defaults if isinstance(change, Upsert) else _NO_DEFAULTS
-    if not (
-        change.values.keys() <= declared and change.key.keys() <= declared and defaults.keys() <= declared
-    ):
-        undeclared = (change.key.keys() | change.values.keys() | defaults.keys()) - declared
-        raise RecordError(
+    undeclared = (change.key.keys() | change.values.keys() | defaults.keys()) - declared
+    if undeclared:
+        return RecordError(
             f"extractor {extractor!r} wrote undeclared columns {sorted(undeclared)} of {change.table!r}",
             kind="plugin-bug",
         )
-    if not change.key:
-        raise RecordError(f"extractor {extractor!r} returned a change with no key", kind="plugin-bug")
-    return change
+    return RecordError(f"extractor {extractor!r} returned a change with no key", kind="plugin-bug")

@@ -35,14 +35,19 @@ Extracted = tuple[Any, list[Op], bool]
 
 def op(change: Change) -> Op:
     """``change`` as planning uses it; the change must have passed ``check_change``."""
-    target, key = address(change)
+    key = change.key
+    if len(key) == 1:  # address() inlined for the common case: this runs for every change
+        ((col, value),) = key.items()
+        target, key_values = _target(change.table, col), (value,)
+    else:
+        target, key_values = address(change)
     requires = change.requires
     refs = tuple([(_target(r.table, r.column), r.value, r.match) for r in requires]) if requires else ()
     if isinstance(change, Upsert):
         defaults = change.defaults
         values = _effective(change.values, defaults) if defaults else change.values
-        return target, key, values, defaults, refs, False
-    return target, key, change.values, _EMPTY, refs, True
+        return target, key_values, values, defaults, refs, False
+    return target, key_values, change.values, _EMPTY, refs, True
 
 
 def extracted(key: Any, changes: Iterable[Change]) -> Extracted:
