@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import pickle
 import signal
@@ -70,6 +71,7 @@ class Worker:
         """
         from_worker, to_parent = Pipe(duplex=False)
         from_parent, to_worker = Pipe(duplex=False)
+        _widen(from_worker)
         for stream in (sys.stdout, sys.stderr):  # or the worker would print them again
             stream.flush()
         pid = os.fork()
@@ -185,6 +187,18 @@ class Worker:
         self._outbox.close()
         self._inbox.close()
         self._reap(block=True)
+
+
+PIPE_SIZE = 1 << 20
+"""Bytes the pipe from the worker holds (Linux's default is 64 KiB, less than a batch of test
+features): a batch sent while the engine is still writing the previous one does not keep the
+worker waiting until the engine reads it."""
+
+
+def _widen(pipe: Connection) -> None:
+    """Give ``pipe`` PIPE_SIZE bytes of buffer; where the system refuses, it keeps its own."""
+    with contextlib.suppress(OSError):  # over the system's limits on pipe buffers for this user
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
 
 # -- the worker process ----------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import pickle
 import sqlite3
 import threading
@@ -14,7 +15,7 @@ import pytest
 
 from backfill_core import Extractor, RecordError, Row, Upsert
 from backfill_core.extraction import BatchExtractor, Extraction
-from backfill_core.worker import Worker, WorkerFailed, WorkerReadError, _pickled
+from backfill_core.worker import PIPE_SIZE, Worker, WorkerFailed, WorkerReadError, _pickled
 
 FIRST = "SELECT id, label FROM items WHERE id IS NOT NULL ORDER BY id LIMIT 7"
 NEXT = "SELECT id, label FROM items WHERE id IS NOT NULL AND id > ? ORDER BY id LIMIT 7"
@@ -64,6 +65,15 @@ def test_worker_batches_are_what_extracting_here_gives(items: Path) -> None:
     finally:
         worker.stop()
     assert not worker.alive
+
+
+def test_the_pipe_from_the_worker_holds_a_whole_batch(items: Path) -> None:
+    worker = Worker.fork([BatchExtractor(Labels())], str(items), 1.0)
+    try:
+        # a batch of test features is about 670 KB: the worker sends it without waiting for the engine
+        assert fcntl.fcntl(worker._inbox.fileno(), fcntl.F_GETPIPE_SZ) == PIPE_SIZE >= 700_000
+    finally:
+        worker.stop()
 
 
 def test_a_page_the_worker_cannot_read_is_a_read_error(items: Path) -> None:
