@@ -69,6 +69,13 @@ class Measurement:
     stdout: str
     worker_mb: float = 0.0
     """backfill's extraction worker's own peak, included in peak_mb (0 without a worker)."""
+    cpu: float = 0.0
+    """CPU seconds (user + system) of the child and the children it waited for (the worker)."""
+
+    @property
+    def cores(self) -> float:
+        """How many cores the child kept busy on average: its CPU time over its wall time."""
+        return self.cpu / self.seconds if self.seconds else 0.0
 
 
 @dataclass
@@ -97,11 +104,13 @@ pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)
 _, status, usage = os.wait4(pid, 0)
 seconds = time.perf_counter() - started
 with open(sys.argv[1], "w") as f:
-    f.write(f"{os.waitstatus_to_exitcode(status)} {seconds!r} {usage.ru_maxrss}")
+    cpu = usage.ru_utime + usage.ru_stime
+    f.write(f"{os.waitstatus_to_exitcode(status)} {seconds!r} {usage.ru_maxrss} {cpu!r}")
 """
 """Spawns the measured command from a small process, so the command's ru_maxrss is its own (on
 Linux a child's ru_maxrss starts from the RSS of the process that spawned it, and this harness is
-bigger than the smallest children), and times it from spawn to exit."""
+bigger than the smallest children), and times it from spawn to exit. Its CPU time includes the
+children it waited for (the worker)."""
 
 
 BACKFILL_MAIN = """
@@ -139,7 +148,7 @@ def measure(cmd: Sequence[str], ok: Sequence[int] = (0,), split_peaks: bool = Fa
                 env=child_env(),
                 check=True,
             )
-        code, seconds, maxrss_kib = result.read_text().split()
+        code, seconds, maxrss_kib, cpu = result.read_text().split()
         stdout = out.read_text(errors="replace")
         stderr = err.read_text(errors="replace")
         main_kib, worker_kib = map(int, peaks.read_text().split()) if split_peaks else (int(maxrss_kib), 0)
@@ -148,7 +157,8 @@ def measure(cmd: Sequence[str], ok: Sequence[int] = (0,), split_peaks: bool = Fa
             f"{shlex.join(cmd)} exited with {code}\n--- stderr (tail):\n{stderr[-3000:]}"
             f"\n--- stdout (tail):\n{stdout[-2000:]}"
         )
-    return Measurement(float(seconds), (main_kib + worker_kib) * 1024 / 1e6, stdout, worker_kib * 1024 / 1e6)
+    peak_mb, worker_mb = (main_kib + worker_kib) * 1024 / 1e6, worker_kib * 1024 / 1e6
+    return Measurement(float(seconds), peak_mb, stdout, worker_mb, float(cpu))
 
 
 def backfill_cmd(db: Path, *extra: str) -> list[str]:
@@ -281,7 +291,8 @@ def add(size: Size, approach: str, m: Measurement, log: bool = True) -> Measurem
     if log:
         worker = f"  (worker {m.worker_mb:.1f} MB of it)" if m.worker_mb else ""
         print(
-            f"  {size.tests:>7} tests  {approach:<20} {m.seconds:8.2f} s  {m.peak_mb:7.1f} MB{worker}",
+            f"  {size.tests:>7} tests  {approach:<20} {m.seconds:8.2f} s  {m.cpu:6.2f} CPU s"
+            f"  {m.peak_mb:7.1f} MB{worker}",
             flush=True,
         )
     return m
@@ -330,7 +341,7 @@ def fmt(value: float | None, spec: str) -> str:
 
 
 def print_table(sizes: Sequence[Size]) -> None:
-    header = ("approach", "tests", "source rows", "runs", "seconds", "rows/s", "peak MB")
+    header = ("approach", "tests", "source rows", "runs", "seconds", "rows/s", "CPU s", "cores", "peak MB")
     rows = [header]
     for approach in ORDER:
         for s in sizes:
@@ -346,6 +357,8 @@ def print_table(sizes: Sequence[Size]) -> None:
                     str(len(s.runs[approach])),
                     fmt(secs, ".2f"),
                     fmt(rate, ",.0f"),
+                    fmt(s.median(approach, "cpu"), ".2f"),
+                    fmt(s.median(approach, "cores"), ".2f"),
                     fmt(s.median(approach, "peak_mb"), ".1f"),
                 )
             )
@@ -475,6 +488,8 @@ def main(argv: Sequence[str]) -> int:
         "child's wall time from spawn to exit (interpreter start-up and imports included); 'peak MB' is\n"
         "its own ru_maxrss (MB = 10^6 bytes); for backfill, the sum of its main process's and its\n"
         "extraction worker's (an upper bound: the forked worker shares pages with its parent).\n"
+        "'CPU s' is its user + system time, the worker's included; 'cores' is CPU s / seconds, how many\n"
+        "cores it kept busy (less moved by this machine's speed than the seconds are).\n"
         "backfill is\n"
         f"  {BACKFILL} run {' '.join(JOB)} -d COPY --quiet --json\n"
         "with its validation (the coverage validator) included; the set-based baseline is the two SQL\n"
