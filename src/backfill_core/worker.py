@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import pickle
 import signal
@@ -197,6 +196,8 @@ worker waiting until the engine reads it."""
 
 def _widen(pipe: Connection) -> None:
     """Give ``pipe`` PIPE_SIZE bytes of buffer; where the system refuses, it keeps its own."""
+    import fcntl  # here: the worker runs on Linux only, and Windows has no fcntl to import
+
     with contextlib.suppress(OSError):  # over the system's limits on pipe buffers for this user
         fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
