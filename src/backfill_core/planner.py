@@ -17,7 +17,6 @@ _EMPTY: Mapping[Any, Any] = {}
 KeyCols = tuple[str, ...]
 Target = tuple[str, KeyCols]
 """A table and the key columns changes address it by."""
-Address = tuple[Target, tuple[Any, ...]]
 
 
 RefSpec = tuple[Target, Any, Mapping[str, Any]]
@@ -36,11 +35,12 @@ Extracted = tuple[Any, list[Op], bool]
 def op(change: Change) -> Op:
     """``change`` as planning uses it; the change must have passed ``check_change``."""
     key = change.key
-    if len(key) == 1:  # address() inlined for the common case: this runs for every change
+    if len(key) == 1:
         ((col, value),) = key.items()
         target, key_values = _target(change.table, col), (value,)
-    else:
-        target, key_values = address(change)
+    else:  # the key's columns in sorted order, and its values in that order
+        cols = tuple(sorted(key))
+        target, key_values = (change.table, cols), tuple(key[c] for c in cols)
     requires = change.requires
     refs = tuple([(_target(r.table, r.column), r.value, r.match) for r in requires]) if requires else ()
     if isinstance(change, Upsert):
@@ -102,16 +102,6 @@ _TARGETS: dict[str, dict[str, Target]] = {}
 def _target(table: str, column: str) -> Target:
     by_col = _TARGETS.get(table) or _TARGETS.setdefault(table, {})
     return by_col.get(column) or by_col.setdefault(column, (table, (column,)))
-
-
-def address(change: Change) -> Address:
-    """The (table, key columns) a change addresses, and its key values in that column order."""
-    key = change.key
-    if len(key) == 1:
-        ((col, value),) = key.items()
-        return _target(change.table, col), (value,)
-    cols = tuple(sorted(key))
-    return (change.table, cols), tuple(key[c] for c in cols)
 
 
 def keys_needed(batch: Iterable[Extracted]) -> dict[Target, set[tuple[Any, ...]]]:
