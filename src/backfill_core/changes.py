@@ -50,44 +50,65 @@ class Update:
 
 Change = Upsert | Update
 _NO_DEFAULTS: Mapping[str, Any] = {}
+RefFields = tuple[str, str, Any, Mapping[str, Any]]
+Fields = tuple[str, Mapping[str, Any], Mapping[str, Any], Mapping[str, Any] | None, tuple[RefFields, ...]]
+"""A change as plain values, cheap to build and to send between processes: (table, key, values,
+defaults or None for an Update, requires as (table, column, value, match) tuples)."""
 
 
-def check_change(change: object, writes: Mapping[str, frozenset[str]], extractor: str) -> Change:
-    """Return ``change`` if it only touches what the extractor declared, else raise RecordError.
+def fields(change: object, extractor: str) -> Fields:
+    """``change`` as plain values; RecordError if it is neither an Upsert nor an Update."""
+    cls = type(change)
+    defaults: Mapping[str, Any] | None
+    if cls is Upsert or (cls is not Update and isinstance(change, Upsert)):
+        defaults = change.defaults  # type: ignore[attr-defined]
+    elif cls is Update or isinstance(change, Update):
+        defaults = None
+    else:
+        raise RecordError(
+            f"extractor {extractor!r} returned {cls.__name__}, not Upsert or Update", kind="plugin-bug"
+        )
+    requires = change.requires  # type: ignore[attr-defined]
+    refs = tuple([(r.table, r.column, r.value, r.match) for r in requires]) if requires else ()
+    return change.table, change.key, change.values, defaults, refs  # type: ignore[attr-defined]
+
+
+def checked(f: Fields, writes: Mapping[str, frozenset[str]], extractor: str) -> Fields:
+    """Return ``f`` if it only touches what the extractor declared, else raise RecordError.
 
     A violation is a bug in the plugin, reported per record so the run can go on.
     """
-    if isinstance(change, (Upsert, Update)):  # a tuple: faster than a union here
-        declared = writes.get(change.table)
-        if (
-            declared is not None
-            and change.key
-            and change.values.keys() <= declared
-            and change.key.keys() <= declared
-            and (not isinstance(change, Upsert) or change.defaults.keys() <= declared)
-        ):
-            return change
-    raise _refusal(change, writes, extractor)
+    table, key, values, defaults, _ = f
+    declared = writes.get(table)
+    if (
+        declared is not None
+        and key
+        and values.keys() <= declared
+        and key.keys() <= declared
+        and (defaults is None or defaults.keys() <= declared)
+    ):
+        return f
+    raise _refusal(f, declared, extractor)
 
 
-def _refusal(change: object, writes: Mapping[str, frozenset[str]], extractor: str) -> RecordError:
-    """Why check_change refused ``change``: built only then, as this runs for every change."""
-    if not isinstance(change, (Upsert, Update)):
-        return RecordError(
-            f"extractor {extractor!r} returned {type(change).__name__}, not Upsert or Update",
-            kind="plugin-bug",
-        )
-    declared = writes.get(change.table)
+def check_change(change: object, writes: Mapping[str, frozenset[str]], extractor: str) -> Change:
+    """Return ``change`` if it is an Upsert or Update that only touches what the extractor
+    declared, else raise RecordError."""
+    checked(fields(change, extractor), writes, extractor)
+    return change  # type: ignore[return-value]
+
+
+def _refusal(f: Fields, declared: frozenset[str] | None, extractor: str) -> RecordError:
+    """Why ``checked`` refused ``f``: built only then, as the check runs for every change."""
+    table, key, values, defaults, _ = f
     if declared is None:
         return RecordError(
-            f"extractor {extractor!r} wrote table {change.table!r}, which it does not declare",
-            kind="plugin-bug",
+            f"extractor {extractor!r} wrote table {table!r}, which it does not declare", kind="plugin-bug"
         )
-    defaults = change.defaults if isinstance(change, Upsert) else _NO_DEFAULTS
-    undeclared = (change.key.keys() | change.values.keys() | defaults.keys()) - declared
+    undeclared = (key.keys() | values.keys() | (defaults or _NO_DEFAULTS).keys()) - declared
     if undeclared:
         return RecordError(
-            f"extractor {extractor!r} wrote undeclared columns {sorted(undeclared)} of {change.table!r}",
+            f"extractor {extractor!r} wrote undeclared columns {sorted(undeclared)} of {table!r}",
             kind="plugin-bug",
         )
     return RecordError(f"extractor {extractor!r} returned a change with no key", kind="plugin-bug")

@@ -139,6 +139,7 @@ class BatchRunner:
                 # process, or on PostgreSQL by its own connection (SQLite's batch connection runs
                 # in this thread, so without a worker it is simply read next).
                 ahead = asyncio.ensure_future(anext(reader, None))
+                self.extract.finish(batch)  # what the worker left for this process to check
                 delta = Delta(processed=len(batch.keys))
                 for failed, kind, why in batch.errors:
                     self._error(delta, failed, "record", kind, why)

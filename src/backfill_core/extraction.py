@@ -6,10 +6,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backfill_core.changes import check_change
+from backfill_core.changes import Fields, checked, fields
 from backfill_core.errors import RecordError
 from backfill_core.extractor import Extractor
 from backfill_core.planner import Extracted, Target, extracted, keys_needed, refs_needed
+
+Error = tuple[Any, str, str]
+"""(key, kind, message) of a source row that failed to extract."""
 
 
 @dataclass(slots=True)
@@ -19,12 +22,15 @@ class Extraction:
     keys: list[Any]
     """The key of every source row, in order."""
     items: list[Extracted]
-    errors: list[tuple[Any, str, str]] = field(default_factory=list)
-    """(key, kind, message) of each row that failed to extract."""
+    errors: list[Error] = field(default_factory=list)
+    """Rows that failed to extract, in key order."""
     needed: dict[Target, set[tuple[Any, ...]]] = field(default_factory=dict)
     """The target rows whose current values planning needs."""
     refs: dict[Target, tuple[set[str], set[Any]]] = field(default_factory=dict)
     """The referenced tables and columns, with the columns to match and the values looked for."""
+    unchecked: list[tuple[Any, list[Fields]]] | None = None
+    """Each row's changes as returned, not yet checked and converted into ``items`` (see
+    ``BatchExtractor.finish``); None once they are."""
 
 
 class BatchExtractor:
@@ -45,31 +51,56 @@ class BatchExtractor:
         """The key of the row whose ``extract`` raised what is not an Exception (SystemExit,
         KeyboardInterrupt): that ends the batch instead of becoming a record error."""
 
-    def __call__(self, rows: Sequence[Sequence[Any]]) -> Extraction:
+    def __call__(self, rows: Sequence[Sequence[Any]], *, finish: bool = True) -> Extraction:
+        """Extract ``rows``; with ``finish=False`` the changes are left unchecked, for
+        :meth:`finish` to check and convert (the worker leaves that to the engine when the
+        engine has time to spare: the result is the same)."""
         out = Extraction([r[self.key_index] for r in rows], [])
-        extract, written, name, cols = self.extractor.extract, self.written, self.name, self.cols
-        items, errors = out.items, out.errors
+        extract, name, cols = self.extractor.extract, self.name, self.cols
+        unchecked: list[tuple[Any, list[Fields]]] = []
+        errors = out.errors
         key = None
         try:
             for key, values in zip(out.keys, rows, strict=True):
                 try:
                     # zip without strict=: the keyword costs more than the zip (rows are of cols)
                     changes = extract(dict(zip(cols, values)))  # noqa: B905
-                    items.append(extracted(key, [check_change(c, written, name) for c in changes]))
-                except RecordError as e:
-                    errors.append((key, e.kind, e.message))
+                    unchecked.append((key, [fields(c, name) for c in changes]))
                 except Exception as e:
-                    errors.append(
-                        (
-                            key,
-                            "plugin-bug",
-                            f"extract raised {type(e).__name__}: {e} (a bug in {self.plugin or name}; "
-                            "report it to the plugin's authors)",
-                        )
-                    )
+                    errors.append(self._error(key, e))
         except BaseException:
             self.stopped_at = key
             raise
-        out.needed = keys_needed(items)
-        out.refs = refs_needed(items)
+        out.unchecked = unchecked
+        if finish:
+            self.finish(out)
         return out
+
+    def finish(self, batch: Extraction) -> None:
+        """Check and convert ``batch``'s unchecked changes into its items; a row whose changes the
+        extractor may not make becomes a record error."""
+        if batch.unchecked is None:
+            return
+        written, name, items = self.written, self.name, batch.items
+        failed = len(batch.errors)
+        for key, changes in batch.unchecked:
+            try:
+                items.append(extracted(key, [checked(c, written, name) for c in changes]))
+            except Exception as e:
+                batch.errors.append(self._error(key, e))
+        batch.unchecked = None
+        if len(batch.errors) > failed and failed:  # back into key order, as the rows came
+            order = {k: i for i, k in enumerate(batch.keys)}
+            batch.errors.sort(key=lambda e: order[e[0]])
+        batch.needed = keys_needed(items)
+        batch.refs = refs_needed(items)
+
+    def _error(self, key: Any, e: Exception) -> Error:
+        if isinstance(e, RecordError):
+            return key, e.kind, e.message
+        return (
+            key,
+            "plugin-bug",
+            f"extract raised {type(e).__name__}: {e} (a bug in {self.plugin or self.name}; "
+            "report it to the plugin's authors)",
+        )

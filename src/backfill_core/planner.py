@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backfill_core.changes import Change, Upsert
+from backfill_core.changes import Fields
 
 _EMPTY: Mapping[Any, Any] = {}
 
@@ -32,25 +32,22 @@ Extracted = tuple[Any, list[Op], bool]
 (only an Update or a change with references can fail in planning)."""
 
 
-def op(change: Change) -> Op:
-    """``change`` as planning uses it; the change must have passed ``check_change``."""
-    key = change.key
+def op(f: Fields) -> Op:
+    """A change's ``fields`` as planning uses them; they must have passed ``checked``."""
+    table, key, values, defaults, requires = f
     if len(key) == 1:
         ((col, value),) = key.items()
-        target, key_values = _target(change.table, col), (value,)
+        target, key_values = _target(table, col), (value,)
     else:  # the key's columns in sorted order, and its values in that order
         cols = tuple(sorted(key))
-        target, key_values = (change.table, cols), tuple(key[c] for c in cols)
-    requires = change.requires
-    refs = tuple([(_target(r.table, r.column), r.value, r.match) for r in requires]) if requires else ()
-    if isinstance(change, Upsert):
-        defaults = change.defaults
-        values = _effective(change.values, defaults) if defaults else change.values
-        return target, key_values, values, defaults, refs, False
-    return target, key_values, change.values, _EMPTY, refs, True
+        target, key_values = (table, cols), tuple(key[c] for c in cols)
+    refs = tuple([(_target(t, c), v, m) for t, c, v, m in requires]) if requires else ()
+    if defaults is None:
+        return target, key_values, values, _EMPTY, refs, True
+    return target, key_values, _effective(values, defaults) if defaults else values, defaults, refs, False
 
 
-def extracted(key: Any, changes: Iterable[Change]) -> Extracted:
+def extracted(key: Any, changes: Iterable[Fields]) -> Extracted:
     """The Extracted for source row ``key`` and its (checked) ``changes``."""
     ops = [op(c) for c in changes]
     for o in ops:

@@ -30,6 +30,7 @@ from backfill_core.planner import keys_needed, refs_needed
 
 AHEAD = 2
 """Batches the worker may read and extract before the engine takes them."""
+_CREDIT = pickle.dumps(("credit", None), pickle.HIGHEST_PROTOCOL)
 
 
 class WorkerFailed(BackfillError):
@@ -101,9 +102,8 @@ class Worker:
         self._busy = True
         try:
             while True:
-                kind, payload = await self._receive()
+                kind, payload = await self._receive(credit=True)
                 if kind == "batch":
-                    self._send(("credit", None))
                     yield payload
                 elif kind == "end":
                     self._busy = False
@@ -127,7 +127,10 @@ class Worker:
         except OSError:
             raise self._died() from None
 
-    async def _receive(self) -> tuple[str, Any]:
+    async def _receive(self, credit: bool = False) -> tuple[str, Any]:
+        """The next message; with ``credit``, the worker may read one more batch ahead, told as
+        soon as this one is off the pipe (before unpickling it): the worker decides from its
+        credits how much of the next batch to leave to this process."""
         if not self._inbox.poll():
             loop = asyncio.get_running_loop()
             ready = loop.create_future()
@@ -146,6 +149,9 @@ class Worker:
             data = self._inbox.recv_bytes()
         except (EOFError, OSError):
             raise self._died() from None
+        if credit:
+            with contextlib.suppress(OSError):  # a worker that died has sent why; that is read next
+                self._outbox.send_bytes(_CREDIT)
         return pickle.loads(data)  # type: ignore[no-any-return]
 
     def _died(self) -> WorkerFailed:
@@ -232,12 +238,9 @@ def _serve(
             name, first_page, next_page, last = request
             extractor = extractors[name]
             credits = AHEAD
+
             while True:
-                while credits == 0 or inbox.poll():
-                    kind, _ = pickle.loads(inbox.recv_bytes())
-                    if kind == "exit":
-                        return
-                    credits += kind == "credit"
+                credits = _take_credits(inbox, credits)
                 try:
                     if con is None:
                         con = sqlite3.connect(
@@ -251,10 +254,15 @@ def _serve(
                 if not rows:
                     send("end", None)
                     break
-                send("batch", extractor(rows))
+                extraction = extractor(rows, finish=False)
+                credits = _take_credits(inbox, credits)
+                if credits < AHEAD:  # the engine has a batch of ours still to take: it is the busier
+                    extractor.finish(extraction)
+                # else it is waiting for this one and checks the changes itself, sparing this process
+                send("batch", extraction)
                 credits -= 1
                 last = rows[-1][extractor.key_index]
-    except EOFError:
+    except (EOFError, _Exit):
         return
     except BaseException:
         with contextlib.suppress(Exception):
@@ -263,6 +271,20 @@ def _serve(
     finally:
         if con is not None:
             con.close()
+
+
+class _Exit(Exception):
+    """The engine told the worker to exit."""
+
+
+def _take_credits(inbox: Connection, credits: int) -> int:
+    """``credits`` plus those the engine has sent, waiting for one if none is left."""
+    while credits == 0 or inbox.poll():
+        kind, _ = pickle.loads(inbox.recv_bytes())
+        if kind == "exit":
+            raise _Exit
+        credits += kind == "credit"
+    return credits
 
 
 def _crash_report(extractor: BatchExtractor | None) -> str:
@@ -285,8 +307,9 @@ def _pickled(kind: str, payload: Any, extractor: BatchExtractor | None) -> bytes
         if kind != "batch" or extractor is None:
             raise
     batch: Extraction = payload
-    kept = []
-    for item in batch.items:
+    finished = batch.unchecked is None
+    kept: list[Any] = []
+    for item in batch.items if finished else batch.unchecked or []:
         try:
             pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
         except Exception as e:
@@ -300,6 +323,11 @@ def _pickled(kind: str, payload: Any, extractor: BatchExtractor | None) -> bytes
             )
         else:
             kept.append(item)
-    batch.items = kept
-    batch.needed, batch.refs = keys_needed(kept), refs_needed(kept)
+    order = {k: i for i, k in enumerate(batch.keys)}
+    batch.errors.sort(key=lambda e: order[e[0]])
+    if finished:
+        batch.items = kept
+        batch.needed, batch.refs = keys_needed(kept), refs_needed(kept)
+    else:
+        batch.unchecked = kept
     return pickle.dumps((kind, batch), pickle.HIGHEST_PROTOCOL)

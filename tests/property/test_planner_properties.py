@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backfill_core.changes import Change, Update, Upsert
+from backfill_core.changes import Change, Update, Upsert, fields
 from backfill_core.planner import Plan, extracted, plan_batch
 
 TARGET: tuple[str, tuple[str, ...]] = ("t", ("id",))
@@ -76,7 +76,10 @@ def test_batches_of_any_size_match_one_by_one(initial: State, batch: list[list[C
     state = copy.deepcopy(initial)
     failed: list[int] = []
     for start in range(0, len(batch), size):
-        chunk = [extracted(start + i, changes) for i, changes in enumerate(batch[start : start + size])]
+        chunk = [
+            extracted(start + i, [fields(c, "test") for c in changes])
+            for i, changes in enumerate(batch[start : start + size])
+        ]
         current: dict[Any, dict[tuple[Any, ...], dict[str, Any]]] = {
             TARGET: {(k,): dict(row) for k, row in state.items()}
         }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from backfill_core.changes import Change, Ref, Update, Upsert
+from backfill_core.changes import Change, Ref, Update, Upsert, fields
 from backfill_core.planner import Extracted, Plan, extracted, plan_batch
 
 FEATURES = ("test_features", ("id",))
@@ -17,7 +17,7 @@ Referenced = dict[tuple[str, tuple[str, ...]], dict[Any, dict[str, Any]]]
 
 
 def item(key: Any, *changes: Change) -> Extracted:
-    return extracted(key, changes)
+    return extracted(key, [fields(c, "test") for c in changes])
 
 
 def feature(fid: int, **values: Any) -> Upsert:

@@ -45,7 +45,11 @@ def items(tmp_path: Path) -> Path:
 
 
 async def _collect(worker: Worker, start_after: Any = None) -> list[Extraction]:
-    return [b async for b in worker.extractions("labels", FIRST, NEXT, start_after)]
+    """The batches as the engine takes them: finished here where the worker left that to it."""
+    batches = [b async for b in worker.extractions("labels", FIRST, NEXT, start_after)]
+    for b in batches:
+        BatchExtractor(Labels()).finish(b)
+    return batches
 
 
 def _flat(batches: Sequence[Extraction]) -> list[Any]:
@@ -87,17 +91,60 @@ def test_a_page_the_worker_cannot_read_is_a_read_error(items: Path) -> None:
         worker.stop()
 
 
-def test_changes_that_cannot_be_pickled_become_record_errors() -> None:
+class Oversteps(Labels):
+    """Writes a column it does not declare on every third row: those rows fail their check."""
+
+    def extract(self, row: Row) -> list[Upsert]:
+        if row["id"] % 3 == 0:
+            return [Upsert("labels", {"id": row["id"]}, {"secret": 1})]
+        return super().extract(row)
+
+
+def test_a_batch_checked_by_the_engine_equals_one_checked_by_the_worker() -> None:
+    extract = BatchExtractor(Oversteps())
+    rows = [(i, None if i % 5 == 0 else f"l{i}") for i in range(1, 16)]
+    left = extract(rows, finish=False)
+    assert left.items == [] and left.unchecked is not None
+    extract.finish(left)
+    here = extract(rows)
+    assert (left.keys, left.items, left.errors, left.needed, left.refs, left.unchecked) == (
+        here.keys,
+        here.items,
+        here.errors,
+        here.needed,
+        here.refs,
+        None,
+    )
+    # Failed extractions and failed checks, in key order either way.
+    assert [(k, kind) for k, kind, _ in here.errors] == [
+        (3, "plugin-bug"),
+        (5, "missing"),
+        (6, "plugin-bug"),
+        (9, "plugin-bug"),
+        (10, "missing"),
+        (12, "plugin-bug"),
+        (15, "plugin-bug"),
+    ]
+
+
+@pytest.mark.parametrize("finish", [True, False], ids=["checked", "unchecked"])
+def test_changes_that_cannot_be_pickled_become_record_errors(finish: bool) -> None:
     extract = BatchExtractor(Labels(), plugin="labels-plugin 1.0")
-    batch = extract([(1, "a"), (2, "b"), (3, "c")])
+    batch = extract([(1, "a"), (2, None), (3, "c"), (4, "d")], finish=finish)
     lock = threading.Lock()
-    batch.items[1][1][0] = (*batch.items[1][1][0][:2], {"text": lock}, *batch.items[1][1][0][3:])
+    if finish:
+        batch.items[2][1][0] = (*batch.items[2][1][0][:2], {"text": lock}, *batch.items[2][1][0][3:])
+    else:
+        assert batch.unchecked is not None
+        table, key, _, defaults, refs = batch.unchecked[2][1][0]
+        batch.unchecked[2][1][0] = (table, key, {"text": lock}, defaults, refs)
     kind, sent = pickle.loads(_pickled("batch", batch, extract))
     assert kind == "batch"
+    extract.finish(sent)
     assert [item[0] for item in sent.items] == [1, 3]
     assert sent.needed == {("labels", ("id",)): {(1,), (3,)}}
-    ((key, error_kind, message),) = sent.errors
-    assert (key, error_kind) == (2, "plugin-bug")
+    assert [(k, kind) for k, kind, _ in sent.errors] == [(2, "missing"), (4, "plugin-bug")]
+    message = sent.errors[1][2]
     assert "cannot take" in message and "labels-plugin 1.0" in message
 
 

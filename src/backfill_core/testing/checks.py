@@ -22,13 +22,12 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
-from backfill_core.changes import Change, Ref, check_change
+from backfill_core.changes import Change, Ref, checked, fields
 from backfill_core.database import resolve_url
 from backfill_core.engine import RunOptions
 from backfill_core.errors import RecordError
 from backfill_core.extractor import Extractor, Row
 from backfill_core.hookspecs import hookimpl
-from backfill_core.planner import op
 from backfill_core.plugins import make_registry
 from backfill_core.report import ExtractorStats, RunReport
 from backfill_core.run import run_backfill
@@ -151,15 +150,15 @@ def check_declared(extractor: Extractor, row: Row) -> None:
     changes = check_total(extractor, row) or []
     written = extractor.written
     for change in changes:
-        try:
-            check_change(change, written, extractor.name)
-        except RecordError as e:
-            raise AssertionError(f"{e.message}; returned {_show(change)} for row {_show(row)}") from None
-        bad = [r for r in change.requires if not isinstance(r, Ref)]
+        bad = [r for r in getattr(change, "requires", ()) if not isinstance(r, Ref)]
         if bad:
             raise AssertionError(f"{label} required {_show(bad)}, not Ref objects, for row {_show(row)}")
         try:
-            pickle.dumps(op(change))
+            sent = checked(fields(change, extractor.name), written, extractor.name)
+        except RecordError as e:
+            raise AssertionError(f"{e.message}; returned {_show(change)} for row {_show(row)}") from None
+        try:
+            pickle.dumps(sent)
         except Exception as e:
             raise AssertionError(
                 f"{label} returned a value that cannot be pickled ({type(e).__name__}: {e}) in "
