@@ -238,7 +238,6 @@ def _serve(
             name, first_page, next_page, last = request
             extractor = extractors[name]
             credits = AHEAD
-
             while True:
                 credits = _take_credits(inbox, credits)
                 try:
