@@ -98,11 +98,15 @@ def test_restart_after_interruption_starts_over(
     path = crash.copy(medium_template, "cache.db")
     _cmd, done = _start_and_stop(crash, path, signal.SIGINT if how == "SIGINT" else signal.SIGKILL)
     assert done.returncode == (130 if how == "SIGINT" else -signal.SIGKILL), done.stderr
-    before = crash.runs(crash.readable(path))
+    readable = crash.readable(path)
+    before = crash.runs(readable)
     assert before, "the stopped run left no ledger"
     stopped = before[-1]
     assert stopped["status"] == ("interrupted" if how == "SIGINT" else "running"), before
-    assert stopped["processed"] > 0 or stopped["extractor"] == "test_features"
+    # The signal landed before the stopped run finished: maybe before its first batch committed,
+    # as when the poll saw test_features' rows so late that bug_attribution had just begun.
+    source = "tests" if stopped["extractor"] == "test_features" else "bugs"
+    assert stopped["processed"] < crash.scalar(readable, f"SELECT COUNT(*) FROM {source}"), stopped
 
     again = crash.run_cli(["run", *crash.BOTH, "-d", path, "-q", "--restart", "--json"])
     assert again.returncode == 0, again.stderr
