@@ -24,7 +24,8 @@ from backfill_core.report import ErrorLog, ErrorRecord, ExtractorStats
 from backfill_core.worker import Worker, WorkerReadError
 
 CHECKPOINT_EVERY = 2.0
-"""Seconds between checkpoints of batches that changed nothing (their rows are re-read on resume)."""
+"""Seconds between checkpoints of batches that changed nothing (their rows are re-read on resume,
+and their record errors recorded again)."""
 IN_CHUNK = 5000
 """Values per IN (...) list: well under SQLite's and asyncpg's bound-parameter limits."""
 
@@ -186,7 +187,10 @@ class BatchRunner:
             bar.close()
             self.stats.elapsed = time.perf_counter() - started
             if self.ledger is not None and state is not None:
-                await self._flush()
+                if not await self._flush() and status == SUCCEEDED:
+                    # Not succeeded: its last batches, and the errors they found, are not in the
+                    # ledger. Resuming reads them again.
+                    status, message = FAILED, "its last checkpoint could not be written"
                 await self.ledger.finish(state, status, message)
         return self.stats
 
@@ -356,13 +360,14 @@ class BatchRunner:
         self, conn: BatchConnection, delta: Delta, last_key: Any, clear: tuple[int, list[Any]] | None
     ) -> None:
         """Record the batch in the ledger, in its transaction; batches that changed nothing are
-        folded into the next checkpoint, at most CHECKPOINT_EVERY seconds apart."""
+        folded into the next checkpoint (with the errors they found), at most CHECKPOINT_EVERY
+        seconds apart: a re-run over unchanged data commits a few times, not once per batch."""
         if self.ledger is None or self.stats.run_id is None:
             return
         pending = Delta()
         pending.add(self._pending)
         pending.add(delta)
-        due = delta.inserted or delta.updated or delta.errors or clear is not None
+        due = delta.inserted or delta.updated or clear is not None
         if not due and time.monotonic() - self._checkpointed < CHECKPOINT_EVERY:
             self._pending, self._pending_key = (
                 pending,
@@ -375,17 +380,18 @@ class BatchRunner:
         self._pending, self._pending_key = Delta(), None
         self._checkpointed = time.monotonic()
 
-    async def _flush(self) -> None:
-        """Checkpoint batches folded into no checkpoint yet; best effort at the end of a run."""
+    async def _flush(self) -> bool:
+        """Checkpoint batches folded into no checkpoint yet; False if that failed."""
         if self.ledger is None or self.stats.run_id is None or not self._pending:
-            return
+            return True
         try:
             async with self.db.batch_transaction() as conn:
                 state = RunState(self.stats.run_id, self.x.name)
                 await self.ledger.checkpoint(conn, state, self._pending_key, self._pending)
         except (DBAPIError, BackfillError):
-            return
+            return False
         self._pending, self._pending_key = Delta(), None
+        return True
 
     async def _clear_vanished(self, run_id: int, keys: Sequence[Any]) -> None:
         """Clear the recorded errors of keys whose source rows no longer exist."""
