@@ -141,7 +141,7 @@ def _feature_ref(raw_text: str | None) -> tuple[bool, int | None]:
 
 def naive_orm(path: Path | str) -> None:
     """Both backfills the way a user would first write them with SQLModel."""
-    from sqlmodel import Session, create_engine, select
+    from sqlmodel import Session, col, create_engine, select
 
     from backfill_plugins.testmanagement.models import Bug, Test, TestFeature
 
@@ -149,14 +149,14 @@ def naive_orm(path: Path | str) -> None:
     with Session(engine) as session:
         offset = 0
         while True:
-            tests = session.exec(select(Test).order_by(Test.id).offset(offset).limit(PAGE)).all()
+            tests = session.exec(select(Test).order_by(col(Test.id)).offset(offset).limit(PAGE)).all()
             if not tests:
                 break
             for test in tests:
                 if test.customer_id is None:
                     continue
                 for f in _features_of(test.data):
-                    values = {
+                    values: dict[str, Any] = {
                         "customer_id": test.customer_id,
                         "test_id": test.id,
                         "feature_id": f.get("feature_id"),
@@ -167,7 +167,7 @@ def naive_orm(path: Path | str) -> None:
                             f.get("user_stories") or [], separators=(",", ":"), ensure_ascii=False
                         ),
                     }
-                    flags = {k: None if f.get(k) is None else bool(f[k]) for k in FLAGS}
+                    flags: dict[str, Any] = {k: None if f.get(k) is None else bool(f[k]) for k in FLAGS}
                     feature = session.get(TestFeature, f["id"])
                     if feature is None:
                         flags = {k: False if v is None else v for k, v in flags.items()}
@@ -183,7 +183,7 @@ def naive_orm(path: Path | str) -> None:
 
         offset = 0
         while True:
-            bugs = session.exec(select(Bug).order_by(Bug.id).offset(offset).limit(PAGE)).all()
+            bugs = session.exec(select(Bug).order_by(col(Bug.id)).offset(offset).limit(PAGE)).all()
             if not bugs:
                 break
             for bug in bugs:
