@@ -49,7 +49,7 @@ class Overlay:
             self._open().execute(f"CREATE TABLE {name} ({keys}, row BLOB, PRIMARY KEY ({keys}))")
         return name
 
-    def apply(self, merged: Mapping[Target, Mapping[tuple[Any, ...], Mapping[str, Any]]]) -> None:
+    def apply(self, merged: Mapping[Target, Mapping[tuple[Any, ...], dict[str, Any]]]) -> None:
         """Remember the rows a batch would leave (a Plan's ``merged``)."""
         writes = [(t, by_key) for t, by_key in merged.items() if by_key]
         if not writes:
@@ -62,7 +62,7 @@ class Overlay:
                 marks = ", ".join("?" * (len(target[1]) + 1))
                 db.executemany(
                     f"INSERT OR REPLACE INTO {self._table(target)} VALUES ({marks})",
-                    [(*key, _pack(dict(row))) for key, row in by_key.items()],
+                    [(*key, _pack(row)) for key, row in by_key.items()],
                 )
 
     def _widen(self, target: Target, by_key: Mapping[tuple[Any, ...], Any]) -> None:
