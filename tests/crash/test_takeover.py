@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -124,12 +126,21 @@ def test_second_run_of_a_live_extractor_is_refused(crash: Crash, big_template: P
     assert running, f"the first run ended before it was seen running:\n{first.wait().stderr}"
     (owner,) = crash.runs(path)
 
-    for extra in ([], ["--restart"], ["--retry-errors"]):
-        second = crash.run_cli(["run", "test_features", "-d", path, "-q", *extra])
-        assert second.returncode == 3, (extra, second.stderr)
-        assert "already running" in second.stderr, (extra, second.stderr)
-        assert f"run {owner['id']} of test_features" in second.stderr, second.stderr
-        assert first.alive(), f"the first run ended while {extra} was refused; the test proves nothing"
+    # Hold the first run mid-way, however fast the machine: with its extraction worker stopped,
+    # its main process waits for the next batch, alive and holding no lock.
+    workers = _children(first.pid)
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        for extra in ([], ["--restart"], ["--retry-errors"]):
+            second = crash.run_cli(["run", "test_features", "-d", path, "-q", *extra])
+            assert first.alive(), f"the first run ended while {extra} was tried; the test proves nothing"
+            assert second.returncode == 3, (extra, second.stderr)
+            assert "already running" in second.stderr, (extra, second.stderr)
+            assert f"run {owner['id']} of test_features" in second.stderr, second.stderr
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
 
     done = first.wait()
     assert done.returncode == 0, done.stderr
@@ -138,6 +149,13 @@ def test_second_run_of_a_live_extractor_is_refused(crash: Crash, big_template: P
     tests = crash.scalar(path, "SELECT COUNT(*) FROM tests")
     assert ledger[0]["processed"] == ledger[0]["total"] == tests, ledger[0]
     crash.check_run_counts(path, ledger[0], "concurrent")
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (a run's extraction worker)."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(child) for child in f.read().split()]
+    return []
 
 
 def test_dependent_extractor_waits_for_a_live_run_of_its_dependency(
