@@ -188,9 +188,13 @@ class BatchRunner:
             self.stats.elapsed = time.perf_counter() - started
             if self.ledger is not None and state is not None:
                 if not await self._flush() and status == SUCCEEDED:
-                    # Not succeeded: its last batches, and the errors they found, are not in the
-                    # ledger. Resuming reads them again.
-                    status, message = FAILED, "its last checkpoint could not be written"
+                    # Its data is written, but not the ledger's record of its last batches and the
+                    # errors they found: resuming reads those batches again and records them.
+                    status = FAILED
+                    message = self.stats.note = (
+                        "its last checkpoint could not be written to the ledger; run the same "
+                        "command to resume and record it"
+                    )
                 await self.ledger.finish(state, status, message)
         return self.stats
 
