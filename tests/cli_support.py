@@ -50,3 +50,19 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def children(pid: int) -> list[int]:
+    """The pids of ``pid``'s living child processes (a run's extraction worker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found

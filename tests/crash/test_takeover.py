@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from cli_support import children
+
 if TYPE_CHECKING:
     from conftest import Crash
 
@@ -128,7 +130,7 @@ def test_second_run_of_a_live_extractor_is_refused(crash: Crash, big_template: P
 
     # Hold the first run mid-way, however fast the machine: with its extraction worker stopped,
     # its main process waits for the next batch, alive and holding no lock.
-    workers = _children(first.pid)
+    workers = children(first.pid)
     for pid in workers:
         os.kill(pid, signal.SIGSTOP)
     try:
@@ -149,13 +151,6 @@ def test_second_run_of_a_live_extractor_is_refused(crash: Crash, big_template: P
     tests = crash.scalar(path, "SELECT COUNT(*) FROM tests")
     assert ledger[0]["processed"] == ledger[0]["total"] == tests, ledger[0]
     crash.check_run_counts(path, ledger[0], "concurrent")
-
-
-def _children(pid: int) -> list[int]:
-    """The child processes of ``pid`` (a run's extraction worker)."""
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(child) for child in f.read().split()]
-    return []
 
 
 def test_dependent_extractor_waits_for_a_live_run_of_its_dependency(

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from e2e_support import BACKFILL, RunCli, make_env, parse_json_output, plugin_env, query
 
+from cli_support import children
+
 JOB = ["run", "test_features", "bug_attribution"]
 
 
@@ -35,22 +37,6 @@ def _spawn(args: list[str], env: dict[str, str | None] | None = None) -> subproc
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def _children(pid: int) -> list[int]:
-    """The pids of ``pid``'s living child processes."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(entry.name))
-    return found
 
 
 def _running(pid: int) -> bool:
@@ -154,8 +140,8 @@ def test_killed_worker_ends_the_run_and_the_next_run_resumes(
 ) -> None:
     path = copy_big("cache.db")
     proc = _spawn([*JOB, "-d", str(path), "-q", "--batch-size", "10"])
-    assert _wait_for(lambda: _processed(path) > 0 and bool(_children(proc.pid))), proc.communicate()
-    (worker,) = _children(proc.pid)
+    assert _wait_for(lambda: _processed(path) > 0 and bool(children(proc.pid))), proc.communicate()
+    (worker,) = children(proc.pid)
     os.kill(worker, signal.SIGKILL)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 3, stderr
@@ -181,8 +167,8 @@ def test_killed_worker_ends_the_run_and_the_next_run_resumes(
 def test_worker_does_not_outlive_a_killed_engine(copy_big: Callable[[str], Path]) -> None:
     path = copy_big("cache.db")
     proc = _spawn([*JOB, "-d", str(path), "-q", "--batch-size", "10"])
-    assert _wait_for(lambda: _processed(path) > 0 and bool(_children(proc.pid))), proc.communicate()
-    (worker,) = _children(proc.pid)
+    assert _wait_for(lambda: _processed(path) > 0 and bool(children(proc.pid))), proc.communicate()
+    (worker,) = children(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
     assert _wait_for(lambda: not _running(worker), timeout=10), f"worker {worker} outlived its engine"
