@@ -32,6 +32,11 @@ class Extraction:
     """Each row's changes as returned, not yet checked and converted into ``items`` (see
     ``BatchExtractor.finish``); None once they are."""
 
+    def errors_in_key_order(self) -> None:
+        """Put errors added after the extraction's own back among them, in the rows' order."""
+        order = {k: i for i, k in enumerate(self.keys)}
+        self.errors.sort(key=lambda e: order[e[0]])
+
 
 class BatchExtractor:
     """Runs an extractor over batches of rows (tuples of its read columns).
@@ -89,9 +94,8 @@ class BatchExtractor:
             except Exception as e:
                 batch.errors.append(self._error(key, e))
         batch.unchecked = None
-        if len(batch.errors) > failed and failed:  # back into key order, as the rows came
-            order = {k: i for i, k in enumerate(batch.keys)}
-            batch.errors.sort(key=lambda e: order[e[0]])
+        if len(batch.errors) > failed and failed:
+            batch.errors_in_key_order()
         batch.needed = keys_needed(items)
         batch.refs = refs_needed(items)
 

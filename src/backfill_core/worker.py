@@ -322,8 +322,7 @@ def _pickled(kind: str, payload: Any, extractor: BatchExtractor | None) -> bytes
             )
         else:
             kept.append(item)
-    order = {k: i for i, k in enumerate(batch.keys)}
-    batch.errors.sort(key=lambda e: order[e[0]])
+    batch.errors_in_key_order()
     if finished:
         batch.items = kept
         batch.needed, batch.refs = keys_needed(kept), refs_needed(kept)
