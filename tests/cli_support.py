@@ -5,10 +5,14 @@ Shared by the end-to-end and crash-safety tests (``tests`` is on pytest's ``pyth
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +70,38 @@ def children(pid: int) -> list[int]:
         if int(fields[1]) == pid and fields[0] != "Z":
             found.append(int(entry.name))
     return found
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not ended (a zombie has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def hold_worker(pid: int, progressed: Callable[[], bool], timeout: float = 120) -> int:
+    """Stop (SIGSTOP) the extraction worker of the ``backfill`` process ``pid`` at a moment when
+    ``progressed()`` holds, and return the worker's pid; the caller sends SIGCONT or SIGKILL.
+
+    Polling the database while a run commits batch after batch can starve the poller (each
+    commit shuts readers out, and they back off), so the run may be nearly over before a plain
+    poll sees it start. With its worker stopped, the main process finishes the batches it holds
+    and waits, and ``progressed`` reads a quiet file.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not running(pid):
+            raise AssertionError(f"process {pid} ended before its worker was seen with progress")
+        for worker in children(pid):
+            os.kill(worker, signal.SIGSTOP)
+            quiet = time.monotonic() + 1.0
+            while time.monotonic() < quiet:
+                with contextlib.suppress(sqlite3.OperationalError):
+                    if progressed():
+                        return worker
+                time.sleep(0.02)
+            os.kill(worker, signal.SIGCONT)  # no progress yet: let it run a little
+        time.sleep(0.02)
+    raise AssertionError(f"no worker of pid {pid} was seen with progress within {timeout}s")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from cli_support import children
+from cli_support import hold_worker
 
 if TYPE_CHECKING:
     from conftest import Crash
@@ -114,7 +114,10 @@ def _check_takeover(
 def test_second_run_of_a_live_extractor_is_refused(crash: Crash, big_template: Path) -> None:
     path = crash.copy(big_template, "cache.db")
     first = crash.spawn(["run", "test_features", "-d", path, "-q", "--batch-size", "5"])
-    running = crash.wait_for(
+    # The first run is held mid-way, however fast the machine: with its extraction worker stopped,
+    # its main process waits for the next batch, alive and holding no lock.
+    worker = hold_worker(
+        first.pid,
         lambda: bool(
             crash.query(
                 path,
@@ -123,16 +126,8 @@ def test_second_run_of_a_live_extractor_is_refused(crash: Crash, big_template: P
                 (first.pid,),
             )
         ),
-        first,
     )
-    assert running, f"the first run ended before it was seen running:\n{first.wait().stderr}"
     (owner,) = crash.runs(path)
-
-    # Hold the first run mid-way, however fast the machine: with its extraction worker stopped,
-    # its main process waits for the next batch, alive and holding no lock.
-    workers = children(first.pid)
-    for pid in workers:
-        os.kill(pid, signal.SIGSTOP)
     try:
         for extra in ([], ["--restart"], ["--retry-errors"]):
             second = crash.run_cli(["run", "test_features", "-d", path, "-q", *extra])
@@ -141,8 +136,7 @@ def test_second_run_of_a_live_extractor_is_refused(crash: Crash, big_template: P
             assert "already running" in second.stderr, (extra, second.stderr)
             assert f"run {owner['id']} of test_features" in second.stderr, second.stderr
     finally:
-        for pid in workers:
-            os.kill(pid, signal.SIGCONT)
+        os.kill(worker, signal.SIGCONT)
 
     done = first.wait()
     assert done.returncode == 0, done.stderr

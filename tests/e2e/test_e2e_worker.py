@@ -18,7 +18,7 @@ from pathlib import Path
 
 from e2e_support import BACKFILL, RunCli, make_env, parse_json_output, plugin_env, query
 
-from cli_support import children
+from cli_support import children, hold_worker, running
 
 JOB = ["run", "test_features", "bug_attribution"]
 
@@ -37,14 +37,6 @@ def _spawn(args: list[str], env: dict[str, str | None] | None = None) -> subproc
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def _running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float = 30) -> bool:
@@ -140,8 +132,17 @@ def test_killed_worker_ends_the_run_and_the_next_run_resumes(
 ) -> None:
     path = copy_big("cache.db")
     proc = _spawn([*JOB, "-d", str(path), "-q", "--batch-size", "10"])
-    assert _wait_for(lambda: _processed(path) > 0 and bool(children(proc.pid))), proc.communicate()
-    (worker,) = children(proc.pid)
+    # Killed while test_features runs, however fast the machine: held there first.
+    worker = hold_worker(
+        proc.pid,
+        lambda: bool(
+            query(
+                path,
+                "SELECT 1 FROM backfill_runs WHERE extractor = 'test_features' AND status = 'running' "
+                "AND processed > 0",
+            )
+        ),
+    )
     os.kill(worker, signal.SIGKILL)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 3, stderr
@@ -171,4 +172,4 @@ def test_worker_does_not_outlive_a_killed_engine(copy_big: Callable[[str], Path]
     (worker,) = children(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
-    assert _wait_for(lambda: not _running(worker), timeout=10), f"worker {worker} outlived its engine"
+    assert _wait_for(lambda: not running(worker), timeout=10), f"worker {worker} outlived its engine"
