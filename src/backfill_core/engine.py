@@ -391,7 +391,9 @@ class BatchRunner:
         try:
             async with self.db.batch_transaction() as conn:
                 state = RunState(self.stats.run_id, self.x.name)
-                await self.ledger.checkpoint(conn, state, self._pending_key, self._pending)
+                await self.ledger.checkpoint(
+                    conn, state, self._pending_key, self._pending, total=self._ledger_total
+                )
         except (DBAPIError, BackfillError):
             return False
         self._pending, self._pending_key = Delta(), None

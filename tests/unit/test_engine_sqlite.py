@@ -161,6 +161,12 @@ def test_a_rerun_over_unchanged_data_records_its_errors_in_a_few_commits(db: Pat
             ).fetchall()
         )
     assert recorded == {s.name: s.error_count for s in second.extractors}
+    with sqlite3.connect(db) as conn:
+        totals = conn.execute(
+            "SELECT extractor, processed, total FROM backfill_runs "
+            "WHERE id IN (SELECT max(id) FROM backfill_runs GROUP BY extractor) ORDER BY extractor"
+        ).fetchall()
+    assert totals == sorted((s.name, s.processed, s.processed) for s in second.extractors)
 
 
 def _keys(path: Path, extractor: str) -> list[Any]:
