@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -151,12 +151,7 @@ class BatchRunner:
                 last_key = batch.keys[-1] if keys is None else None
                 # A signal waits for the batch in flight: its writes, its checkpoint and the
                 # summary's counts then agree.
-                in_flight = asyncio.ensure_future(self._commit(batch, delta, last_key, clear))
-                try:
-                    await asyncio.shield(in_flight)
-                except asyncio.CancelledError:
-                    await in_flight
-                    raise
+                await _to_the_end(self._commit(batch, delta, last_key, clear))
                 bar.update(len(batch.keys))
                 # Retrying known failures is not judged by how many still fail.
                 if keys is None and self.stats.error_rate > self.options.max_error_rate:
@@ -179,24 +174,37 @@ class BatchRunner:
             message = str(e)
             raise
         finally:
-            if ahead is not None:  # a read ahead that is no longer wanted; its failure is not news
-                ahead.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await ahead
-            await reader.aclose()
             bar.close()
             self.stats.elapsed = time.perf_counter() - started
-            if self.ledger is not None and state is not None:
-                if not await self._flush() and status == SUCCEEDED:
-                    # Its data is written, but not the ledger's record of its last batches and the
-                    # errors they found: resuming reads those batches again and records them.
-                    status = FAILED
-                    message = self.stats.note = (
-                        "its last checkpoint could not be written to the ledger; run the same "
-                        "command to resume and record it"
-                    )
-                await self.ledger.finish(state, status, message)
+            # A signal arriving now waits for this too: else the run could stay 'running'.
+            await _to_the_end(self._wind_up(ahead, reader, state, status, message))
         return self.stats
+
+    async def _wind_up(
+        self,
+        ahead: asyncio.Future[Extraction | None] | None,
+        reader: AsyncGenerator[Extraction, None],
+        state: RunState | None,
+        status: str,
+        message: str | None,
+    ) -> None:
+        """Stop reading, then write the last checkpoint and mark the run ended in the ledger."""
+        if ahead is not None:  # a read ahead that is no longer wanted; its failure is not news
+            ahead.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await ahead
+        await reader.aclose()
+        if self.ledger is None or state is None:
+            return
+        if not await self._flush() and status == SUCCEEDED:
+            # Its data is written, but not the ledger's record of its last batches and the
+            # errors they found: resuming reads those batches again and records them.
+            status = FAILED
+            message = self.stats.note = (
+                "its last checkpoint could not be written to the ledger; run the same "
+                "command to resume and record it"
+            )
+        await self.ledger.finish(state, status, message)
 
     async def _remaining(self, start_after: Any) -> int:
         """The source rows after ``start_after`` (rows with a NULL key are never read)."""
@@ -478,6 +486,17 @@ class BatchRunner:
             updates = _by_columns((tuple(new), (*new.values(), *key)) for key, new in writes.updates)
             for cols, params in updates.items():
                 await self.db.execute_many(conn, self.db.statements.update(table, cols, key_cols), params)
+
+
+async def _to_the_end(work: Coroutine[Any, Any, None]) -> None:
+    """Await ``work`` to its end even if this task is cancelled meanwhile (the cancellation is
+    raised once it has ended): what it writes is then whole, never cut off by a signal."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
 
 
 def _by_columns(rows: Iterable[tuple[tuple[str, ...], tuple[Any, ...]]]) -> dict[tuple[str, ...], list[Any]]:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from backfill_core import Registry, RunOptions, RunReport, make_registry, resolve_url, run_backfill
+from backfill_core.ledger import Ledger, RunState
 from backfill_core.report import ErrorLog, ErrorRecord, ExtractorStats
 from backfill_plugins.testmanagement import plugin, synthetic
 
@@ -167,6 +168,38 @@ def test_a_rerun_over_unchanged_data_records_its_errors_in_a_few_commits(db: Pat
             "WHERE id IN (SELECT max(id) FROM backfill_runs GROUP BY extractor) ORDER BY extractor"
         ).fetchall()
     assert totals == sorted((s.name, s.processed, s.processed) for s in second.extractors)
+
+
+def test_a_signal_while_a_run_is_closed_still_records_how_it_ended(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancellation (what SIGINT does) that arrives while the ledger records a run's end waits
+    for that write, as it waits for a batch in flight: the run is never left 'running'."""
+    real_finish = Ledger.finish
+
+    async def finish(self: Ledger, state: RunState, status: str, message: str | None = None) -> None:
+        main.cancel()
+        await asyncio.sleep(0)  # where the cancellation lands if this runs in the cancelled task
+        await real_finish(self, state, status, message)
+
+    monkeypatch.setattr(Ledger, "finish", finish)
+    options = RunOptions(max_error_rate=1.0)
+    report = RunReport(database=str(db), dry_run=False, errors=ErrorLog(keep=100_000))
+
+    async def backfill() -> None:
+        await run_backfill(registry(), ["test_features"], resolve_url(str(db)), options, report)
+
+    async def interrupted() -> None:
+        nonlocal main
+        main = asyncio.ensure_future(backfill())
+        with pytest.raises(asyncio.CancelledError):
+            await main
+
+    main: asyncio.Future[None]
+    asyncio.run(interrupted())
+    with sqlite3.connect(db) as conn:
+        ended = conn.execute("SELECT status, processed, total FROM backfill_runs").fetchall()
+    assert ended == [("succeeded", 60, 60)]
 
 
 def _keys(path: Path, extractor: str) -> list[Any]:
