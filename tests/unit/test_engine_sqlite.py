@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import DBAPIError
 
-from backfill_core import Registry, RunOptions, RunReport, make_registry, resolve_url, run_backfill
+from backfill_core import Registry, RunOptions, RunReport, engine, make_registry, resolve_url, run_backfill
 from backfill_core.ledger import Ledger, RunState
 from backfill_core.report import ErrorLog, ErrorRecord, ExtractorStats
 from backfill_plugins.testmanagement import plugin, synthetic
@@ -200,6 +201,42 @@ def test_a_signal_while_a_run_is_closed_still_records_how_it_ended(
     with sqlite3.connect(db) as conn:
         ended = conn.execute("SELECT status, processed, total FROM backfill_runs").fetchall()
     assert ended == [("succeeded", 60, 60)]
+
+
+def test_a_last_checkpoint_that_cannot_be_written_fails_the_run_and_resuming_records_it(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-run folds its batches into one last checkpoint; if the ledger refuses it, the run is
+    'failed' (saying so), not 'succeeded' with its batches and errors unrecorded."""
+    first = run(db, ["test_features"])
+    real_checkpoint = Ledger.checkpoint
+
+    async def refused(*args: Any, **kwargs: Any) -> None:
+        raise DBAPIError("INSERT INTO backfill_errors ...", None, sqlite3.OperationalError("disk I/O error"))
+
+    monkeypatch.setattr(Ledger, "checkpoint", refused)
+    monkeypatch.setattr(engine, "CHECKPOINT_EVERY", 3600.0)  # however slow the machine: one flush
+    second = stats(run(db, ["test_features"]))["test_features"]
+    assert second.note is not None and "could not be written to the ledger" in second.note
+    n, errs = second.processed, second.error_count
+    assert errs > 0 and (n, errs) == (
+        stats(first)["test_features"].processed,
+        stats(first)["test_features"].error_count,
+    )
+    assert _ledger_runs(db) == [("succeeded", n, errs), ("failed", 0, 0)]
+
+    monkeypatch.setattr(Ledger, "checkpoint", real_checkpoint)
+    third = stats(run(db, ["test_features"]))["test_features"]
+    # The same command resumes the failed run from its last checkpoint (none: the first key).
+    assert third.processed == n and third.error_count == errs
+    assert _ledger_runs(db) == [("succeeded", n, errs), ("succeeded", n, errs)]
+
+
+def _ledger_runs(path: Path) -> list[tuple[str, int, int]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(
+            "SELECT status, processed, record_errors FROM backfill_runs ORDER BY id"
+        ).fetchall()
 
 
 def _keys(path: Path, extractor: str) -> list[Any]:
