@@ -4,11 +4,14 @@ in flight rolled back, a hint on stderr; the same command then resumes, --restar
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from cli_support import hold_worker
 
 if TYPE_CHECKING:
     from conftest import Crash, Reference
@@ -19,17 +22,17 @@ SIGNALS = {"SIGINT": (signal.SIGINT, 130), "SIGTERM": (signal.SIGTERM, 143)}
 def _start_and_stop(crash: Crash, path: Path, sig: int, extra: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
     """Start both extractors with --batch-size 10, and send ``sig`` once test_features has rows.
 
-    Small batches keep test_features running for a while (300 batches): with larger ones it
-    could finish between the first rows being seen and the signal arriving. With batches this
-    small one messy row is 10% of a batch, so the error-rate limit is raised out of the way.
+    The run's extraction worker is stopped from then until the signal is sent, so the signal
+    finds the run mid-way however fast the machine. With batches this small one messy row is
+    10% of a batch, so the error-rate limit is raised out of the way.
     """
     cmd = ["run", *crash.BOTH, "-d", path, "-q", "--batch-size", "10", "--max-error-rate", "0.5", *extra]
     proc = crash.spawn(cmd)
-    has_rows = crash.wait_for(
-        lambda: crash.scalar(path, "SELECT COUNT(*) FROM test_features") > 0, proc, every=0.01
-    )
-    assert has_rows, f"the run ended before test_features had rows:\n{proc.wait().stderr}"
-    proc.signal(sig)
+    worker = hold_worker(proc.pid, lambda: crash.scalar(path, "SELECT COUNT(*) FROM test_features") > 0)
+    try:
+        proc.signal(sig)
+    finally:
+        os.kill(worker, signal.SIGCONT)
     return cmd, proc.wait(timeout=120)
 
 

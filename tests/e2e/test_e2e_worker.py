@@ -18,7 +18,7 @@ from pathlib import Path
 
 from e2e_support import BACKFILL, RunCli, make_env, parse_json_output, plugin_env, query
 
-from cli_support import children, hold_worker, running
+from cli_support import hold_worker, running
 
 JOB = ["run", "test_features", "bug_attribution"]
 
@@ -168,8 +168,9 @@ def test_killed_worker_ends_the_run_and_the_next_run_resumes(
 def test_worker_does_not_outlive_a_killed_engine(copy_big: Callable[[str], Path]) -> None:
     path = copy_big("cache.db")
     proc = _spawn([*JOB, "-d", str(path), "-q", "--batch-size", "10"])
-    assert _wait_for(lambda: _processed(path) > 0 and bool(children(proc.pid))), proc.communicate()
-    (worker,) = children(proc.pid)
+    # Held mid-run, however fast the machine: the engine then waits for the stopped worker.
+    worker = hold_worker(proc.pid, lambda: _processed(path) > 0)
     proc.send_signal(signal.SIGKILL)
+    os.kill(worker, signal.SIGCONT)  # before reading the output: the worker holds its pipes too
     proc.communicate(timeout=30)
     assert _wait_for(lambda: not running(worker), timeout=10), f"worker {worker} outlived its engine"
