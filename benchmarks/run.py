@@ -410,7 +410,11 @@ def print_ratios(large: Size, small: Size, naive_sizes: Sequence[Size]) -> None:
     )
     for s in naive_sizes:
         r = ratio(s.median(NAIVE), s.median(BACKFILL_RUN))
-        check(f"naive ORM / backfill @ {s.tests}", r, ">= 20", lambda v: v >= 20)
+        label = f"naive ORM / backfill @ {s.tests}"
+        if s is large or large not in naive_sizes:
+            check(label, r, ">= 20", lambda v: v >= 20)
+        else:  # the issue sets this target at the large size; start-up weighs more at the small one
+            lines.append((label, r, None, f"none (>= 20 is @ {large.tests})", None))
     peaks = [m.peak_mb for s in (small, large) for m in s.runs.get(BACKFILL_RUN, [])]
     check("backfill peak memory, MB (max of all runs)", max(peaks, default=None), "< 150", lambda v: v < 150)
     r = ratio(large.median(BACKFILL_RUN, "peak_mb"), small.median(BACKFILL_RUN, "peak_mb"))
