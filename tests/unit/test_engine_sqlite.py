@@ -177,9 +177,10 @@ def test_a_signal_while_a_run_is_closed_still_records_how_it_ended(
     """A cancellation (what SIGINT does) that arrives while the ledger records a run's end waits
     for that write, as it waits for a batch in flight: the run is never left 'running'."""
     real_finish = Ledger.finish
+    running: list[asyncio.Future[RunReport]] = []
 
     async def finish(self: Ledger, state: RunState, status: str, message: str | None = None) -> None:
-        main.cancel()
+        running[0].cancel()
         await asyncio.sleep(0)  # where the cancellation lands if this runs in the cancelled task
         await real_finish(self, state, status, message)
 
@@ -187,20 +188,20 @@ def test_a_signal_while_a_run_is_closed_still_records_how_it_ended(
     options = RunOptions(max_error_rate=1.0)
     report = RunReport(database=str(db), dry_run=False, errors=ErrorLog(keep=100_000))
 
-    async def backfill() -> None:
-        await run_backfill(registry(), ["test_features"], resolve_url(str(db)), options, report)
-
     async def interrupted() -> None:
-        nonlocal main
-        main = asyncio.ensure_future(backfill())
+        running.append(
+            asyncio.ensure_future(
+                run_backfill(registry(), ["test_features"], resolve_url(str(db)), options, report)
+            )
+        )
         with pytest.raises(asyncio.CancelledError):
-            await main
+            await running[0]
 
-    main: asyncio.Future[None]
     asyncio.run(interrupted())
     with sqlite3.connect(db) as conn:
         ended = conn.execute("SELECT status, processed, total FROM backfill_runs").fetchall()
-    assert ended == [("succeeded", 60, 60)]
+    tests = count(db, "SELECT COUNT(*) FROM tests")
+    assert ended == [("succeeded", tests, tests)]
 
 
 def test_a_last_checkpoint_that_cannot_be_written_fails_the_run_and_resuming_records_it(
