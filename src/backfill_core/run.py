@@ -12,7 +12,7 @@ from sqlalchemy.engine import URL
 from backfill_core.database import Database, busy_timeout
 from backfill_core.engine import BatchRunner, ProgressFactory, RunOptions
 from backfill_core.extraction import BatchExtractor
-from backfill_core.ledger import RESUMABLE, RUNNING, SUCCEEDED, Ledger
+from backfill_core.ledger import SUCCEEDED, Ledger
 from backfill_core.overlay import Overlay
 from backfill_core.plugins import Registry
 from backfill_core.report import RunReport
@@ -65,15 +65,12 @@ async def run_backfill(
             if ledger is not None:
                 await ledger.ensure()
                 previous = await ledger.latest_of(ran)
-                if (
-                    previous is not None
-                    and not restart
-                    and not retry_errors
-                    and previous.plan == plan
-                    and (previous.status in RESUMABLE or previous.status == RUNNING)
-                ):
-                    invocation = previous.invocation
-                    done = await ledger.succeeded_in(invocation)
+                if previous is not None and not restart and not retry_errors and previous.plan == plan:
+                    # An unfinished command is resumed: one whose newest run ended early, or
+                    # whose extractors did not all start (it was stopped between two of them).
+                    finished = await ledger.succeeded_in(previous.invocation)
+                    if previous.status != SUCCEEDED or not finished.keys() >= set(ran):
+                        invocation, done = previous.invocation, finished
             for runner in runners:
                 report.extractors.append(runner.stats)
                 if runner.x.name in done:

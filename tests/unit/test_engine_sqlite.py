@@ -171,11 +171,8 @@ def test_a_rerun_over_unchanged_data_records_its_errors_in_a_few_commits(db: Pat
     assert totals == sorted((s.name, s.processed, s.processed) for s in second.extractors)
 
 
-def test_a_signal_while_a_run_is_closed_still_records_how_it_ended(
-    db: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A cancellation (what SIGINT does) that arrives while the ledger records a run's end waits
-    for that write, as it waits for a batch in flight: the run is never left 'running'."""
+def _cancelled_while_closing(db: Path, names: Sequence[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run ``names``, cancelled (as SIGINT cancels a run) just as the first run's end is recorded."""
     real_finish = Ledger.finish
     running: list[asyncio.Future[RunReport]] = []
 
@@ -184,24 +181,53 @@ def test_a_signal_while_a_run_is_closed_still_records_how_it_ended(
         await asyncio.sleep(0)  # where the cancellation lands if this runs in the cancelled task
         await real_finish(self, state, status, message)
 
-    monkeypatch.setattr(Ledger, "finish", finish)
     options = RunOptions(max_error_rate=1.0)
     report = RunReport(database=str(db), dry_run=False, errors=ErrorLog(keep=100_000))
 
     async def interrupted() -> None:
         running.append(
-            asyncio.ensure_future(
-                run_backfill(registry(), ["test_features"], resolve_url(str(db)), options, report)
-            )
+            asyncio.ensure_future(run_backfill(registry(), names, resolve_url(str(db)), options, report))
         )
         with pytest.raises(asyncio.CancelledError):
             await running[0]
 
-    asyncio.run(interrupted())
-    with sqlite3.connect(db) as conn:
-        ended = conn.execute("SELECT status, processed, total FROM backfill_runs").fetchall()
+    with monkeypatch.context() as patched:
+        patched.setattr(Ledger, "finish", finish)
+        asyncio.run(interrupted())
+
+
+def _ledger_ends(path: Path) -> list[tuple[str, str, int, int]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(
+            "SELECT extractor, status, processed, total FROM backfill_runs ORDER BY id"
+        ).fetchall()
+
+
+def test_a_signal_while_a_run_is_closed_still_records_how_it_ended(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancellation that arrives while the ledger records a run's end waits for that write, as
+    it waits for a batch in flight: the run is never left 'running'."""
+    _cancelled_while_closing(db, ["test_features"], monkeypatch)
     tests = count(db, "SELECT COUNT(*) FROM tests")
-    assert ended == [("succeeded", tests, tests)]
+    assert _ledger_ends(db) == [("test_features", "succeeded", tests, tests)]
+
+
+def test_a_command_stopped_between_two_extractors_resumes_with_the_second(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same command again skips the extractor that had finished and runs the one that had
+    not started, as after any other interruption (not the first one over again)."""
+    _cancelled_while_closing(db, BOTH, monkeypatch)
+    assert [(x, status) for x, status, *_ in _ledger_ends(db)] == [("test_features", "succeeded")]
+    again = stats(run(db))
+    assert again["test_features"].processed == 0
+    assert again["test_features"].note == "already completed in run 1 of this command"
+    assert again["bug_attribution"].processed == count(db, "SELECT COUNT(*) FROM bugs")
+    assert [(x, status) for x, status, *_ in _ledger_ends(db)] == [
+        ("test_features", "succeeded"),
+        ("bug_attribution", "succeeded"),
+    ]
 
 
 def test_a_last_checkpoint_that_cannot_be_written_fails_the_run_and_resuming_records_it(
