@@ -196,11 +196,10 @@ def _cancelled_while_closing(db: Path, names: Sequence[str], monkeypatch: pytest
         asyncio.run(interrupted())
 
 
-def _ledger_ends(path: Path) -> list[tuple[str, str, int, int]]:
+def _ledger_runs(path: Path, columns: str) -> list[tuple[Any, ...]]:
+    """``columns`` of every run in the ledger, oldest first."""
     with sqlite3.connect(path) as conn:
-        return conn.execute(
-            "SELECT extractor, status, processed, total FROM backfill_runs ORDER BY id"
-        ).fetchall()
+        return conn.execute(f"SELECT {columns} FROM backfill_runs ORDER BY id").fetchall()
 
 
 def test_a_signal_while_a_run_is_closed_still_records_how_it_ended(
@@ -210,7 +209,9 @@ def test_a_signal_while_a_run_is_closed_still_records_how_it_ended(
     it waits for a batch in flight: the run is never left 'running'."""
     _cancelled_while_closing(db, ["test_features"], monkeypatch)
     tests = count(db, "SELECT COUNT(*) FROM tests")
-    assert _ledger_ends(db) == [("test_features", "succeeded", tests, tests)]
+    assert _ledger_runs(db, "extractor, status, processed, total") == [
+        ("test_features", "succeeded", tests, tests)
+    ]
 
 
 def test_a_command_stopped_between_two_extractors_resumes_with_the_second(
@@ -219,12 +220,12 @@ def test_a_command_stopped_between_two_extractors_resumes_with_the_second(
     """The same command again skips the extractor that had finished and runs the one that had
     not started, as after any other interruption (not the first one over again)."""
     _cancelled_while_closing(db, BOTH, monkeypatch)
-    assert [(x, status) for x, status, *_ in _ledger_ends(db)] == [("test_features", "succeeded")]
+    assert _ledger_runs(db, "extractor, status") == [("test_features", "succeeded")]
     again = stats(run(db))
     assert again["test_features"].processed == 0
     assert again["test_features"].note == "already completed in run 1 of this command"
     assert again["bug_attribution"].processed == count(db, "SELECT COUNT(*) FROM bugs")
-    assert [(x, status) for x, status, *_ in _ledger_ends(db)] == [
+    assert _ledger_runs(db, "extractor, status") == [
         ("test_features", "succeeded"),
         ("bug_attribution", "succeeded"),
     ]
@@ -250,20 +251,16 @@ def test_a_last_checkpoint_that_cannot_be_written_fails_the_run_and_resuming_rec
         stats(first)["test_features"].processed,
         stats(first)["test_features"].error_count,
     )
-    assert _ledger_runs(db) == [("succeeded", n, errs), ("failed", 0, 0)]
+    assert _ledger_runs(db, "status, processed, record_errors") == [("succeeded", n, errs), ("failed", 0, 0)]
 
     monkeypatch.setattr(Ledger, "checkpoint", real_checkpoint)
     third = stats(run(db, ["test_features"]))["test_features"]
     # The same command resumes the failed run from its last checkpoint (none: the first key).
     assert third.processed == n and third.error_count == errs
-    assert _ledger_runs(db) == [("succeeded", n, errs), ("succeeded", n, errs)]
-
-
-def _ledger_runs(path: Path) -> list[tuple[str, int, int]]:
-    with sqlite3.connect(path) as conn:
-        return conn.execute(
-            "SELECT status, processed, record_errors FROM backfill_runs ORDER BY id"
-        ).fetchall()
+    assert _ledger_runs(db, "status, processed, record_errors") == [
+        ("succeeded", n, errs),
+        ("succeeded", n, errs),
+    ]
 
 
 def _keys(path: Path, extractor: str) -> list[Any]:
