@@ -5,14 +5,11 @@ Shared by the end-to-end and crash-safety tests (``tests`` is on pytest's ``pyth
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,7 @@ SCRUBBED = (
     "BACKFILL_LOAD_PLUGINS",
     "BACKFILL_BUSY_TIMEOUT",
     "BACKFILL_STALE_AFTER",
+    "BACKFILL_STOP_AT",
 )
 """Variables that would change what the CLI does behind the tests' back."""
 
@@ -72,36 +70,32 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def running(pid: int) -> bool:
-    """Whether process ``pid`` exists and has not ended (a zombie has)."""
+def _state(pid: int) -> str | None:
+    """The one-letter state of process ``pid`` (R, S, T for stopped, Z, ...), None if gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
+        return None
+    return stat[stat.rindex(")") + 2]
 
 
-def hold_worker(pid: int, progressed: Callable[[], bool], timeout: float = 120) -> int:
-    """Stop (SIGSTOP) the extraction worker of the ``backfill`` process ``pid`` at a moment when
-    ``progressed()`` holds, and return the worker's pid; the caller sends SIGCONT or SIGKILL.
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not ended (a zombie has)."""
+    return _state(pid) not in (None, "Z")
 
-    Polling the database while a run commits batch after batch can starve the poller (each
-    commit shuts readers out, and they back off), so the run may be nearly over before a plain
-    poll sees it start. With its worker stopped, the main process finishes the batches it holds
-    and waits, and ``progressed`` reads a quiet file.
+
+def wait_until_stopped(proc: subprocess.Popen[str], timeout: float = 600) -> None:
+    """Wait until ``proc``, started with ``BACKFILL_STOP_AT``, has stopped itself at that point.
+
+    The timeout only guards against a hang: the wait ends on an event, however slow the machine.
     """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not running(pid):
-            raise AssertionError(f"process {pid} ended before its worker was seen with progress")
-        for worker in children(pid):
-            os.kill(worker, signal.SIGSTOP)
-            quiet = time.monotonic() + 1.0
-            while time.monotonic() < quiet:
-                with contextlib.suppress(sqlite3.OperationalError):
-                    if progressed():
-                        return worker
-                time.sleep(0.02)
-            os.kill(worker, signal.SIGCONT)  # no progress yet: let it run a little
-        time.sleep(0.02)
-    raise AssertionError(f"no worker of pid {pid} was seen with progress within {timeout}s")
+    while _state(proc.pid) not in ("T", "t"):
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"{' '.join(map(str, proc.args))} exited with {proc.returncode} "
+                "before reaching its stop point"
+            )
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {proc.pid} did not reach its stop point in {timeout}s")
+        time.sleep(0.01)

@@ -21,6 +21,7 @@ from backfill_core.ledger import FAILED, INTERRUPTED, SUCCEEDED, Delta, Ledger, 
 from backfill_core.overlay import Overlay
 from backfill_core.planner import Extracted, Plan, Target, keys_needed, plan_batch, refs_needed
 from backfill_core.report import ErrorLog, ErrorRecord, ExtractorStats
+from backfill_core.stoppoints import stop_here, stop_point
 from backfill_core.worker import Worker, WorkerReadError
 
 CHECKPOINT_EVERY = 2.0
@@ -94,6 +95,15 @@ class BatchRunner:
         self._pending_key: Any = None
         self._checkpointed = time.monotonic()
         self._ledger_total: int | None = None
+        self._stop_at = stop_point(extractor.name)
+        self._batches = 0  # begun in this process
+
+    def _reached(self, point: str) -> None:
+        """Stop the process here if BACKFILL_STOP_AT asks for this point (see stoppoints.py)."""
+        stop = self._stop_at
+        if stop is not None and stop.point == point and (point == "started" or stop.batch == self._batches):
+            self._stop_at = None
+            stop_here()
 
     async def check_schema(self) -> None:
         await self.db.check_schema({self.x.source_table: self.cols, **self.written})
@@ -135,7 +145,9 @@ class BatchRunner:
             else:
                 self.stats.total, self._ledger_total = len(keys), None
             bar = self.progress(self.x.name, self.stats.total)
+            self._reached("started")
             while (batch := await ahead) is not None:
+                self._batches += 1
                 # The next batch is read and extracted while this one is written: by the worker
                 # process, or on PostgreSQL by its own connection (SQLite's batch connection runs
                 # in this thread, so without a worker it is simply read next).
@@ -152,6 +164,7 @@ class BatchRunner:
                 # A signal waits for the batch in flight: its writes, its checkpoint and the
                 # summary's counts then agree.
                 await _to_the_end(self._commit(batch, delta, last_key, clear))
+                self._reached("committed")
                 bar.update(len(batch.keys))
                 # Retrying known failures is not judged by how many still fail.
                 if keys is None and self.stats.error_rate > self.options.max_error_rate:
@@ -326,6 +339,7 @@ class BatchRunner:
                     self._count(plan, attempt)
                     plans = [plan]
                 await self._checkpoint(conn, attempt, last_key, clear)
+                self._reached("written")
         except BaseException:
             self._pending, self._pending_key, self._checkpointed = folded
             raise

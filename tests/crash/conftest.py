@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
+import signal
 import sqlite3
 import subprocess
 import time
@@ -29,7 +31,7 @@ import pytest
 
 import cli_support
 from backfill_plugins.testmanagement import synthetic
-from cli_support import BACKFILL, Env, make_env
+from cli_support import BACKFILL, Env, make_env, wait_until_stopped
 
 SMALL_TESTS = 300
 MEDIUM_TESTS = 3000
@@ -82,6 +84,15 @@ class Spawned:
         if self.alive():
             self.popen.send_signal(sig)
 
+    def wait_stopped(self) -> None:
+        """Wait until the process stops itself at its ``BACKFILL_STOP_AT`` point."""
+        wait_until_stopped(self.popen)
+
+    def resume(self) -> None:
+        """SIGCONT: a signal sent while it was stopped is handled now."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGCONT)
+
     def wait(self, timeout: float = 300) -> Finished:
         rc = self.popen.wait(timeout=timeout)
         self._out.close()
@@ -111,6 +122,16 @@ def journal_is_hot(path: Path) -> bool:
             return f.read(8) == JOURNAL_MAGIC
     except FileNotFoundError:
         return False
+
+
+def seeded() -> tuple[int, random.Random]:
+    """A seed (``CRASH_SEED`` if set, else a fresh one), printed so that a failure can be
+    repeated, and a generator drawn from it."""
+    raw = os.environ.get("CRASH_SEED")
+    seed = int(raw) if raw else random.SystemRandom().randrange(2**32)
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+    print(f"{test}: seed={seed} (set CRASH_SEED={seed} to repeat)")
+    return seed, random.Random(seed)
 
 
 def dead_pid() -> int:
@@ -366,6 +387,7 @@ class Crash:
     run_cli = staticmethod(run_cli)
     make_env = staticmethod(make_env)
     dead_pid = staticmethod(dead_pid)
+    seeded = staticmethod(seeded)
     journal_is_hot = staticmethod(journal_is_hot)
     query = staticmethod(query)
     scalar = staticmethod(scalar)

@@ -4,34 +4,46 @@ exactly what one uninterrupted run produces, and the ledger must account for eve
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from conftest import Crash
+    from conftest import Crash, Reference
 
 KILL_PLAN = ("early", "test_features", "test_features", "early", "bug_attribution", "bug_attribution")
-"""Where each SIGKILL should land: 'early' is a plain random delay after the start (often
-before or right after the first checkpoint); a phase name waits until that extractor's run,
-owned by the process, has checkpointed rows, then waits a random delay more."""
+"""Where each SIGKILL lands: 'early' is the start of whichever extractor the run does first (its
+run recorded, or its first batch written but not committed); a phase name is a seeded random
+batch of that extractor's run, written but not committed, or just committed. The run stops
+itself there (BACKFILL_STOP_AT) and is killed while stopped, so every kill lands where it was
+aimed on any machine, fast or slow."""
+
+BATCH = 100
 
 
-def _seed() -> int:
-    raw = os.environ.get("CRASH_SEED")
-    return int(raw) if raw else random.SystemRandom().randrange(2**32)
+def _remaining(crash: Crash, path: Path, extractor: str) -> int:
+    """The source rows the next run of ``extractor`` reads: after its checkpoint, if it has one."""
+    source = {"test_features": "tests", "bug_attribution": "bugs"}[extractor]
+    mine = [r for r in crash.runs(path) if r["extractor"] == extractor and r["retry_of"] is None]
+    if mine and mine[-1]["status"] == "succeeded":
+        return 0
+    last = crash.decode_key(mine[-1]["last_key"]) if mine else None
+    if last is None:
+        return int(crash.scalar(path, f"SELECT COUNT(*) FROM {source}"))
+    return int(crash.scalar(path, f"SELECT COUNT(*) FROM {source} WHERE id > ?", (last,)))
 
 
-def _in_phase(crash: Crash, path: Path, extractor: str, pid: int) -> bool:
-    rows = crash.query(
-        path,
-        "SELECT processed FROM backfill_runs WHERE extractor = ? AND status = 'running' AND pid = ?",
-        (extractor, pid),
-    )
-    return bool(rows) and rows[0][0] > 0
+def _aim(crash: Crash, path: Path, phase: str, rng: random.Random) -> tuple[str, str]:
+    """The extractor a kill aims at, and the BACKFILL_STOP_AT spec that holds the run there."""
+    if phase == "early":
+        target = "test_features" if _remaining(crash, path, "test_features") else "bug_attribution"
+        return target, rng.choice([f"{target}:started", f"{target}:written:1"])
+    left = -(-_remaining(crash, path, phase) // BATCH)
+    assert left > 1, f"{phase} has {left} batches left: the kill plan leaves no room for this kill"
+    # At most a third of what is left, so the later kills of the plan find their phase unfinished.
+    batch = rng.randint(1, max(1, left // 3))
+    return phase, f"{phase}:{rng.choice(['written', 'committed'])}:{batch}"
 
 
 def _expected_notes(ledger: list[dict[str, Any]]) -> list[str]:
@@ -60,59 +72,37 @@ def _expected_notes(ledger: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
-def test_kill_and_resume(crash: Crash, big_template: Path) -> None:
-    seed = _seed()
-    print(f"test_kill_and_resume: seed={seed} (set CRASH_SEED={seed} to repeat)")
-    rng = random.Random(seed)
-
-    ref_path = crash.copy(big_template, "reference.db")
-    proc = crash.run_cli(["run", *crash.BOTH, "-d", ref_path, "-q", "--json"])
-    assert proc.returncode == 0, proc.stderr
-    tests = crash.scalar(ref_path, "SELECT COUNT(*) FROM tests")
-    bugs = crash.scalar(ref_path, "SELECT COUNT(*) FROM bugs")
-    ref = crash.Reference(ref_path, tests, bugs).load()
-    ref_runs = {r["extractor"]: r for r in crash.runs(ref_path)}
+def test_kill_and_resume(crash: Crash, medium_template: Path, medium_reference: Reference) -> None:
+    seed, rng = crash.seeded()
+    ref = medium_reference
+    ref_runs = {r["extractor"]: r for r in crash.runs(ref.path)}
     ref_error_keys = {
-        name: sorted(e["key"] for e in crash.errors_of(ref_path, r["id"])) for name, r in ref_runs.items()
+        name: sorted(e["key"] for e in crash.errors_of(ref.path, r["id"])) for name, r in ref_runs.items()
     }
 
-    path = crash.copy(big_template, "killed.db")
-    # Batches of 100 (200 for test_features, about 800 for bug_attribution) keep each phase long
-    # enough for a kill at a random moment to land inside it.
-    cmd = ["run", *crash.BOTH, "-d", path, "-q", "--json", "--batch-size", "100"]
+    path = crash.copy(medium_template, "killed.db")
+    cmd = ["run", *crash.BOTH, "-d", path, "-q", "--json", "--batch-size", str(BATCH)]
     stderrs: list[str] = []
-    reached_phases: list[str] = []
-    kills = 0
     expected: list[str] = []
     for i, phase in enumerate(KILL_PLAN):
-        where = f"kill {i} ({phase}), seed={seed}"
-        proc_bg = crash.spawn(cmd)
-        if phase == "early":
-            time.sleep(rng.uniform(0.3, 1.2))
-            reached = False
-        else:
-            reached = crash.wait_for(lambda p=proc_bg, x=phase: _in_phase(crash, path, x, p.pid), proc_bg)
-            if reached:
-                reached_phases.append(phase)
-                time.sleep(rng.uniform(0.0, 0.8))
+        target, spec = _aim(crash, crash.readable(path), phase, rng)
+        where = f"kill {i} ({phase}, {spec}), seed={seed}"
+        proc_bg = crash.spawn(cmd, env={"BACKFILL_STOP_AT": spec})
+        proc_bg.wait_stopped()
         proc_bg.signal(signal.SIGKILL)
         done = proc_bg.wait()
         stderrs.append(done.stderr)
-        assert done.returncode in (-signal.SIGKILL, 0), f"{where}: exit {done.returncode}\n{done.stderr}"
-        kills += done.returncode == -signal.SIGKILL
-        if reached:
-            for line in expected:
-                assert line in done.stderr, f"{where}: stderr lacks {line!r}:\n{done.stderr}"
+        assert done.returncode == -signal.SIGKILL, f"{where}: exit {done.returncode}\n{done.stderr}"
+        for line in expected:
+            assert line in done.stderr, f"{where}: stderr lacks {line!r}:\n{done.stderr}"
         view = crash.readable(path)  # as the next run will find it, after crash recovery
         crash.check_consistent(view, ref, where)
-        expected = _expected_notes(crash.runs(view))
-        ledger = ", ".join(
-            f"{r['id']}:{r['extractor']}:{r['status']}:{r['processed']}" for r in crash.runs(view)
-        )
-        print(f"  {where}: exit {done.returncode}, ledger {ledger}")
-
-    assert kills >= 4, f"only {kills} of {len(KILL_PLAN)} runs were killed before they ended (seed={seed})"
-    assert "test_features" in reached_phases and "bug_attribution" in reached_phases, reached_phases
+        ledger = crash.runs(view)
+        latest = ledger[-1]
+        assert (latest["extractor"], latest["status"]) == (target, "running"), f"{where}: {latest}"
+        expected = _expected_notes(ledger)
+        summary = ", ".join(f"{r['id']}:{r['extractor']}:{r['status']}:{r['processed']}" for r in ledger)
+        print(f"  {where}: ledger {summary}")
 
     final = crash.run_cli(cmd)
     stderrs.append(final.stderr)
@@ -129,7 +119,7 @@ def test_kill_and_resume(crash: Crash, big_template: Path) -> None:
 
     ledger = crash.runs(path)
     assert not [r for r in ledger if r["status"] == "running"], f"runs left 'running': {ledger}"
-    source_rows = {"test_features": tests, "bug_attribution": bugs}
+    source_rows = {"test_features": ref.tests, "bug_attribution": ref.bugs}
     for name in crash.BOTH:
         succeeded = [r for r in ledger if r["extractor"] == name and r["status"] == "succeeded"]
         assert succeeded, f"no succeeded {name} run in {ledger}"

@@ -3,12 +3,9 @@ records truthful: fixed keys leave the ledger, keys that still fail stay recorde
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
 import sqlite3
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,21 +119,6 @@ def _failing_keys(crash: Crash, path: Path) -> set[Any]:
     }
 
 
-def _stopped(pid: int, path: Path, sql: str, params: Sequence[Any]) -> Any:
-    """SIGSTOP process ``pid`` and return what ``sql`` reads from its database meanwhile; the
-    caller sends SIGCONT. A process stopped inside a commit shuts readers out: it is let go on."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.1)) as conn:
-                return conn.execute(sql, tuple(params)).fetchone()[0]
-        except sqlite3.OperationalError:
-            os.kill(pid, signal.SIGCONT)
-            time.sleep(0.005)
-    raise AssertionError(f"could not read {path} with process {pid} stopped")
-
-
 def test_interrupted_retry_resumes_with_the_same_command(
     crash: Crash, small_template: Path, small_reference: Reference
 ) -> None:
@@ -147,22 +129,18 @@ def test_interrupted_retry_resumes_with_the_same_command(
 
     cmd = ["run", "test_features", "--retry-errors", "-d", path, "-q", "--batch-size", "1"]
     cmd += ["--max-error-rate", "1", "--no-validate"]
-    proc = crash.spawn(cmd)
-    busy = crash.wait_for(
-        lambda: bool(
-            crash.query(path, "SELECT 1 FROM backfill_runs WHERE retry_of = ? AND processed >= 5", (first,))
-        ),
-        proc,
-    )
-    assert busy, f"the retry ended before it could be interrupted:\n{proc.wait().stderr}"
-    # Held still while it is judged: a signal that came after its last batch would find nothing
-    # to interrupt (a retry has no worker to hold instead).
-    done = _stopped(proc.pid, path, "SELECT processed FROM backfill_runs WHERE retry_of = ?", (first,))
+    _seed, rng = crash.seeded()
+    # Held still at a seeded batch of the retry (one key each), then signalled: mid-way on any
+    # machine (a retry has no worker to hold instead).
+    stop_at = f"test_features:{rng.choice(['written', 'committed'])}:{rng.randint(5, len(original) - 11)}"
+    proc = crash.spawn(cmd, env={"BACKFILL_STOP_AT": stop_at})
+    proc.wait_stopped()
     try:
+        done = crash.scalar(path, "SELECT processed FROM backfill_runs WHERE retry_of = ?", (first,))
         assert done < len(original) - 10, f"the retry was all but over before it was stopped: {done}"
         proc.signal(signal.SIGINT)
     finally:
-        os.kill(proc.pid, signal.SIGCONT)
+        proc.resume()
     stopped = proc.wait()
     assert stopped.returncode == 130, stopped.stderr
     assert "run the same command again to resume" in stopped.stderr.lower(), stopped.stderr

@@ -4,14 +4,11 @@ in flight rolled back, a hint on stderr; the same command then resumes, --restar
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-
-from cli_support import hold_worker
 
 if TYPE_CHECKING:
     from conftest import Crash, Reference
@@ -20,19 +17,24 @@ SIGNALS = {"SIGINT": (signal.SIGINT, 130), "SIGTERM": (signal.SIGTERM, 143)}
 
 
 def _start_and_stop(crash: Crash, path: Path, sig: int, extra: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
-    """Start both extractors with --batch-size 10, and send ``sig`` once test_features has rows.
+    """Start both extractors with --batch-size 10, and send ``sig`` at a seeded random point.
 
-    The run's extraction worker is stopped from then until the signal is sent, so the signal
-    finds the run mid-way however fast the machine. With batches this small one messy row is
-    10% of a batch, so the error-rate limit is raised out of the way.
+    The run stops itself there (BACKFILL_STOP_AT: a batch of either extractor, written but not
+    committed or just committed) and gets the signal while stopped, so it lands mid-run however
+    fast the machine. With batches this small one messy row is 10% of a batch, so the error-rate
+    limit is raised out of the way.
     """
+    _seed, rng = crash.seeded()
+    # The medium database has 300 test batches and about 1,200 bug batches of 10.
+    spec = f"{rng.choice(crash.BOTH)}:{rng.choice(['written', 'committed'])}:{rng.randint(1, 250)}"
+    print(f"stopping at {spec}")
     cmd = ["run", *crash.BOTH, "-d", path, "-q", "--batch-size", "10", "--max-error-rate", "0.5", *extra]
-    proc = crash.spawn(cmd)
-    worker = hold_worker(proc.pid, lambda: crash.scalar(path, "SELECT COUNT(*) FROM test_features") > 0)
+    proc = crash.spawn(cmd, env={"BACKFILL_STOP_AT": spec})
+    proc.wait_stopped()
     try:
         proc.signal(sig)
     finally:
-        os.kill(worker, signal.SIGCONT)
+        proc.resume()
     return cmd, proc.wait(timeout=120)
 
 

@@ -108,32 +108,24 @@ def test_status_json_after_a_complete_run(crash: Crash, small_reference: Referen
 
 
 def test_status_and_errors_work_right_after_a_crash(crash: Crash, medium_template: Path) -> None:
-    """SIGKILL lands while a batch commits, leaving a hot rollback journal beside the database:
-    `backfill status` and `backfill errors` are what a user runs next, and must still work."""
+    """SIGKILL lands while a batch is being written to the file, leaving a hot rollback journal
+    beside the database: `backfill status` and `backfill errors` are what a user runs next, and
+    must still work."""
     path = crash.copy(medium_template, "cache.db")
-    cmd = ["run", *crash.BOTH, "-d", path, "-q", "--batch-size", "50"]
-    for _attempt in range(30):
-        proc = crash.spawn(cmd)
-        started = crash.wait_for(
-            lambda p=proc: bool(
-                crash.query(
-                    path,
-                    "SELECT 1 FROM backfill_runs WHERE status = 'running' AND pid = ? AND processed > 0",
-                    (p.pid,),
-                )
-            ),
-            proc,
-        )
-        # Kill while a batch is committing: its journal is synced and the database being written.
-        committing = started and crash.wait_for(lambda: crash.journal_is_hot(path), proc, every=0.0002)
-        proc.signal(signal.SIGKILL)
-        proc.wait()
-        if committing and crash.journal_is_hot(path):
-            break
-    assert crash.journal_is_hot(path), "could not land a SIGKILL inside a commit in 30 attempts"
+    cmd = ["run", *crash.BOTH, "-d", path, "-q", "--batch-size", "4000"]
+    # A batch of 4,000 bugs changes more pages than SQLite's page cache holds, so SQLite syncs the
+    # journal and writes pages to the database before the commit: stopped once the second such
+    # batch is written, the run has a hot journal beside the file, which the kill leaves behind.
+    proc = crash.spawn(cmd, env={"BACKFILL_STOP_AT": "bug_attribution:written:2"})
+    proc.wait_stopped()
+    assert crash.journal_is_hot(path), "the batch spilled nothing to the file: no hot journal to test"
+    proc.signal(signal.SIGKILL)
+    assert proc.wait().returncode == -signal.SIGKILL
+    assert crash.journal_is_hot(path)
     expected = crash.runs(crash.readable(path))  # what the ledger says once the journal is rolled back
     dead = expected[-1]
-    assert dead["status"] == "running"
+    assert dead["status"] == "running" and dead["extractor"] == "bug_attribution", dead
+    assert dead["processed"] == 4000, dead  # the first batch committed, the second rolled back
 
     status = crash.run_cli(["status", "-d", path, "--json"])
     assert status.returncode == 0, f"`backfill status` fails after a crash:\n{status.stderr}"

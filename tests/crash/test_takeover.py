@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -13,8 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-
-from cli_support import hold_worker
 
 if TYPE_CHECKING:
     from conftest import Crash
@@ -111,23 +107,18 @@ def _check_takeover(
         assert list(after.values()) == before, "a refused run changed the ledger"
 
 
-def test_second_run_of_a_live_extractor_is_refused(crash: Crash, big_template: Path) -> None:
-    path = crash.copy(big_template, "cache.db")
-    first = crash.spawn(["run", "test_features", "-d", path, "-q", "--batch-size", "5"])
-    # The first run is held mid-way, however fast the machine: with its extraction worker stopped,
-    # its main process waits for the next batch, alive and holding no lock.
-    worker = hold_worker(
-        first.pid,
-        lambda: bool(
-            crash.query(
-                path,
-                "SELECT 1 FROM backfill_runs WHERE extractor = 'test_features' AND status = 'running' "
-                "AND pid = ? AND processed > 0",
-                (first.pid,),
-            )
-        ),
+def test_second_run_of_a_live_extractor_is_refused(crash: Crash, small_template: Path) -> None:
+    path = crash.copy(small_template, "cache.db")
+    _seed, rng = crash.seeded()
+    # The first run is held mid-way, however fast the machine: it stops itself after committing a
+    # batch (of 60), alive and holding no lock.
+    stop_at = f"test_features:committed:{rng.randint(1, 59)}"
+    first = crash.spawn(
+        ["run", "test_features", "-d", path, "-q", "--batch-size", "5"], env={"BACKFILL_STOP_AT": stop_at}
     )
+    first.wait_stopped()
     (owner,) = crash.runs(path)
+    assert owner["status"] == "running" and owner["processed"] > 0, owner
     try:
         for extra in ([], ["--restart"], ["--retry-errors"]):
             second = crash.run_cli(["run", "test_features", "-d", path, "-q", *extra])
@@ -136,7 +127,7 @@ def test_second_run_of_a_live_extractor_is_refused(crash: Crash, big_template: P
             assert "already running" in second.stderr, (extra, second.stderr)
             assert f"run {owner['id']} of test_features" in second.stderr, second.stderr
     finally:
-        os.kill(worker, signal.SIGCONT)
+        first.resume()
 
     done = first.wait()
     assert done.returncode == 0, done.stderr

@@ -1,42 +1,27 @@
 """Ctrl-C in the middle of a run: exit 130, committed batches kept, no half-written batch.
 
-The run is a real subprocess on a 3000-test database with ``--batch-size 20`` (small
-batches, so that the phase under test is still running when the signal arrives). The test
-waits, reading the file read-only, until the phase under test has committed something, then
-sends SIGINT. Test and bug ids are 1..N with no gaps and batches are read in id order, so
-after a clean interrupt the rows written are exactly a full run's rows for the ids up to a
-multiple of the batch size.
+The run is a real subprocess on a 3000-test database with ``--batch-size 20``. It stops itself
+(``BACKFILL_STOP_AT``) once the phase under test has committed a few batches, gets SIGINT while
+stopped, and is let go on: the signal lands mid-phase however fast the machine. Test and bug ids
+are 1..N with no gaps and batches are read in id order, so after a clean interrupt the rows
+written are exactly a full run's rows for the ids up to a multiple of the batch size.
 """
 
 from __future__ import annotations
 
 import shutil
 import signal
-import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from e2e_support import BACKFILL, attributions, connect_ro, features_by_test, make_env, query, snapshot
+from e2e_support import BACKFILL, attributions, features_by_test, make_env, query, snapshot
+
+from cli_support import wait_until_stopped
 
 BATCH = 20
 COMMAND = ["run", "test_features", "bug_attribution", "--batch-size", str(BATCH), "--quiet"]
 COMMAND += ["--max-error-rate", "0.5"]  # a batch this small may be 10% messy rows
-PROBES = {
-    "test_features": "SELECT EXISTS (SELECT 1 FROM test_features)",
-    "bug_attribution": "SELECT EXISTS (SELECT 1 FROM bugs WHERE test_feature_id IS NOT NULL)",
-}
-
-
-def _committed(path: Path, probe: str) -> bool:
-    conn = connect_ro(path)
-    try:
-        return bool(conn.execute(probe).fetchone()[0])
-    except sqlite3.OperationalError:  # a commit in progress: look again
-        return False
-    finally:
-        conn.close()
 
 
 def _up_to_batch_boundary(ids: set[int]) -> int:
@@ -52,14 +37,12 @@ def test_sigint_exits_130_and_keeps_only_whole_batches(
     shutil.copy(big_template_db, db)
     db.chmod(0o644)
     args = [str(BACKFILL), *COMMAND, "-d", str(db)]
-    proc = subprocess.Popen(args, env=make_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = make_env({"BACKFILL_STOP_AT": f"{phase}:committed:3"})
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while not _committed(db, PROBES[phase]):
-            assert proc.poll() is None, f"the run ended before {phase} committed: {proc.communicate()}"
-            assert time.monotonic() < deadline, f"{phase} committed nothing in 120s"
-            time.sleep(0.005)
+        wait_until_stopped(proc)
         proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGCONT)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:

@@ -18,9 +18,11 @@ from pathlib import Path
 
 from e2e_support import BACKFILL, RunCli, make_env, parse_json_output, plugin_env, query
 
-from cli_support import hold_worker, running
+from cli_support import children, running, wait_until_stopped
 
 JOB = ["run", "test_features", "bug_attribution"]
+STOP_AT = "test_features:committed:3"
+"""Where the engine stops itself (BACKFILL_STOP_AT) before a test kills it or its worker."""
 
 
 def _with_probe_table(path: Path) -> Path:
@@ -46,17 +48,6 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 30) -> bool:
             return True
         time.sleep(0.01)
     return False
-
-
-def _processed(path: Path) -> int:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        row = conn.execute("SELECT max(processed) FROM backfill_runs").fetchone()
-    except sqlite3.OperationalError:  # no ledger yet
-        return 0
-    finally:
-        conn.close()
-    return row[0] or 0
 
 
 def _tables(path: Path) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
@@ -131,19 +122,12 @@ def test_killed_worker_ends_the_run_and_the_next_run_resumes(
     copy_big: Callable[[str], Path], big_full_run_db: Path
 ) -> None:
     path = copy_big("cache.db")
-    proc = _spawn([*JOB, "-d", str(path), "-q", "--batch-size", "10"])
-    # Killed while test_features runs, however fast the machine: held there first.
-    worker = hold_worker(
-        proc.pid,
-        lambda: bool(
-            query(
-                path,
-                "SELECT 1 FROM backfill_runs WHERE extractor = 'test_features' AND status = 'running' "
-                "AND processed > 0",
-            )
-        ),
-    )
+    proc = _spawn([*JOB, "-d", str(path), "-q", "--batch-size", "10"], {"BACKFILL_STOP_AT": STOP_AT})
+    # Killed while test_features runs, however fast the machine: the engine stops itself there.
+    wait_until_stopped(proc)
+    (worker,) = children(proc.pid)
     os.kill(worker, signal.SIGKILL)
+    proc.send_signal(signal.SIGCONT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 3, stderr
     assert f"extraction worker (pid {worker}) was killed by signal {int(signal.SIGKILL)}" in stderr, stderr
@@ -167,10 +151,10 @@ def test_killed_worker_ends_the_run_and_the_next_run_resumes(
 
 def test_worker_does_not_outlive_a_killed_engine(copy_big: Callable[[str], Path]) -> None:
     path = copy_big("cache.db")
-    proc = _spawn([*JOB, "-d", str(path), "-q", "--batch-size", "10"])
-    # Held mid-run, however fast the machine: the engine then waits for the stopped worker.
-    worker = hold_worker(proc.pid, lambda: _processed(path) > 0)
+    proc = _spawn([*JOB, "-d", str(path), "-q", "--batch-size", "10"], {"BACKFILL_STOP_AT": STOP_AT})
+    # Killed mid-run, however fast the machine: the engine stops itself there first.
+    wait_until_stopped(proc)
+    (worker,) = children(proc.pid)
     proc.send_signal(signal.SIGKILL)
-    os.kill(worker, signal.SIGCONT)  # before reading the output: the worker holds its pipes too
-    proc.communicate(timeout=30)
-    assert _wait_for(lambda: not running(worker), timeout=10), f"worker {worker} outlived its engine"
+    proc.communicate(timeout=60)
+    assert _wait_for(lambda: not running(worker), timeout=60), f"worker {worker} outlived its engine"
