@@ -24,7 +24,7 @@ RunCli = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def run_cli(
-    args: list[str], env: Env | None = None, *, timeout: float = 120
+    args: list[str], env: Env | None = None, *, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
     """Run ``backfill ARGS`` as a real subprocess and capture its output."""
     return cli_support.run_cli(args, env, timeout=timeout)
