@@ -8,37 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from backfill_plugins.testmanagement import synthetic
+from pg_support import fetch, needs_server, scratch_database
 
-SERVER = os.environ.get("BACKFILL_TEST_POSTGRES_URL")
-pytestmark = [
-    pytest.mark.postgres,
-    pytest.mark.skipif(not SERVER, reason="set BACKFILL_TEST_POSTGRES_URL to run the PostgreSQL tests"),
-]
+pytestmark = needs_server
 BACKFILL = str(Path(sys.executable).parent / "backfill")
-SCHEMA = """
-CREATE TABLE tests (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, product_id INTEGER,
-                    status TEXT, data TEXT);
-CREATE TABLE test_features (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL,
-    test_id INTEGER NOT NULL REFERENCES tests(id), feature_id INTEGER, title TEXT NOT NULL DEFAULT '',
-    description TEXT, howtofind TEXT, user_stories TEXT NOT NULL DEFAULT '[]', enable_default BOOLEAN,
-    enable_content BOOLEAN, enable_visual BOOLEAN);
-CREATE TABLE bugs (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, test_id INTEGER REFERENCES tests(id),
-                   raw_data TEXT, test_feature_id INTEGER REFERENCES test_features(id));
-"""
 FEATURES = "SELECT * FROM test_features ORDER BY id"
 BUGS = "SELECT id, test_feature_id FROM bugs ORDER BY id"
 
@@ -47,38 +31,8 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([BACKFILL, *args, "--quiet", "--json"], capture_output=True, text=True, timeout=300)
 
 
-async def _admin(sql: str) -> None:
-    assert SERVER
-    conn = await asyncpg.connect(SERVER)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-async def _load(url: str, source: Path) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(SCHEMA)
-        with sqlite3.connect(source) as lite:
-            tests = lite.execute("SELECT id, customer_id, product_id, status, data FROM tests").fetchall()
-            bugs = lite.execute("SELECT id, customer_id, test_id, raw_data FROM bugs").fetchall()
-        await conn.copy_records_to_table(
-            "tests", records=tests, columns=["id", "customer_id", "product_id", "status", "data"]
-        )
-        await conn.copy_records_to_table(
-            "bugs", records=bugs, columns=["id", "customer_id", "test_id", "raw_data"]
-        )
-    finally:
-        await conn.close()
-
-
-async def _fetch(url: str, sql: str) -> list[tuple[Any, ...]]:
-    conn = await asyncpg.connect(url)
-    try:
-        return [tuple(r) for r in await conn.fetch(sql)]
-    finally:
-        await conn.close()
+def _fetch(url: str, sql: str) -> list[tuple[Any, ...]]:
+    return asyncio.run(fetch(url, sql))
 
 
 @pytest.fixture(scope="module")
@@ -90,15 +44,8 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def pg_url(source: Path) -> Iterator[str]:
-    assert SERVER
-    name = f"backfill_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    url = SERVER.rsplit("/", 1)[0] + "/" + name
-    try:
-        asyncio.run(_load(url, source))
+    with scratch_database(source) as url:
         yield url
-    finally:
-        asyncio.run(_admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 def test_postgres_matches_sqlite(pg_url: str, source: Path, tmp_path: Path) -> None:
@@ -124,16 +71,16 @@ def test_postgres_matches_sqlite(pg_url: str, source: Path, tmp_path: Path) -> N
         ]
         lite_bugs = conn.execute(BUGS).fetchall()
     assert len(lite_features) > 300
-    assert asyncio.run(_fetch(pg_url, FEATURES)) == lite_features
-    assert asyncio.run(_fetch(pg_url, BUGS)) == lite_bugs
+    assert _fetch(pg_url, FEATURES) == lite_features
+    assert _fetch(pg_url, BUGS) == lite_bugs
 
 
 def test_postgres_second_run_and_dry_run_write_nothing(pg_url: str) -> None:
     dry = _run("run", "test_features", "bug_attribution", "-d", pg_url, "--dry-run")
     assert dry.returncode == 0, dry.stderr
     would = {x["extractor"]: x for x in json.loads(dry.stdout)["extractors"]}
-    assert asyncio.run(_fetch(pg_url, "SELECT count(*) FROM test_features")) == [(0,)]
-    assert asyncio.run(_fetch(pg_url, "SELECT count(test_feature_id) FROM bugs")) == [(0,)]
+    assert _fetch(pg_url, "SELECT count(*) FROM test_features") == [(0,)]
+    assert _fetch(pg_url, "SELECT count(test_feature_id) FROM bugs") == [(0,)]
 
     first = _run("run", "test_features", "bug_attribution", "-d", pg_url, "--no-validate")
     assert first.returncode == 0, first.stderr
@@ -147,7 +94,7 @@ def test_postgres_second_run_and_dry_run_write_nothing(pg_url: str) -> None:
 
 
 def test_postgres_missing_table_is_exit_3(pg_url: str) -> None:
-    asyncio.run(_fetch(pg_url, "DROP TABLE bugs"))
+    _fetch(pg_url, "DROP TABLE bugs")
     result = _run("run", "bug_attribution", "-d", pg_url)
     assert result.returncode == 3
     assert "'bugs' does not exist" in result.stderr

@@ -1,0 +1,75 @@
+"""BACKFILL_STOP_AT holds a run exactly where the crash tests aim, on SQLite and PostgreSQL alike;
+killed there, the same command takes the run over and ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from backfill_core.stoppoints import StopPoint, stop_point
+from pg_support import fetch, needs_server, scratch_database
+
+if TYPE_CHECKING:
+    from conftest import Crash, Reference
+
+BATCH = 10
+N = 4
+COMMITTED_BEFORE = {"started": 0, "written": (N - 1) * BATCH, "committed": N * BATCH}
+"""Source rows the ledger shows as processed while the run is stopped at each point in batch N."""
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=needs_server)])
+def database(request: pytest.FixtureRequest, crash: Crash, small_template: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield str(crash.copy(small_template, "cache.db"))
+    else:
+        with scratch_database(small_template) as url:
+            yield url
+
+
+def _features(crash: Crash, database: str) -> list[tuple[Any, ...]]:
+    sql = "SELECT id, test_id FROM test_features ORDER BY id"
+    if database.startswith("postgresql://"):
+        return asyncio.run(fetch(database, sql))
+    return crash.query(Path(database), sql)
+
+
+@pytest.mark.parametrize("point", list(COMMITTED_BEFORE))
+def test_a_run_stops_where_asked_and_a_kill_there_is_resumed(
+    point: str, database: str, crash: Crash, small_reference: Reference
+) -> None:
+    cmd = ["run", "test_features", "-d", database, "-q", "--batch-size", str(BATCH), "--no-validate"]
+    proc = crash.spawn(cmd, env={"BACKFILL_STOP_AT": f"test_features:{point}:{N}"})
+    proc.wait_stopped()
+    status = crash.run_cli(["status", "-d", database, "--json"])
+    assert status.returncode == 0, status.stderr
+    (run,) = json.loads(status.stdout)
+    assert (run["status"], run["processed"]) == ("running", COMMITTED_BEFORE[point]), run
+
+    proc.signal(signal.SIGKILL)
+    assert proc.wait().returncode == -signal.SIGKILL
+    again = crash.run_cli(cmd)
+    assert again.returncode == 0, again.stderr
+    assert f"taking over run {run['id']} of test_features" in again.stderr, again.stderr
+    assert _features(crash, database) == [(r[0], r[2]) for r in small_reference.features]
+
+
+def test_stop_point_spec() -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BACKFILL_STOP_AT", "test_features:written:3")
+        assert stop_point("test_features") == StopPoint("written", 3)
+        assert stop_point("bug_attribution") is None
+        mp.setenv("BACKFILL_STOP_AT", "test_features:started")
+        assert stop_point("test_features") == StopPoint("started", 1)
+        for bad in ("test_features", "test_features:halfway", "test_features:written:0", "x:committed:y"):
+            mp.setenv("BACKFILL_STOP_AT", bad)
+            with pytest.raises(ValueError, match="BACKFILL_STOP_AT"):
+                stop_point("test_features")
+        mp.delenv("BACKFILL_STOP_AT")
+        assert stop_point("test_features") is None
