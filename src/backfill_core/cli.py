@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import contextlib
 import json
+import math
 import os
 import shlex
 import signal
@@ -48,6 +49,20 @@ Environment:
   {STALE_AFTER_ENV}     seconds without a heartbeat before another host's run
                            counts as dead and may be taken over (60)
 """
+
+
+class Share(click.FloatRange):
+    """A number from 0 to 1. Not NaN: every comparison with NaN is false, so FloatRange lets it
+    through, and as --max-error-rate it would never stop a run."""
+
+    def __init__(self) -> None:
+        super().__init__(0, 1)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not in the range {self._describe_range()}.", param, ctx)
+        return number
 
 
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -95,7 +110,7 @@ def threshold_option(f: Callable[..., Any]) -> Callable[..., Any]:
 )
 @click.option(
     "--max-error-rate",
-    type=click.FloatRange(0, 1),
+    type=Share(),
     default=0.05,
     show_default=True,
     help="Stop when this share of processed rows has failed.",
