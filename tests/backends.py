@@ -1,40 +1,28 @@
 """One small test-management database on either backend: a SQLite file, or a scratch database on
-the PostgreSQL server named by BACKFILL_TEST_POSTGRES_URL.
+the PostgreSQL server named by BACKFILL_TEST_POSTGRES_URL (see pg_support).
 
-For tests that pin a contract on both databases: they build the same rows with ``Backend.add_tests``,
-run the real engine or CLI on ``Backend.url``, and read the result back with ``Backend.rows``.
-(``tests`` is on pytest's ``pythonpath``, so any test module can import this one.)
+For tests that pin a contract on both databases: they build the same rows (tests whose ``data``
+is GOOD, BROKEN or EMPTY), run the real engine or CLI on ``Backend.url``, and read the result back
+with ``Backend.rows``. (``tests`` is on pytest's ``pythonpath``, so any test module can import
+this one.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-SERVER = os.environ.get("BACKFILL_TEST_POSTGRES_URL")
-KINDS = ("sqlite", "postgresql")
+from pg_support import SCHEMA, execute, fetch, needs_server, scratch_database
 
-SCHEMA = (
-    "CREATE TABLE tests (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, product_id INTEGER, "
-    "status TEXT, data TEXT)",
-    "CREATE TABLE test_features (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, "
-    "test_id INTEGER NOT NULL REFERENCES tests(id), feature_id INTEGER, title TEXT NOT NULL DEFAULT '', "
-    "description TEXT, howtofind TEXT, user_stories TEXT NOT NULL DEFAULT '[]', enable_default BOOLEAN, "
-    "enable_content BOOLEAN, enable_visual BOOLEAN)",
-    "CREATE TABLE bugs (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, "
-    "test_id INTEGER REFERENCES tests(id), raw_data TEXT, "
-    "test_feature_id INTEGER REFERENCES test_features(id))",
-)
-"""The columns the built-in plugin reads and writes, in DDL both databases accept."""
+KINDS = [pytest.param("sqlite"), pytest.param("postgresql", marks=needs_server)]
+"""The ``params`` of a fixture that gives each test both databases."""
 
 # What a test's ``data`` can be, as far as the test_features extractor is concerned.
 GOOD = "good"
@@ -56,28 +44,23 @@ def data_for(test_id: int, kind: str) -> str:
 
 
 class Backend:
-    """A database holding SCHEMA; ``url`` is what ``--database`` takes."""
+    """A database holding the built-in job's tables; ``url`` is what ``--database`` takes."""
 
     def __init__(self, kind: str, url: str) -> None:
         self.kind = kind
         self.url = url
 
-    def execute(self, sql: str, params: Sequence[tuple[Any, ...]] = ()) -> None:
-        """Run ``sql`` (``?`` placeholders) once, or once per parameter tuple."""
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
         raise NotImplementedError
 
-    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+    def execute(self, sql: str) -> None:
+        raise NotImplementedError
+
+    def tables(self) -> set[str]:
         raise NotImplementedError
 
     def scalar(self, sql: str) -> Any:
         return self.rows(sql)[0][0]
-
-    def add_tests(self, kinds: Sequence[str], first_id: int = 1) -> None:
-        """Tests with ids ``first_id, first_id + 1, ...``, one per kind (GOOD, BROKEN, EMPTY)."""
-        self.execute(
-            "INSERT INTO tests (id, customer_id, data) VALUES (?, ?, ?)",
-            [(first_id + i, 7, data_for(first_id + i, kind)) for i, kind in enumerate(kinds)],
-        )
 
     def feature_tests(self) -> list[int]:
         """The ids of the tests that have a test_features row."""
@@ -95,17 +78,6 @@ class SqliteBackend(Backend):
         super().__init__("sqlite", str(path))
         self.path = path
 
-    def execute(self, sql: str, params: Sequence[tuple[Any, ...]] = ()) -> None:
-        conn = sqlite3.connect(self.path)
-        try:
-            if params:
-                conn.executemany(sql, params)
-            else:
-                conn.execute(sql)
-            conn.commit()
-        finally:
-            conn.close()
-
     def rows(self, sql: str) -> list[tuple[Any, ...]]:
         conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
         try:
@@ -113,52 +85,60 @@ class SqliteBackend(Backend):
         finally:
             conn.close()
 
+    def execute(self, sql: str) -> None:
+        conn = sqlite3.connect(self.path)
+        try:
+            conn.execute(sql)
+            conn.commit()
+        finally:
+            conn.close()
+
+    def tables(self) -> set[str]:
+        return {r[0] for r in self.rows("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
 
 class PostgresBackend(Backend):
-    def execute(self, sql: str, params: Sequence[tuple[Any, ...]] = ()) -> None:
-        asyncio.run(_pg(self.url, _numbered(sql), params))
-
     def rows(self, sql: str) -> list[tuple[Any, ...]]:
-        return asyncio.run(_pg(self.url, sql, ()))
+        return asyncio.run(fetch(self.url, sql))
+
+    def execute(self, sql: str) -> None:
+        asyncio.run(execute(self.url, sql))
+
+    def tables(self) -> set[str]:
+        return {r[0] for r in self.rows("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
 
 
-def _numbered(sql: str) -> str:
-    """``?`` placeholders as PostgreSQL's ``$1, $2, ...``."""
-    parts = sql.split("?")
-    return "".join(p + (f"${i}" if i < len(parts) else "") for i, p in enumerate(parts, 1))
-
-
-async def _pg(url: str, sql: str, params: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    import asyncpg  # the postgres extra; only these tests need it
-
-    conn = await asyncpg.connect(url)
+def sqlite_file(path: Path, tests: Sequence[str]) -> Path:
+    """A new SQLite file with the built-in job's tables and tests 1, 2, ... of the given kinds."""
+    conn = sqlite3.connect(path)
     try:
-        if params:
-            await conn.executemany(sql, params)
-            return []
-        return [tuple(r) for r in await conn.fetch(sql)]
+        conn.executescript(SCHEMA)
+        conn.executemany(
+            "INSERT INTO tests (id, customer_id, data) VALUES (?, 7, ?)",
+            [(i, data_for(i, kind)) for i, kind in enumerate(tests, 1)],
+        )
+        conn.commit()
     finally:
-        await conn.close()
+        conn.close()
+    return path
+
+
+MakeBackend = Callable[[Sequence[str]], Backend]
 
 
 @contextmanager
-def backend(kind: str, tmp_path: Path) -> Iterator[Backend]:
-    """An empty database holding SCHEMA: a file in ``tmp_path``, or a scratch PostgreSQL database
-    that is dropped afterwards (the test is skipped when no server is configured)."""
-    if kind == "sqlite":
-        db = SqliteBackend(tmp_path / "boundaries.db")
-        for ddl in SCHEMA:
-            db.execute(ddl)
-        yield db
-        return
-    if not SERVER:
-        pytest.skip("set BACKFILL_TEST_POSTGRES_URL to run the PostgreSQL tests")
-    name = f"backfill_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg(SERVER, f'CREATE DATABASE "{name}"', ()))
-    try:
-        pg = PostgresBackend("postgresql", SERVER.rsplit("/", 1)[0] + "/" + name)
-        for ddl in SCHEMA:
-            pg.execute(ddl)
-        yield pg
-    finally:
-        asyncio.run(_pg(SERVER, f'DROP DATABASE "{name}" WITH (FORCE)', ()))
+def backends(kind: str, folder: Path) -> Iterator[MakeBackend]:
+    """``make(tests)``: a new database of ``kind`` ("sqlite" or "postgresql") holding tests 1, 2, ...
+    of the given kinds; the PostgreSQL ones are dropped when the block ends."""
+    with ExitStack() as stack:
+        made = 0
+
+        def make(tests: Sequence[str]) -> Backend:
+            nonlocal made
+            made += 1
+            path = sqlite_file(folder / f"backend-{made}.db", tests)
+            if kind == "sqlite":
+                return SqliteBackend(path)
+            return PostgresBackend(kind, stack.enter_context(scratch_database(path)))
+
+        yield make
