@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from backends import BROKEN, GOOD, KINDS, Backend, backend
+from backends import BROKEN, GOOD, KINDS, Backend, MakeBackend, backends
 from backfill_core import RunOptions, RunReport, make_registry, resolve_url, run_backfill
 from backfill_core.errors import ExitCode
 from backfill_core.report import ErrorLog, ExtractorStats
@@ -27,9 +27,10 @@ DEFAULT = RunOptions().max_error_rate
 
 
 @pytest.fixture(params=KINDS)
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    with backend(request.param, tmp_path) as made:
-        yield made
+def make_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeBackend]:
+    """``make_db(tests)``: the database of this run of the test, SQLite or PostgreSQL."""
+    with backends(request.param, tmp_path) as make:
+        yield make
 
 
 def run(
@@ -76,9 +77,9 @@ def rows(good: int, broken: int) -> list[str]:
     ids=["under", "at-default", "at-default-2-errors", "at-explicit", "zero-of-zero", "all-of-one"],
 )
 def test_an_error_rate_up_to_the_limit_does_not_stop_the_run(
-    db: Backend, good: int, broken: int, rate: float
+    make_db: MakeBackend, good: int, broken: int, rate: float
 ) -> None:
-    db.add_tests(rows(good, broken) or [GOOD])
+    db = make_db(rows(good, broken) or [GOOD])
 
     report = run(db, max_error_rate=rate)
 
@@ -100,9 +101,9 @@ def test_an_error_rate_up_to_the_limit_does_not_stop_the_run(
     ids=["over-default", "over-default-2-errors", "over-explicit", "one-error-at-zero"],
 )
 def test_an_error_rate_over_the_limit_stops_the_run(
-    db: Backend, good: int, broken: int, rate: float, shown: str
+    make_db: MakeBackend, good: int, broken: int, rate: float, shown: str
 ) -> None:
-    db.add_tests(rows(good, broken))
+    db = make_db(rows(good, broken))
 
     report = run(db, max_error_rate=rate, names=("test_features", "bug_attribution"))
 
@@ -117,10 +118,10 @@ def test_an_error_rate_over_the_limit_stops_the_run(
 # -- several batches: checked after each, over the whole invocation -------------------------------
 
 
-def test_the_rate_is_checked_after_every_batch(db: Backend) -> None:
+def test_the_rate_is_checked_after_every_batch(make_db: MakeBackend) -> None:
     """1 error in the first batch of 10 is 10%: the run stops there, although over all 40 rows
     the rate would be 2.5%."""
-    db.add_tests(rows(9, 1) + [GOOD] * 30)
+    db = make_db(rows(9, 1) + [GOOD] * 30)
 
     report = run(db, batch_size=10)
 
@@ -130,10 +131,10 @@ def test_the_rate_is_checked_after_every_batch(db: Backend) -> None:
     assert db.feature_tests() == list(range(2, 11))
 
 
-def test_the_rate_is_of_every_row_so_far_not_of_the_last_batch(db: Backend) -> None:
+def test_the_rate_is_of_every_row_so_far_not_of_the_last_batch(make_db: MakeBackend) -> None:
     """A clean batch of 10, then 1 error in the next 10: 1/20 is exactly 5%, so the run goes on
     (the second batch alone, 1/10, would be over)."""
-    db.add_tests([GOOD] * 10 + rows(9, 1) + [GOOD] * 10)
+    db = make_db([GOOD] * 10 + rows(9, 1) + [GOOD] * 10)
 
     report = run(db, batch_size=10)
 
@@ -141,9 +142,9 @@ def test_the_rate_is_of_every_row_so_far_not_of_the_last_batch(db: Backend) -> N
     assert db.runs() == [(1, "test_features", "succeeded", 30, 1)]
 
 
-def test_the_limit_stops_at_the_first_batch_over_it(db: Backend) -> None:
+def test_the_limit_stops_at_the_first_batch_over_it(make_db: MakeBackend) -> None:
     """Exactly 5% after batches 1 and 2, over it once batch 3 brings a second error (2/30)."""
-    db.add_tests([GOOD] * 10 + rows(9, 1) + rows(9, 1) + [GOOD] * 10)
+    db = make_db([GOOD] * 10 + rows(9, 1) + rows(9, 1) + [GOOD] * 10)
 
     report = run(db, batch_size=10)
 
@@ -152,10 +153,10 @@ def test_the_limit_stops_at_the_first_batch_over_it(db: Backend) -> None:
     assert db.runs() == [(1, "test_features", "failed", 30, 2)]
 
 
-def test_a_resumed_run_counts_only_the_rows_of_this_invocation(db: Backend) -> None:
+def test_a_resumed_run_counts_only_the_rows_of_this_invocation(make_db: MakeBackend) -> None:
     """Stopped after its first batch (1/10); resumed, it meets 1 error in 20 more rows: 5% in
     this invocation, so it finishes, although the run as a whole has 2 errors in 30 rows."""
-    db.add_tests(rows(9, 1) + [GOOD] * 10 + rows(9, 1))
+    db = make_db(rows(9, 1) + [GOOD] * 10 + rows(9, 1))
 
     assert only(run(db, batch_size=10)).stopped is not None
     resumed = run(db, batch_size=10)
@@ -165,8 +166,8 @@ def test_a_resumed_run_counts_only_the_rows_of_this_invocation(db: Backend) -> N
     assert db.runs() == [(1, "test_features", "succeeded", 30, 2)]
 
 
-def test_a_retry_is_not_stopped_however_many_rows_still_fail(db: Backend) -> None:
-    db.add_tests(rows(15, 5))
+def test_a_retry_is_not_stopped_however_many_rows_still_fail(make_db: MakeBackend) -> None:
+    db = make_db(rows(15, 5))
     assert only(run(db, max_error_rate=1.0)).error_count == 5
 
     retry = run(db, retry_errors=True)  # every retried row fails again: 100% > 5%
