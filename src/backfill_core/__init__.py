@@ -3,7 +3,7 @@
 The public API for plugin authors and for embedding the engine.
 """
 
-from backfill_core.changes import Change, Ref, Update, Upsert
+from backfill_core.changes import Change, Ref, Skip, Update, Upsert
 from backfill_core.database import Database, resolve_url
 from backfill_core.engine import RunOptions
 from backfill_core.errors import (
@@ -44,6 +44,7 @@ __all__ = [
     "RunOptions",
     "RunReport",
     "SchemaMissing",
+    "Skip",
     "Update",
     "Upsert",
     "UsageError",

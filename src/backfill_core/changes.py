@@ -28,7 +28,9 @@ class Upsert:
     """Insert the row keyed by ``key``, or update the existing one.
 
     A column listed in ``defaults`` whose value is ``None`` keeps the existing value on
-    update and takes the default on insert.
+    update and takes the default on insert. An ``independent`` change that cannot be made (a
+    failed reference) is dropped alone, and recorded as its row's record error; otherwise it
+    takes every change of its row with it.
     """
 
     table: str
@@ -36,41 +38,66 @@ class Upsert:
     values: Mapping[str, Any]
     defaults: Mapping[str, Any] = field(default_factory=dict)
     requires: tuple[Ref, ...] = ()
+    independent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Update:
-    """Update the existing row keyed by ``key``; a missing row is a record error."""
+    """Update the existing row keyed by ``key``; a missing row is a record error.
+
+    ``independent`` as for :class:`Upsert`.
+    """
 
     table: str
     key: Mapping[str, Any]
     values: Mapping[str, Any]
     requires: tuple[Ref, ...] = ()
+    independent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Something in the row that is deliberately not written, such as a list item without an id.
+
+    Not an error: counted by ``kind`` in the run's summary.
+    """
+
+    kind: str
+    message: str = ""
 
 
 Change = Upsert | Update
 _NO_DEFAULTS: Mapping[str, Any] = {}
 RefFields = tuple[str, str, Any, Mapping[str, Any]]
-Fields = tuple[str, Mapping[str, Any], Mapping[str, Any], Mapping[str, Any] | None, tuple[RefFields, ...]]
+Fields = tuple[
+    str, Mapping[str, Any], Mapping[str, Any], Mapping[str, Any] | None, tuple[RefFields, ...], bool
+]
 """A change as plain values, cheap to build and to send between processes: (table, key, values,
-defaults or None for an Update, requires as (table, column, value, match) tuples)."""
+defaults or None for an Update, requires as (table, column, value, match) tuples, independent)."""
+
+
+class Skipped(Exception):
+    """Raised by :func:`fields` for a :class:`Skip`: rows without one never pay for telling them apart."""
 
 
 def fields(change: object, extractor: str) -> Fields:
-    """``change`` as plain values; RecordError if it is neither an Upsert nor an Update."""
+    """``change`` as plain values; RecordError if it is neither an Upsert nor an Update, Skipped
+    if it is a Skip."""
     cls = type(change)
     defaults: Mapping[str, Any] | None
     if cls is Upsert or (cls is not Update and isinstance(change, Upsert)):
         defaults = change.defaults  # type: ignore[attr-defined]
     elif cls is Update or isinstance(change, Update):
         defaults = None
+    elif isinstance(change, Skip):
+        raise Skipped
     else:
         raise RecordError(
-            f"extractor {extractor!r} returned {cls.__name__}, not Upsert or Update", kind="plugin-bug"
+            f"extractor {extractor!r} returned {cls.__name__}, not Upsert, Update or Skip", kind="plugin-bug"
         )
     requires = change.requires  # type: ignore[attr-defined]
     refs = tuple([(r.table, r.column, r.value, r.match) for r in requires]) if requires else ()
-    return change.table, change.key, change.values, defaults, refs  # type: ignore[attr-defined]
+    return change.table, change.key, change.values, defaults, refs, change.independent  # type: ignore[attr-defined]
 
 
 def checked(f: Fields, writes: Mapping[str, frozenset[str]], extractor: str) -> Fields:
@@ -78,7 +105,7 @@ def checked(f: Fields, writes: Mapping[str, frozenset[str]], extractor: str) -> 
 
     A violation is a bug in the plugin, reported per record so the run can go on.
     """
-    table, key, values, defaults, _ = f
+    table, key, values, defaults, _, _ = f
     declared = writes.get(table)
     if (
         declared is not None
@@ -100,7 +127,7 @@ def check_change(change: object, writes: Mapping[str, frozenset[str]], extractor
 
 def _refusal(f: Fields, declared: frozenset[str] | None, extractor: str) -> RecordError:
     """Why ``checked`` refused ``f``: built only then, as the check runs for every change."""
-    table, key, values, defaults, _ = f
+    table, key, values, defaults, _, _ = f
     if declared is None:
         return RecordError(
             f"extractor {extractor!r} wrote table {table!r}, which it does not declare", kind="plugin-bug"

@@ -315,6 +315,8 @@ class BatchRunner:
             room = self.options.sample_size - len(self.stats.samples)
             self.stats.samples += plan.samples[: max(room, 0)]
         self._account(delta)
+        for _, kind in batch.skips:
+            self.stats.skipped[kind] += 1
 
     async def _attempt(
         self,

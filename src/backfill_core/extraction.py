@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backfill_core.changes import Fields, checked, fields
+from backfill_core.changes import Fields, Skipped, checked, fields
 from backfill_core.errors import RecordError
 from backfill_core.extractor import Extractor
 from backfill_core.planner import Extracted, Target, extracted, keys_needed, refs_needed
@@ -28,6 +28,8 @@ class Extraction:
     """The target rows whose current values planning needs."""
     refs: dict[Target, tuple[set[str], set[Any]]] = field(default_factory=dict)
     """The referenced tables and columns, with the columns to match and the values looked for."""
+    skips: list[tuple[Any, str]] = field(default_factory=list)
+    """(key, kind) of each Skip the rows returned."""
     unchecked: list[tuple[Any, list[Fields]]] | None = None
     """Each row's changes as returned, not yet checked and converted into ``items`` (see
     ``BatchExtractor.finish``); None once they are."""
@@ -70,7 +72,13 @@ class BatchExtractor:
                 try:
                     # zip without strict=: the keyword costs more than the zip (rows are of cols)
                     changes = extract(dict(zip(cols, values)))  # noqa: B905
-                    unchecked.append((key, [fields(c, name) for c in changes]))
+                    got: list[Fields] = []
+                    for change in changes:
+                        try:
+                            got.append(fields(change, name))
+                        except Skipped:
+                            out.skips.append((key, change.kind))  # type: ignore[union-attr]
+                    unchecked.append((key, got))
                 except Exception as e:
                     errors.append(self._error(key, e))
         except BaseException:

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from backfill_core.changes import Change
+from backfill_core.changes import Change, Skip
 
 Row = Mapping[str, Any]
 """One source row: the declared columns by name, as the database driver returns them."""
@@ -47,8 +47,9 @@ class Extractor(ABC):
     depends_on: ClassVar[Sequence[str]] = ()
 
     @abstractmethod
-    def extract(self, row: Row) -> Iterable[Change]:
-        """Return the changes for one source row, or raise RecordError."""
+    def extract(self, row: Row) -> Iterable[Change | Skip]:
+        """Return the changes for one source row (and a Skip for what it leaves out on purpose),
+        or raise RecordError."""
 
     # Normalised declarations, used by the engine and the testing kit.
 

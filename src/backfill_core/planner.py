@@ -21,8 +21,9 @@ Target = tuple[str, KeyCols]
 
 RefSpec = tuple[Target, Any, Mapping[str, Any]]
 """A Ref as planning uses it: (the referenced table and column as a Target, value, match)."""
-Op = tuple[Target, tuple[Any, ...], Mapping[str, Any], Mapping[str, Any], tuple[RefSpec, ...], bool]
-"""One change as planning uses it: (target, key values, values, defaults, references, is an Update).
+Op = tuple[Target, tuple[Any, ...], Mapping[str, Any], Mapping[str, Any], tuple[RefSpec, ...], bool, bool]
+"""One change as planning uses it: (target, key values, values, defaults, references, is an Update,
+is independent).
 
 The values leave out defaulted columns set to None (those keep what the row has). Plain tuples
 cost little to build and to send between processes, unlike the Change objects plugins return.
@@ -34,7 +35,7 @@ Extracted = tuple[Any, list[Op], bool]
 
 def op(f: Fields) -> Op:
     """A change's ``fields`` as planning uses them; they must have passed ``checked``."""
-    table, key, values, defaults, requires = f
+    table, key, values, defaults, requires, independent = f
     if len(key) == 1:
         ((col, value),) = key.items()
         target, key_values = _target(table, col), (value,)
@@ -43,8 +44,9 @@ def op(f: Fields) -> Op:
         target, key_values = (table, cols), tuple(key[c] for c in cols)
     refs = tuple([(_target(t, c), v, m) for t, c, v, m in requires]) if requires else ()
     if defaults is None:
-        return target, key_values, values, _EMPTY, refs, True
-    return target, key_values, _effective(values, defaults) if defaults else values, defaults, refs, False
+        return target, key_values, values, _EMPTY, refs, True, independent
+    effective = _effective(values, defaults) if defaults else values
+    return target, key_values, effective, defaults, refs, False, independent
 
 
 def extracted(key: Any, changes: Iterable[Fields]) -> Extracted:
@@ -164,12 +166,12 @@ def plan_batch(
     entries: dict[Target, dict[tuple[Any, ...], Entry]] = {}
     failures: list[Failure] = []
     for source_key, ops, checked in batch:
+        applied: Sequence[Op] = ops
         if checked:
-            problem = _check(ops, current, referenced, entries)
+            problem, applied = _check(ops, current, referenced, entries)
             if problem:
                 failures.append(Failure(source_key, *problem))
-                continue
-        for target, key, new, defaults, _, _ in ops:
+        for target, key, new, defaults, _, _, _ in applied:
             rows = entries.get(target)
             if rows is None:
                 rows = entries[target] = {}
@@ -183,17 +185,43 @@ def _check(
     current: Mapping[Target, Mapping[tuple[Any, ...], Mapping[str, Any]]],
     referenced: Mapping[Target, Mapping[Any, Mapping[str, Any]]],
     entries: Mapping[Target, Mapping[tuple[Any, ...], Entry]],
+) -> tuple[tuple[str, str] | None, Sequence[Op]]:
+    """Why changes of ``ops`` cannot be applied (an Update of a missing row, a failed reference),
+    or None; and the changes to apply: none if a change that is not independent failed, else all
+    but the independent ones that failed."""
+    kept: list[Op] | None = None
+    problems: list[tuple[str, str]] = []
+    for i, o in enumerate(ops):
+        problem = _problem(o, current, referenced, entries)
+        if problem is None:
+            if kept is not None:
+                kept.append(o)
+            continue
+        problems.append(problem)
+        if not o[6]:
+            return problem, ()
+        if kept is None:
+            kept = list(ops[:i])
+    if not problems:
+        return None, ops
+    return (problems[0][0], "; ".join(message for _, message in problems)), kept or ()
+
+
+def _problem(
+    o: Op,
+    current: Mapping[Target, Mapping[tuple[Any, ...], Mapping[str, Any]]],
+    referenced: Mapping[Target, Mapping[Any, Mapping[str, Any]]],
+    entries: Mapping[Target, Mapping[tuple[Any, ...], Entry]],
 ) -> tuple[str, str] | None:
-    """Why ``ops`` cannot be applied (an Update of a missing row, a failed reference), or None."""
-    for target, key, _, _, refs, is_update in ops:
-        if is_update and key not in current.get(target, _EMPTY) and key not in entries.get(target, _EMPTY):
-            (table, key_cols) = target
-            where = ", ".join(f"{c}={v!r}" for c, v in zip(key_cols, key, strict=True))
-            return "missing", f"{table} row {where} does not exist, so it cannot be updated"
-        for ref in refs:
-            problem = _check_ref(ref, current, referenced, entries)
-            if problem:
-                return "integrity", problem
+    target, key, _, _, refs, is_update, _ = o
+    if is_update and key not in current.get(target, _EMPTY) and key not in entries.get(target, _EMPTY):
+        (table, key_cols) = target
+        where = ", ".join(f"{c}={v!r}" for c, v in zip(key_cols, key, strict=True))
+        return "missing", f"{table} row {where} does not exist, so it cannot be updated"
+    for ref in refs:
+        problem = _check_ref(ref, current, referenced, entries)
+        if problem:
+            return "integrity", problem
     return None
 
 

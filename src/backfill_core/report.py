@@ -73,6 +73,8 @@ class ExtractorStats:
     updated: int = 0
     unchanged: int = 0
     errors: Counter[tuple[str, str]] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    """Skips the extractor returned, by kind: deliberately not written, not errors."""
     elapsed: float = 0.0
     stopped: str | None = None
     samples: list[dict[str, Any]] = field(default_factory=list)
@@ -106,6 +108,7 @@ class ExtractorStats:
             "errors": self.error_count,
             "errors_by_tier": tiers,
             "error_rate": round(self.error_rate, 6),
+            "skipped": dict(sorted(self.skipped.items())),
             "elapsed_seconds": round(self.elapsed, 3),
             "stopped": self.stopped,
             "samples": self.samples,
@@ -185,6 +188,9 @@ class RunReport:
                 if s.errors:
                     kinds = ", ".join(f"{tier}/{kind}: {n}" for (tier, kind), n in sorted(s.errors.items()))
                     lines.append(f"  {s.name} errors: {kinds}")
+                if s.skipped:
+                    kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(s.skipped.items()))
+                    lines.append(f"  {s.name} skipped: {kinds}")
                 if s.stopped:
                     lines.append(f"  {s.name} STOPPED: {s.stopped}")
                 verb = "would" if s.dry_run else "sample:"

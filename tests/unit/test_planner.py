@@ -247,6 +247,53 @@ def test_ref_failure_drops_every_change_of_that_source_row() -> None:
     assert not p.has_writes
 
 
+def _needs_feature(fid: int, feature_id: int, independent: bool = True) -> Upsert:
+    return Upsert(
+        "test_features",
+        {"id": fid},
+        {"feature_id": feature_id},
+        requires=(Ref("features", "id", feature_id),),
+        independent=independent,
+    )
+
+
+KNOWN: Referenced = {("features", ("id",)): {5: {"id": 5}}}
+
+
+def test_failed_independent_change_is_dropped_alone_and_recorded() -> None:
+    batch = [item(1, _needs_feature(10, 5), _needs_feature(11, 999), _needs_feature(12, 5))]
+    p = plan(batch, {}, KNOWN)
+    assert [(f.key, f.kind) for f in p.failures] == [(1, "integrity")]
+    assert "features.id=999 does not exist" in p.failures[0].message
+    assert [r["id"] for r in rows(p, FEATURES)[0]] == [10, 12]
+    assert p.inserted == 2
+
+
+def test_every_failed_independent_change_is_named_in_the_rows_one_failure() -> None:
+    p = plan([item(1, _needs_feature(10, 998), _needs_feature(11, 999))], {}, KNOWN)
+    (f,) = p.failures
+    assert "998" in f.message and "999" in f.message
+    assert not p.has_writes
+
+
+def test_a_failed_change_that_is_not_independent_still_drops_the_whole_row() -> None:
+    batch = [item(1, _needs_feature(10, 5), _needs_feature(11, 999, independent=False))]
+    p = plan(batch, {}, KNOWN)
+    assert [f.kind for f in p.failures] == ["integrity"]
+    assert not p.has_writes
+
+
+def test_independent_update_of_a_missing_row_is_dropped_alone() -> None:
+    batch = [
+        item(
+            1, feature(10, title="x"), Update("bugs", {"id": 404}, {"test_feature_id": 10}, independent=True)
+        )
+    ]
+    p = plan(batch, BUG_ROWS)
+    assert [f.kind for f in p.failures] == ["missing"]
+    assert [r["id"] for r in rows(p, FEATURES)[0]] == [10]
+
+
 def test_satisfied_ref_lets_the_change_through() -> None:
     referenced: Referenced = {FEATURES: {7: {"id": 7, "customer_id": 4}}}
     p = plan([item(1, attribution(1, 7, customer=4))], BUG_ROWS, referenced)

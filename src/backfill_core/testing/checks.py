@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
-from backfill_core.changes import Change, Ref, checked, fields
+from backfill_core.changes import Change, Ref, Skip, checked, fields
 from backfill_core.database import resolve_url
 from backfill_core.engine import RunOptions
 from backfill_core.errors import RecordError
@@ -72,7 +72,7 @@ def _label(extractor: Extractor) -> str:
 # -- checks on one row: pure, no database ----------------------------------------------------------
 
 
-def check_total(extractor: Extractor, row: Row) -> list[Change] | None:
+def check_total(extractor: Extractor, row: Row) -> list[Change | Skip] | None:
     """``extract(row)`` returns an iterable of changes or raises RecordError, nothing else.
 
     Returns the changes as a list, or None when the row was rejected with a RecordError (whose
@@ -145,11 +145,15 @@ def check_deterministic(extractor: Extractor, row: Row) -> None:
 def check_declared(extractor: Extractor, row: Row) -> None:
     """Every change is an Upsert or Update that touches only tables and columns in
     ``extractor.writes``, has a key, requires only ``Ref`` objects, and can be pickled (the
-    extraction worker sends changes to the engine that way)."""
+    extraction worker sends changes to the engine that way), or a Skip with a kind."""
     label = _label(extractor)
     changes = check_total(extractor, row) or []
     written = extractor.written
     for change in changes:
+        if isinstance(change, Skip):
+            if not isinstance(change.kind, str) or not change.kind:
+                raise AssertionError(f"{label} returned a Skip with kind {change.kind!r} for row {_show(row)}")
+            continue
         bad = [r for r in getattr(change, "requires", ()) if not isinstance(r, Ref)]
         if bad:
             raise AssertionError(f"{label} required {_show(bad)}, not Ref objects, for row {_show(row)}")
