@@ -33,6 +33,18 @@ class Statements:
         self.insert = lru_cache(maxsize=16)(self._insert)
         self.delete_in = lru_cache(maxsize=16)(self._delete_in)
 
+    def check(self, table: str, columns: Sequence[tuple[str, str | None]], expression: str) -> str:
+        """Whether a row breaks CHECK ``expression``: 1 if it does, else 0 (true or NULL pass),
+        for one row of ``columns`` given as (name, type to cast the parameter to, or None)."""
+        values = ", ".join(
+            (f"CAST({m} AS {cast})" if cast else m) + f" AS {self._quote(name)}"
+            for m, (name, cast) in zip(self._marks(len(columns)), columns, strict=True)
+        )
+        return (
+            f"SELECT CASE WHEN ({expression}) THEN 0 WHEN NOT ({expression}) THEN 1 ELSE 0 END "
+            f"FROM (SELECT {values}) AS {self._quote(table)}"
+        )
+
     def _marks(self, n: int) -> list[str]:
         if self._numbered:
             return [f"{self._mark}{i}" for i in range(1, n + 1)]

@@ -152,7 +152,9 @@ def check_declared(extractor: Extractor, row: Row) -> None:
     for change in changes:
         if isinstance(change, Skip):
             if not isinstance(change.kind, str) or not change.kind:
-                raise AssertionError(f"{label} returned a Skip with kind {change.kind!r} for row {_show(row)}")
+                raise AssertionError(
+                    f"{label} returned a Skip with kind {change.kind!r} for row {_show(row)}"
+                )
             continue
         bad = [r for r in getattr(change, "requires", ()) if not isinstance(r, Ref)]
         if bad:
