@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from backfill_core import RecordError, Ref, Update, Upsert
+from backfill_core import RecordError, Ref, Skip, Update, Upsert
 from backfill_core.changes import check_change
 from backfill_plugins.testmanagement.extractors import (
     FLAGS,
@@ -29,10 +29,11 @@ def bug_row(raw: Any, *, bug_id: int = 11, customer_id: int = 3) -> dict[str, An
     return {"id": bug_id, "customer_id": customer_id, "raw_data": text}
 
 
-def features(data: Any, **row: Any) -> list[Upsert]:
+def features(data: Any, **row: Any) -> list[Any]:
     changes = TF.extract(source_row(data, **row))
     for c in changes:
-        check_change(c, TF.written, TF.name)
+        if not isinstance(c, Skip):
+            check_change(c, TF.written, TF.name)
     return changes
 
 
@@ -68,7 +69,7 @@ def test_declarations() -> None:
     assert BA.depends_on == ("test_features",)
 
 
-def test_full_feature_becomes_one_upsert() -> None:
+def test_full_feature_becomes_one_upsert_that_requires_its_feature() -> None:
     (change,) = features({"title": "A test", "features": [FULL]})
     assert change == Upsert(
         table="test_features",
@@ -80,26 +81,53 @@ def test_full_feature_becomes_one_upsert() -> None:
             "title": "Login",
             "description": "Log in with e-mail",
             "howtofind": "Top right",
-            "user_stories": '["As a user I log in","Ünïcode story"]',
+            "user_stories": '["As a user I log in", "\\u00dcn\\u00efcode story"]',
             "enable_default": True,
             "enable_content": False,
-            "enable_visual": None,
+            "enable_visual": False,
         },
-        defaults=dict.fromkeys(FLAGS, False),
+        requires=(Ref("features", "id", 55),),
+        independent=True,
     )
 
 
 def test_several_features_keep_their_order() -> None:
-    data = {"features": [{"id": 3, "title": "c"}, {"id": 1, "title": "a"}, {"id": 2}]}
+    data = {
+        "features": [
+            {"id": 3, "feature_id": 1, "title": "c"},
+            {"id": 1, "feature_id": 1},
+            {"id": 2, "feature_id": 2},
+        ]
+    }
     assert [c.key["id"] for c in features(data)] == [3, 1, 2]
 
 
 @pytest.mark.parametrize(
-    "missing_id", [{"title": "no id"}, {"id": None}, {"id": 0}, {"id": ""}, {"id": False}]
+    "missing_id", [{"title": "no id", "feature_id": 5}, {"id": None}, {"id": 0}, {"id": ""}, {"id": False}]
 )
 def test_features_without_a_truthy_id_are_skipped(missing_id: dict[str, Any]) -> None:
-    data = {"features": [missing_id, {"id": 9, "title": "kept"}]}
-    assert [c.key for c in features(data)] == [{"id": 9}]
+    data = {"features": [missing_id, {"id": 9, "feature_id": 5, "title": "kept"}]}
+    kept = features(data)
+    assert [c.key for c in kept if isinstance(c, Upsert)] == [{"id": 9}]
+    assert [c.kind for c in kept if isinstance(c, Skip)] == ["no-id"]
+
+
+@pytest.mark.parametrize(
+    "feature",
+    [
+        {"id": 4},
+        {"id": 4, "feature_id": None},
+        {"id": 4, "feature_id": 0},
+        {"id": 4, "feature_id": ""},
+        {"id": 4, "feature_id": False},
+        {"id": "abc"},
+    ],
+)
+def test_features_without_a_truthy_feature_id_are_skipped_alone(feature: dict[str, Any]) -> None:
+    """As the application does: skipped (and counted), not a failure of its test."""
+    changes = features({"features": [{"id": 1, "feature_id": 2}, feature, {"id": 3, "feature_id": 2}]})
+    assert [type(c) for c in changes] == [Upsert, Skip, Upsert]
+    assert changes[1].kind == "no-feature-id" and "data.features[1]" in changes[1].message
 
 
 @pytest.mark.parametrize("data", [None, "null", {}, {"features": None}, {"features": []}, {"other": 1}])
@@ -107,40 +135,61 @@ def test_no_features_gives_no_changes(data: Any) -> None:
     assert features(data) == []
 
 
-def test_minimal_feature_gets_empty_title_and_stories() -> None:
-    (change,) = features({"features": [{"id": 4}]})
+def test_minimal_feature_gets_empty_title_stories_and_false_flags() -> None:
+    (change,) = features({"features": [{"id": 4, "feature_id": 8}]})
     assert change.values["title"] == ""
     assert change.values["user_stories"] == "[]"
-    assert change.values["feature_id"] is None
+    assert change.values["feature_id"] == 8
     assert change.values["description"] is None and change.values["howtofind"] is None
+    assert change.defaults == {}
+    for flag in FLAGS:
+        assert change.values[flag] is False
 
 
-@pytest.mark.parametrize("stories", [None, "missing", []])
+def test_null_title_is_an_error_as_the_not_null_column_refuses_it() -> None:
+    with pytest.raises(RecordError) as info:
+        TF.extract(source_row({"features": [{"id": 4, "feature_id": 8, "title": None}]}))
+    assert info.value.kind == "invalid-type" and "data.features[0].title is null" in info.value.message
+
+
+@pytest.mark.parametrize("stories", [None, "missing", [], "", 0])
 def test_user_stories_none_missing_or_empty_is_empty_list_text(stories: Any) -> None:
-    feature: dict[str, Any] = {"id": 4}
+    feature: dict[str, Any] = {"id": 4, "feature_id": 8}
     if stories != "missing":
         feature["user_stories"] = stories
     (change,) = features({"features": [feature]})
     assert change.values["user_stories"] == "[]"
 
 
-def test_user_stories_list_is_compact_json_text() -> None:
-    stories = ["a b", {"given": "x", "then": ["y", 1, None, True]}, "日本"]
-    (change,) = features({"features": [{"id": 4, "user_stories": stories}]})
-    assert change.values["user_stories"] == '["a b",{"given":"x","then":["y",1,null,true]},"日本"]'
+@pytest.mark.parametrize(
+    "stories",
+    [
+        ["A", "B"],
+        ["„Warenkorb“", "日本"],
+        ["a b", {"given": "x", "then": ["y", 1, None, True]}],
+        "one story",
+        {"a": 1},
+    ],
+)
+def test_user_stories_are_the_text_the_application_writes(stories: Any) -> None:
+    """``json.dumps`` with its defaults: ", " separators and non-ASCII escaped, whatever the value."""
+    (change,) = features({"features": [{"id": 4, "feature_id": 8, "user_stories": stories}]})
+    assert change.values["user_stories"] == json.dumps(stories)
     assert json.loads(change.values["user_stories"]) == stories
 
 
-def test_flags_none_use_defaults_false_with_value_none() -> None:
-    (change,) = features({"features": [{"id": 4}]})
-    assert change.defaults == {"enable_default": False, "enable_content": False, "enable_visual": False}
-    for flag in FLAGS:
-        assert change.values[flag] is None
+def test_user_stories_of_a_test_stored_the_applications_way_come_back_unchanged() -> None:
+    data = json.dumps({"features": [{"id": 4, "feature_id": 8, "user_stories": ["A", "„B“"]}]})
+    assert '["A", "\\u201eB\\u201c"]' in data
+    (change,) = features(data)
+    assert change.values["user_stories"] == '["A", "\\u201eB\\u201c"]'
 
 
-@pytest.mark.parametrize(("raw", "expected"), [(True, True), (False, False), (1, True), (0, False)])
-def test_flags_accept_booleans_and_zero_one(raw: Any, expected: bool) -> None:
-    (change,) = features({"features": [{"id": 4, "enable_visual": raw}]})
+@pytest.mark.parametrize(
+    ("raw", "expected"), [(True, True), (False, False), (1, True), (0, False), (None, False)]
+)
+def test_flags_are_the_value_or_false(raw: Any, expected: bool) -> None:
+    (change,) = features({"features": [{"id": 4, "feature_id": 8, "enable_visual": raw}]})
     assert change.values["enable_visual"] is expected
 
 
@@ -149,7 +198,7 @@ def test_customer_and_test_come_from_the_row_not_the_json() -> None:
         "id": 999,
         "customer_id": 888,
         "test_id": 777,
-        "features": [{"id": 4, "customer_id": 666, "test_id": 555}],
+        "features": [{"id": 4, "feature_id": 8, "customer_id": 666, "test_id": 555}],
     }
     (change,) = features(data, test_id=12, customer_id=34)
     assert change.values["customer_id"] == 34
@@ -163,12 +212,15 @@ def test_digit_string_ids_are_accepted() -> None:
 
 
 def test_bytes_data_is_parsed() -> None:
-    (change,) = features(json.dumps({"features": [{"id": 5, "title": "é"}]}).encode())
+    (change,) = features(json.dumps({"features": [{"id": 5, "feature_id": 8, "title": "é"}]}).encode())
     assert change.values["title"] == "é"
 
 
 def test_null_customer_is_an_error() -> None:
-    assert record_error(TF, source_row({"features": [{"id": 1}]}, customer_id=None)) == "invalid-type"
+    assert (
+        record_error(TF, source_row({"features": [{"id": 1, "feature_id": 8}]}, customer_id=None))
+        == "invalid-type"
+    )
 
 
 @pytest.mark.parametrize(
@@ -183,23 +235,21 @@ def test_null_customer_is_an_error() -> None:
         ({"features": "not a list"}, "invalid-shape"),
         ({"features": {"id": 1}}, "invalid-shape"),
         ({"features": [1]}, "invalid-shape"),
-        ({"features": [{"id": 1}, "x"]}, "invalid-shape"),
-        ({"features": [{"id": "abc"}]}, "invalid-type"),
-        ({"features": [{"id": "-3"}]}, "invalid-type"),
-        ({"features": [{"id": "٣"}]}, "invalid-type"),  # a non-ASCII digit
-        ({"features": [{"id": 1.5}]}, "invalid-type"),
-        ({"features": [{"id": True}]}, "invalid-type"),
-        ({"features": [{"id": [1]}]}, "invalid-type"),
+        ({"features": [{"id": 1, "feature_id": 8}, "x"]}, "invalid-shape"),
+        ({"features": [{"id": "abc", "feature_id": 8}]}, "invalid-type"),
+        ({"features": [{"id": "-3", "feature_id": 8}]}, "invalid-type"),
+        ({"features": [{"id": "٣", "feature_id": 8}]}, "invalid-type"),  # a non-ASCII digit
+        ({"features": [{"id": 1.5, "feature_id": 8}]}, "invalid-type"),
+        ({"features": [{"id": True, "feature_id": 8}]}, "invalid-type"),
+        ({"features": [{"id": [1], "feature_id": 8}]}, "invalid-type"),
         ({"features": [{"id": 1, "feature_id": "x"}]}, "invalid-type"),
-        ({"features": [{"id": 1, "feature_id": False}]}, "invalid-type"),
-        ({"features": [{"id": 1, "title": 7}]}, "invalid-type"),
-        ({"features": [{"id": 1, "description": ["x"]}]}, "invalid-type"),
-        ({"features": [{"id": 1, "howtofind": {"a": 1}}]}, "invalid-type"),
-        ({"features": [{"id": 1, "user_stories": "one story"}]}, "invalid-type"),
-        ({"features": [{"id": 1, "user_stories": {"a": 1}}]}, "invalid-type"),
-        ({"features": [{"id": 1, "enable_default": "yes"}]}, "invalid-type"),
-        ({"features": [{"id": 1, "enable_default": 2}]}, "invalid-type"),
-        ({"features": [{"id": 1, "enable_content": 1.0}]}, "invalid-type"),
+        ({"features": [{"id": 1, "feature_id": True}]}, "invalid-type"),
+        ({"features": [{"id": 1, "feature_id": 8, "title": 7}]}, "invalid-type"),
+        ({"features": [{"id": 1, "feature_id": 8, "description": ["x"]}]}, "invalid-type"),
+        ({"features": [{"id": 1, "feature_id": 8, "howtofind": {"a": 1}}]}, "invalid-type"),
+        ({"features": [{"id": 1, "feature_id": 8, "enable_default": "yes"}]}, "invalid-type"),
+        ({"features": [{"id": 1, "feature_id": 8, "enable_default": 2}]}, "invalid-type"),
+        ({"features": [{"id": 1, "feature_id": 8, "enable_content": 1.0}]}, "invalid-type"),
     ],
 )
 def test_bad_test_data_raises_record_error(data: Any, kind: str) -> None:
@@ -207,7 +257,7 @@ def test_bad_test_data_raises_record_error(data: Any, kind: str) -> None:
 
 
 def test_one_bad_feature_fails_the_whole_test() -> None:
-    data = {"features": [{"id": 1, "title": "ok"}, {"id": 2, "title": 3}]}
+    data = {"features": [{"id": 1, "feature_id": 8, "title": "ok"}, {"id": 2, "feature_id": 8, "title": 3}]}
     with pytest.raises(RecordError) as info:
         TF.extract(source_row(data))
     assert "data.features[1].title" in info.value.message
@@ -218,14 +268,14 @@ def test_non_string_data_value_is_invalid_json() -> None:
 
 
 def test_out_of_range_number_in_user_stories_is_a_record_error() -> None:
-    # 1e400 is valid JSON syntax; Python parses it as inf, which dump_json cannot write.
-    data = '{"features": [{"id": 1, "user_stories": ["ok", 1e400]}]}'
+    # 1e400 is valid JSON syntax, but overflows a double: parse_json refuses the text.
+    data = '{"features": [{"id": 1, "feature_id": 8, "user_stories": ["ok", 1e400]}]}'
     with pytest.raises(RecordError):
         TF.extract(source_row(data))
 
 
 def test_id_with_too_many_digits_is_a_record_error() -> None:
-    data = json.dumps({"features": [{"id": "9" * 5000}]})
+    data = json.dumps({"features": [{"id": "9" * 5000, "feature_id": 8}]})
     assert record_error(TF, source_row(data)) == "invalid-type"
 
 

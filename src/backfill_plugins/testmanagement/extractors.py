@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
-from backfill_core import Extractor, RecordError, Ref, Row, Update, Upsert, dump_json, parse_json
+from backfill_core import Extractor, RecordError, Ref, Row, Skip, Update, Upsert, parse_json
 from backfill_plugins.testmanagement.models import Bug, Test, TestFeature
 
 FLAGS = ("enable_default", "enable_content", "enable_visual")
@@ -14,7 +15,6 @@ FLAGS = ("enable_default", "enable_content", "enable_visual")
 
 INT64 = range(-(2**63), 2**63)
 DIGITS = re.compile(r"[ \t\r\n]*([0-9]{1,19})[ \t\r\n]*")
-FLAG_DEFAULTS = dict.fromkeys(FLAGS, False)
 
 # The checks below take the place a value was found at as ``where`` and ``field`` and build the
 # message from them only when the value is bad: they run for every field of every feature.
@@ -86,7 +86,11 @@ class TestFeatureExtractor(Extractor):
         )
     }
 
-    def extract(self, row: Row) -> list[Upsert]:
+    def extract(self, row: Row) -> list[Upsert | Skip]:
+        """The application's rules (``TestRepository._upsert_test_feature`` in testio-mcp): a
+        feature without ``id`` or ``feature_id`` is skipped, ``enable_*`` is the value or False,
+        ``user_stories`` is ``json.dumps`` of the list or ``[]``; and a feature whose
+        ``feature_id`` is not in ``features`` is refused alone (never a dangling reference)."""
         customer_id = row["customer_id"]
         if customer_id is None:
             raise RecordError("tests.customer_id is NULL", kind="invalid-type")
@@ -98,37 +102,44 @@ class TestFeatureExtractor(Extractor):
             return []
         if not isinstance(features, list):
             raise RecordError(f"data.features is {type(features).__name__}, not a list", kind="invalid-shape")
-        changes = []
+        changes: list[Upsert | Skip] = []
         test_id = row["id"]
         for i, item in enumerate(features):
             if type(item) is not dict:
                 _object(item, f"data.features[{i}]")
-            if not item.get("id"):
-                continue
-            where = f"data.features[{i}]"
             get = item.get
-            stories = get("user_stories")
-            if stories is not None and not isinstance(stories, list):
+            where = f"data.features[{i}]"
+            if not get("id"):
+                changes.append(Skip("no-id", f"{where} has no id"))
+                continue
+            if not get("feature_id"):
+                changes.append(Skip("no-feature-id", f"{where} (id {get('id')!r}) has no feature_id"))
+                continue
+            feature_id = _int(get("feature_id"), where, ".feature_id")
+            title = get("title", "")
+            if title is None:
                 raise RecordError(
-                    f"{where}.user_stories is {type(stories).__name__}, not a list", kind="invalid-type"
+                    f"{where}.title is null, which test_features.title (NOT NULL) refuses",
+                    kind="invalid-type",
                 )
             changes.append(
                 Upsert(
                     table="test_features",
-                    key={"id": _int(item["id"], where, ".id")},
+                    key={"id": _int(get("id"), where, ".id")},
                     values={
                         "customer_id": customer_id,
                         "test_id": test_id,
-                        "feature_id": _int(get("feature_id"), where, ".feature_id"),
-                        "title": _text(get("title"), where, ".title") or "",
+                        "feature_id": feature_id,
+                        "title": _text(title, where, ".title"),
                         "description": _text(get("description"), where, ".description"),
                         "howtofind": _text(get("howtofind"), where, ".howtofind"),
-                        "user_stories": dump_json(stories or []),
-                        "enable_default": _flag(get("enable_default"), where, ".enable_default"),
-                        "enable_content": _flag(get("enable_content"), where, ".enable_content"),
-                        "enable_visual": _flag(get("enable_visual"), where, ".enable_visual"),
+                        "user_stories": json.dumps(get("user_stories") or []),
+                        "enable_default": _flag(get("enable_default"), where, ".enable_default") or False,
+                        "enable_content": _flag(get("enable_content"), where, ".enable_content") or False,
+                        "enable_visual": _flag(get("enable_visual"), where, ".enable_visual") or False,
                     },
-                    defaults=FLAG_DEFAULTS,
+                    requires=(Ref("features", "id", feature_id),),
+                    independent=True,
                 )
             )
         return changes

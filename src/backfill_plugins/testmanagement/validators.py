@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, FromClause, Select, column, func, select, table
+from sqlalchemy import ColumnElement, FromClause, Integer, Select, column, func, select, table
+from sqlalchemy.exc import CompileError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from backfill_core import Metric, Validator
 from backfill_core.sql import json_value
@@ -18,8 +21,63 @@ def _count(t: FromClause, *where: ColumnElement[Any]) -> Select[Any]:
     return select(func.count()).select_from(t).where(*where)
 
 
+class listed_features(ColumnElement[int]):
+    """How many features ``tests.data`` lists with an ``id`` and a ``feature_id`` (those the
+    application writes); with ``accounted``, only those that are written, or whose test has an
+    error recorded by the latest ``test_features`` run (and its retries)."""
+
+    type = Integer()
+    inherit_cache = True
+
+    def __init__(self, accounted: bool) -> None:
+        self.accounted = accounted
+
+
+_SQLITE_LISTED = """(SELECT count(*) FROM tests AS t, json_each(
+    CASE WHEN json_valid(t.data) AND json_type(t.data, '$.features') = 'array'
+    THEN json_extract(t.data, '$.features') ELSE '[]' END) AS f
+  WHERE f.type = 'object'
+  AND coalesce(json_extract(f.value, '$.id'), 0) NOT IN (0, '')
+  AND coalesce(json_extract(f.value, '$.feature_id'), 0) NOT IN (0, ''){accounted})"""
+_SQLITE_ACCOUNTED = """
+  AND (CAST(json_extract(f.value, '$.id') AS INTEGER) IN (SELECT id FROM test_features)
+    OR t.id IN (SELECT CAST(e.key AS INTEGER) FROM backfill_errors AS e
+      JOIN backfill_runs AS r ON r.id = e.run_id
+      WHERE r.extractor = 'test_features' AND r.id >= (SELECT max(id) FROM backfill_runs
+        WHERE extractor = 'test_features' AND retry_of IS NULL)))"""
+_POSTGRES_LISTED = """(SELECT count(*) FROM tests AS t CROSS JOIN LATERAL jsonb_array_elements(
+    CASE WHEN pg_input_is_valid(t.data, 'jsonb') AND jsonb_typeof(t.data::jsonb -> 'features') = 'array'
+    THEN t.data::jsonb -> 'features' ELSE '[]'::jsonb END) AS f(value)
+  WHERE jsonb_typeof(f.value) = 'object'
+  AND coalesce(f.value ->> 'id', '0') NOT IN ('0', '', 'false')
+  AND coalesce(f.value ->> 'feature_id', '0') NOT IN ('0', '', 'false'){accounted})"""
+_POSTGRES_ACCOUNTED = """
+  AND ((f.value ->> 'id') IN (SELECT id::text FROM test_features)
+    OR t.id::text IN (SELECT e.key FROM backfill_errors AS e
+      JOIN backfill_runs AS r ON r.id = e.run_id
+      WHERE r.extractor = 'test_features' AND r.id >= (SELECT max(id) FROM backfill_runs
+        WHERE extractor = 'test_features' AND retry_of IS NULL)))"""
+
+
+@compiles(listed_features, "sqlite")
+def _listed_sqlite(element: listed_features, compiler: SQLCompiler, **kw: Any) -> str:
+    return _SQLITE_LISTED.format(accounted=_SQLITE_ACCOUNTED if element.accounted else "")
+
+
+@compiles(listed_features, "postgresql")
+def _listed_postgresql(element: listed_features, compiler: SQLCompiler, **kw: Any) -> str:
+    version = compiler.dialect.server_version_info or (0,)
+    if version < (16,):
+        raise CompileError(
+            "reading JSON text safely needs PostgreSQL 16 or later (pg_input_is_valid); "
+            f"this server is {'.'.join(map(str, version))}"
+        )
+    return _POSTGRES_LISTED.format(accounted=_POSTGRES_ACCOUNTED if element.accounted else "")
+
+
 class CoverageValidator(Validator):
-    """Shares of tests with features, of bugs attributed, of features with a customer."""
+    """Shares of tests with features, of bugs attributed, of features with a customer, and
+    whether every listed feature is accounted for."""
 
     name = "coverage"
     description = "coverage of test_features and bug attribution"
@@ -29,6 +87,7 @@ class CoverageValidator(Validator):
         "test_features": ("id", "test_id", "customer_id"),
         "bugs": ("id", "raw_data", "test_feature_id"),
     }
+    """The ledger (backfill_runs, backfill_errors) is read too; it exists once anything ran."""
 
     def __init__(self, threshold: float = 0.95) -> None:
         self.threshold = threshold
@@ -63,6 +122,15 @@ class CoverageValidator(Validator):
                 _count(bugs),
                 None,
                 "bug_attribution",
+            ),
+            Metric(
+                "features_accounted",
+                "listed features with id and feature_id that are written or whose test's error "
+                "is recorded (none may be missing)",
+                select(listed_features(accounted=True)),
+                select(listed_features(accounted=False)),
+                1.0,
+                "test_features",
             ),
             Metric(
                 "features_with_customer",
