@@ -38,7 +38,10 @@ def test_demo_rebuilds_an_earlier_demo_database(cli: RunCli, tmp_path: Path) -> 
     path = tmp_path / "demo.db"
     _demo_ok(cli(["demo", path, "--tests", "150", "--quiet"]), path, 150)
     conn = sqlite3.connect(path)
-    conn.execute("INSERT INTO tests (id, customer_id, data) VALUES (999999, 1, 'left over')")
+    conn.execute(
+        "INSERT INTO tests (id, customer_id, product_id, status, data) "
+        "VALUES (999999, 1, 1, 'archived', 'left over')"
+    )
     conn.commit()
     conn.close()
 

@@ -1,4 +1,25 @@
-"""A realistic synthetic test-management database, for the demo, the tests and the benchmarks."""
+"""A realistic synthetic test-management database, for the demo, the tests and the benchmarks.
+
+The tables are the application's real ones (testio-mcp 0.4.0), created from the plugin's models
+(see ``models.py``), and filled the way the application fills them: ``products`` and each
+product's ``features``; ``tests`` whose ``data`` is the platform's test JSON as the application
+stores it (``json.dumps``: ASCII-escaped, ``", "`` between items) with its denormalized columns;
+``bugs`` whose ``raw_data`` is the platform's bug JSON, likewise. ``test_features`` is empty and
+``bugs.test_feature_id`` NULL: that is what backfill fills.
+
+The data holds what the application meets (a share ``odd`` of the listed features): a listed
+feature without ``id`` (missing or null), one without ``feature_id`` (missing, null or 0), and
+one whose ``feature_id`` names a product's feature the cache lacks (not in ``features``). Besides,
+any feature may have ``enable_*`` null or missing, ``user_stories`` null or missing, non-ASCII
+user stories (``„Warenkorb“``) or no title. A share ``messy`` of the tests and bugs is
+deliberately broken (truncated JSON, ``features`` not a list, an id that is not an integer, the
+JSON ``null``; bugs naming a test feature that does not exist or is another customer's).
+
+The application opens its cache in WAL mode with foreign keys off. The file built here has
+foreign keys off too, but stays in rollback-journal (DELETE) mode unless ``wal=True``: the crash
+tests look for the hot ``-journal`` a killed run leaves, read-only copies of a template must be
+readable, and ``backfill demo`` rebuilds its file by deleting it.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +28,20 @@ import random
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import create_engine
+from sqlalchemy import Table, create_engine
+from sqlalchemy.schema import CreateIndex, CreateTable
 
-from backfill_plugins.testmanagement.models import Bug, Test, TestFeature
+from backfill_plugins.testmanagement.models import Bug, Feature, Product, Test, TestFeature, User
 
 MARKER_TABLE = "backfill_demo"
+TABLES: tuple[Table, ...] = tuple(
+    m.__table__  # type: ignore[union-attr]
+    for m in (User, Product, Feature, Test, TestFeature, Bug)
+)
 WORDS = [
     "login",
     "checkout",
@@ -41,7 +69,38 @@ WORDS = [
     "currency",
     "accessibility",
 ]
+NON_ASCII = ["„Warenkorb“", "Größe", "café", "Straße", "Bestellübersicht", "naïve", "crème brûlée", "日本語"]
 DEVICES = ("iPhone 15", "Pixel 8", "Galaxy S24", "iPad Air", "Windows 11 / Chrome", "macOS / Safari")
+SEVERITIES = ("low", "high", "critical", "visual", "content")
+PRODUCT_TYPES = ("website", "mobile_app_ios", "mobile_app_android", "streaming_app")
+TEST_STATUSES = ("archived",) * 7 + ("locked", "customer_finalized", "running")
+ODD_KINDS = (
+    "no-id",
+    "no-feature-id",
+    "uncached-feature",
+    "null-id",
+    "null-feature-id",
+    "uncached-feature",
+    "zero-feature-id",
+)
+"""Listed features the application does not write as they are, in the order they are dealt out."""
+EPOCH = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+PRODUCTS_PER_CUSTOMER = 5
+
+PRODUCT_COLUMNS = ("id", "customer_id", "data", "last_synced", "title", "product_type")
+FEATURE_COLUMNS = (
+    *("id", "product_id", "title", "description", "howtofind"),
+    *("user_stories", "section_ids", "raw_data", "last_synced"),
+)
+TEST_COLUMNS = (
+    *("id", "customer_id", "product_id", "data", "status", "start_at", "end_at", "synced_at"),
+    *("title", "testing_type", "goal", "instructions", "out_of_scope"),
+    *("enable_low", "enable_high", "enable_critical", "test_environment"),
+)
+BUG_COLUMNS = (
+    *("id", "customer_id", "test_id", "title", "severity", "status", "raw_data", "synced_at"),
+    *("actual_result", "expected_result", "steps", "reported_at", "known"),
+)
 
 
 @dataclass(frozen=True)
@@ -50,90 +109,288 @@ class Counts:
     bugs: int
     messy_tests: int
     messy_bugs: int
+    products: int = 0
+    features: int = 0
+    """Rows in ``features`` (the products' features the cache holds)."""
+    listed_features: int = 0
+    """Features listed in the well-formed tests' JSON."""
+    odd_features: int = 0
+    """Of those, the ones the application skips or cannot reference (see ``ODD_KINDS``)."""
 
 
-def _sentence(rng: random.Random, n: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
+def _sentence(rng: random.Random, n: int, words: list[str] = WORDS) -> str:
+    return " ".join(rng.choices(words, k=n)).capitalize() + "."
 
 
-def _feature(rng: random.Random, fid: int) -> dict[str, object]:
-    flags = {
-        f: rng.choice((True, False, None)) for f in ("enable_default", "enable_content", "enable_visual")
-    }
+def _stamp(moment: datetime) -> str:
+    """A datetime as SQLAlchemy stores it in SQLite (what the application's columns hold)."""
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _api_time(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class _Product:
+    id: int
+    customer: int
+    name: str
+    type: str
+    features: list[dict[str, Any]]
+    """The product's features as the API lists them; the cache holds all of them..."""
+    uncached: list[dict[str, Any]]
+    """...but these, which the application never fetched."""
+
+
+def _product_feature(rng: random.Random, fid: int) -> dict[str, Any]:
+    stories = [_sentence(rng, rng.randint(6, 12)) for _ in range(rng.randint(0, 3))]
+    if stories and rng.random() < 0.15:
+        stories[0] = _sentence(rng, rng.randint(4, 8), [*WORDS, *NON_ASCII])
+    title = _sentence(rng, 3) if rng.random() > 0.05 else _sentence(rng, 2, NON_ASCII)
     return {
         "id": fid,
-        "feature_id": rng.randint(1, 5000),
-        "title": _sentence(rng, 3),
-        "description": _sentence(rng, rng.randint(10, 30)),
-        "howtofind": _sentence(rng, rng.randint(5, 15)),
-        "user_stories": [_sentence(rng, rng.randint(6, 12)) for _ in range(rng.randint(0, 3))]
-        if rng.random() > 0.1
-        else None,
-        **flags,
+        "title": title,
+        "description": _sentence(rng, rng.randint(6, 18)),
+        "howtofind": _sentence(rng, rng.randint(4, 10)),
+        "user_stories": stories,
     }
 
 
-def _test_data(rng: random.Random, test_id: int, features: list[dict[str, object]]) -> dict[str, object]:
+def _products(rng: random.Random, customers: int) -> list[_Product]:
+    products = []
+    next_feature = 100_001  # not the test features' range: a mixed-up id is a dangling one
+    for pid in range(1, customers * PRODUCTS_PER_CUSTOMER + 1):
+        features = [_product_feature(rng, next_feature + i) for i in range(rng.randint(12, 40))]
+        next_feature += len(features)
+        uncached = [_product_feature(rng, next_feature + i) for i in range(2)]
+        next_feature += len(uncached)
+        products.append(
+            _Product(
+                id=pid,
+                customer=(pid - 1) % customers + 1,
+                name=_sentence(rng, 2)[:-1],
+                type=rng.choice(PRODUCT_TYPES),
+                features=features,
+                uncached=uncached,
+            )
+        )
+    return products
+
+
+def _flags(rng: random.Random, listed: dict[str, Any]) -> None:
+    for flag in ("enable_default", "enable_content", "enable_visual"):
+        r = rng.random()
+        if r < 0.4:
+            listed[flag] = True
+        elif r < 0.75:
+            listed[flag] = False
+        elif r < 0.93:
+            listed[flag] = None
+        # else: missing
+
+
+def _listed(rng: random.Random, feature: dict[str, Any], tfid: int) -> dict[str, Any]:
+    """A product's feature as a test lists it (``tests.data.features[i]``)."""
+    listed: dict[str, Any] = {
+        "id": tfid,
+        "feature_id": feature["id"],
+        "title": feature["title"],
+        "description": feature["description"],
+        "location": feature["howtofind"],
+        "howtofind": feature["howtofind"],
+        "target_idx": None,
+    }
+    _flags(rng, listed)
+    listed["custom_report_configurations"] = []
+    r = rng.random()
+    if r < 0.06:
+        listed["user_stories"] = None
+    elif r >= 0.1:  # else missing
+        listed["user_stories"] = list(feature["user_stories"])
+    if rng.random() < 0.01:
+        del listed["title"]
+    return listed
+
+
+def _make_odd(rng: random.Random, listed: dict[str, Any], kind: str, product: _Product) -> None:
+    if kind == "no-id":
+        del listed["id"]
+    elif kind == "null-id":
+        listed["id"] = None
+    elif kind == "no-feature-id":
+        del listed["feature_id"]
+    elif kind == "null-feature-id":
+        listed["feature_id"] = None
+    elif kind == "zero-feature-id":
+        listed["feature_id"] = 0
+    else:
+        assert kind == "uncached-feature", kind
+        listed["feature_id"] = rng.choice(product.uncached)["id"]
+
+
+def _test_data(
+    rng: random.Random, test_id: int, product: _Product, features: list[dict[str, Any]], start: datetime
+) -> dict[str, Any]:
+    goal = _sentence(rng, rng.randint(8, 16))
+    instructions = _sentence(rng, rng.randint(20, 45))
+    out_of_scope = _sentence(rng, rng.randint(5, 10))
+    title = _sentence(rng, 4)
     return {
         "id": test_id,
-        "title": _sentence(rng, 4),
-        "goal": _sentence(rng, rng.randint(20, 40)),
-        "instructions": _sentence(rng, rng.randint(60, 120)),
-        "out_of_scope": _sentence(rng, rng.randint(10, 20)),
+        "test_title": title,
+        "title": title,
+        "status": rng.choice(TEST_STATUSES),
+        "testing_type": rng.choice(("coverage", "focused", "rapid")),
+        "goal": f"**{goal}**",
+        "goal_text": goal,
+        "instructions": instructions,
+        "instructions_text": instructions,
+        "out_of_scope": out_of_scope,
+        "out_of_scope_text": out_of_scope,
+        "test_environment": {
+            "id": product.id * 10,
+            "title": "Staging",
+            "url": "https://staging.example.com/",
+        },
+        "features": features,
         "requirements": [
             {"device": d, "os_version": f"{rng.randint(10, 17)}.0"} for d in rng.sample(DEVICES, 3)
         ],
-        "start_at": f"2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}T09:00:00Z",
-        "features": features,
+        "report_language": "en",
+        "product": {"id": product.id, "name": product.name, "type": product.type},
+        "enable_low": True,
+        "enable_high": True,
+        "enable_critical": rng.random() < 0.8,
+        "created_by": None,
+        "submitted_by": None,
+        "start_at": _api_time(start),
+        "end_at": _api_time(start + timedelta(days=2)),
     }
 
 
-def _bug_data(rng: random.Random, bug_id: int, feature: dict[str, object] | None) -> dict[str, object]:
+def _bug_data(
+    rng: random.Random, bug_id: int, test: dict[str, Any], feature: dict[str, Any] | None, reported: datetime
+) -> dict[str, Any]:
     return {
         "id": bug_id,
         "title": _sentence(rng, 6),
-        "severity": rng.choice(("low", "high", "critical", "visual", "content")),
+        "severity": rng.choice(SEVERITIES),
         "status": rng.choice(("accepted", "rejected", "forwarded")),
-        "test_feature": None if feature is None else {"id": feature["id"], "title": feature["title"]},
-        "device": {"name": rng.choice(DEVICES), "os_version": f"{rng.randint(10, 17)}.0"},
-        "steps": _sentence(rng, rng.randint(30, 60)),
-        "expected_result": _sentence(rng, rng.randint(8, 16)),
-        "actual_result": _sentence(rng, rng.randint(8, 16)),
+        "language": "en",
+        "location": "https://staging.example.com/",
+        "author": {"name": f"tester{rng.randint(1, 500)}"},
+        "expected_result": _sentence(rng, rng.randint(6, 12)),
+        "actual_result": _sentence(rng, rng.randint(6, 12)),
+        "test": {"id": test["id"], "title": test["title"]},
+        "product": {"id": test["product"]["id"]},
+        "steps": [_sentence(rng, rng.randint(5, 10)) for _ in range(rng.randint(2, 4))],
+        "devices": [{"name": rng.choice(DEVICES), "os_version": f"{rng.randint(10, 17)}.0"}],
+        "known": rng.random() < 0.05,
+        "reported_at": _api_time(reported),
+        "test_feature": None
+        if feature is None
+        else {"id": feature["id"], "feature_id": feature.get("feature_id"), "title": feature.get("title")},
     }
 
 
-def _messy_test(rng: random.Random, data: dict[str, object]) -> str:
+def _messy_test(rng: random.Random, data: dict[str, Any]) -> str:
     choice = rng.randrange(4)
     if choice == 0:
         return json.dumps(data)[:-7]  # truncated JSON
     if choice == 1:
         return json.dumps({**data, "features": "not a list"})
-    if choice == 2:
-        return json.dumps({**data, "features": [{"id": "abc", "title": 7}]})
+    if choice == 2:  # an id that is not an integer (with a feature_id: not a feature to skip)
+        return json.dumps({**data, "features": [{"id": "abc", "feature_id": 100_001, "title": 7}]})
     return "null"
 
 
-def _rows(tests: int, customers: int, messy: float, seed: int) -> Iterator[tuple[str, tuple[object, ...]]]:
+def _test_row(customer: int, data: dict[str, Any], text: str, synced: str) -> tuple[Any, ...]:
+    env = data["test_environment"]
+    return (
+        *(data["id"], customer, data["product"]["id"], text, data["status"]),
+        *(_stamp(_parse(data["start_at"])), _stamp(_parse(data["end_at"])), synced),
+        *(data["title"], data["testing_type"], data["goal_text"], data["instructions_text"]),
+        *(data["out_of_scope_text"], data["enable_low"], data["enable_high"], data["enable_critical"]),
+        json.dumps(env),
+    )
+
+
+def _bug_row(customer: int, raw: dict[str, Any], text: str, synced: str) -> tuple[Any, ...]:
+    return (
+        *(raw["id"], customer, raw["test"]["id"], raw["title"], raw["severity"], raw["status"], text),
+        *(synced, raw["actual_result"], raw["expected_result"], "\n".join(raw["steps"])),
+        *(_stamp(_parse(raw["reported_at"])), raw["known"]),
+    )
+
+
+def _parse(api_time: str) -> datetime:
+    return datetime.strptime(api_time, "%Y-%m-%dT%H:%M:%SZ")
+
+
+def _catalogue(products: list[_Product], synced: str) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    for product in products:
+        data = {
+            "id": product.id,
+            "name": product.name,
+            "description": None,
+            "type": product.type,
+            "default_section_id": product.id * 100,
+            "sections": [],
+            "sections_with_default": [{"id": product.id * 100, "name": "default-section"}],
+        }
+        yield "products", (product.id, product.customer, json.dumps(data), synced, product.name, product.type)
+        for f in product.features:
+            stories = json.dumps(f["user_stories"])
+            row = (f["id"], product.id, f["title"], f["description"], f["howtofind"], stories)
+            yield "features", (*row, "[]", json.dumps(f), synced)
+
+
+def _rows(
+    tests: int, customers: int, messy: float, odd: float, seed: int, counts: dict[str, int]
+) -> Iterator[tuple[str, tuple[Any, ...]]]:
     """Rows to insert, as (table, values), in an order that respects the foreign keys."""
     rng = random.Random(seed)
+    synced = _stamp(EPOCH + timedelta(days=400))
+    products = _products(rng, customers)
+    yield from _catalogue(products, synced)
     next_feature = 1
     next_bug = 1
-    owned: dict[int, list[dict[str, object]]] = {}
+    dealt = 0  # odd features dealt out so far: their kinds take turns
+    owned: dict[int, list[dict[str, Any]]] = {}
     for test_id in range(1, tests + 1):
-        customer = rng.randint(1, customers)
-        features = [_feature(rng, next_feature + i) for i in range(rng.randint(1, 5))]
-        next_feature += len(features)
-        data = _test_data(rng, test_id, features)
+        product = rng.choice(products)
+        customer = product.customer
+        features = []
+        odd_here = 0
+        for feature in rng.sample(product.features, rng.randint(1, 5)):
+            listed = _listed(rng, feature, next_feature)
+            next_feature += 1
+            if rng.random() < odd:
+                _make_odd(rng, listed, ODD_KINDS[dealt % len(ODD_KINDS)], product)
+                dealt += 1
+                odd_here += 1
+            features.append(listed)
+        start = EPOCH + timedelta(days=rng.randint(0, 360), hours=rng.randint(0, 23))
+        data = _test_data(rng, test_id, product, features, start)
         is_messy = rng.random() < messy
-        text = _messy_test(rng, data) if is_messy else json.dumps(data)
-        yield "tests", (test_id, customer, rng.randint(1, 40), "archived", text, is_messy)
+        if is_messy:
+            counts["messy_tests"] += 1
+            text = _messy_test(rng, data)
+        else:
+            counts["listed_features"] += len(features)
+            counts["odd_features"] += odd_here
+            text = json.dumps(data)
+        yield "tests", _test_row(customer, data, text, synced)
+        named = [f for f in features if f.get("id")]
         if not is_messy:
-            owned.setdefault(customer, []).extend(features)
+            owned.setdefault(customer, []).extend(named)
         for _ in range(rng.randint(2, 6)):
-            feature = None if is_messy or rng.random() < 0.05 else rng.choice(features)
-            raw = _bug_data(rng, next_bug, feature)
+            target = None if is_messy or not named or rng.random() < 0.05 else rng.choice(named)
+            raw = _bug_data(rng, next_bug, data, target, start + timedelta(hours=rng.randint(1, 47)))
             bug_messy = rng.random() < messy
             if bug_messy:
+                counts["messy_bugs"] += 1
                 kind = rng.randrange(3)
                 if kind == 0:
                     text = json.dumps(raw)[:40]
@@ -147,43 +404,85 @@ def _rows(tests: int, customers: int, messy: float, seed: int) -> Iterator[tuple
                     text = json.dumps(raw)
             else:
                 text = json.dumps(raw)
-            yield "bugs", (next_bug, customer, test_id, text, bug_messy)
+            yield "bugs", _bug_row(customer, raw, text, synced)
             next_bug += 1
 
 
 def build(
-    path: Path, tests: int = 2000, *, customers: int = 4, messy: float = 0.015, seed: int = 1
+    path: Path,
+    tests: int = 2000,
+    *,
+    customers: int = 4,
+    messy: float = 0.015,
+    odd: float = 0.01,
+    seed: int = 1,
+    wal: bool = False,
 ) -> Counts:
-    """Create a new SQLite database at ``path`` (which must not exist) and fill it."""
+    """Create a new SQLite database at ``path`` (which must not exist) and fill it.
+
+    ``messy`` is the share of tests and of bugs deliberately broken; ``odd`` the share of listed
+    features the application skips or cannot reference. The same arguments give the same file
+    contents. ``wal`` leaves the file in WAL mode, as the application does; the default is
+    rollback-journal (DELETE) mode.
+    """
     if path.exists():
         raise FileExistsError(path)
     engine = create_engine(f"sqlite:///{path}")
-    tables = [m.__table__ for m in (Test, TestFeature, Bug)]  # type: ignore[union-attr]
-    Test.metadata.create_all(engine, tables=tables)
+    tables = [str(CreateTable(t).compile(engine)).strip() for t in TABLES]
+    indexes = [str(CreateIndex(i).compile(engine)).strip() for t in TABLES for i in t.indexes]
     engine.dispose()
-    counts = {"tests": 0, "bugs": 0, "messy_tests": 0, "messy_bugs": 0}
-    with sqlite3.connect(path) as conn:
+    counts = dict.fromkeys(("messy_tests", "messy_bugs", "listed_features", "odd_features"), 0)
+    rows = dict.fromkeys(("products", "features", "tests", "bugs"), 0)
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("PRAGMA foreign_keys = OFF")  # as the application has it
+        conn.execute("PRAGMA journal_mode = OFF")  # a new file: nothing to roll back to
+        conn.execute("PRAGMA synchronous = OFF")
+        for ddl in tables:
+            conn.execute(ddl)
         conn.execute(f"CREATE TABLE {MARKER_TABLE} (tests INTEGER, seed INTEGER)")
         conn.execute(f"INSERT INTO {MARKER_TABLE} VALUES (?, ?)", (tests, seed))
-        batch: dict[str, list[tuple[object, ...]]] = {"tests": [], "bugs": []}
-        for table, values in _rows(tests, customers, messy, seed):
-            *row, is_messy = values
-            batch[table].append(tuple(row))
-            counts[table] += 1
-            counts[f"messy_{table}"] += bool(is_messy)
+        batch: dict[str, list[tuple[Any, ...]]] = {name: [] for name in rows}
+        for table, values in _rows(tests, customers, messy, odd, seed, counts):
+            batch[table].append(values)
+            rows[table] += 1
             if len(batch[table]) >= 5000:
                 _flush(conn, batch)
         _flush(conn, batch)
-    return Counts(counts["tests"], counts["bugs"], counts["messy_tests"], counts["messy_bugs"])
-
-
-def _flush(conn: sqlite3.Connection, batch: dict[str, list[tuple[object, ...]]]) -> None:
-    conn.executemany(
-        "INSERT INTO tests (id, customer_id, product_id, status, data) VALUES (?,?,?,?,?)", batch["tests"]
+        for ddl in indexes:  # after the rows: building an index at once is faster
+            conn.execute(ddl)
+        conn.commit()
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute(f"PRAGMA journal_mode = {'WAL' if wal else 'DELETE'}")
+    finally:
+        conn.close()
+    return Counts(
+        tests=rows["tests"],
+        bugs=rows["bugs"],
+        messy_tests=counts["messy_tests"],
+        messy_bugs=counts["messy_bugs"],
+        products=rows["products"],
+        features=rows["features"],
+        listed_features=counts["listed_features"],
+        odd_features=counts["odd_features"],
     )
-    conn.executemany("INSERT INTO bugs (id, customer_id, test_id, raw_data) VALUES (?,?,?,?)", batch["bugs"])
-    batch["tests"].clear()
-    batch["bugs"].clear()
+
+
+INSERTS = {
+    table: f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
+    for table, cols in (
+        ("products", PRODUCT_COLUMNS),
+        ("features", FEATURE_COLUMNS),
+        ("tests", TEST_COLUMNS),
+        ("bugs", BUG_COLUMNS),
+    )
+}
+
+
+def _flush(conn: sqlite3.Connection, batch: dict[str, list[tuple[Any, ...]]]) -> None:
+    for table, values in batch.items():  # in insertion order: referenced tables first
+        conn.executemany(INSERTS[table], values)
+        values.clear()
 
 
 def is_demo_database(path: Path) -> bool:
