@@ -14,6 +14,7 @@ from backfill_plugins.testmanagement.extractors import (
     FLAGS,
     BugAttributionExtractor,
     TestFeatureExtractor,
+    stories_text,
 )
 
 TF = TestFeatureExtractor()
@@ -230,3 +231,9 @@ def test_one_upsert_per_feature_with_a_truthy_id_and_feature_id(
         assert change.values["user_stories"] == json.dumps(feature.get("user_stories") or [])
         for flag in FLAGS:
             assert change.values[flag] is bool(feature.get(flag))
+
+
+@SETTINGS
+@given(st.none() | st.lists(st.text()) | st.lists(st.text() | st.integers() | st.none(), max_size=4))
+def test_user_stories_text_is_json_dumps(stories: Any) -> None:
+    assert stories_text(stories) == json.dumps(stories or [])
