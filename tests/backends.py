@@ -1,5 +1,5 @@
 """One small test-management database on either backend: a SQLite file, or a scratch database on
-the PostgreSQL server named by BACKFILL_TEST_POSTGRES_URL (see pg_support).
+the PostgreSQL server named by BACKFILL_TEST_POSTGRES_URL (created and dropped here).
 
 For tests that pin a contract on both databases: they build the same rows (tests whose ``data``
 is GOOD, BROKEN or EMPTY), run the real engine or CLI on ``Backend.url``, and read the result back
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -19,7 +20,20 @@ from typing import Any
 
 import pytest
 
-from pg_support import SCHEMA, execute, fetch, needs_server, scratch_database
+from pg_support import SERVER, execute, fetch, needs_server
+
+SCHEMA = """
+CREATE TABLE tests (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, data TEXT);
+CREATE TABLE test_features (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL,
+    test_id INTEGER NOT NULL REFERENCES tests(id), feature_id INTEGER, title TEXT NOT NULL DEFAULT '',
+    description TEXT, howtofind TEXT, user_stories TEXT NOT NULL DEFAULT '[]', enable_default BOOLEAN,
+    enable_content BOOLEAN, enable_visual BOOLEAN);
+CREATE TABLE bugs (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, test_id INTEGER REFERENCES tests(id),
+                   raw_data TEXT, test_feature_id INTEGER REFERENCES test_features(id));
+"""
+"""The columns the built-in job reads and writes, in DDL that both databases accept; kept here,
+apart from pg_support's copy of the application's schema, so that these tests' row counts stay
+exact whatever that schema grows."""
 
 KINDS = [pytest.param("sqlite"), pytest.param("postgresql", marks=needs_server)]
 """The ``params`` of a fixture that gives each test both databases."""
@@ -108,19 +122,48 @@ class PostgresBackend(Backend):
         return {r[0] for r in self.rows("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
 
 
+INSERT_TESTS = "INSERT INTO tests (id, customer_id, data) VALUES (?, 7, ?)"
+
+
+def _rows(tests: Sequence[str]) -> list[tuple[int, str]]:
+    return [(i, data_for(i, kind)) for i, kind in enumerate(tests, 1)]
+
+
 def sqlite_file(path: Path, tests: Sequence[str]) -> Path:
-    """A new SQLite file with the built-in job's tables and tests 1, 2, ... of the given kinds."""
+    """A new SQLite file with SCHEMA and tests 1, 2, ... of the given kinds."""
     conn = sqlite3.connect(path)
     try:
         conn.executescript(SCHEMA)
-        conn.executemany(
-            "INSERT INTO tests (id, customer_id, data) VALUES (?, 7, ?)",
-            [(i, data_for(i, kind)) for i, kind in enumerate(tests, 1)],
-        )
+        conn.executemany(INSERT_TESTS, _rows(tests))
         conn.commit()
     finally:
         conn.close()
     return path
+
+
+async def _fill(url: str, tests: Sequence[str]) -> None:
+    import asyncpg  # the postgres extra, which the test extra brings
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(SCHEMA)
+        await conn.executemany(INSERT_TESTS.replace("?, 7, ?", "$1, 7, $2"), _rows(tests))
+    finally:
+        await conn.close()
+
+
+@contextmanager
+def postgres_database(tests: Sequence[str]) -> Iterator[str]:
+    """The URL of a new database on the test server with SCHEMA and the tests; dropped on exit."""
+    assert SERVER, "BACKFILL_TEST_POSTGRES_URL is not set"
+    name = f"backfill_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(execute(SERVER, f'CREATE DATABASE "{name}"'))
+    url = SERVER.rsplit("/", 1)[0] + "/" + name
+    try:
+        asyncio.run(_fill(url, tests))
+        yield url
+    finally:
+        asyncio.run(execute(SERVER, f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 MakeBackend = Callable[[Sequence[str]], Backend]
@@ -136,9 +179,8 @@ def backends(kind: str, folder: Path) -> Iterator[MakeBackend]:
         def make(tests: Sequence[str]) -> Backend:
             nonlocal made
             made += 1
-            path = sqlite_file(folder / f"backend-{made}.db", tests)
             if kind == "sqlite":
-                return SqliteBackend(path)
-            return PostgresBackend(kind, stack.enter_context(scratch_database(path)))
+                return SqliteBackend(sqlite_file(folder / f"backend-{made}.db", tests))
+            return PostgresBackend(kind, stack.enter_context(postgres_database(tests)))
 
         yield make

@@ -1,0 +1,113 @@
+"""What the engine records about a run: a write the database refuses is a *batch* error carrying
+the database's own message, in the summary and in the ledger's counters; the plugin that did the
+work is named; and a --retry-errors run clears the errors of keys whose source rows are gone.
+
+Real SQLite files (and, for the retry, a scratch PostgreSQL database when
+BACKFILL_TEST_POSTGRES_URL is set). Each test kills mutants of engine.py that survived the rest
+of the fast tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backends import BROKEN, GOOD, KINDS, Backend, MakeBackend, backends
+from backfill_core import Registry, RunOptions, RunReport, make_registry, resolve_url, run_backfill
+from backfill_core.report import ErrorLog, ExtractorStats
+from backfill_plugins.testmanagement import plugin
+
+SCHEMA = """
+CREATE TABLE tests (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, data TEXT);
+CREATE TABLE test_features (
+    id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, test_id INTEGER NOT NULL,
+    feature_id INTEGER,
+    title TEXT NOT NULL DEFAULT '' CONSTRAINT no_forbidden_title CHECK (title <> 'FORBIDDEN'),
+    description TEXT, howtofind TEXT, user_stories TEXT NOT NULL DEFAULT '[]',
+    enable_default BOOLEAN, enable_content BOOLEAN, enable_visual BOOLEAN
+);
+CREATE TABLE bugs (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, test_id INTEGER,
+                   raw_data TEXT, test_feature_id INTEGER);
+"""
+
+
+def database(path: Path, features: Sequence[dict[str, Any]]) -> Path:
+    """Test 1 has a good feature (id 1), then one test per feature given (ids 2, 3, ...)."""
+    with sqlite3.connect(path) as conn:
+        conn.executescript(SCHEMA)
+        for test_id, feature in enumerate([{"id": 1, "title": "fine"}, *features], 1):
+            conn.execute(
+                "INSERT INTO tests (id, customer_id, data) VALUES (?, 1, ?)",
+                (test_id, json.dumps({"features": [feature]})),
+            )
+    return path
+
+
+def run(
+    url: str, *, retry_errors: bool = False, registry: Registry | None = None
+) -> tuple[ExtractorStats, RunReport]:
+    report = RunReport(database=url, errors=ErrorLog(keep=100))
+    options = RunOptions(max_error_rate=1.0)
+    registry = registry or make_registry(plugin)
+    names = ["test_features"]
+    asyncio.run(run_backfill(registry, names, resolve_url(url), options, report, retry_errors=retry_errors))
+    (stats,) = report.extractors
+    return stats, report
+
+
+def ledger(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_a_refused_write_is_a_batch_error_with_the_databases_own_message(tmp_path: Path) -> None:
+    """The message is sqlite3's, not SQLAlchemy's wrapping of it (with the SQL and parameters)."""
+    path = database(tmp_path / "w.db", [{"id": 2, "title": "FORBIDDEN"}])
+    message = "CHECK constraint failed: no_forbidden_title"
+
+    stats, report = run(str(path))
+
+    errors = [(e.key, e.tier, e.kind, e.message) for e in report.errors.first]
+    assert errors == [(2, "batch", "write", message)]
+    assert stats.errors == {("batch", "write"): 1}
+    assert (stats.processed, stats.inserted) == (2, 1)
+    assert ledger(path, "SELECT record_errors, batch_errors FROM backfill_runs") == [(0, 1)]
+    assert ledger(path, "SELECT key, tier, kind, message FROM backfill_errors") == [
+        ("2", "batch", "write", message)
+    ]
+
+
+def test_the_stats_name_the_plugin_that_did_the_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the command line loads it: by its entry point, from its distribution."""
+    monkeypatch.setenv("BACKFILL_LOAD_PLUGINS", "")  # the built-in plugin only
+    stats, report = run(str(database(tmp_path / "p.db", [])), registry=Registry.discover())
+
+    assert stats.plugin == f"testmanagement (backfill {version('backfill')})"
+    assert report.to_dict()["extractors"][0]["plugin"] == stats.plugin
+
+
+@pytest.fixture(params=KINDS)
+def make_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeBackend]:
+    with backends(request.param, tmp_path) as make:
+        yield make
+
+
+def test_a_retry_clears_the_errors_of_source_rows_that_are_gone(make_db: MakeBackend) -> None:
+    """Tests 1 and 2 fail; test 2 is then deleted. The retry processes test 1, which fails
+    again (recorded under the retry), and clears test 2's error from the first run."""
+    db: Backend = make_db([BROKEN, BROKEN, GOOD])
+    first, _ = run(db.url)
+    assert first.error_count == 2
+    db.execute("DELETE FROM tests WHERE id = 2")
+
+    retry, _ = run(db.url, retry_errors=True)
+
+    assert (retry.processed, retry.error_count) == (1, 1)
+    assert db.rows("SELECT run_id, key FROM backfill_errors ORDER BY run_id, key") == [(2, "1")]
