@@ -23,6 +23,7 @@ readable, and ``backfill demo`` rebuilds its file by deleting it.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import sqlite3
@@ -118,17 +119,39 @@ class Counts:
     """Of those, the ones the application skips or cannot reference (see ``ODD_KINDS``)."""
 
 
-def _sentence(rng: random.Random, n: int, words: list[str] = WORDS) -> str:
-    return " ".join(rng.choices(words, k=n)).capitalize() + "."
+class _Rng(random.Random):
+    """The seeded source of everything random here, with the two draws the generator makes most,
+    made cheaply: sentences (slices of a pool of words drawn once) and integers in a range."""
+
+    POOL = 1 << 16
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.words = self.choices(WORDS, k=self.POOL)
+
+    def sentence(self, n: int, words: list[str] | None = None) -> str:
+        if words is None:
+            start = int(self.random() * (self.POOL - n))
+            picked = self.words[start : start + n]
+        else:
+            picked = self.choices(words, k=n)
+        return " ".join(picked).capitalize() + "."
+
+    def between(self, low: int, high: int) -> int:
+        """``randint(low, high)``, at a third of its cost."""
+        return low + int(self.random() * (high - low + 1))
 
 
-def _stamp(moment: datetime) -> str:
-    """A datetime as SQLAlchemy stores it in SQLite (what the application's columns hold)."""
-    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+@functools.cache
+def _db_time(hours: int) -> str:
+    """``EPOCH`` + ``hours``, as SQLAlchemy stores a datetime in SQLite (the application's columns)."""
+    return (EPOCH + timedelta(hours=hours)).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def _api_time(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+@functools.cache
+def _api_time(hours: int) -> str:
+    """``EPOCH`` + ``hours``, as the platform's API writes a time."""
+    return (EPOCH + timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -143,25 +166,25 @@ class _Product:
     """...but these, which the application never fetched."""
 
 
-def _product_feature(rng: random.Random, fid: int) -> dict[str, Any]:
-    stories = [_sentence(rng, rng.randint(6, 12)) for _ in range(rng.randint(0, 3))]
+def _product_feature(rng: _Rng, fid: int) -> dict[str, Any]:
+    stories = [rng.sentence(rng.between(6, 12)) for _ in range(rng.between(0, 3))]
     if stories and rng.random() < 0.15:
-        stories[0] = _sentence(rng, rng.randint(4, 8), [*WORDS, *NON_ASCII])
-    title = _sentence(rng, 3) if rng.random() > 0.05 else _sentence(rng, 2, NON_ASCII)
+        stories[0] = rng.sentence(rng.between(4, 8), [*WORDS, *NON_ASCII])
+    title = rng.sentence(3) if rng.random() > 0.05 else rng.sentence(2, NON_ASCII)
     return {
         "id": fid,
         "title": title,
-        "description": _sentence(rng, rng.randint(6, 18)),
-        "howtofind": _sentence(rng, rng.randint(4, 10)),
+        "description": rng.sentence(rng.between(6, 18)),
+        "howtofind": rng.sentence(rng.between(4, 10)),
         "user_stories": stories,
     }
 
 
-def _products(rng: random.Random, customers: int) -> list[_Product]:
+def _products(rng: _Rng, customers: int) -> list[_Product]:
     products = []
     next_feature = 100_001  # not the test features' range: a mixed-up id is a dangling one
     for pid in range(1, customers * PRODUCTS_PER_CUSTOMER + 1):
-        features = [_product_feature(rng, next_feature + i) for i in range(rng.randint(12, 40))]
+        features = [_product_feature(rng, next_feature + i) for i in range(rng.between(12, 40))]
         next_feature += len(features)
         uncached = [_product_feature(rng, next_feature + i) for i in range(2)]
         next_feature += len(uncached)
@@ -169,7 +192,7 @@ def _products(rng: random.Random, customers: int) -> list[_Product]:
             _Product(
                 id=pid,
                 customer=(pid - 1) % customers + 1,
-                name=_sentence(rng, 2)[:-1],
+                name=rng.sentence(2)[:-1],
                 type=rng.choice(PRODUCT_TYPES),
                 features=features,
                 uncached=uncached,
@@ -178,7 +201,7 @@ def _products(rng: random.Random, customers: int) -> list[_Product]:
     return products
 
 
-def _flags(rng: random.Random, listed: dict[str, Any]) -> None:
+def _flags(rng: _Rng, listed: dict[str, Any]) -> None:
     for flag in ("enable_default", "enable_content", "enable_visual"):
         r = rng.random()
         if r < 0.4:
@@ -190,7 +213,7 @@ def _flags(rng: random.Random, listed: dict[str, Any]) -> None:
         # else: missing
 
 
-def _listed(rng: random.Random, feature: dict[str, Any], tfid: int) -> dict[str, Any]:
+def _listed(rng: _Rng, feature: dict[str, Any], tfid: int) -> dict[str, Any]:
     """A product's feature as a test lists it (``tests.data.features[i]``)."""
     listed: dict[str, Any] = {
         "id": tfid,
@@ -213,7 +236,7 @@ def _listed(rng: random.Random, feature: dict[str, Any], tfid: int) -> dict[str,
     return listed
 
 
-def _make_odd(rng: random.Random, listed: dict[str, Any], kind: str, product: _Product) -> None:
+def _make_odd(rng: _Rng, listed: dict[str, Any], kind: str, product: _Product) -> None:
     if kind == "no-id":
         del listed["id"]
     elif kind == "null-id":
@@ -230,12 +253,12 @@ def _make_odd(rng: random.Random, listed: dict[str, Any], kind: str, product: _P
 
 
 def _test_data(
-    rng: random.Random, test_id: int, product: _Product, features: list[dict[str, Any]], start: datetime
+    rng: _Rng, test_id: int, product: _Product, features: list[dict[str, Any]], start: int
 ) -> dict[str, Any]:
-    goal = _sentence(rng, rng.randint(8, 16))
-    instructions = _sentence(rng, rng.randint(20, 45))
-    out_of_scope = _sentence(rng, rng.randint(5, 10))
-    title = _sentence(rng, 4)
+    goal = rng.sentence(rng.between(8, 16))
+    instructions = rng.sentence(rng.between(20, 45))
+    out_of_scope = rng.sentence(rng.between(5, 10))
+    title = rng.sentence(4)
     return {
         "id": test_id,
         "test_title": title,
@@ -255,7 +278,7 @@ def _test_data(
         },
         "features": features,
         "requirements": [
-            {"device": d, "os_version": f"{rng.randint(10, 17)}.0"} for d in rng.sample(DEVICES, 3)
+            {"device": d, "os_version": f"{rng.between(10, 17)}.0"} for d in rng.sample(DEVICES, 3)
         ],
         "report_language": "en",
         "product": {"id": product.id, "name": product.name, "type": product.type},
@@ -265,27 +288,27 @@ def _test_data(
         "created_by": None,
         "submitted_by": None,
         "start_at": _api_time(start),
-        "end_at": _api_time(start + timedelta(days=2)),
+        "end_at": _api_time(start + 48),
     }
 
 
 def _bug_data(
-    rng: random.Random, bug_id: int, test: dict[str, Any], feature: dict[str, Any] | None, reported: datetime
+    rng: _Rng, bug_id: int, test: dict[str, Any], feature: dict[str, Any] | None, reported: int
 ) -> dict[str, Any]:
     return {
         "id": bug_id,
-        "title": _sentence(rng, 6),
+        "title": rng.sentence(6),
         "severity": rng.choice(SEVERITIES),
         "status": rng.choice(("accepted", "rejected", "forwarded")),
         "language": "en",
         "location": "https://staging.example.com/",
-        "author": {"name": f"tester{rng.randint(1, 500)}"},
-        "expected_result": _sentence(rng, rng.randint(6, 12)),
-        "actual_result": _sentence(rng, rng.randint(6, 12)),
+        "author": {"name": f"tester{rng.between(1, 500)}"},
+        "expected_result": rng.sentence(rng.between(6, 12)),
+        "actual_result": rng.sentence(rng.between(6, 12)),
         "test": {"id": test["id"], "title": test["title"]},
         "product": {"id": test["product"]["id"]},
-        "steps": [_sentence(rng, rng.randint(5, 10)) for _ in range(rng.randint(2, 4))],
-        "devices": [{"name": rng.choice(DEVICES), "os_version": f"{rng.randint(10, 17)}.0"}],
+        "steps": [rng.sentence(rng.between(5, 10)) for _ in range(rng.between(2, 4))],
+        "devices": [{"name": rng.choice(DEVICES), "os_version": f"{rng.between(10, 17)}.0"}],
         "known": rng.random() < 0.05,
         "reported_at": _api_time(reported),
         "test_feature": None
@@ -294,7 +317,7 @@ def _bug_data(
     }
 
 
-def _messy_test(rng: random.Random, data: dict[str, Any]) -> str:
+def _messy_test(rng: _Rng, data: dict[str, Any]) -> str:
     choice = rng.randrange(4)
     if choice == 0:
         return json.dumps(data)[:-7]  # truncated JSON
@@ -305,27 +328,23 @@ def _messy_test(rng: random.Random, data: dict[str, Any]) -> str:
     return "null"
 
 
-def _test_row(customer: int, data: dict[str, Any], text: str, synced: str) -> tuple[Any, ...]:
+def _test_row(customer: int, data: dict[str, Any], text: str, synced: str, start: int) -> tuple[Any, ...]:
     env = data["test_environment"]
     return (
         *(data["id"], customer, data["product"]["id"], text, data["status"]),
-        *(_stamp(_parse(data["start_at"])), _stamp(_parse(data["end_at"])), synced),
+        *(_db_time(start), _db_time(start + 48), synced),
         *(data["title"], data["testing_type"], data["goal_text"], data["instructions_text"]),
         *(data["out_of_scope_text"], data["enable_low"], data["enable_high"], data["enable_critical"]),
         json.dumps(env),
     )
 
 
-def _bug_row(customer: int, raw: dict[str, Any], text: str, synced: str) -> tuple[Any, ...]:
+def _bug_row(customer: int, raw: dict[str, Any], text: str, synced: str, reported: int) -> tuple[Any, ...]:
     return (
         *(raw["id"], customer, raw["test"]["id"], raw["title"], raw["severity"], raw["status"], text),
         *(synced, raw["actual_result"], raw["expected_result"], "\n".join(raw["steps"])),
-        *(_stamp(_parse(raw["reported_at"])), raw["known"]),
+        *(_db_time(reported), raw["known"]),
     )
-
-
-def _parse(api_time: str) -> datetime:
-    return datetime.strptime(api_time, "%Y-%m-%dT%H:%M:%SZ")
 
 
 def _catalogue(products: list[_Product], synced: str) -> Iterator[tuple[str, tuple[Any, ...]]]:
@@ -350,8 +369,8 @@ def _rows(
     tests: int, customers: int, messy: float, odd: float, seed: int, counts: dict[str, int]
 ) -> Iterator[tuple[str, tuple[Any, ...]]]:
     """Rows to insert, as (table, values), in an order that respects the foreign keys."""
-    rng = random.Random(seed)
-    synced = _stamp(EPOCH + timedelta(days=400))
+    rng = _Rng(seed)
+    synced = _db_time(400 * 24)
     products = _products(rng, customers)
     yield from _catalogue(products, synced)
     next_feature = 1
@@ -363,7 +382,7 @@ def _rows(
         customer = product.customer
         features = []
         odd_here = 0
-        for feature in rng.sample(product.features, rng.randint(1, 5)):
+        for feature in rng.sample(product.features, rng.between(1, 5)):
             listed = _listed(rng, feature, next_feature)
             next_feature += 1
             if rng.random() < odd:
@@ -371,7 +390,7 @@ def _rows(
                 dealt += 1
                 odd_here += 1
             features.append(listed)
-        start = EPOCH + timedelta(days=rng.randint(0, 360), hours=rng.randint(0, 23))
+        start = rng.between(0, 360) * 24 + rng.between(0, 23)  # hours after EPOCH
         data = _test_data(rng, test_id, product, features, start)
         is_messy = rng.random() < messy
         if is_messy:
@@ -381,13 +400,14 @@ def _rows(
             counts["listed_features"] += len(features)
             counts["odd_features"] += odd_here
             text = json.dumps(data)
-        yield "tests", _test_row(customer, data, text, synced)
+        yield "tests", _test_row(customer, data, text, synced, start)
         named = [f for f in features if f.get("id")]
         if not is_messy:
             owned.setdefault(customer, []).extend(named)
-        for _ in range(rng.randint(2, 6)):
+        for _ in range(rng.between(2, 6)):
             target = None if is_messy or not named or rng.random() < 0.05 else rng.choice(named)
-            raw = _bug_data(rng, next_bug, data, target, start + timedelta(hours=rng.randint(1, 47)))
+            reported = start + rng.between(1, 47)
+            raw = _bug_data(rng, next_bug, data, target, reported)
             bug_messy = rng.random() < messy
             if bug_messy:
                 counts["messy_bugs"] += 1
@@ -404,7 +424,7 @@ def _rows(
                     text = json.dumps(raw)
             else:
                 text = json.dumps(raw)
-            yield "bugs", _bug_row(customer, raw, text, synced)
+            yield "bugs", _bug_row(customer, raw, text, synced, reported)
             next_bug += 1
 
 
