@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -69,8 +70,25 @@ bug_json = payloads_like(
 # are attributed, or fail the reference check (missing feature, another customer's feature).
 FEATURES = {
     "test_features": [
-        {"id": i, "customer_id": 1 + i % 2, "test_id": 1, "title": f"f{i}"} for i in range(1, 7)
+        {"id": i, "customer_id": 1 + i % 2, "test_id": 1, "feature_id": 500, "title": f"f{i}"}
+        for i in range(1, 7)
     ]
+}
+# Product 1 and its feature 500, which the test features below list (test_features.feature_id
+# references features).
+CATALOGUE = {
+    "products": [{"id": 1, "customer_id": 1, "data": "{}", "title": "Shop"}],
+    "features": [
+        {
+            "id": 500,
+            "product_id": 1,
+            "title": "Checkout",
+            "user_stories": "[]",
+            "section_ids": "[]",
+            "raw_data": "{}",
+            "last_synced": "2026-01-05 09:00:00.000000",
+        }
+    ],
 }
 
 
@@ -95,12 +113,13 @@ def test_bug_attribution_properties() -> None:
 
 def test_the_database_checks_really_write(tmp_path: Path) -> None:
     """Not vacuous: on a fixed batch the checks run a backfill that attributes bugs."""
+    bug = {"test_id": 1, "title": "Cart is empty."}  # NOT NULL in the real bugs table
     bugs = [
-        {"id": 1, "customer_id": 2, "raw_data": '{"test_feature": {"id": 1}}'},  # attributed
-        {"id": 2, "customer_id": 1, "raw_data": '{"test_feature": {"id": 2}}'},  # attributed
-        {"id": 3, "customer_id": 1, "raw_data": '{"test_feature": {"id": 1}}'},  # another customer's
-        {"id": 4, "customer_id": 1, "raw_data": '{"test_feature": {"id": 99}}'},  # no such feature
-        {"id": 5, "customer_id": 1, "raw_data": "{"},  # invalid JSON
+        {"id": 1, "customer_id": 2, **bug, "raw_data": '{"test_feature": {"id": 1}}'},  # attributed
+        {"id": 2, "customer_id": 1, **bug, "raw_data": '{"test_feature": {"id": 2}}'},  # attributed
+        {"id": 3, "customer_id": 1, **bug, "raw_data": '{"test_feature": {"id": 1}}'},  # another's
+        {"id": 4, "customer_id": 1, **bug, "raw_data": '{"test_feature": {"id": 99}}'},  # no such one
+        {"id": 5, "customer_id": 1, **bug, "raw_data": "{"},  # invalid JSON
     ]
     check_idempotent(BA, bugs, tmp_path / "ba.db", seed=FEATURES)
     with sqlite3.connect(tmp_path / "ba.db") as conn:
@@ -108,11 +127,13 @@ def test_the_database_checks_really_write(tmp_path: Path) -> None:
     assert got == [(1, 1), (2, 2), (3, None), (4, None), (5, None)]
     check_dry_run_agrees(BA, bugs, tmp_path / "ba-dry.db", seed=FEATURES)
 
+    test = {"customer_id": 1, "product_id": 1, "status": "archived"}
+    five, six = {"id": 5, "feature_id": 500}, {"id": 6, "feature_id": 500}
     tests = [
-        {"id": 1, "customer_id": 1, "data": '{"features": [{"id": 5, "title": "a"}, {"id": 6}]}'},
-        {"id": 2, "customer_id": 1, "data": '{"features": [{"id": 5, "title": "b"}]}'},  # last wins
+        {"id": 1, **test, "data": json.dumps({"features": [{**five, "title": "a"}, six]})},
+        {"id": 2, **test, "data": json.dumps({"features": [{**five, "title": "b"}]})},  # last wins
     ]
-    check_idempotent(TF, tests, tmp_path / "tf.db")
+    check_idempotent(TF, tests, tmp_path / "tf.db", seed=CATALOGUE)
     with sqlite3.connect(tmp_path / "tf.db") as conn:
         got = conn.execute(
             "SELECT id, test_id, title, enable_default FROM test_features ORDER BY id"

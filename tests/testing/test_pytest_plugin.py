@@ -125,7 +125,11 @@ def test_database_from_models_and_rows(backfill_database: Callable[..., Path]) -
         models.Test,
         models.TestFeature,
         models.Bug,
-        rows={"tests": [{"id": 1, "customer_id": 2, "data": {"features": []}}]},
+        rows={
+            "tests": [
+                {"id": 1, "customer_id": 2, "product_id": 3, "status": "archived", "data": {"features": []}}
+            ]
+        },
     )
     with sqlite3.connect(db) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -136,12 +140,12 @@ def test_database_from_models_and_rows(backfill_database: Callable[..., Path]) -
 
 
 def test_database_from_an_extractor_and_ddl(backfill_database: Callable[..., Path]) -> None:
-    first = backfill_database(TestFeatureExtractor())  # its models, and tests, which they reference
+    first = backfill_database(TestFeatureExtractor())  # its models, and those their foreign keys name
     second = backfill_database("CREATE TABLE t (x INTEGER NOT NULL);", rows={"t": [{"x": 1}, {"x": 2}]})
     assert first != second and first.parent == second.parent
     with sqlite3.connect(first) as conn:
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert names == {"tests", "test_features"}
+    assert names == {"tests", "test_features", "features", "products", "users"}
     with sqlite3.connect(second) as conn:
         assert conn.execute("SELECT sum(x) FROM t").fetchone() == (3,)
     with pytest.raises(sqlite3.IntegrityError):
