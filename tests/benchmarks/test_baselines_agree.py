@@ -39,7 +39,7 @@ baselines = _load_baselines()
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("bench") / "template.db"
-    counts = synthetic.build(path, tests=TESTS)
+    counts = synthetic.build(path, tests=TESTS, messy=0.03)  # 4 or 5 messy tests: one of each kind
     assert counts.messy_tests > 0 and counts.messy_bugs > 0
     path.chmod(0o444)
     return path

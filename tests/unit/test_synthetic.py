@@ -195,3 +195,31 @@ def test_every_table_backfill_reads_is_filled(
         conn, "SELECT title, severity, known, raw_data FROM bugs"
     ):
         assert (title, severity, bool(known)) == (raw["title"], raw["severity"], raw["known"])
+
+
+def test_a_small_database_gets_its_share_of_every_kind(tmp_path: Path) -> None:
+    """Odd features and messy rows are dealt out evenly, their kinds in turn: 150 tests at 3%
+    messy hold 4 or 5 messy tests, one of each kind at least."""
+    path = tmp_path / "small.db"
+    counts = synthetic.build(path, tests=150, messy=0.03, odd=0.02, seed=4)
+    assert counts.messy_tests in (4, 5)
+    assert int(counts.bugs * 0.03) <= counts.messy_bugs <= int(counts.bugs * 0.03) + 1
+    assert int(counts.listed_features * 0.02) - 1 <= counts.odd_features
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        cached = {r[0] for r in conn.execute("SELECT id FROM features")}
+        kinds: Counter[str] = Counter()
+        for (text,) in conn.execute("SELECT data FROM tests"):
+            try:
+                doc = json.loads(text)
+            except ValueError:
+                kinds["truncated"] += 1
+                continue
+            if doc is None:
+                kinds["null"] += 1
+            elif doc["features"] == "not a list":
+                kinds["not-a-list"] += 1
+            elif doc["features"][0].get("id") == "abc":
+                kinds["non-integer-id"] += 1
+            else:
+                kinds.update(k for f in doc["features"] if (k := _kind(f, cached)) is not None)
+    assert set(kinds) == set(synthetic.MESSY_TESTS) | set(synthetic.ODD_KINDS)

@@ -13,7 +13,9 @@ one whose ``feature_id`` names a product's feature the cache lacks (not in ``fea
 any feature may have ``enable_*`` null or missing, ``user_stories`` null or missing, non-ASCII
 user stories (``„Warenkorb“``) or no title. A share ``messy`` of the tests and bugs is
 deliberately broken (truncated JSON, ``features`` not a list, an id that is not an integer, the
-JSON ``null``; bugs naming a test feature that does not exist or is another customer's).
+JSON ``null``; bugs naming a test feature that does not exist or is another customer's). Odd
+features and messy rows are spread evenly and their kinds taken in turn, so that even a small
+database has its share, and a few of them show every kind.
 
 The application opens its cache in WAL mode with foreign keys off. The file built here has
 foreign keys off too, but stays in rollback-journal (DELETE) mode unless ``wal=True``: the crash
@@ -85,6 +87,12 @@ ODD_KINDS = (
     "zero-feature-id",
 )
 """Listed features the application does not write as they are, in the order they are dealt out."""
+MESSY_TESTS = ("truncated", "not-a-list", "non-integer-id", "null")
+"""Deliberately broken tests.data: truncated JSON, features not a list, an id that is not an
+integer, the JSON null."""
+MESSY_BUGS = ("truncated", "missing-feature", "other-customer")
+"""Deliberately broken bugs.raw_data: truncated JSON, a test feature that does not exist, another
+customer's test feature."""
 EPOCH = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 PRODUCTS_PER_CUSTOMER = 5
 
@@ -317,14 +325,35 @@ def _bug_data(
     }
 
 
-def _messy_test(rng: _Rng, data: dict[str, Any]) -> str:
-    choice = rng.randrange(4)
-    if choice == 0:
-        return json.dumps(data)[:-7]  # truncated JSON
-    if choice == 1:
+class _Dealer:
+    """Picks a share of the draws, evenly (from a seeded start, one every 1/share draws, so that a
+    small database gets its share too), and gives the picked ones kinds in turn (so that a few of
+    them already show every kind)."""
+
+    def __init__(self, rng: _Rng, share: float, kinds: tuple[str, ...]) -> None:
+        self.share = share
+        self.kinds = kinds
+        self.level = rng.random()
+        self.dealt = 0
+
+    def deal(self) -> str | None:
+        """The kind of this draw, or None if it is not picked."""
+        self.level += self.share
+        if self.level < 1:
+            return None
+        self.level -= 1
+        self.dealt += 1
+        return self.kinds[(self.dealt - 1) % len(self.kinds)]
+
+
+def _messy_test(kind: str, data: dict[str, Any]) -> str:
+    if kind == "truncated":
+        return json.dumps(data)[:-7]
+    if kind == "not-a-list":
         return json.dumps({**data, "features": "not a list"})
-    if choice == 2:  # an id that is not an integer (with a feature_id: not a feature to skip)
+    if kind == "non-integer-id":  # with a feature_id: not a feature to skip
         return json.dumps({**data, "features": [{"id": "abc", "feature_id": 100_001, "title": 7}]})
+    assert kind == "null", kind
     return "null"
 
 
@@ -375,7 +404,9 @@ def _rows(
     yield from _catalogue(products, synced)
     next_feature = 1
     next_bug = 1
-    dealt = 0  # odd features dealt out so far: their kinds take turns
+    odd_features = _Dealer(rng, odd, ODD_KINDS)
+    messy_tests = _Dealer(rng, messy, MESSY_TESTS)
+    messy_bugs = _Dealer(rng, messy, MESSY_BUGS)
     owned: dict[int, list[dict[str, Any]]] = {}
     for test_id in range(1, tests + 1):
         product = rng.choice(products)
@@ -385,17 +416,18 @@ def _rows(
         for feature in rng.sample(product.features, rng.between(1, 5)):
             listed = _listed(rng, feature, next_feature)
             next_feature += 1
-            if rng.random() < odd:
-                _make_odd(rng, listed, ODD_KINDS[dealt % len(ODD_KINDS)], product)
-                dealt += 1
+            kind = odd_features.deal()
+            if kind is not None:
+                _make_odd(rng, listed, kind, product)
                 odd_here += 1
             features.append(listed)
         start = rng.between(0, 360) * 24 + rng.between(0, 23)  # hours after EPOCH
         data = _test_data(rng, test_id, product, features, start)
-        is_messy = rng.random() < messy
-        if is_messy:
+        messy_kind = messy_tests.deal()
+        is_messy = messy_kind is not None
+        if messy_kind is not None:
             counts["messy_tests"] += 1
-            text = _messy_test(rng, data)
+            text = _messy_test(messy_kind, data)
         else:
             counts["listed_features"] += len(features)
             counts["odd_features"] += odd_here
@@ -408,13 +440,12 @@ def _rows(
             target = None if is_messy or not named or rng.random() < 0.05 else rng.choice(named)
             reported = start + rng.between(1, 47)
             raw = _bug_data(rng, next_bug, data, target, reported)
-            bug_messy = rng.random() < messy
-            if bug_messy:
+            kind = messy_bugs.deal()
+            if kind is not None:
                 counts["messy_bugs"] += 1
-                kind = rng.randrange(3)
-                if kind == 0:
+                if kind == "truncated":
                     text = json.dumps(raw)[:40]
-                elif kind == 1:
+                elif kind == "missing-feature":
                     raw["test_feature"] = {"id": 10_000_000 + next_bug}  # does not exist
                     text = json.dumps(raw)
                 else:
