@@ -23,11 +23,13 @@ import pytest
 from pg_support import SERVER, execute, fetch, needs_server
 
 SCHEMA = """
+CREATE TABLE features (id INTEGER PRIMARY KEY);
 CREATE TABLE tests (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, data TEXT);
 CREATE TABLE test_features (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL,
-    test_id INTEGER NOT NULL REFERENCES tests(id), feature_id INTEGER, title TEXT NOT NULL DEFAULT '',
-    description TEXT, howtofind TEXT, user_stories TEXT NOT NULL DEFAULT '[]', enable_default BOOLEAN,
-    enable_content BOOLEAN, enable_visual BOOLEAN);
+    test_id INTEGER NOT NULL REFERENCES tests(id), feature_id INTEGER REFERENCES features(id),
+    title TEXT NOT NULL DEFAULT '', description TEXT, howtofind TEXT,
+    user_stories TEXT NOT NULL DEFAULT '[]', enable_default BOOLEAN, enable_content BOOLEAN,
+    enable_visual BOOLEAN);
 CREATE TABLE bugs (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, test_id INTEGER REFERENCES tests(id),
                    raw_data TEXT, test_feature_id INTEGER REFERENCES test_features(id));
 """
@@ -40,7 +42,8 @@ KINDS = [pytest.param("sqlite"), pytest.param("postgresql", marks=needs_server)]
 
 # What a test's ``data`` can be, as far as the test_features extractor is concerned.
 GOOD = "good"
-"""One feature (id 1000 + the test's id): a test_features row, no error."""
+"""One feature (id 1000 + the test's id, of product feature 5000 + the test's id, which the
+``features`` table holds): a test_features row, no error."""
 BROKEN = "broken"
 """Truncated JSON: a record error (invalid-json), no row."""
 EMPTY = "empty"
@@ -49,7 +52,8 @@ EMPTY = "empty"
 
 def data_for(test_id: int, kind: str) -> str:
     if kind == GOOD:
-        return json.dumps({"features": [{"id": 1000 + test_id, "title": f"feature of test {test_id}"}]})
+        feature = {"id": 1000 + test_id, "feature_id": 5000 + test_id, "title": f"feature of test {test_id}"}
+        return json.dumps({"features": [feature]})
     if kind == BROKEN:
         return '{"features": [{"id": '
     if kind == EMPTY:
@@ -123,17 +127,23 @@ class PostgresBackend(Backend):
 
 
 INSERT_TESTS = "INSERT INTO tests (id, customer_id, data) VALUES (?, 7, ?)"
+INSERT_FEATURES = "INSERT INTO features (id) VALUES (?)"
 
 
 def _rows(tests: Sequence[str]) -> list[tuple[int, str]]:
     return [(i, data_for(i, kind)) for i, kind in enumerate(tests, 1)]
 
 
+def _features(tests: Sequence[str]) -> list[tuple[int]]:
+    return [(5000 + i,) for i in range(1, len(tests) + 1)]
+
+
 def sqlite_file(path: Path, tests: Sequence[str]) -> Path:
-    """A new SQLite file with SCHEMA and tests 1, 2, ... of the given kinds."""
+    """A new SQLite file with SCHEMA, tests 1, 2, ... of the given kinds, and their features."""
     conn = sqlite3.connect(path)
     try:
         conn.executescript(SCHEMA)
+        conn.executemany(INSERT_FEATURES, _features(tests))
         conn.executemany(INSERT_TESTS, _rows(tests))
         conn.commit()
     finally:
@@ -147,6 +157,7 @@ async def _fill(url: str, tests: Sequence[str]) -> None:
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(SCHEMA)
+        await conn.executemany(INSERT_FEATURES.replace("?", "$1"), _features(tests))
         await conn.executemany(INSERT_TESTS.replace("?, 7, ?", "$1, 7, $2"), _rows(tests))
     finally:
         await conn.close()

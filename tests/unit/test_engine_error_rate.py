@@ -40,8 +40,9 @@ def run(
     batch_size: int = 500,
     names: Sequence[str] = ("test_features",),
     retry_errors: bool = False,
+    worker: bool = True,
 ) -> RunReport:
-    options = RunOptions(batch_size=batch_size, max_error_rate=max_error_rate)
+    options = RunOptions(batch_size=batch_size, max_error_rate=max_error_rate, worker=worker)
     report = RunReport(database=db.url, errors=ErrorLog(keep=1000))
     registry = make_registry(plugin)
     url = resolve_url(db.url)
@@ -153,13 +154,15 @@ def test_the_limit_stops_at_the_first_batch_over_it(make_db: MakeBackend) -> Non
     assert db.runs() == [(1, "test_features", "failed", 30, 2)]
 
 
-def test_a_resumed_run_counts_only_the_rows_of_this_invocation(make_db: MakeBackend) -> None:
+@pytest.mark.parametrize("worker", [True, False], ids=["worker", "no-worker"])
+def test_a_resumed_run_counts_only_the_rows_of_this_invocation(make_db: MakeBackend, worker: bool) -> None:
     """Stopped after its first batch (1/10); resumed, it meets 1 error in 20 more rows: 5% in
-    this invocation, so it finishes, although the run as a whole has 2 errors in 30 rows."""
+    this invocation, so it finishes, although the run as a whole has 2 errors in 30 rows.
+    (With and without the extraction worker, which reads the pages in its own process.)"""
     db = make_db(rows(9, 1) + [GOOD] * 10 + rows(9, 1))
 
-    assert only(run(db, batch_size=10)).stopped is not None
-    resumed = run(db, batch_size=10)
+    assert only(run(db, batch_size=10, worker=worker)).stopped is not None
+    resumed = run(db, batch_size=10, worker=worker)
 
     assert (only(resumed).processed, only(resumed).error_count, only(resumed).stopped) == (20, 1, None)
     assert resumed.exit_code == ExitCode.OK

@@ -25,6 +25,7 @@ from backfill_core.report import ErrorLog, ExtractorStats
 from backfill_plugins.testmanagement import plugin
 
 SCHEMA = """
+CREATE TABLE features (id INTEGER PRIMARY KEY);
 CREATE TABLE tests (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, data TEXT);
 CREATE TABLE test_features (
     id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, test_id INTEGER NOT NULL,
@@ -39,10 +40,13 @@ CREATE TABLE bugs (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, test_id
 
 
 def database(path: Path, features: Sequence[dict[str, Any]]) -> Path:
-    """Test 1 has a good feature (id 1), then one test per feature given (ids 2, 3, ...)."""
+    """Test 1 has a good feature (id 1), then one test per feature given (ids 2, 3, ...); every
+    feature is of product feature 50, which the features table holds."""
     with sqlite3.connect(path) as conn:
         conn.executescript(SCHEMA)
-        for test_id, feature in enumerate([{"id": 1, "title": "fine"}, *features], 1):
+        conn.execute("INSERT INTO features (id) VALUES (50)")
+        for test_id, given in enumerate([{"id": 1, "title": "fine"}, *features], 1):
+            feature = {"feature_id": 50, **given}
             conn.execute(
                 "INSERT INTO tests (id, customer_id, data) VALUES (?, 1, ?)",
                 (test_id, json.dumps({"features": [feature]})),
@@ -57,7 +61,10 @@ def run(
     options = RunOptions(max_error_rate=1.0)
     registry = registry or make_registry(plugin)
     names = ["test_features"]
-    asyncio.run(run_backfill(registry, names, resolve_url(url), options, report, retry_errors=retry_errors))
+    url_ = resolve_url(url)
+    asyncio.run(
+        run_backfill(registry, names, url_, options, report, validate=False, retry_errors=retry_errors)
+    )
     (stats,) = report.extractors
     return stats, report
 

@@ -75,3 +75,28 @@ def test_an_update_of_a_missing_row_names_every_key_column() -> None:
     assert [(f.key, f.kind, f.message) for f in p.failures] == [
         (5, "missing", "tags row name='x', order_id=1 does not exist, so it cannot be updated")
     ]
+
+
+def test_a_row_whose_independent_changes_fail_has_one_failure_naming_each() -> None:
+    """docs/plugins.md: the failure is recorded once per row, naming every change that failed;
+    the row's other changes are still written."""
+    batch = [
+        item(
+            5,
+            Update("bugs", {"id": 8}, {"test_feature_id": 1}, independent=True),
+            Update("bugs", {"id": 1}, {"test_feature_id": 1}, independent=True),
+            Update("bugs", {"id": 9}, {"test_feature_id": 1}, independent=True),
+        )
+    ]
+
+    p = plan_batch(batch, BUG_ROWS, {})
+
+    assert [(f.key, f.kind, f.message) for f in p.failures] == [
+        (
+            5,
+            "missing",
+            "bugs row id=8 does not exist, so it cannot be updated; "
+            "bugs row id=9 does not exist, so it cannot be updated",
+        )
+    ]
+    assert p.writes[BUGS].updates == [((1,), {"test_feature_id": 1})]
