@@ -10,9 +10,12 @@ from typing import Any
 from backfill_core.changes import Change, Ref, Update, Upsert, fields
 from backfill_core.planner import Extracted, extracted, plan_batch
 
-FEATURES = ("test_features", ("id",))
-BUGS = ("bugs", ("id",))
-BUG_ROWS = {BUGS: {(b,): {"id": b, "test_feature_id": None} for b in range(1, 4)}}
+Target = tuple[str, tuple[str, ...]]
+Current = dict[Target, dict[tuple[Any, ...], dict[str, Any]]]
+
+FEATURES: Target = ("test_features", ("id",))
+BUGS: Target = ("bugs", ("id",))
+BUG_ROWS: Current = {BUGS: {(b,): {"id": b, "test_feature_id": None} for b in range(1, 4)}}
 
 
 def item(key: Any, *changes: Change) -> Extracted:
