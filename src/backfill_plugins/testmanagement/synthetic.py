@@ -326,14 +326,14 @@ def _bug_data(
 
 
 class _Dealer:
-    """Picks a share of the draws, evenly (from a seeded start, one every 1/share draws, so that a
-    small database gets its share too), and gives the picked ones kinds in turn (so that a few of
-    them already show every kind)."""
+    """Picks a share of the draws, evenly (one every 1/share draws, the first after 1/share, so
+    that a small database gets its share and no run meets a cluster of them at its start), and
+    gives the picked ones kinds in turn (so that a few of them already show every kind)."""
 
-    def __init__(self, rng: _Rng, share: float, kinds: tuple[str, ...]) -> None:
+    def __init__(self, share: float, kinds: tuple[str, ...]) -> None:
         self.share = share
         self.kinds = kinds
-        self.level = rng.random()
+        self.level = 0.0
         self.dealt = 0
 
     def deal(self) -> str | None:
@@ -404,9 +404,9 @@ def _rows(
     yield from _catalogue(products, synced)
     next_feature = 1
     next_bug = 1
-    odd_features = _Dealer(rng, odd, ODD_KINDS)
-    messy_tests = _Dealer(rng, messy, MESSY_TESTS)
-    messy_bugs = _Dealer(rng, messy, MESSY_BUGS)
+    odd_features = _Dealer(odd, ODD_KINDS)
+    messy_tests = _Dealer(messy, MESSY_TESTS)
+    messy_bugs = _Dealer(messy, MESSY_BUGS)
     owned: dict[int, list[dict[str, Any]]] = {}
     for test_id in range(1, tests + 1):
         product = rng.choice(products)
