@@ -326,14 +326,14 @@ def _bug_data(
 
 
 class _Dealer:
-    """Picks a share of the draws, evenly (one every 1/share draws, the first after 1/share, so
-    that a small database gets its share and no run meets a cluster of them at its start), and
-    gives the picked ones kinds in turn (so that a few of them already show every kind)."""
+    """Picks a share of the draws, evenly (one every 1/share draws, the first halfway, so that a
+    small database gets its share and no run meets a cluster of them at its start), and gives the
+    picked ones kinds in turn (so that a few of them already show every kind)."""
 
     def __init__(self, share: float, kinds: tuple[str, ...]) -> None:
         self.share = share
         self.kinds = kinds
-        self.level = 0.0
+        self.level = 0.5
         self.dealt = 0
 
     def deal(self) -> str | None:
