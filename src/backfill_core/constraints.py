@@ -4,14 +4,23 @@ its counts are those of the real run."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
-from backfill_core.database import Database
+from backfill_core.database import BatchConnection, Database
+from backfill_core.overlay import Overlay
+from backfill_core.planner import Plan, Target
+
+Select = Callable[
+    [BatchConnection, str, tuple[str, ...], tuple[str, ...], set[Any]],
+    Awaitable[dict[tuple[Any, ...], dict[str, Any]]],
+]
+"""The engine's lookup: the rows of a table (as dicts of some columns) whose key columns have
+one of the given values, keyed by those values."""
 
 
 class WouldBeRefused(Exception):
@@ -79,7 +88,117 @@ def _reflect(conn: Connection, tables: list[str], enforce_fks: bool) -> dict[str
     return out
 
 
-def missing_values(rules: TableRules, row: Mapping[str, Any], inserted: bool) -> str | None:
+class Refusals:
+    """Checks a dry run's planned batches against the target tables' ``rules``, looking rows
+    up the way the engine does (``select``), and seeing what the dry run would have written
+    before (``overlay``)."""
+
+    def __init__(
+        self, rules: Mapping[str, TableRules], db: Database, select: Select, overlay: Overlay | None
+    ) -> None:
+        self.rules, self.db, self._select, self.overlay = rules, db, select, overlay
+
+    async def check(self, conn: BatchConnection, plan: Plan) -> None:
+        """Raise WouldBeRefused if the database would refuse a write of ``plan``."""
+        for target, w in plan.writes.items():
+            rules = self.rules.get(w.table)
+            if rules is None:
+                continue
+            table, key_cols = w.table, w.key_cols
+            rows = [(row, True) for row in w.inserts]
+            rows += [({**dict(zip(key_cols, key, strict=True)), **new}, False) for key, new in w.updates]
+            for row, inserted in rows:
+                col = _missing_value(rules, row, inserted)
+                if col is not None:
+                    raise WouldBeRefused(f"NOT NULL constraint failed: {table}.{col}")
+            for cols in rules.unique:
+                await self._unique(conn, table, key_cols, cols, [r for r, _ in rows])
+            for local, parent, parent_cols in rules.foreign_keys:
+                await self._foreign_key(conn, plan, table, local, parent, parent_cols, [r for r, _ in rows])
+            if rules.checks:
+                await self._checks(conn, rules, target, plan, rows)
+
+    async def _unique(
+        self,
+        conn: BatchConnection,
+        table: str,
+        key_cols: tuple[str, ...],
+        cols: tuple[str, ...],
+        rows: list[dict[str, Any]],
+    ) -> None:
+        owners: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        for row in rows:
+            if not all(c in row for c in cols):
+                continue  # a column the write leaves as it is
+            values = tuple(row[c] for c in cols)
+            if None in values:
+                continue  # NULLs never collide
+            key = tuple(row[c] for c in key_cols)
+            if owners.setdefault(values, key) != key:
+                raise WouldBeRefused(f"UNIQUE constraint failed: {table}.{', '.join(cols)}")
+        if not owners:
+            return
+        existing = await self._select(
+            conn, table, tuple(dict.fromkeys((*cols, *key_cols))), cols, set(owners)
+        )
+        for values, row in existing.items():
+            if tuple(row[c] for c in key_cols) != owners[values]:
+                raise WouldBeRefused(f"UNIQUE constraint failed: {table}.{', '.join(cols)}")
+
+    async def _foreign_key(
+        self,
+        conn: BatchConnection,
+        plan: Plan,
+        table: str,
+        local: tuple[str, ...],
+        parent: str,
+        parent_cols: tuple[str, ...],
+        rows: list[dict[str, Any]],
+    ) -> None:
+        wanted = {
+            values
+            for row in rows
+            if all(c in row for c in local) and None not in (values := tuple(row[c] for c in local))
+        }
+        if not wanted:
+            return
+        found = set(await self._select(conn, parent, parent_cols, parent_cols, wanted))
+        target = (parent, parent_cols)
+        found |= plan.merged.get(target, {}).keys()
+        if self.overlay is not None:
+            found |= self.overlay.rows(target, wanted).keys()
+        missing = sorted(wanted - found, key=repr)
+        if missing:
+            raise WouldBeRefused(
+                f"FOREIGN KEY constraint failed: {table}({', '.join(local)}) = {missing[0]!r} is not in "
+                f"{parent}({', '.join(parent_cols)})"
+            )
+
+    async def _checks(
+        self,
+        conn: BatchConnection,
+        rules: TableRules,
+        target: Target,
+        plan: Plan,
+        rows: list[tuple[dict[str, Any], bool]],
+    ) -> None:
+        table, key_cols = target
+        updated = {tuple(row[c] for c in key_cols) for row, inserted in rows if not inserted}
+        current = await self._select(conn, table, rules.columns, key_cols, updated) if updated else {}
+        if self.overlay is not None and updated:
+            for key, row in self.overlay.rows(target, updated).items():
+                current[key] = {**current.get(key, {}), **row}
+        columns = [(c, rules.casts.get(c)) for c in rules.columns]
+        for row, inserted in rows:
+            full = row if inserted else {**current.get(tuple(row[c] for c in key_cols), {}), **row}
+            params = [full.get(c) for c in rules.columns]
+            for expression in rules.checks:
+                sql = self.db.statements.check(table, columns, expression)
+                if (await self.db.fetch(conn, sql, params))[0][0]:
+                    raise WouldBeRefused(f"CHECK constraint failed: {table} ({expression})")
+
+
+def _missing_value(rules: TableRules, row: Mapping[str, Any], inserted: bool) -> str | None:
     """The NOT NULL column ``row`` leaves NULL, as SQLite names it, or None."""
     for col, needs_value in rules.required.items():
         if col in row:

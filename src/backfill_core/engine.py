@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import TableClause
 
 from backfill_core.collector import few_collections
-from backfill_core.constraints import TableRules, WouldBeRefused, missing_values, reflect
+from backfill_core.constraints import Refusals, WouldBeRefused, reflect
 from backfill_core.database import BatchConnection, Database, is_record_level
 from backfill_core.errors import BackfillError
 from backfill_core.extraction import BatchExtractor, Extraction
@@ -96,8 +96,8 @@ class BatchRunner:
         self._pending_key: Any = None
         self._checkpointed = time.monotonic()
         self._ledger_total: int | None = None
-        self._rules: dict[str, TableRules] = {}
-        """A dry run's view of what the target tables' constraints refuse."""
+        self._refusals: Refusals | None = None
+        """A dry run's stand-in for the writes the database would refuse."""
         self._stop_at = stop_point(extractor.name)
         self._batches = 0  # begun in this process
 
@@ -111,7 +111,8 @@ class BatchRunner:
     async def check_schema(self) -> None:
         await self.db.check_schema({self.x.source_table: self.cols, **self.written})
         if self.options.dry_run:
-            self._rules = await reflect(self.db, list(self.written))
+            rules = await reflect(self.db, list(self.written))
+            self._refusals = Refusals(rules, self.db, self._select, self.overlay)
 
     async def run(
         self,
@@ -364,7 +365,8 @@ class BatchRunner:
         try:
             if self.options.dry_run:
                 plan = await self._plan(conn, batch, whole)
-                await self._refuse(conn, plan)
+                if self._refusals is not None:
+                    await self._refusals.check(conn, plan)
             else:
                 async with self.db.savepoint(conn):
                     plan = await self._plan(conn, batch, whole)
@@ -382,106 +384,6 @@ class BatchRunner:
         if self.overlay is not None:
             self.overlay.apply(plan.merged)
         return [plan]
-
-    async def _refuse(self, conn: BatchConnection, plan: Plan) -> None:
-        """Raise WouldBeRefused if the database would refuse a write of ``plan`` (a dry run's
-        stand-in for the writes that would fail)."""
-        for target, w in plan.writes.items():
-            rules = self._rules.get(w.table)
-            if rules is None:
-                continue
-            table, key_cols = w.table, w.key_cols
-            rows = [(row, True) for row in w.inserts]
-            rows += [({**dict(zip(key_cols, key, strict=True)), **new}, False) for key, new in w.updates]
-            for row, inserted in rows:
-                col = missing_values(rules, row, inserted)
-                if col is not None:
-                    raise WouldBeRefused(f"NOT NULL constraint failed: {table}.{col}")
-            for cols in rules.unique:
-                await self._unique(conn, table, key_cols, cols, [r for r, _ in rows])
-            for local, parent, parent_cols in rules.foreign_keys:
-                await self._foreign_key(conn, plan, table, local, parent, parent_cols, [r for r, _ in rows])
-            if rules.checks:
-                await self._checks(conn, rules, target, plan, rows)
-
-    async def _unique(
-        self,
-        conn: BatchConnection,
-        table: str,
-        key_cols: tuple[str, ...],
-        cols: tuple[str, ...],
-        rows: list[dict[str, Any]],
-    ) -> None:
-        owners: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        for row in rows:
-            if not all(c in row for c in cols):
-                continue  # a column the write leaves as it is
-            values = tuple(row[c] for c in cols)
-            if None in values:
-                continue  # NULLs never collide
-            key = tuple(row[c] for c in key_cols)
-            if owners.setdefault(values, key) != key:
-                raise WouldBeRefused(f"UNIQUE constraint failed: {table}.{', '.join(cols)}")
-        if not owners:
-            return
-        existing = await self._select(
-            conn, table, tuple(dict.fromkeys((*cols, *key_cols))), cols, set(owners)
-        )
-        for values, row in existing.items():
-            if tuple(row[c] for c in key_cols) != owners[values]:
-                raise WouldBeRefused(f"UNIQUE constraint failed: {table}.{', '.join(cols)}")
-
-    async def _foreign_key(
-        self,
-        conn: BatchConnection,
-        plan: Plan,
-        table: str,
-        local: tuple[str, ...],
-        parent: str,
-        parent_cols: tuple[str, ...],
-        rows: list[dict[str, Any]],
-    ) -> None:
-        wanted = {
-            values
-            for row in rows
-            if all(c in row for c in local) and None not in (values := tuple(row[c] for c in local))
-        }
-        if not wanted:
-            return
-        found = set(await self._select(conn, parent, parent_cols, parent_cols, wanted))
-        target = (parent, parent_cols)
-        found |= plan.merged.get(target, {}).keys()
-        if self.overlay is not None:
-            found |= self.overlay.rows(target, wanted).keys()
-        missing = sorted(wanted - found, key=repr)
-        if missing:
-            raise WouldBeRefused(
-                f"FOREIGN KEY constraint failed: {table}({', '.join(local)}) = {missing[0]!r} is not in "
-                f"{parent}({', '.join(parent_cols)})"
-            )
-
-    async def _checks(
-        self,
-        conn: BatchConnection,
-        rules: TableRules,
-        target: Target,
-        plan: Plan,
-        rows: list[tuple[dict[str, Any], bool]],
-    ) -> None:
-        table, key_cols = target
-        updated = {tuple(row[c] for c in key_cols) for row, inserted in rows if not inserted}
-        current = await self._select(conn, table, rules.columns, key_cols, updated) if updated else {}
-        if self.overlay is not None and updated:
-            for key, row in self.overlay.rows(target, updated).items():
-                current[key] = {**current.get(key, {}), **row}
-        columns = [(c, rules.casts.get(c)) for c in rules.columns]
-        for row, inserted in rows:
-            full = row if inserted else {**current.get(tuple(row[c] for c in key_cols), {}), **row}
-            params = [full.get(c) for c in rules.columns]
-            for expression in rules.checks:
-                sql = self.db.statements.check(table, columns, expression)
-                if (await self.db.fetch(conn, sql, params))[0][0]:
-                    raise WouldBeRefused(f"CHECK constraint failed: {table} ({expression})")
 
     def _count(self, plan: Plan, delta: Delta) -> None:
         delta.inserted += plan.inserted
