@@ -89,6 +89,7 @@ def test_an_error_rate_up_to_the_limit_does_not_stop_the_run(
     assert (stats.processed, stats.error_count) == (max(good + broken, 1), broken)
     assert report.exit_code == ExitCode.OK
     assert db.runs() == [(1, "test_features", "succeeded", max(good + broken, 1), broken)]
+    assert db.rows("SELECT total FROM backfill_runs") == [(max(good + broken, 1),)]
 
 
 @pytest.mark.parametrize(
@@ -111,9 +112,26 @@ def test_an_error_rate_over_the_limit_stops_the_run(
     stats = only(report)  # bug_attribution, after it, does not run
     assert stats.stopped is not None and stats.stopped.startswith(shown), stats.stopped
     assert (stats.processed, stats.error_count) == (good + broken, broken)
+    assert stats.errors == {("record", "invalid-json"): broken}
     assert report.exit_code == ExitCode.FAILED
     assert db.runs() == [(1, "test_features", "failed", good + broken, broken)]
     assert len(db.feature_tests()) == good  # the batch that crossed the limit is committed
+
+
+def test_the_stop_says_why_and_what_to_do_next(make_db: MakeBackend) -> None:
+    """The whole message, as docs/operations.md shows it; the ledger keeps it as the run's."""
+    db = make_db(rows(18, 1))
+
+    stats = only(run(db))
+
+    message = (
+        "error rate 5.3% is over --max-error-rate 5.0% after 19 rows. Fix the data or the plugin, "
+        "then run the same command to resume after the last checkpoint (--retry-errors "
+        "reprocesses the failed rows, --restart starts over), or raise --max-error-rate"
+    )
+    assert stats.stopped == message
+    assert db.rows("SELECT message FROM backfill_runs") == [(message,)]
+    assert 0 <= stats.elapsed < 60
 
 
 # -- several batches: checked after each, over the whole invocation -------------------------------
@@ -164,9 +182,13 @@ def test_a_resumed_run_counts_only_the_rows_of_this_invocation(make_db: MakeBack
     assert only(run(db, batch_size=10, worker=worker)).stopped is not None
     resumed = run(db, batch_size=10, worker=worker)
 
-    assert (only(resumed).processed, only(resumed).error_count, only(resumed).stopped) == (20, 1, None)
+    stats = only(resumed)
+    assert (stats.processed, stats.error_count, stats.stopped) == (20, 1, None)
     assert resumed.exit_code == ExitCode.OK
     assert db.runs() == [(1, "test_features", "succeeded", 30, 2)]
+    # what was left when this invocation started, and the run's total across both
+    assert (stats.total, stats.note) == (20, "resuming run 1 of test_features from key 10")
+    assert db.rows("SELECT total FROM backfill_runs") == [(30,)]
 
 
 def test_a_retry_is_not_stopped_however_many_rows_still_fail(make_db: MakeBackend) -> None:
@@ -179,3 +201,5 @@ def test_a_retry_is_not_stopped_however_many_rows_still_fail(make_db: MakeBacken
     assert (stats.processed, stats.error_count, stats.stopped) == (5, 5, None)
     assert retry.exit_code == ExitCode.OK
     assert db.runs() == [(1, "test_features", "succeeded", 20, 5), (2, "test_features", "succeeded", 5, 5)]
+    # a retry goes through keys, not along them: it has no last key (docs/cli.md, status)
+    assert db.rows("SELECT id, last_key FROM backfill_runs ORDER BY id") == [(1, "20"), (2, None)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,18 @@ from typing import Any
 import pytest
 
 from backends import BROKEN, GOOD, KINDS, Backend, MakeBackend, backends
-from backfill_core import Registry, RunOptions, RunReport, make_registry, resolve_url, run_backfill
+from backfill_core import (
+    Extractor,
+    Registry,
+    Row,
+    RunOptions,
+    RunReport,
+    Upsert,
+    hookimpl,
+    make_registry,
+    resolve_url,
+    run_backfill,
+)
 from backfill_core.report import ErrorLog, ExtractorStats
 from backfill_plugins.testmanagement import plugin
 
@@ -75,20 +86,106 @@ def ledger(path: Path, sql: str) -> list[tuple[Any, ...]]:
 
 
 def test_a_refused_write_is_a_batch_error_with_the_databases_own_message(tmp_path: Path) -> None:
-    """The message is sqlite3's, not SQLAlchemy's wrapping of it (with the SQL and parameters)."""
-    path = database(tmp_path / "w.db", [{"id": 2, "title": "FORBIDDEN"}])
+    """The message is sqlite3's, not SQLAlchemy's wrapping of it (with the SQL and parameters).
+    Two rows refused in one batch: two batch errors."""
+    forbidden = {"title": "FORBIDDEN"}
+    path = database(
+        tmp_path / "w.db", [{"id": 2, **forbidden}, {"id": 3, "title": "ok"}, {"id": 4, **forbidden}]
+    )
     message = "CHECK constraint failed: no_forbidden_title"
 
     stats, report = run(str(path))
 
     errors = [(e.key, e.tier, e.kind, e.message) for e in report.errors.first]
-    assert errors == [(2, "batch", "write", message)]
-    assert stats.errors == {("batch", "write"): 1}
-    assert (stats.processed, stats.inserted) == (2, 1)
-    assert ledger(path, "SELECT record_errors, batch_errors FROM backfill_runs") == [(0, 1)]
-    assert ledger(path, "SELECT key, tier, kind, message FROM backfill_errors") == [
-        ("2", "batch", "write", message)
+    assert errors == [(2, "batch", "write", message), (4, "batch", "write", message)]
+    assert stats.errors == {("batch", "write"): 2}
+    assert (stats.processed, stats.inserted) == (4, 2)
+    assert ledger(path, "SELECT record_errors, batch_errors FROM backfill_runs") == [(0, 2)]
+    assert ledger(path, "SELECT key, tier, kind, message FROM backfill_errors ORDER BY key") == [
+        ("2", "batch", "write", message),
+        ("4", "batch", "write", message),
     ]
+
+
+class HugeNumber(Extractor):
+    """Writes an integer no SQLite column can hold: the driver raises OverflowError, which has
+    no ``orig`` as a DBAPIError has."""
+
+    name = "huge"
+    source = "src"
+    columns = ("id",)
+    writes = {"dst": ("id", "n")}
+
+    def extract(self, row: Row) -> list[Upsert]:
+        return [Upsert("dst", {"id": row["id"]}, {"n": 2**70 if row["id"] == 2 else row["id"]})]
+
+
+class HugePlugin:
+    @hookimpl
+    def register_extractors(self, register: Callable[[Extractor], None]) -> None:
+        register(HugeNumber())
+
+
+def test_an_integer_the_driver_cannot_send_is_a_batch_error_with_its_message(tmp_path: Path) -> None:
+    path = tmp_path / "huge.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            "CREATE TABLE src (id INTEGER PRIMARY KEY); CREATE TABLE dst (id INTEGER PRIMARY KEY, n INTEGER);"
+        )
+        conn.executemany("INSERT INTO src VALUES (?)", [(1,), (2,), (3,)])
+
+    report = RunReport(database=str(path), errors=ErrorLog(keep=10))
+    work = run_backfill(
+        make_registry(HugePlugin()), ["huge"], resolve_url(str(path)), RunOptions(max_error_rate=1.0), report
+    )
+    asyncio.run(work)
+
+    assert [(e.key, e.tier, e.kind, e.message) for e in report.errors.first] == [
+        (2, "batch", "write", "Python int too large to convert to SQLite INTEGER")
+    ]
+    assert ledger(path, "SELECT id, n FROM dst ORDER BY id") == [(1, 1), (3, 3)]
+
+
+def test_an_empty_source_table_is_a_run_of_no_rows(tmp_path: Path) -> None:
+    path = tmp_path / "empty.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(SCHEMA)
+
+    stats, _ = run(str(path))
+
+    assert (stats.processed, stats.total, stats.error_count, stats.stopped) == (0, 0, 0, None)
+    assert ledger(path, "SELECT status, processed FROM backfill_runs") == [("succeeded", 0)]
+
+
+def test_the_progress_bar_is_named_sized_and_advanced_by_each_batch(tmp_path: Path) -> None:
+    path = database(tmp_path / "bar.db", [{"id": n, "title": "t"} for n in range(2, 8)])
+    bars: list[tuple[str, int, list[int]]] = []
+
+    class Bar:
+        def __init__(self, name: str, total: int) -> None:
+            self.steps: list[int] = []
+            bars.append((name, total, self.steps))
+
+        def update(self, n: int) -> None:
+            self.steps.append(n)
+
+        def close(self) -> None:
+            pass
+
+    report = RunReport(database=str(path))
+    options = RunOptions(batch_size=3, max_error_rate=1.0)
+    work = run_backfill(
+        make_registry(plugin),
+        ["test_features"],
+        resolve_url(str(path)),
+        options,
+        report,
+        validate=False,
+        progress=Bar,
+    )
+    asyncio.run(work)
+
+    assert bars == [("test_features", 7, [3, 3, 1])]
 
 
 def test_the_stats_name_the_plugin_that_did_the_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
