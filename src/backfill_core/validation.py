@@ -140,10 +140,13 @@ def fused(m: Metric, dialect: Dialect) -> Select[Any, Any] | None:
         count_only = plain == str(den.with_only_columns(func.count()).compile(dialect=dialect))
     except CompileError:  # computed apart, the queries report it
         return None
+    # Clauses are matched as words: the compiler puts a newline, not a space, before some
+    # (HAVING), and a space before others (GROUP BY).
+    words = f" {' '.join(plain.split())} "
     if (
         not same
         or not count_only
-        or any(w in plain for w in (" GROUP BY ", " HAVING ", " LIMIT ", " OFFSET ", "DISTINCT"))
+        or any(f" {w} " in words for w in ("GROUP BY", "HAVING", "LIMIT", "OFFSET", "DISTINCT"))
     ):
         return None
     counted = func.count(case((and_(*extra), 1))) if extra else func.count()
