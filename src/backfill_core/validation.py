@@ -15,6 +15,7 @@ from sqlalchemy.sql.operators import and_ as and_op
 
 from backfill_core.database import Database
 from backfill_core.errors import EnvironmentProblem, UsageError
+from backfill_core.ledger import Ledger
 from backfill_core.validator import Metric, MetricResult, Validator
 
 
@@ -87,10 +88,13 @@ async def run_validators(
     # run side by side.
     slots = asyncio.Semaphore(max(2, os.cpu_count() or 1))
 
+    # A metric may read the ledger (which rows the runs recorded as failed) where it exists.
+    ledger = await Ledger(db).exists()
+
     async def row(v: Validator, m: Metric, query: Select[Any] | Select[Any, Any]) -> Any:
         async with slots, db.reading() as conn:
             try:
-                return (await conn.execute(query)).one()
+                return (await conn.execute(query.execution_options(backfill_ledger=ledger))).one()
             except (DBAPIError, CompileError) as e:
                 raise EnvironmentProblem(
                     f"validator {v.name!r} could not compute {m.name!r}: {getattr(e, 'orig', e)} "

@@ -118,7 +118,10 @@ class Expected:
     ``features`` that is not a list (invalid-shape), a feature id that is not an integer
     (invalid-type), the JSON ``null`` (no features, no error); bugs with truncated JSON
     (invalid-json) or naming a feature that does not exist or belongs to another customer
-    (integrity). Any other shape fails the test, so the oracle never guesses.
+    (integrity). Its odd features follow the application's rules: one without ``id`` or
+    ``feature_id`` is skipped, one whose ``feature_id`` is not in ``features`` is refused alone
+    (its test's integrity error, the test's other features written). Any other shape fails the
+    test, so the oracle never guesses.
     """
 
     def __init__(self, path: Path) -> None:
@@ -131,6 +134,8 @@ class Expected:
         self.tests = 0
         self.bugs = 0
         owner: dict[int, int] = {}
+        self.skipped: dict[str, int] = {}
+        known = {i for (i,) in query(path, "SELECT id FROM features")}
         for test_id, customer, data in query(path, "SELECT id, customer_id, data FROM tests"):
             self.tests += 1
             try:
@@ -144,11 +149,24 @@ class Expected:
             if not isinstance(features, list):
                 self.test_errors[test_id] = "invalid-shape"
                 continue
-            if any(not isinstance(f["id"], int) for f in features):
-                self.test_errors[test_id] = "invalid-type"
+            listed = []
+            skips = []
+            for f in features:
+                if not f.get("id") or not f.get("feature_id"):
+                    skips.append("no-id" if not f.get("id") else "no-feature-id")
+                else:
+                    listed.append(f)
+            if any(not isinstance(f["id"], int) or f.get("title", "") is None for f in listed):
+                self.test_errors[test_id] = "invalid-type"  # a failed test skips nothing
                 continue
-            self.features[test_id] = {f["id"] for f in features}
-            owner.update((f["id"], customer) for f in features)
+            for kind in skips:
+                self.skipped[kind] = self.skipped.get(kind, 0) + 1
+            written = {f["id"] for f in listed if f["feature_id"] in known}
+            if len(written) < len(listed):
+                self.test_errors[test_id] = "integrity"
+            if written:
+                self.features[test_id] = written
+            owner.update((i, customer) for i in written)
         for bug_id, customer, raw in query(path, "SELECT id, customer_id, raw_data FROM bugs"):
             self.bugs += 1
             try:

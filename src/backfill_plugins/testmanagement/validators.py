@@ -24,13 +24,19 @@ def _count(t: FromClause, *where: ColumnElement[Any]) -> Select[Any]:
 class listed_features(ColumnElement[int]):
     """How many features ``tests.data`` lists with an ``id`` and a ``feature_id`` (those the
     application writes); with ``accounted``, only those that are written, or whose test has an
-    error recorded by the latest ``test_features`` run (and its retries)."""
+    error recorded by a ``test_features`` run (a retry that succeeds clears it)."""
 
     type = Integer()
-    inherit_cache = True
+    inherit_cache = False  # it compiles by the execution option backfill_ledger
 
     def __init__(self, accounted: bool) -> None:
         self.accounted = accounted
+
+
+def _with_errors(compiler: SQLCompiler, element: listed_features) -> bool:
+    """Whether the recorded errors count: asked for, and the ledger exists (validation says so
+    in the ``backfill_ledger`` execution option; before any run nothing was recorded)."""
+    return element.accounted and bool(compiler.execution_options.get("backfill_ledger", True))
 
 
 _SQLITE_LISTED = """(SELECT count(*) FROM tests AS t, json_each(
@@ -39,29 +45,30 @@ _SQLITE_LISTED = """(SELECT count(*) FROM tests AS t, json_each(
   WHERE f.type = 'object'
   AND coalesce(json_extract(f.value, '$.id'), 0) NOT IN (0, '')
   AND coalesce(json_extract(f.value, '$.feature_id'), 0) NOT IN (0, ''){accounted})"""
-_SQLITE_ACCOUNTED = """
-  AND (CAST(json_extract(f.value, '$.id') AS INTEGER) IN (SELECT id FROM test_features)
+_SQLITE_WRITTEN = """
+  AND (CAST(json_extract(f.value, '$.id') AS INTEGER) IN (SELECT id FROM test_features){failed})"""
+_SQLITE_FAILED = """
     OR t.id IN (SELECT CAST(e.key AS INTEGER) FROM backfill_errors AS e
       JOIN backfill_runs AS r ON r.id = e.run_id
-      WHERE r.extractor = 'test_features' AND r.id >= (SELECT max(id) FROM backfill_runs
-        WHERE extractor = 'test_features' AND retry_of IS NULL)))"""
+      WHERE r.extractor = 'test_features')"""
 _POSTGRES_LISTED = """(SELECT count(*) FROM tests AS t CROSS JOIN LATERAL jsonb_array_elements(
     CASE WHEN pg_input_is_valid(t.data, 'jsonb') AND jsonb_typeof(t.data::jsonb -> 'features') = 'array'
     THEN t.data::jsonb -> 'features' ELSE '[]'::jsonb END) AS f(value)
   WHERE jsonb_typeof(f.value) = 'object'
   AND coalesce(f.value ->> 'id', '0') NOT IN ('0', '', 'false')
   AND coalesce(f.value ->> 'feature_id', '0') NOT IN ('0', '', 'false'){accounted})"""
-_POSTGRES_ACCOUNTED = """
-  AND ((f.value ->> 'id') IN (SELECT id::text FROM test_features)
+_POSTGRES_WRITTEN = """
+  AND ((f.value ->> 'id') IN (SELECT id::text FROM test_features){failed})"""
+_POSTGRES_FAILED = """
     OR t.id::text IN (SELECT e.key FROM backfill_errors AS e
       JOIN backfill_runs AS r ON r.id = e.run_id
-      WHERE r.extractor = 'test_features' AND r.id >= (SELECT max(id) FROM backfill_runs
-        WHERE extractor = 'test_features' AND retry_of IS NULL)))"""
+      WHERE r.extractor = 'test_features')"""
 
 
 @compiles(listed_features, "sqlite")
 def _listed_sqlite(element: listed_features, compiler: SQLCompiler, **kw: Any) -> str:
-    return _SQLITE_LISTED.format(accounted=_SQLITE_ACCOUNTED if element.accounted else "")
+    failed = _SQLITE_FAILED if _with_errors(compiler, element) else ""
+    return _SQLITE_LISTED.format(accounted=_SQLITE_WRITTEN.format(failed=failed) if element.accounted else "")
 
 
 @compiles(listed_features, "postgresql")
@@ -72,7 +79,9 @@ def _listed_postgresql(element: listed_features, compiler: SQLCompiler, **kw: An
             "reading JSON text safely needs PostgreSQL 16 or later (pg_input_is_valid); "
             f"this server is {'.'.join(map(str, version))}"
         )
-    return _POSTGRES_LISTED.format(accounted=_POSTGRES_ACCOUNTED if element.accounted else "")
+    failed = _POSTGRES_FAILED if _with_errors(compiler, element) else ""
+    written = _POSTGRES_WRITTEN.format(failed=failed) if element.accounted else ""
+    return _POSTGRES_LISTED.format(accounted=written)
 
 
 class CoverageValidator(Validator):
@@ -87,7 +96,8 @@ class CoverageValidator(Validator):
         "test_features": ("id", "test_id", "customer_id"),
         "bugs": ("id", "raw_data", "test_feature_id"),
     }
-    """The ledger (backfill_runs, backfill_errors) is read too; it exists once anything ran."""
+    """``features_accounted`` also reads the ledger (backfill_runs, backfill_errors) once a run
+    has created it."""
 
     def __init__(self, threshold: float = 0.95) -> None:
         self.threshold = threshold
