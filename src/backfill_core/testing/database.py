@@ -127,23 +127,55 @@ def _stored(value: Any) -> Any:
     return dump_json(value) if isinstance(value, dict | list) else value
 
 
+def _filler(declared: str) -> Any:
+    """A neutral value for a column of SQLite type ``declared`` (its affinity decides)."""
+    upper = declared.upper()
+    if "INT" in upper or "BOOL" in upper:
+        return 0
+    if "CHAR" in upper or "CLOB" in upper or "TEXT" in upper:
+        return ""
+    if "DATE" in upper or "TIME" in upper:
+        return "1970-01-01 00:00:00"
+    return 0
+
+
+def required_fillers(conn: sqlite3.Connection, table: str) -> dict[str, Any]:
+    """A neutral value for each NOT NULL column of ``table`` that has no default."""
+    return {
+        name: _filler(declared)
+        for _cid, name, declared, notnull, default, pk in conn.execute(
+            f"PRAGMA table_info({quote_name(table)})"
+        )
+        if notnull and default is None and not pk
+    }
+
+
 def insert_rows(
-    conn: sqlite3.Connection, table: str, rows: Iterable[Mapping[str, Any]], *, skip_rejected: bool = False
+    conn: sqlite3.Connection,
+    table: str,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    skip_rejected: bool = False,
+    fill_required: bool = False,
 ) -> list[Mapping[str, Any]]:
     """Insert ``rows`` into ``table``; return the rows inserted.
 
     With ``skip_rejected``, a row the table's constraints refuse (NOT NULL, UNIQUE, CHECK, a
-    duplicate key) is left out instead of raising: no such row can exist in that table.
+    duplicate key) is left out instead of raising: no such row can exist in that table. With
+    ``fill_required``, NOT NULL columns without a default that a row leaves out get a neutral
+    value (0, '' or the epoch), as generated rows hold only the columns an extractor reads.
     """
     inserted = []
+    fillers = required_fillers(conn, table) if fill_required else {}
     for row in rows:
-        cols = list(row)
+        values = {**{c: v for c, v in fillers.items() if c not in row}, **row}
+        cols = list(values)
         sql = (
             f"INSERT INTO {quote_name(table)} ({', '.join(map(quote_name, cols))}) "
             f"VALUES ({', '.join('?' for _ in cols)})"
         )
         try:
-            conn.execute(sql, [_stored(row[c]) for c in cols])
+            conn.execute(sql, [_stored(values[c]) for c in cols])
         except sqlite3.IntegrityError:
             if not skip_rejected:
                 raise
