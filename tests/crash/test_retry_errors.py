@@ -29,9 +29,10 @@ def _execute(
         conn.close()
 
 
-def _fixed_data(key: int, feature_id: int) -> str:
-    """Valid test JSON with one feature, whose id is ``feature_id``."""
-    return json.dumps({"id": key, "features": [{"id": feature_id, "feature_id": 7, "title": f"fixed {key}"}]})
+def _fixed_data(key: int, feature_id: int, product_feature: int) -> str:
+    """Valid test JSON with one feature, whose id is ``feature_id``, of ``product_feature``."""
+    feature = {"id": feature_id, "feature_id": product_feature, "title": f"fixed {key}"}
+    return json.dumps({"id": key, "features": [feature]})
 
 
 def _errors_json(crash: Crash, path: Path, run_id: int) -> list[dict[str, Any]]:
@@ -58,10 +59,11 @@ def test_retry_errors_after_fixing_bad_rows(crash: Crash, small_template: Path) 
     still_bad, fixed = keys[-1], keys[:-1]
     first_id = crash.scalar(path, "SELECT MAX(id) FROM test_features") + 1000
     new_ids = {key: first_id + i for i, key in enumerate(fixed)}
+    known = crash.scalar(path, "SELECT MIN(id) FROM features")
     _execute(
         path,
         "UPDATE tests SET data = ? WHERE id = ?",
-        [(_fixed_data(key, fid), key) for key, fid in new_ids.items()],
+        [(_fixed_data(key, fid, known), key) for key, fid in new_ids.items()],
         many=True,
     )
     features_before = crash.scalar(path, "SELECT COUNT(*) FROM test_features")

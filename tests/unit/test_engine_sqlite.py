@@ -332,15 +332,19 @@ CREATE TABLE test_features (
 );
 CREATE TABLE bugs (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, test_id INTEGER,
                    raw_data TEXT, test_feature_id INTEGER);
+CREATE TABLE features (id INTEGER PRIMARY KEY);
+INSERT INTO features VALUES (1);
 """
 
 
 def checked_database(path: Path, tests: int, bad: dict[int, list[dict[str, Any]]]) -> Path:
-    """``tests`` tests with two features each (ids 10*t, 10*t+1); ``bad`` overrides some."""
+    """``tests`` tests with two features each (ids 10*t, 10*t+1, of feature 1); ``bad``
+    overrides some."""
     with sqlite3.connect(path) as conn:
         conn.executescript(CHECKED_SCHEMA)
         for t in range(1, tests + 1):
             features = bad.get(t) or [{"id": 10 * t, "title": f"f{t}"}, {"id": 10 * t + 1}]
+            features = [{"feature_id": 1, **f} for f in features]
             conn.execute(
                 "INSERT INTO tests (id, customer_id, data) VALUES (?, ?, ?)",
                 (t, 1 + t % 2, json.dumps({"features": features})),

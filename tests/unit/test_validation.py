@@ -126,7 +126,13 @@ CREATE TABLE bugs (
 def handmade(path: Path) -> Path:
     with sqlite3.connect(path) as conn:
         conn.executescript(SCHEMA)
-        conn.executemany("INSERT INTO tests VALUES (?, 1, NULL)", [(1,), (2,), (3,), (4,)])
+        listed = [
+            (1, '{"features": [{"id": 10, "feature_id": 5}, {"id": 11, "feature_id": 6}]}'),
+            (2, '{"features": [{"id": 12, "feature_id": 5}, {"id": 99, "feature_id": 5}, {"id": 98}]}'),
+            (3, '{"features": "not a list"}'),
+            (4, "not json"),
+        ]
+        conn.executemany("INSERT INTO tests VALUES (?, 1, ?)", listed)
         conn.executemany(
             "INSERT INTO test_features VALUES (?, ?, ?, 't')",
             [(10, 1, 1), (11, 1, 1), (12, 2, 3), (13, None, 4)],
@@ -164,10 +170,42 @@ def names_a_feature(raw: str | None) -> bool:
     return isinstance(feature, dict) and feature.get("id") is not None
 
 
+def listed_features(data: str | None) -> list[int]:
+    """The ids of the features a test's JSON lists with an id and a feature_id."""
+    try:
+        doc = json.loads(data) if data is not None else None
+    except ValueError:
+        return []
+    features = doc.get("features") if isinstance(doc, dict) else None
+    if not isinstance(features, list):
+        return []
+    return [_id(f["id"]) for f in features if isinstance(f, dict) and f.get("id") and f.get("feature_id")]
+
+
+def _id(value: object) -> int | None:
+    try:
+        return int(value)  # type: ignore[call-overload, no-any-return]
+    except (TypeError, ValueError):
+        return None  # never written: only a recorded error accounts for it
+
+
 def counted(path: Path) -> dict[str, tuple[int, int]]:
     """The coverage numerators and denominators, counted in Python from plain SELECTs."""
     with sqlite3.connect(path) as conn:
         tests = [r[0] for r in conn.execute("SELECT id FROM tests")]
+        listed = [
+            (t, i) for t, data in conn.execute("SELECT id, data FROM tests") for i in listed_features(data)
+        ]
+        written = {r[0] for r in conn.execute("SELECT id FROM test_features")}
+        failed = set()
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'backfill_errors'").fetchone():
+            failed = {
+                json.loads(k)
+                for (k,) in conn.execute(
+                    "SELECT e.key FROM backfill_errors e JOIN backfill_runs r ON r.id = e.run_id "
+                    "WHERE r.extractor = 'test_features'"
+                )
+            }
         features = conn.execute("SELECT test_id, customer_id FROM test_features").fetchall()
         bugs = conn.execute("SELECT raw_data, test_feature_id FROM bugs").fetchall()
     with_features = {t for t, _ in features}
@@ -176,6 +214,7 @@ def counted(path: Path) -> dict[str, tuple[int, int]]:
         "tests_with_features": (sum(t in with_features for t in tests), len(tests)),
         "bugs_attributed": (sum(b[1] is not None for b in naming), len(naming)),
         "bugs_attributed_all": (sum(b[1] is not None for b in bugs), len(bugs)),
+        "features_accounted": (sum(i in written or t in failed for t, i in listed), len(listed)),
         "features_with_customer": (sum(c is not None for _, c in features), len(features)),
     }
 
@@ -191,6 +230,7 @@ def test_coverage_metrics_on_a_handmade_database(tmp_path: Path) -> None:
         "tests_with_features": (3, 4),
         "bugs_attributed": (2, 3),
         "bugs_attributed_all": (3, 8),
+        "features_accounted": (3, 4),  # feature 99 of test 2 is missing
         "features_with_customer": (3, 4),
     }
     assert numbers(results) == expected == counted(path)
@@ -207,6 +247,7 @@ def test_threshold_for_a_validator_applies_to_its_thresholded_metrics(tmp_path: 
         "tests_with_features": 0.5,
         "bugs_attributed": 0.5,
         "bugs_attributed_all": None,
+        "features_accounted": 0.5,
         "features_with_customer": 0.5,
     }
     assert all(m.passed for m in results.values())
@@ -235,6 +276,7 @@ def test_empty_tables_give_no_value_and_pass(tmp_path: Path) -> None:
         "tests_with_features": (None, True),
         "bugs_attributed": (None, True),
         "bugs_attributed_all": (None, True),
+        "features_accounted": (None, True),
         "features_with_customer": (None, True),
     }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, FromClause, Integer, Select, column, func, select, table
+from sqlalchemy import Boolean, ColumnElement, FromClause, Select, TableClause, column, func, select, table
 from sqlalchemy.exc import CompileError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -21,67 +21,68 @@ def _count(t: FromClause, *where: ColumnElement[Any]) -> Select[Any]:
     return select(func.count()).select_from(t).where(*where)
 
 
-class listed_features(ColumnElement[int]):
-    """How many features ``tests.data`` lists with an ``id`` and a ``feature_id`` (those the
-    application writes); with ``accounted``, only those that are written, or whose test has an
-    error recorded by a ``test_features`` run (a retry that succeeds clears it)."""
+class _Listed(TableClause):
+    """The features ``tests.data`` lists with an ``id`` and a ``feature_id`` (those the
+    application writes), one row each: ``test_id`` and the feature's ``id`` (as text on
+    PostgreSQL)."""
 
-    type = Integer()
-    inherit_cache = False  # it compiles by the execution option backfill_ledger
-
-    def __init__(self, accounted: bool) -> None:
-        self.accounted = accounted
+    inherit_cache = True
 
 
-def _with_errors(compiler: SQLCompiler, element: listed_features) -> bool:
-    """Whether the recorded errors count: asked for, and the ledger exists (validation says so
-    in the ``backfill_ledger`` execution option; before any run nothing was recorded)."""
-    return element.accounted and bool(compiler.execution_options.get("backfill_ledger", True))
+listed = _Listed("listed_features", column("test_id"), column("id"))
 
 
-_SQLITE_LISTED = """(SELECT count(*) FROM tests AS t, json_each(
+class _Accounted(ColumnElement[bool]):
+    """A listed feature is written, or its test has an error recorded by a ``test_features``
+    run (a successful retry clears it); recorded errors count only where the ledger exists,
+    as the ``backfill_ledger`` execution option says (before any run nothing was recorded)."""
+
+    type = Boolean()
+    inherit_cache = False  # it compiles by the execution option
+
+
+_SQLITE_LISTED = """(SELECT t.id AS test_id, CAST(json_extract(f.value, '$.id') AS INTEGER) AS id
+  FROM tests AS t, json_each(
     CASE WHEN json_valid(t.data) AND json_type(t.data, '$.features') = 'array'
     THEN json_extract(t.data, '$.features') ELSE '[]' END) AS f
   WHERE f.type = 'object'
   AND coalesce(json_extract(f.value, '$.id'), 0) NOT IN (0, '')
-  AND coalesce(json_extract(f.value, '$.feature_id'), 0) NOT IN (0, ''){accounted})"""
-_SQLITE_WRITTEN = """
-  AND (CAST(json_extract(f.value, '$.id') AS INTEGER) IN (SELECT id FROM test_features){failed})"""
-_SQLITE_FAILED = """
-    OR t.id IN (SELECT CAST(e.key AS INTEGER) FROM backfill_errors AS e
-      JOIN backfill_runs AS r ON r.id = e.run_id
-      WHERE r.extractor = 'test_features')"""
-_POSTGRES_LISTED = """(SELECT count(*) FROM tests AS t CROSS JOIN LATERAL jsonb_array_elements(
+  AND coalesce(json_extract(f.value, '$.feature_id'), 0) NOT IN (0, '')) AS listed_features"""
+_POSTGRES_LISTED = """(SELECT t.id AS test_id, f.value ->> 'id' AS id
+  FROM tests AS t CROSS JOIN LATERAL jsonb_array_elements(
     CASE WHEN pg_input_is_valid(t.data, 'jsonb') AND jsonb_typeof(t.data::jsonb -> 'features') = 'array'
     THEN t.data::jsonb -> 'features' ELSE '[]'::jsonb END) AS f(value)
   WHERE jsonb_typeof(f.value) = 'object'
   AND coalesce(f.value ->> 'id', '0') NOT IN ('0', '', 'false')
-  AND coalesce(f.value ->> 'feature_id', '0') NOT IN ('0', '', 'false'){accounted})"""
-_POSTGRES_WRITTEN = """
-  AND ((f.value ->> 'id') IN (SELECT id::text FROM test_features){failed})"""
-_POSTGRES_FAILED = """
-    OR t.id::text IN (SELECT e.key FROM backfill_errors AS e
-      JOIN backfill_runs AS r ON r.id = e.run_id
-      WHERE r.extractor = 'test_features')"""
+  AND coalesce(f.value ->> 'feature_id', '0') NOT IN ('0', '', 'false')) AS listed_features"""
+_FAILED = """ OR listed_features.test_id IN (SELECT CAST(e.key AS INTEGER) FROM backfill_errors AS e
+    JOIN backfill_runs AS r ON r.id = e.run_id WHERE r.extractor = 'test_features')"""
 
 
-@compiles(listed_features, "sqlite")
-def _listed_sqlite(element: listed_features, compiler: SQLCompiler, **kw: Any) -> str:
-    failed = _SQLITE_FAILED if _with_errors(compiler, element) else ""
-    return _SQLITE_LISTED.format(accounted=_SQLITE_WRITTEN.format(failed=failed) if element.accounted else "")
+@compiles(_Listed, "sqlite")
+def _listed_sqlite(element: _Listed, compiler: SQLCompiler, **kw: Any) -> str:
+    return _SQLITE_LISTED
 
 
-@compiles(listed_features, "postgresql")
-def _listed_postgresql(element: listed_features, compiler: SQLCompiler, **kw: Any) -> str:
+@compiles(_Listed, "postgresql")
+def _listed_postgresql(element: _Listed, compiler: SQLCompiler, **kw: Any) -> str:
     version = compiler.dialect.server_version_info or (0,)
     if version < (16,):
         raise CompileError(
             "reading JSON text safely needs PostgreSQL 16 or later (pg_input_is_valid); "
             f"this server is {'.'.join(map(str, version))}"
         )
-    failed = _POSTGRES_FAILED if _with_errors(compiler, element) else ""
-    written = _POSTGRES_WRITTEN.format(failed=failed) if element.accounted else ""
-    return _POSTGRES_LISTED.format(accounted=written)
+    return _POSTGRES_LISTED
+
+
+@compiles(_Accounted)
+def _accounted(element: _Accounted, compiler: SQLCompiler, **kw: Any) -> str:
+    # PostgreSQL compares the id as text: a cast of a malformed id would fail the query.
+    written = "listed_features.id IN (SELECT {} FROM test_features)".format(
+        "id" if compiler.dialect.name == "sqlite" else "id::text"
+    )
+    failed = _FAILED if compiler.execution_options.get("backfill_ledger", False) else ""
+    return f"({written}{failed})"
 
 
 class CoverageValidator(Validator):
@@ -137,8 +138,8 @@ class CoverageValidator(Validator):
                 "features_accounted",
                 "listed features with id and feature_id that are written or whose test's error "
                 "is recorded (none may be missing)",
-                select(listed_features(accounted=True)),
-                select(listed_features(accounted=False)),
+                _count(listed, _Accounted()),
+                _count(listed),
                 1.0,
                 "test_features",
             ),
