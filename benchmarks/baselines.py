@@ -2,6 +2,8 @@
 
 - ``set_based``: the best a user can write by hand: two set-based SQL statements using SQLite's
   JSON functions, in one transaction through the stdlib ``sqlite3`` module. No validation.
+  ``user_stories`` goes through a Python function registered on the connection: the
+  application's text (``json.dumps``) is not one SQLite's JSON functions write.
 - ``naive_orm``: the script a user would write first with SQLModel: OFFSET pages of 500, a
   SELECT per feature (``session.get``), ``session.add`` per new row, a commit per page.
 
@@ -32,21 +34,27 @@ INSERT INTO test_features (id, customer_id, test_id, feature_id, title, descript
                            user_stories, enable_default, enable_content, enable_visual)
 SELECT json_extract(f.value, '$.id'), t.customer_id, t.id, json_extract(f.value, '$.feature_id'),
        coalesce(json_extract(f.value, '$.title'), ''), json_extract(f.value, '$.description'),
-       json_extract(f.value, '$.howtofind'),
-       CASE WHEN json_type(f.value, '$.user_stories') = 'array' THEN json(json_extract(f.value, '$.user_stories')) ELSE '[]' END,
-       json_extract(f.value, '$.enable_default'), json_extract(f.value, '$.enable_content'),
-       json_extract(f.value, '$.enable_visual')
+       json_extract(f.value, '$.howtofind'), stories_text(f.value -> '$.user_stories'),
+       coalesce(json_extract(f.value, '$.enable_default'), 0), coalesce(json_extract(f.value, '$.enable_content'), 0),
+       coalesce(json_extract(f.value, '$.enable_visual'), 0)
 FROM tests t, json_each(t.data, '$.features') f
 WHERE json_valid(t.data) AND json_type(t.data, '$.features') = 'array'
   AND json_type(f.value, '$.id') = 'integer' AND json_extract(f.value, '$.id') != 0
+  AND json_extract(f.value, '$.feature_id') IN (SELECT id FROM features)
 ORDER BY t.id
 ON CONFLICT(id) DO UPDATE SET customer_id = excluded.customer_id, test_id = excluded.test_id,
   feature_id = excluded.feature_id, title = excluded.title, description = excluded.description,
   howtofind = excluded.howtofind, user_stories = excluded.user_stories,
-  enable_default = coalesce(excluded.enable_default, test_features.enable_default),
-  enable_content = coalesce(excluded.enable_content, test_features.enable_content),
-  enable_visual = coalesce(excluded.enable_visual, test_features.enable_visual)
+  enable_default = excluded.enable_default, enable_content = excluded.enable_content,
+  enable_visual = excluded.enable_visual
 """  # noqa: E501
+
+
+def _stories_text(value: str | None) -> str:
+    """The application's user_stories text (json.dumps), which SQLite's JSON functions, writing
+    compact UTF-8, cannot produce: a function registered on the connection."""
+    return json.dumps((json.loads(value) if value is not None else None) or [])
+
 
 BUGS = """
 UPDATE bugs SET test_feature_id = (
@@ -62,12 +70,11 @@ def set_based(path: Path | str) -> None:
     """Both backfills as set-based statements, in one transaction through stdlib sqlite3."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
+        conn.create_function("stories_text", 1, _stories_text, deterministic=True)
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute(FEATURES)
             conn.execute(BUGS)
-            for col in FLAGS:  # backfill's insert default for flags the JSON leaves null
-                conn.execute(f"UPDATE test_features SET {col} = 0 WHERE {col} IS NULL")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -89,13 +96,13 @@ def _valid_feature(f: Any) -> bool:
     """The types the extractor accepts for one feature object (ids as JSON integers)."""
     if not isinstance(f, dict):
         return False
-    if not f.get("id"):
+    if not f.get("id") or not f.get("feature_id"):
         return True  # skipped, but does not spoil the test
     return (
         _is_id(f["id"])
-        and (f.get("feature_id") is None or _is_id(f["feature_id"]))
+        and _is_id(f["feature_id"])
+        and f.get("title", "") is not None
         and all(f.get(k) is None or isinstance(f[k], str) for k in ("title", "description", "howtofind"))
-        and (f.get("user_stories") is None or isinstance(f["user_stories"], list))
         and all(f.get(k) is None or f[k] in (True, False) for k in FLAGS)
     )
 
@@ -113,7 +120,7 @@ def _features_of(data_text: str | None) -> list[dict[str, Any]]:
     features = data.get("features")
     if not isinstance(features, list) or not all(_valid_feature(f) for f in features):
         return []
-    return [f for f in features if f.get("id")]
+    return [f for f in features if f.get("id") and f.get("feature_id")]
 
 
 def _feature_ref(raw_text: str | None) -> tuple[bool, int | None]:
@@ -143,7 +150,7 @@ def naive_orm(path: Path | str) -> None:
     """Both backfills the way a user would first write them with SQLModel."""
     from sqlmodel import Session, col, create_engine, select
 
-    from backfill_plugins.testmanagement.models import Bug, Test, TestFeature
+    from backfill_plugins.testmanagement.models import Bug, Feature, Test, TestFeature
 
     engine = create_engine(f"sqlite:///{path}")
     with Session(engine) as session:
@@ -156,28 +163,24 @@ def naive_orm(path: Path | str) -> None:
                 if test.customer_id is None:
                     continue
                 for f in _features_of(test.data):
+                    if session.get(Feature, f["feature_id"]) is None:
+                        continue  # never a dangling feature_id
                     values: dict[str, Any] = {
                         "customer_id": test.customer_id,
                         "test_id": test.id,
                         "feature_id": f.get("feature_id"),
-                        "title": f.get("title") or "",
+                        "title": f.get("title", ""),
                         "description": f.get("description"),
                         "howtofind": f.get("howtofind"),
-                        "user_stories": json.dumps(
-                            f.get("user_stories") or [], separators=(",", ":"), ensure_ascii=False
-                        ),
+                        "user_stories": json.dumps(f.get("user_stories") or []),
+                        **{k: bool(f.get(k) or False) for k in FLAGS},
                     }
-                    flags: dict[str, Any] = {k: None if f.get(k) is None else bool(f[k]) for k in FLAGS}
                     feature = session.get(TestFeature, f["id"])
                     if feature is None:
-                        flags = {k: False if v is None else v for k, v in flags.items()}
-                        session.add(TestFeature(id=f["id"], **values, **flags))
+                        session.add(TestFeature(id=f["id"], **values))
                     else:
                         for k, v in values.items():
                             setattr(feature, k, v)
-                        for k, v in flags.items():
-                            if v is not None:
-                                setattr(feature, k, v)
             session.commit()
             offset += PAGE
 
