@@ -215,3 +215,62 @@ def test_a_retry_clears_the_errors_of_source_rows_that_are_gone(make_db: MakeBac
 
     assert (retry.processed, retry.error_count) == (1, 1)
     assert db.rows("SELECT run_id, key FROM backfill_errors ORDER BY run_id, key") == [(2, "1")]
+
+
+def test_each_batch_that_writes_commits_its_checkpoint_with_it(tmp_path: Path) -> None:
+    """docs/architecture.md: the checkpoint of a batch that changes something is written in the
+    batch's own transaction, also when a refused row sent the batch through isolation. Read
+    from another connection as each batch's progress is reported (after its commit)."""
+    features = [{"id": n, "title": "FORBIDDEN" if n == 2 else "t"} for n in range(2, 8)]
+    path = database(tmp_path / "ck.db", features)  # tests 1..7
+    seen: list[tuple[Any, ...]] = []
+
+    class Watch:
+        def __init__(self, _name: str, _total: int) -> None:
+            pass
+
+        def update(self, _n: int) -> None:
+            seen.extend(ledger(path, "SELECT last_key, processed, batch_errors FROM backfill_runs"))
+
+        def close(self) -> None:
+            pass
+
+    report = RunReport(database=str(path))
+    options = RunOptions(batch_size=3, max_error_rate=1.0)
+    work = run_backfill(
+        make_registry(plugin),
+        ["test_features"],
+        resolve_url(str(path)),
+        options,
+        report,
+        validate=False,
+        progress=Watch,
+    )
+    asyncio.run(work)
+
+    assert seen == [("3", 3, 1), ("6", 6, 1), ("7", 7, 1)]
+
+
+def test_a_rerun_that_changes_nothing_still_ends_with_its_last_key(tmp_path: Path) -> None:
+    """Batches that change nothing are folded into later checkpoints; the last of them is
+    written when the run ends, with the last key read."""
+    path = database(tmp_path / "rerun.db", [{"id": n, "title": "t"} for n in range(2, 8)])
+    run(str(path))
+
+    again, _ = run(str(path))
+
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 7)
+    assert ledger(path, "SELECT id, status, last_key, processed FROM backfill_runs ORDER BY id") == [
+        (1, "succeeded", "7", 7),
+        (2, "succeeded", "7", 7),
+    ]
+
+
+def test_skipped_features_are_counted_by_kind(tmp_path: Path) -> None:
+    """A feature without feature_id is skipped, not an error (the built-in job's rule)."""
+    path = database(tmp_path / "skip.db", [{"id": 2, "feature_id": None}, {"id": 3, "feature_id": None}])
+
+    stats, _ = run(str(path))
+
+    assert (stats.inserted, stats.error_count) == (1, 0)
+    assert dict(stats.skipped) == {"no-feature-id": 2}
