@@ -129,6 +129,25 @@ def test_a_threshold_for_a_metric_that_will_not_be_computed_is_refused(path: Pat
     assert set(validate(path, *metrics, thresholds={"handmade.about_x": 0.5}, ran=["x"])) == {"about_x"}
 
 
+def test_the_refusal_names_the_unknown_and_the_known(path: Path) -> None:
+    """The message docs/cli.md shows: the names refused, then every name that would do."""
+    metrics = [
+        Metric("about_x", "d", _count(t, t.c.b == 1), _count(t), extractor="x"),
+        Metric("info", "d", _count(t, t.c.b == 0), _count(t), threshold=None),
+    ]
+
+    with pytest.raises(UsageError) as info:
+        validate(path, *metrics, thresholds={"handmade.b": 0.5, "handmade.a": 0.5}, ran=["x"])
+    with pytest.raises(UsageError) as none_known:  # no metric about y: nothing would do
+        validate(path, metrics[0], thresholds={"handmade.a": 0.5}, ran=["y"])
+
+    assert str(info.value) == (
+        "--threshold names no metric being validated: handmade.a, handmade.b "
+        "(known: handmade, handmade.about_x)"
+    )
+    assert str(none_known.value).endswith("(known: none)")
+
+
 @pytest.mark.parametrize("dialect", [sqlite_dialect(), postgresql_dialect()], ids=["sqlite", "postgresql"])
 @pytest.mark.parametrize(
     "clause",
