@@ -27,6 +27,7 @@ from backfill_core import (
 )
 from backfill_core.validation import fused, parse_thresholds, run_validators
 
+DIALECTS = [sqlite_dialect(), postgresql_dialect()]  # type: ignore[no-untyped-call]
 t = table("t", column("a"), column("b"))
 u = table("u", column("a"))
 
@@ -148,7 +149,7 @@ def test_the_refusal_names_the_unknown_and_the_known(path: Path) -> None:
     assert str(none_known.value).endswith("(known: none)")
 
 
-@pytest.mark.parametrize("dialect", [sqlite_dialect(), postgresql_dialect()], ids=["sqlite", "postgresql"])
+@pytest.mark.parametrize("dialect", DIALECTS, ids=["sqlite", "postgresql"])
 @pytest.mark.parametrize(
     "clause",
     [
@@ -173,7 +174,7 @@ def test_a_shared_clause_that_changes_the_count_keeps_the_queries_apart(clause: 
 
 def test_the_same_queries_without_the_clause_are_fused() -> None:
     """The guard above is what keeps them apart, not some other difference."""
-    for dialect in (sqlite_dialect(), postgresql_dialect()):
+    for dialect in DIALECTS:
         metric = Metric("m", "d", _count(t, t.c.a > 1, t.c.b == 1), _count(t, t.c.a > 1))
         assert fused(metric, dialect) is not None
 
