@@ -19,6 +19,8 @@ import os
 import signal
 from dataclasses import dataclass
 
+from backfill_core.errors import UsageError
+
 STOP_AT_ENV = "BACKFILL_STOP_AT"
 POINTS = ("started", "written", "committed")
 
@@ -37,7 +39,7 @@ def stop_point(extractor: str) -> StopPoint | None:
     name, _, rest = spec.partition(":")
     point, _, batch = rest.partition(":")
     if point not in POINTS or not (batch or "1").isdigit() or int(batch or "1") < 1:
-        raise ValueError(f"{STOP_AT_ENV}={spec!r}: expected EXTRACTOR:{'|'.join(POINTS)}[:N] with N >= 1")
+        raise UsageError(f"{STOP_AT_ENV}={spec!r}: expected EXTRACTOR:{'|'.join(POINTS)}[:N] with N >= 1")
     return StopPoint(point, int(batch or "1")) if name == extractor else None
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from backfill_core.errors import UsageError
 from backfill_core.stoppoints import StopPoint, stop_point
 from pg_support import fetch, needs_server, scratch_database
 
@@ -69,7 +70,7 @@ def test_stop_point_spec() -> None:
         assert stop_point("test_features") == StopPoint("started", 1)
         for bad in ("test_features", "test_features:halfway", "test_features:written:0", "x:committed:y"):
             mp.setenv("BACKFILL_STOP_AT", bad)
-            with pytest.raises(ValueError, match="BACKFILL_STOP_AT"):
+            with pytest.raises(UsageError, match="BACKFILL_STOP_AT"):
                 stop_point("test_features")
         mp.delenv("BACKFILL_STOP_AT")
         assert stop_point("test_features") is None
