@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from pg_support import SERVER, execute, fetch, needs_server
+from pg_support import empty_database, execute, fetch, needs_server
 
 SCHEMA = """
 CREATE TABLE features (id INTEGER PRIMARY KEY);
@@ -166,15 +165,9 @@ async def _fill(url: str, tests: Sequence[str]) -> None:
 @contextmanager
 def postgres_database(tests: Sequence[str]) -> Iterator[str]:
     """The URL of a new database on the test server with SCHEMA and the tests; dropped on exit."""
-    assert SERVER, "BACKFILL_TEST_POSTGRES_URL is not set"
-    name = f"backfill_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(execute(SERVER, f'CREATE DATABASE "{name}"'))
-    url = SERVER.rsplit("/", 1)[0] + "/" + name
-    try:
+    with empty_database() as url:
         asyncio.run(_fill(url, tests))
         yield url
-    finally:
-        asyncio.run(execute(SERVER, f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 MakeBackend = Callable[[Sequence[str]], Backend]

@@ -148,14 +148,20 @@ async def _load(url: str, source: Path) -> None:
 
 
 @contextmanager
-def scratch_database(source: Path) -> Iterator[str]:
-    """The URL of a new database holding ``source``'s tables (``COPIED``); dropped on exit."""
+def empty_database() -> Iterator[str]:
+    """The URL of a new, empty database on the test server; dropped on exit."""
     assert SERVER, "BACKFILL_TEST_POSTGRES_URL is not set"
     name = f"backfill_test_{uuid.uuid4().hex[:12]}"
     asyncio.run(execute(SERVER, f'CREATE DATABASE "{name}"'))
-    url = SERVER.rsplit("/", 1)[0] + "/" + name
     try:
-        asyncio.run(_load(url, source))
-        yield url
+        yield SERVER.rsplit("/", 1)[0] + "/" + name
     finally:
         asyncio.run(execute(SERVER, f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+@contextmanager
+def scratch_database(source: Path) -> Iterator[str]:
+    """The URL of a new database holding ``source``'s tables (``COPIED``); dropped on exit."""
+    with empty_database() as url:
+        asyncio.run(_load(url, source))
+        yield url

@@ -27,6 +27,17 @@ class json_value(FunctionElement[Any]):
         super().__init__(column)
 
 
+def require_input_validation(compiler: SQLCompiler) -> None:
+    """Raise CompileError unless the PostgreSQL server can test JSON text before parsing it
+    (``pg_input_is_valid``, PostgreSQL 16 or later)."""
+    version = compiler.dialect.server_version_info or (0,)
+    if version < (16,):
+        raise CompileError(
+            "reading JSON text safely needs PostgreSQL 16 or later (pg_input_is_valid); "
+            f"this server is {'.'.join(map(str, version))}"
+        )
+
+
 @compiles(json_value, "sqlite")
 def _sqlite(element: json_value, compiler: SQLCompiler, **kw: Any) -> str:
     col = compiler.process(next(iter(element.clauses)), **kw)
@@ -36,12 +47,7 @@ def _sqlite(element: json_value, compiler: SQLCompiler, **kw: Any) -> str:
 
 @compiles(json_value, "postgresql")
 def _postgresql(element: json_value, compiler: SQLCompiler, **kw: Any) -> str:
-    version = compiler.dialect.server_version_info or (0,)
-    if version < (16,):
-        raise CompileError(
-            "reading JSON text safely needs PostgreSQL 16 or later (pg_input_is_valid); "
-            f"this server is {'.'.join(map(str, version))}"
-        )
+    require_input_validation(compiler)
     col = compiler.process(next(iter(element.clauses)), **kw)
     path = "{" + ",".join(element.path) + "}"
     return f"CASE WHEN pg_input_is_valid({col}, 'jsonb') THEN (({col})::jsonb #>> '{path}') END"

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from e2e_support import run_cli
 
-from pg_support import SERVER, execute, needs_server
+from pg_support import empty_database, execute, needs_server
 
 TABLES = """
 CREATE TABLE tests (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, data TEXT);
@@ -83,17 +83,9 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield _sqlite(tmp_path / "shop.db")
         return
-    import uuid
-
-    assert SERVER
-    name = f"backfill_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(execute(SERVER, f'CREATE DATABASE "{name}"'))
-    url = SERVER.rsplit("/", 1)[0] + "/" + name
-    try:
+    with empty_database() as url:
         asyncio.run(_postgres(url))
         yield url
-    finally:
-        asyncio.run(execute(SERVER, f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 def _counts(out: str) -> dict[str, Any]:

@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Boolean, ColumnElement, FromClause, Select, TableClause, column, func, select, table
-from sqlalchemy.exc import CompileError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from backfill_core import Metric, Validator
-from backfill_core.sql import json_value
+from backfill_core.sql import json_value, require_input_validation
 
 tests = table("tests", column("id"))
 features = table("test_features", column("id"), column("test_id"), column("customer_id"))
@@ -66,12 +65,7 @@ def _listed_sqlite(element: _Listed, compiler: SQLCompiler, **kw: Any) -> str:
 
 @compiles(_Listed, "postgresql")
 def _listed_postgresql(element: _Listed, compiler: SQLCompiler, **kw: Any) -> str:
-    version = compiler.dialect.server_version_info or (0,)
-    if version < (16,):
-        raise CompileError(
-            "reading JSON text safely needs PostgreSQL 16 or later (pg_input_is_valid); "
-            f"this server is {'.'.join(map(str, version))}"
-        )
+    require_input_validation(compiler)
     return _POSTGRES_LISTED
 
 
