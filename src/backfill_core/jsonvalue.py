@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import orjson
@@ -34,10 +35,36 @@ def parse_json(text: Any, what: str) -> Any:
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+class NonFiniteNumber(RecordError, ValueError):
+    """``dump_json`` was given NaN or an infinity, which JSON cannot hold (kind ``invalid-value``).
+
+    A RecordError, so that ``extract`` passing such a value on records the row as bad data; also a
+    ValueError, as ``dump_json`` raised before.
+    """
+
+
+def _non_finite(value: Any, path: str, seen: set[int]) -> str | None:
+    """The path of the first NaN or infinity in ``value`` (``$``, ``$.key``, ``$[2]``), or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{value!r} at {path}"
+    if isinstance(value, dict | list | tuple):
+        if id(value) in seen:  # a cycle: the encoder reports it on its own
+            return None
+        seen.add(id(value))
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for k, v in items:
+            found = _non_finite(v, f"{path}.{k}" if isinstance(value, dict) else f"{path}[{k}]", seen)
+            if found:
+                return found
+    return None
+
+
 def dump_json(value: Any) -> str:
     """Compact JSON text, as SQLite's ``json()`` writes it (no spaces, UTF-8 kept).
 
-    NaN and infinities raise ValueError, as they have no JSON form.
+    NaN and infinities have no JSON form: they raise :class:`NonFiniteNumber`, a RecordError of
+    kind ``invalid-value`` naming the value and where it is (orjson would write them as
+    ``null``, silently; the standard encoder writes ``NaN``, which no strict parser accepts).
     """
     if type(value) is list and all(type(v) is str for v in value):
         # The common case (a list of labels) through orjson, which writes strings the same way
@@ -47,4 +74,12 @@ def dump_json(value: Any) -> str:
             return orjson.dumps(value).decode()
         except orjson.JSONEncodeError:
             pass
-    return _ENCODER.encode(value)
+    try:
+        return _ENCODER.encode(value)
+    except ValueError:
+        where = _non_finite(value, "$", set())
+        if where is None:
+            raise  # not a number: a circular reference, say
+        raise NonFiniteNumber(
+            f"cannot write {where} as JSON: JSON has no NaN or infinity", kind="invalid-value"
+        ) from None

@@ -67,3 +67,26 @@ def test_arbitrary_text_parses_or_raises_invalid_json(text: str | bytes) -> None
 def test_lists_of_text_are_written_as_the_standard_encoder_writes_them(value: list[str]) -> None:
     # dump_json takes a faster path for lists of strings; it must not change a byte.
     assert dump_json(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.recursive(
+        st.sampled_from([float("nan"), float("inf"), -float("inf")]),
+        lambda children: st.lists(children, min_size=1, max_size=3)
+        | st.dictionaries(st.text(max_size=5), children, min_size=1, max_size=3),
+        max_leaves=10,
+    ),
+    json_values,
+)
+def test_a_non_finite_float_anywhere_is_a_record_error(bad: Any, good: Any) -> None:
+    # Every leaf of ``bad`` is NaN or an infinity; wrapped beside valid values, dump_json still
+    # refuses the whole document, with kind invalid-value, rather than writing null or NaN.
+    for value in (bad, [good, bad], {"ok": good, "bad": bad}):
+        try:
+            dump_json(value)
+        except RecordError as e:
+            assert e.kind == "invalid-value"
+            assert "no NaN or infinity" in e.message
+        else:
+            raise AssertionError(f"dump_json wrote {value!r}")

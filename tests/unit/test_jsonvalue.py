@@ -119,3 +119,40 @@ def test_integers_beyond_64_bits_become_floats() -> None:
     assert parse_json("18446744073709551616", "x") == 18446744073709551616.0
     assert isinstance(parse_json("18446744073709551616", "x"), float)
     assert parse_json("18446744073709551615", "x") == 18446744073709551615
+
+
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        (float("nan"), "nan at $"),
+        ([1.5, float("inf")], "inf at $[1]"),
+        ({"device": {"scores": [0.5, -float("inf")]}}, "-inf at $.device.scores[1]"),
+        (("a", {"n": float("nan")}), "nan at $[1].n"),
+    ],
+)
+def test_dump_json_refuses_non_finite_floats_as_a_record_error_naming_where(value: Any, where: str) -> None:
+    # A record error (an extract writing a computed NaN records bad data, not a plugin bug), and
+    # still a ValueError for code written when dump_json raised that.
+    with pytest.raises(RecordError) as info:
+        dump_json(value)
+    assert info.value.kind == "invalid-value"
+    assert where in info.value.message
+    assert "no NaN or infinity" in info.value.message
+    assert isinstance(info.value, ValueError)
+
+
+def test_orjson_would_write_non_finite_floats_as_null() -> None:
+    # Why dump_json does not hand floats to orjson: the value would be lost without a word.
+    import orjson
+
+    assert orjson.dumps([float("inf"), float("nan")]) == b"[null,null]"
+
+
+def test_dump_json_keeps_other_errors() -> None:
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(ValueError, match="Circular reference") as info:
+        dump_json(loop)
+    assert not isinstance(info.value, RecordError)
+    with pytest.raises(TypeError):
+        dump_json({"when": object()})
