@@ -3,7 +3,7 @@
 The public API for plugin authors and for embedding the engine.
 """
 
-from backfill_core.changes import Change, Ref, Skip, Update, Upsert
+from backfill_core.changes import Change, Children, Ref, Skip, Update, Upsert
 from backfill_core.database import Database, resolve_url
 from backfill_core.engine import RunOptions
 from backfill_core.errors import (
@@ -27,6 +27,7 @@ from backfill_core.validator import Metric, MetricResult, Validator
 __all__ = [
     "BackfillError",
     "Change",
+    "Children",
     "Database",
     "DatabaseUnavailable",
     "EnvironmentProblem",

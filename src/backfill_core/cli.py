@@ -232,6 +232,7 @@ def status(database: str | None, limit: int, as_json: bool) -> None:
     if not runs:
         click.echo("no runs recorded yet")
         return
+    deletes = any(r["deleted"] for r in runs)  # a column only where Children changes deleted
     table = [
         (
             "run",
@@ -240,6 +241,7 @@ def status(database: str | None, limit: int, as_json: bool) -> None:
             "progress",
             "inserted",
             "updated",
+            *(("deleted",) if deletes else ()),
             "errors",
             "rows/s",
             "last key",
@@ -256,6 +258,7 @@ def status(database: str | None, limit: int, as_json: bool) -> None:
                 progress,
                 str(r["inserted"]),
                 str(r["updated"]),
+                *((str(r["deleted"]),) if deletes else ()),
                 str(r["errors"]),
                 f"{r['rows_per_second']:.0f}",
                 str(r["last_key"]),

@@ -165,8 +165,13 @@ class Refusals:
         found = set(await self._select(conn, parent, parent_cols, parent_cols, wanted))
         target = (parent, parent_cols)
         found |= plan.merged.get(target, {}).keys()
+        found -= {k for k, row in plan.merged.get(target, {}).items() if row is None}
         if self.overlay is not None:
-            found |= self.overlay.rows(target, wanted).keys()
+            for key, row in self.overlay.rows(target, wanted).items():
+                if row is None:
+                    found.discard(key)
+                else:
+                    found.add(key)
         missing = sorted(wanted - found, key=repr)
         if missing:
             raise WouldBeRefused(
@@ -187,7 +192,7 @@ class Refusals:
         current = await self._select(conn, table, rules.columns, key_cols, updated) if updated else {}
         if self.overlay is not None and updated:
             for key, row in self.overlay.rows(target, updated).items():
-                current[key] = {**current.get(key, {}), **row}
+                current[key] = {**current.get(key, {}), **(row or {})}
         columns = [(c, rules.casts.get(c)) for c in rules.columns]
         for row, inserted in rows:
             full = row if inserted else {**current.get(tuple(row[c] for c in key_cols), {}), **row}

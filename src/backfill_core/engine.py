@@ -20,7 +20,16 @@ from backfill_core.errors import BackfillError
 from backfill_core.extraction import BatchExtractor, Extraction
 from backfill_core.ledger import FAILED, INTERRUPTED, SUCCEEDED, Delta, Ledger, RunState
 from backfill_core.overlay import Overlay
-from backfill_core.planner import Extracted, Plan, Target, keys_needed, plan_batch, refs_needed
+from backfill_core.planner import (
+    Extracted,
+    Parents,
+    Plan,
+    Target,
+    keys_needed,
+    parents_needed,
+    plan_batch,
+    refs_needed,
+)
 from backfill_core.report import ErrorLog, ErrorRecord, ExtractorStats
 from backfill_core.stoppoints import stop_here, stop_point
 from backfill_core.worker import Worker, WorkerReadError
@@ -292,6 +301,7 @@ class BatchRunner:
         s.processed += delta.processed
         s.inserted += delta.inserted
         s.updated += delta.updated
+        s.deleted += delta.deleted
         s.unchanged += delta.unchanged
         for e in delta.errors:
             s.errors[(e.tier, e.kind)] += 1
@@ -388,6 +398,7 @@ class BatchRunner:
     def _count(self, plan: Plan, delta: Delta) -> None:
         delta.inserted += plan.inserted
         delta.updated += plan.updated
+        delta.deleted += plan.deleted
         delta.unchanged += plan.unchanged
         for failure in plan.failures:
             self._error(delta, failure.key, "record", failure.kind, failure.message)
@@ -403,7 +414,7 @@ class BatchRunner:
         pending = Delta()
         pending.add(self._pending)
         pending.add(delta)
-        due = delta.inserted or delta.updated or clear is not None
+        due = delta.inserted or delta.updated or delta.deleted or clear is not None
         if not due and time.monotonic() - self._checkpointed < CHECKPOINT_EVERY:
             self._pending, self._pending_key = (
                 pending,
@@ -443,10 +454,12 @@ class BatchRunner:
         """Plan ``batch`` against the rows it addresses and references; ``whole`` as in _isolating."""
         current = await self._current(conn, whole.needed if whole else keys_needed(batch))
         referenced = await self._referenced(conn, whole.refs if whole else refs_needed(batch))
+        children = await self._children(conn, whole.parents if whole else parents_needed(batch))
         return plan_batch(
             batch,
             current,
             referenced,
+            children,
             sample_size=self.options.sample_size,
             keep_merged=self.overlay is not None,
         )
@@ -460,7 +473,11 @@ class BatchRunner:
                 conn, target[0], self.target_cols[target[0]], target[1], keys
             )
             if self.overlay is not None:
-                found.update(self.overlay.rows(target, keys))
+                for key, row in self.overlay.rows(target, keys).items():
+                    if row is None:
+                        found.pop(key, None)
+                    else:
+                        found[key] = row
         return out
 
     async def _referenced(
@@ -474,7 +491,36 @@ class BatchRunner:
             found = out[target] = {k[0]: row for k, row in rows.items()}
             if self.overlay is not None:
                 for (v,), row in self.overlay.rows(target, [(v,) for v in values]).items():
-                    found[v] = row
+                    if row is None:
+                        found.pop(v, None)
+                    else:
+                        found[v] = row
+        return out
+
+    async def _children(
+        self, conn: BatchConnection, needed: Mapping[Parents, set[tuple[Any, ...]]]
+    ) -> dict[Parents, dict[tuple[Any, ...], set[tuple[Any, ...]]]]:
+        """The key values of the rows now under each parent that Children changes own."""
+        out: dict[Parents, dict[tuple[Any, ...], set[tuple[Any, ...]]]] = {}
+        for (target, parent_cols), parents in needed.items():
+            table, key_cols = target
+            found = out[(target, parent_cols)] = {}
+            at = [key_cols.index(c) for c in parent_cols]
+            width = len(parent_cols)
+            for chunk in _chunks(list(parents), IN_CHUNK // width):
+                padded = _padded(chunk)
+                stmt = self.db.statements.lookup(table, key_cols, parent_cols, len(padded))
+                for row in await self.db.fetch(conn, stmt, [v for p in padded for v in p]):
+                    key = tuple(row)
+                    found.setdefault(tuple([key[i] for i in at]), set()).add(key)
+            if self.overlay is not None:
+                for parent, keys in self.overlay.under(target, parent_cols, parents).items():
+                    have = found.setdefault(parent, set())
+                    for key, deleted in keys.items():
+                        if deleted:
+                            have.discard(key)
+                        else:
+                            have.add(key)
         return out
 
     async def _select(
@@ -504,6 +550,8 @@ class BatchRunner:
     async def _write(self, conn: BatchConnection, plan: Plan) -> None:
         for writes in plan.writes.values():
             table, key_cols = writes.table, writes.key_cols
+            if writes.deletes:  # first: a row left out may hold a unique value a kept row takes
+                await self.db.execute_many(conn, self.db.statements.delete(table, key_cols), writes.deletes)
             inserts = _by_columns((tuple(row), tuple(row.values())) for row in writes.inserts)
             for cols, params in inserts.items():
                 await self.db.execute_many(conn, self.db.statements.upsert(table, cols, key_cols), params)

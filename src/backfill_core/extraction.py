@@ -9,7 +9,15 @@ from typing import Any
 from backfill_core.changes import Fields, Skipped, checked, fields
 from backfill_core.errors import RecordError
 from backfill_core.extractor import Extractor
-from backfill_core.planner import Extracted, Target, extracted, keys_needed, refs_needed
+from backfill_core.planner import (
+    Extracted,
+    Parents,
+    Target,
+    extracted,
+    keys_needed,
+    parents_needed,
+    refs_needed,
+)
 
 Error = tuple[Any, str, str]
 """(key, kind, message) of a source row that failed to extract."""
@@ -28,6 +36,8 @@ class Extraction:
     """The target rows whose current values planning needs."""
     refs: dict[Target, tuple[set[str], set[Any]]] = field(default_factory=dict)
     """The referenced tables and columns, with the columns to match and the values looked for."""
+    parents: dict[Parents, set[tuple[Any, ...]]] = field(default_factory=dict)
+    """The parents whose child rows Children changes own."""
     skips: list[tuple[Any, str]] = field(default_factory=list)
     """(key, kind) of each Skip the rows returned."""
     unchecked: list[tuple[Any, list[Fields]]] | None = None
@@ -106,6 +116,7 @@ class BatchExtractor:
             batch.errors_in_key_order()
         batch.needed = keys_needed(items)
         batch.refs = refs_needed(items)
+        batch.parents = parents_needed(items)
 
     def _error(self, key: Any, e: Exception) -> Error:
         if isinstance(e, RecordError):

@@ -17,18 +17,22 @@ from typing import Any
 
 from sqlalchemy import (
     Column,
+    Connection,
     DateTime,
     ForeignKey,
     Index,
     Integer,
     MetaData,
+    Select,
     String,
     Table,
     Text,
     desc,
     insert,
     inspect,
+    literal,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import DBAPIError
@@ -41,7 +45,7 @@ RUNNING, SUCCEEDED, FAILED, INTERRUPTED = "running", "succeeded", "failed", "int
 RESUMABLE = {FAILED, INTERRUPTED}
 STALE_AFTER_ENV = "BACKFILL_STALE_AFTER"
 DEFAULT_STALE_AFTER = 60.0
-COUNTS = ("processed", "inserted", "updated", "unchanged", "record_errors", "batch_errors")
+COUNTS = ("processed", "inserted", "updated", "deleted", "unchanged", "record_errors", "batch_errors")
 
 metadata = MetaData()
 runs = Table(
@@ -82,6 +86,12 @@ errors = Table(
 Index("ix_backfill_errors_run_key", errors.c.run_id, errors.c.key)
 
 
+def _missing_columns(conn: Connection) -> tuple[str, ...]:
+    """The columns of ``backfill_runs`` that a ledger made by an older backfill lacks."""
+    have = {c["name"] for c in inspect(conn).get_columns(runs.name)}
+    return tuple(c.name for c in runs.c if c.name not in have)
+
+
 def now() -> datetime:
     """UTC now, naive: what SQLite and a TIMESTAMP WITHOUT TIME ZONE column round-trip."""
     return datetime.now(UTC).replace(tzinfo=None)
@@ -114,6 +124,7 @@ class Delta:
     processed: int = 0
     inserted: int = 0
     updated: int = 0
+    deleted: int = 0
     unchanged: int = 0
     record_errors: int = 0
     batch_errors: int = 0
@@ -186,6 +197,7 @@ def run_summary(row: Any, host: str | None = None) -> dict[str, Any]:
         "total": row.total,
         "inserted": row.inserted,
         "updated": row.updated,
+        "deleted": row.deleted,
         "unchanged": row.unchanged,
         "record_errors": row.record_errors,
         "batch_errors": row.batch_errors,
@@ -208,6 +220,7 @@ class Ledger:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.host = socket.gethostname()
+        self._lacks: tuple[str, ...] = ()
 
     @cached_property
     def _to_driver(self) -> Callable[[datetime], Any] | None:
@@ -218,14 +231,29 @@ class Ledger:
         return value if self._to_driver is None else self._to_driver(value)
 
     async def exists(self) -> bool:
+        """Whether the ledger tables exist; also notes the columns an older ledger lacks."""
         async with self.db.reading() as conn:
             found: bool = await conn.run_sync(lambda sync: inspect(sync).has_table(runs.name))
+            if found:
+                self._lacks = await conn.run_sync(_missing_columns)
             return found
 
     async def ensure(self) -> None:
-        """Create the ledger tables if they are missing (a real run does; a dry run never)."""
+        """Create the ledger tables if they are missing, and add the columns an older ledger
+        lacks (a real run does; a dry run never)."""
         async with self.db.transaction() as conn:
             await conn.run_sync(lambda sync: metadata.create_all(sync, checkfirst=True))
+            maybe = "" if self.db.is_sqlite else "IF NOT EXISTS "  # SQLite has no such clause
+            for name in await conn.run_sync(_missing_columns):
+                kind = "INTEGER NOT NULL DEFAULT 0" if name in COUNTS else str(runs.c[name].type)
+                await conn.execute(text(f"ALTER TABLE {runs.name} ADD COLUMN {maybe}{name} {kind}"))
+        self._lacks = ()
+
+    def _runs(self) -> Select[Any]:
+        """``select(runs)``, reading the counts an older ledger lacks as 0."""
+        if not self._lacks:
+            return select(runs)
+        return select(*(literal(0).label(c.name) if c.name in self._lacks else c for c in runs.c))
 
     async def begin(
         self,
@@ -249,7 +277,7 @@ class Ledger:
             await self.db.lock(conn, f"backfill:{extractor}")
             latest = (
                 await conn.execute(
-                    select(runs)
+                    self._runs()
                     .where(runs.c.extractor == extractor, same_kind)
                     .order_by(desc(runs.c.id))
                     .limit(1)
@@ -257,13 +285,13 @@ class Ledger:
             ).first()
             running = (
                 await conn.execute(
-                    select(runs).where(runs.c.extractor == extractor, runs.c.status == RUNNING)
+                    self._runs().where(runs.c.extractor == extractor, runs.c.status == RUNNING)
                 )
             ).all()
             if depends_on:
                 for row in (
                     await conn.execute(
-                        select(runs).where(runs.c.extractor.in_(depends_on), runs.c.status == RUNNING)
+                        self._runs().where(runs.c.extractor.in_(depends_on), runs.c.status == RUNNING)
                     )
                 ).all():
                     if is_live(row, host=self.host, limit=stale_after()):
@@ -378,7 +406,7 @@ class Ledger:
         if not await self.exists():
             return []
         async with self.db.reading() as conn:
-            rows = (await conn.execute(select(runs).order_by(runs.c.extractor, desc(runs.c.id)))).all()
+            rows = (await conn.execute(self._runs().order_by(runs.c.extractor, desc(runs.c.id)))).all()
         out: list[Any] = []
         seen: dict[str, int] = {}
         for row in rows:
@@ -391,7 +419,7 @@ class Ledger:
         if not await self.exists():
             return None
         async with self.db.reading() as conn:
-            return (await conn.execute(select(runs).where(runs.c.id == run_id))).first()
+            return (await conn.execute(self._runs().where(runs.c.id == run_id))).first()
 
     async def latest(self, extractor: str) -> Any:
         if not await self.exists():
@@ -399,7 +427,7 @@ class Ledger:
         async with self.db.reading() as conn:
             return (
                 await conn.execute(
-                    select(runs).where(runs.c.extractor == extractor).order_by(desc(runs.c.id)).limit(1)
+                    self._runs().where(runs.c.extractor == extractor).order_by(desc(runs.c.id)).limit(1)
                 )
             ).first()
 
@@ -410,7 +438,7 @@ class Ledger:
         async with self.db.reading() as conn:
             return (
                 await conn.execute(
-                    select(runs)
+                    self._runs()
                     .where(runs.c.extractor.in_(extractors), runs.c.retry_of.is_(None))
                     .order_by(desc(runs.c.id))
                     .limit(1)

@@ -23,7 +23,7 @@ class Overlay:
     """Would-be rows by target and key; created on first use, deleted by :meth:`close`.
 
     Each target has a table of its own keyed by its key columns, so lookups are plain index
-    probes; the rows themselves are pickled.
+    probes; the rows themselves are pickled, and a deleted row is remembered as None.
     """
 
     def __init__(self) -> None:
@@ -32,6 +32,7 @@ class Overlay:
         self._tables: dict[Target, str] = {}
         self._spans: dict[Target, tuple[tuple[Any, ...], tuple[Any, ...]] | None] = {}
         """The lowest and highest key remembered per target (None: keys that do not compare)."""
+        self._indexed: set[tuple[Target, tuple[str, ...]]] = set()
 
     def _open(self) -> sqlite3.Connection:
         if self._db is None:
@@ -49,8 +50,8 @@ class Overlay:
             self._open().execute(f"CREATE TABLE {name} ({keys}, row BLOB, PRIMARY KEY ({keys}))")
         return name
 
-    def apply(self, merged: Mapping[Target, Mapping[tuple[Any, ...], dict[str, Any]]]) -> None:
-        """Remember the rows a batch would leave (a Plan's ``merged``)."""
+    def apply(self, merged: Mapping[Target, Mapping[tuple[Any, ...], dict[str, Any] | None]]) -> None:
+        """Remember the rows a batch would leave (a Plan's ``merged``; None for a deleted row)."""
         writes = [(t, by_key) for t, by_key in merged.items() if by_key]
         if not writes:
             return
@@ -62,7 +63,7 @@ class Overlay:
                 marks = ", ".join("?" * (len(target[1]) + 1))
                 db.executemany(
                     f"INSERT OR REPLACE INTO {self._table(target)} VALUES ({marks})",
-                    [(*key, _pack(row)) for key, row in by_key.items()],
+                    [(*key, None if row is None else _pack(row)) for key, row in by_key.items()],
                 )
 
     def _widen(self, target: Target, by_key: Mapping[tuple[Any, ...], Any]) -> None:
@@ -75,13 +76,15 @@ class Overlay:
         except TypeError:  # keys of mixed types: look every key up
             self._spans[target] = None
 
-    def rows(self, target: Target, keys: Iterable[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
-        """The remembered rows of ``target`` among ``keys``."""
+    def rows(
+        self, target: Target, keys: Iterable[tuple[Any, ...]]
+    ) -> dict[tuple[Any, ...], dict[str, Any] | None]:
+        """The remembered rows of ``target`` among ``keys`` (None: deleted)."""
         name = self._tables.get(target)
         if name is None or self._db is None:
             return {}
         width = len(target[1])
-        found: dict[tuple[Any, ...], dict[str, Any]] = {}
+        found: dict[tuple[Any, ...], dict[str, Any] | None] = {}
         span = self._spans.get(target)
         try:
             # A batch in key order usually asks for keys past all that earlier batches wrote.
@@ -98,7 +101,28 @@ class Overlay:
                 where = f"({cols}) IN (VALUES {','.join(['(' + ','.join('?' * width) + ')'] * len(chunk))})"
             params = [v for key in chunk for v in key]
             for *key, row in self._db.execute(f"SELECT {cols}, row FROM {name} WHERE {where}", params):
-                found[tuple(key)] = pickle.loads(row)
+                found[tuple(key)] = None if row is None else pickle.loads(row)
+        return found
+
+    def under(
+        self, target: Target, parent_cols: tuple[str, ...], parents: Iterable[tuple[Any, ...]]
+    ) -> dict[tuple[Any, ...], dict[tuple[Any, ...], bool]]:
+        """For each of ``parents`` (values of ``parent_cols``), the keys of the rows remembered
+        under it, each with whether it is deleted."""
+        name = self._tables.get(target)
+        if name is None or self._db is None:
+            return {}
+        at = [target[1].index(c) for c in parent_cols]
+        if (target, parent_cols) not in self._indexed:
+            self._indexed.add((target, parent_cols))
+            cols = ", ".join(f"k{i}" for i in at)
+            self._db.execute(f"CREATE INDEX {name}_{'_'.join(map(str, at))} ON {name} ({cols})")
+        where = " AND ".join(f"k{i} = ?" for i in at)
+        keys = ", ".join(f"k{i}" for i in range(len(target[1])))
+        found: dict[tuple[Any, ...], dict[tuple[Any, ...], bool]] = {}
+        for parent in parents:
+            for *key, row in self._db.execute(f"SELECT {keys}, row FROM {name} WHERE {where}", parent):
+                found.setdefault(parent, {})[tuple(key)] = row is None
         return found
 
     def close(self) -> None:
@@ -110,6 +134,7 @@ class Overlay:
             self._dir = None
         self._tables.clear()
         self._spans.clear()
+        self._indexed.clear()
 
 
 def _pack(value: object) -> bytes:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backfill_core.changes import Fields
+from backfill_core.changes import ChildRows, Fields
 
 _EMPTY: Mapping[Any, Any] = {}
 
@@ -21,9 +21,21 @@ Target = tuple[str, KeyCols]
 
 RefSpec = tuple[Target, Any, Mapping[str, Any]]
 """A Ref as planning uses it: (the referenced table and column as a Target, value, match)."""
-Op = tuple[Target, tuple[Any, ...], Mapping[str, Any], Mapping[str, Any], tuple[RefSpec, ...], bool, bool]
+Owned = tuple[KeyCols, tuple[tuple[tuple[Any, ...], Mapping[str, Any]], ...]]
+"""A Children change as planning uses it: its parent's columns, and each row's key values (in
+the target's key order) with the row."""
+Op = tuple[
+    Target,
+    tuple[Any, ...],
+    Mapping[str, Any],
+    Mapping[str, Any],
+    tuple[RefSpec, ...],
+    bool,
+    bool,
+    Owned | None,
+]
 """One change as planning uses it: (target, key values, values, defaults, references, is an Update,
-is independent).
+is independent, and for a Children change what it owns, with its parent's values as the key).
 
 The values leave out defaulted columns set to None (those keep what the row has). Plain tuples
 cost little to build and to send between processes, unlike the Change objects plugins return.
@@ -31,22 +43,38 @@ cost little to build and to send between processes, unlike the Change objects pl
 Extracted = tuple[Any, list[Op], bool]
 """What one source row produced: its key, its changes, and whether planning must check them
 (only an Update or a change with references can fail in planning)."""
+Parents = tuple[Target, KeyCols]
+"""A table's rows addressed by a key (the Target) and grouped by parent columns."""
 
 
 def op(f: Fields) -> Op:
     """A change's ``fields`` as planning uses them; they must have passed ``checked``."""
-    table, key, values, defaults, requires, independent = f
+    table, key, values, defaults, requires, independent, children = f
+    refs = tuple([(_target(t, c), v, m) for t, c, v, m in requires]) if requires else ()
+    if children is not None:
+        return _owned(table, key, children, refs, independent)
     if len(key) == 1:
         ((col, value),) = key.items()
         target, key_values = _target(table, col), (value,)
     else:  # the key's columns in sorted order, and its values in that order
         cols = tuple(sorted(key))
         target, key_values = (table, cols), tuple(key[c] for c in cols)
-    refs = tuple([(_target(t, c), v, m) for t, c, v, m in requires]) if requires else ()
     if defaults is None:
-        return target, key_values, values, _EMPTY, refs, True, independent
+        return target, key_values, values, _EMPTY, refs, True, independent, None
     effective = _effective(values, defaults) if defaults else values
-    return target, key_values, effective, defaults, refs, False, independent
+    return target, key_values, effective, defaults, refs, False, independent, None
+
+
+def _owned(
+    table: str, parent: Mapping[str, Any], children: ChildRows, refs: tuple[RefSpec, ...], independent: bool
+) -> Op:
+    key_cols, rows = children
+    parent_cols = tuple(sorted(parent))
+    cols = tuple(sorted((*parent_cols, *key_cols)))
+    target = (table, cols)
+    owned = tuple([(tuple([row[c] if c in row else parent[c] for c in cols]), row) for row in rows])
+    parent_values = tuple([parent[c] for c in parent_cols])
+    return target, parent_values, _EMPTY, _EMPTY, refs, False, independent, (parent_cols, owned)
 
 
 def extracted(key: Any, changes: Iterable[Fields]) -> Extracted:
@@ -56,6 +84,17 @@ def extracted(key: Any, changes: Iterable[Fields]) -> Extracted:
         if o[4] or o[5]:
             return key, ops, True
     return key, ops, False
+
+
+def parents_needed(batch: Iterable[Extracted]) -> dict[Parents, set[tuple[Any, ...]]]:
+    """The parents whose current child rows the plan needs, by table and parent columns."""
+    needed: dict[Parents, set[tuple[Any, ...]]] = {}
+    for _, ops, _ in batch:
+        for o in ops:
+            owned = o[7]
+            if owned is not None:
+                needed.setdefault((o[0], owned[0]), set()).add(o[1])
+    return needed
 
 
 @dataclass(slots=True)
@@ -75,6 +114,8 @@ class Writes:
     updates: list[tuple[tuple[Any, ...], Mapping[str, Any]]] = field(default_factory=list)
     """(key values in ``key_cols`` order, values) pairs; the values may be the change's own
     mapping, which nothing mutates."""
+    deletes: list[tuple[Any, ...]] = field(default_factory=list)
+    """Key values, in ``key_cols`` order, of the rows a Children change leaves out."""
 
 
 @dataclass
@@ -85,13 +126,14 @@ class Plan:
     unchanged: int
     failures: list[Failure]
     samples: list[dict[str, Any]]
-    merged: dict[Target, dict[tuple[Any, ...], dict[str, Any]]]
-    """The resulting row of every target inserted or updated, for a dry run's overlay; empty
-    unless planned with keep_merged."""
+    merged: dict[Target, dict[tuple[Any, ...], dict[str, Any] | None]]
+    """The resulting row of every target row inserted or updated (None: deleted), for a dry run's
+    overlay; empty unless planned with keep_merged."""
+    deleted: int = 0
 
     @property
     def has_writes(self) -> bool:
-        return any(w.inserts or w.updates for w in self.writes.values())
+        return any(w.inserts or w.updates or w.deletes for w in self.writes.values())
 
 
 _TARGETS: dict[str, dict[str, Target]] = {}
@@ -114,7 +156,11 @@ def keys_needed(batch: Iterable[Extracted]) -> dict[Target, set[tuple[Any, ...]]
             if target is not last:
                 last = target
                 keys = needed.get(target) or needed.setdefault(target, set())
-            keys.add(o[1])
+            owned = o[7]
+            if owned is None:
+                keys.add(o[1])
+            else:
+                keys.update(k for k, _ in owned[1])
     return needed
 
 
@@ -155,15 +201,18 @@ def plan_batch(
     batch: Sequence[Extracted],
     current: Mapping[Target, Mapping[tuple[Any, ...], Mapping[str, Any]]],
     referenced: Mapping[Target, Mapping[Any, Mapping[str, Any]]],
+    children: Mapping[Parents, Mapping[tuple[Any, ...], Iterable[tuple[Any, ...]]]] = _EMPTY,
     *,
     sample_size: int = 0,
     keep_merged: bool = True,
 ) -> Plan:
     """Decide the writes for ``batch``, applying its changes in order (the last one wins).
 
-    ``keep_merged=False`` leaves ``Plan.merged`` empty; only a dry run's overlay needs it.
+    ``children`` holds the key values of the rows now under each parent a Children change of the
+    batch owns. ``keep_merged=False`` leaves ``Plan.merged`` empty; only a dry run's overlay needs it.
     """
     entries: dict[Target, dict[tuple[Any, ...], Entry]] = {}
+    owners: dict[Target, dict[tuple[KeyCols, tuple[Any, ...]], set[tuple[Any, ...]]]] = {}
     failures: list[Failure] = []
     for source_key, ops, checked in batch:
         applied: Sequence[Op] = ops
@@ -171,13 +220,67 @@ def plan_batch(
             problem, applied = _check(ops, current, referenced, entries)
             if problem:
                 failures.append(Failure(source_key, *problem))
-        for target, key, new, defaults, _, _, _ in applied:
+        for target, key, new, defaults, _, _, _, owned in applied:
             rows = entries.get(target)
             if rows is None:
                 rows = entries[target] = {}
+            if owned is not None:
+                _own(rows, owners.setdefault(target, {}), key, owned)
+                continue
             entry = rows.get(key)
             rows[key] = (new, defaults) if entry is None else ({**entry[0], **new}, {**entry[1], **defaults})
-    return _diff(entries, current, failures, sample_size, keep_merged)
+    plan = _diff(entries, current, failures, sample_size, keep_merged)
+    if owners:
+        _delete(plan, owners, entries, children, sample_size, keep_merged)
+    return plan
+
+
+def _own(
+    rows: dict[tuple[Any, ...], Entry],
+    owners: dict[tuple[KeyCols, tuple[Any, ...]], set[tuple[Any, ...]]],
+    parent: tuple[Any, ...],
+    owned: Owned,
+) -> None:
+    """Apply a Children change: its rows as upserts, and its parent's set as the one it names
+    (rows an earlier Children change of the batch named for the same parent are dropped)."""
+    parent_cols, items = owned
+    wanted = {key for key, _ in items}
+    before = owners.get((parent_cols, parent))
+    if before is not None:
+        for key in before - wanted:
+            rows.pop(key, None)
+    owners[(parent_cols, parent)] = wanted
+    for key, new in items:
+        entry = rows.get(key)
+        rows[key] = (new, _EMPTY) if entry is None else ({**entry[0], **new}, entry[1])
+
+
+def _delete(
+    plan: Plan,
+    owners: Mapping[Target, Mapping[tuple[KeyCols, tuple[Any, ...]], set[tuple[Any, ...]]]],
+    entries: Mapping[Target, Mapping[tuple[Any, ...], Entry]],
+    children: Mapping[Parents, Mapping[tuple[Any, ...], Iterable[tuple[Any, ...]]]],
+    sample_size: int,
+    keep_merged: bool,
+) -> None:
+    """Delete the rows under each owned parent that no change of the batch writes."""
+    for target, by_parent in owners.items():
+        table, key_cols = target
+        written = entries.get(target, _EMPTY)
+        out = plan.writes.get(target) or plan.writes.setdefault(target, Writes(table, key_cols))
+        final = plan.merged.setdefault(target, {})
+        for parent_cols, parent in by_parent:
+            for key in children.get((target, parent_cols), _EMPTY).get(parent, ()):
+                if key in written:
+                    continue
+                out.deletes.append(key)
+                if keep_merged:
+                    final[key] = None
+                if len(plan.samples) < sample_size:
+                    plan.samples.append(
+                        {"table": table, "action": "delete", "key": dict(zip(key_cols, key, strict=True))}
+                    )
+        plan.deleted += len(out.deletes)
 
 
 def _check(
@@ -213,7 +316,7 @@ def _problem(
     referenced: Mapping[Target, Mapping[Any, Mapping[str, Any]]],
     entries: Mapping[Target, Mapping[tuple[Any, ...], Entry]],
 ) -> tuple[str, str] | None:
-    target, key, _, _, refs, is_update, _ = o
+    target, key, _, _, refs, is_update, _, _ = o
     if is_update and key not in current.get(target, _EMPTY) and key not in entries.get(target, _EMPTY):
         (table, key_cols) = target
         where = ", ".join(f"{c}={v!r}" for c, v in zip(key_cols, key, strict=True))
@@ -262,7 +365,7 @@ def _diff(
     keep_merged: bool,
 ) -> Plan:
     writes: dict[Target, Writes] = {}
-    merged: dict[Target, dict[tuple[Any, ...], dict[str, Any]]] = {}
+    merged: dict[Target, dict[tuple[Any, ...], dict[str, Any] | None]] = {}
     samples: list[dict[str, Any]] = []
     inserted = updated = unchanged = 0
     for target, rows in entries.items():

@@ -71,6 +71,7 @@ class ExtractorStats:
     processed: int = 0
     inserted: int = 0
     updated: int = 0
+    deleted: int = 0
     unchanged: int = 0
     errors: Counter[tuple[str, str]] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
@@ -104,6 +105,7 @@ class ExtractorStats:
             "total": self.total,
             "inserted": self.inserted,
             "updated": self.updated,
+            "deleted": self.deleted,
             "unchanged": self.unchanged,
             "errors": self.error_count,
             "errors_by_tier": tiers,
@@ -158,23 +160,20 @@ class RunReport:
     def to_text(self) -> str:
         lines = [f"database: {self.database}" + ("  (dry run: nothing written)" if self.dry_run else "")]
         if self.extractors:
-            header = ("extractor", "processed", "inserted", "updated", "unchanged", "errors", "seconds")
+            # The deleted column only when something was deleted: only Children changes delete.
+            deletes = any(s.deleted for s in self.extractors)
+            verbs = ("inserted", "updated", "deleted")
             if self.dry_run:
-                header = (
-                    "extractor",
-                    "processed",
-                    "would insert",
-                    "would update",
-                    "unchanged",
-                    "errors",
-                    "seconds",
-                )
+                verbs = ("would insert", "would update", "would delete")
+            counted = verbs if deletes else verbs[:2]
+            header = ("extractor", "processed", *counted, "unchanged", "errors", "seconds")
             rows = [header] + [
                 (
                     s.name,
                     str(s.processed),
                     str(s.inserted),
                     str(s.updated),
+                    *((str(s.deleted),) if deletes else ()),
                     str(s.unchanged),
                     str(s.error_count),
                     f"{s.elapsed:.2f}",

@@ -29,6 +29,7 @@ class Statements:
         self.lookup = lru_cache(maxsize=256)(self._lookup)
         self.upsert = lru_cache(maxsize=256)(self._upsert)
         self.update = lru_cache(maxsize=256)(self._update)
+        self.delete = lru_cache(maxsize=256)(self._delete)
         self.increment = lru_cache(maxsize=16)(self._increment)
         self.insert = lru_cache(maxsize=16)(self._insert)
         self.delete_in = lru_cache(maxsize=16)(self._delete_in)
@@ -100,6 +101,12 @@ class Statements:
             f"{self._quote(c)} = {m}" for c, m in zip(key_cols, marks[len(columns) :], strict=True)
         )
         return f"UPDATE {self._quote(table)} SET {sets} WHERE {where}"
+
+    def _delete(self, table: str, key_cols: Names) -> str:
+        """Delete the row keyed by ``key_cols``; parameters: the key's values."""
+        marks = self._marks(len(key_cols))
+        where = " AND ".join(f"{self._quote(c)} = {m}" for c, m in zip(key_cols, marks, strict=True))
+        return f"DELETE FROM {self._quote(table)} WHERE {where}"
 
     def _increment(self, table: str, added: Names, assigned: Names, key: str) -> str:
         """Add to ``added`` and set ``assigned`` in the row keyed by ``key``, in that parameter order."""

@@ -26,7 +26,7 @@ from urllib.parse import quote
 from backfill_core.collector import few_collections
 from backfill_core.errors import BackfillError
 from backfill_core.extraction import BatchExtractor, Extraction
-from backfill_core.planner import keys_needed, refs_needed
+from backfill_core.planner import keys_needed, parents_needed, refs_needed
 
 AHEAD = 2
 """Batches the worker may read and extract before the engine takes them."""
@@ -325,7 +325,7 @@ def _pickled(kind: str, payload: Any, extractor: BatchExtractor | None) -> bytes
     batch.errors_in_key_order()
     if finished:
         batch.items = kept
-        batch.needed, batch.refs = keys_needed(kept), refs_needed(kept)
+        batch.needed, batch.refs, batch.parents = keys_needed(kept), refs_needed(kept), parents_needed(kept)
     else:
         batch.unchecked = kept
     return pickle.dumps((kind, batch), pickle.HIGHEST_PROTOCOL)

@@ -174,7 +174,7 @@ class WritesTheFile(Labels):
         (MutatesRow(), check_deterministic, "changed the row"),
         (UndeclaredColumn(), check_declared, r"undeclared columns \['colour'\]"),
         (UndeclaredTable(), check_declared, "wrote table 'tags'"),
-        (NotAChange(), check_declared, "returned dict, not Upsert, Update or Skip"),
+        (NotAChange(), check_declared, "returned dict, not Upsert, Update, Children or Skip"),
         (Unpicklable(), check_declared, "cannot be pickled"),
     ],
     ids=lambda v: getattr(v, "name", None) or getattr(v, "__name__", ""),

@@ -136,8 +136,8 @@ def test_changes_that_cannot_be_pickled_become_record_errors(finish: bool) -> No
         batch.items[2][1][0] = (*batch.items[2][1][0][:2], {"text": lock}, *batch.items[2][1][0][3:])
     else:
         assert batch.unchecked is not None
-        table, key, _, defaults, refs, independent = batch.unchecked[2][1][0]
-        batch.unchecked[2][1][0] = (table, key, {"text": lock}, defaults, refs, independent)
+        table, key, _, defaults, refs, independent, children = batch.unchecked[2][1][0]
+        batch.unchecked[2][1][0] = (table, key, {"text": lock}, defaults, refs, independent, children)
     kind, sent = pickle.loads(_pickled("batch", batch, extract))
     assert kind == "batch"
     extract.finish(sent)
