@@ -66,18 +66,30 @@ class Statements:
     def _lookup(
         self, table: str, columns: Names, key_cols: Names, n: int, order_by: str | None = None
     ) -> str:
-        """The rows whose key is one of ``n`` keys, given flattened in key-column order."""
+        """The rows whose key is one of ``n`` keys, given flattened in key-column order.
+
+        SQLite looks a composite key up by joining the distinct keys (a list of row values) to
+        the table, and so searches an index on the key's columns for each key, whatever their
+        order in the index and their types; for ``(a, b) IN (…)`` it often scans the whole table
+        instead (an index on ``(b, a)``, or on a text column). PostgreSQL types a list of row
+        values by the columns they are compared with (a VALUES list's parameters as text).
+        """
+        q = self._quote
         width = len(key_cols)
         marks = self._marks(n * width)
+        order = f" ORDER BY {q(order_by)}" if order_by else ""
         if width == 1:
-            where = f"{self._quote(key_cols[0])} IN ({', '.join(marks)})"
-        else:
-            rows = ", ".join(f"({', '.join(marks[i : i + width])})" for i in range(0, len(marks), width))
-            # PostgreSQL types a VALUES list's parameters on their own (as text), a plain list by the
-            # columns compared; SQLite documents row values on the right of IN as a subquery.
-            where = f"({self._names(key_cols)}) IN ({'VALUES ' if self._sqlite else ''}{rows})"
-        order = f" ORDER BY {self._quote(order_by)}" if order_by else ""
-        return f"SELECT {self._names(columns)} FROM {self._quote(table)} WHERE {where}{order}"
+            where = f"{q(key_cols[0])} IN ({', '.join(marks)})"
+            return f"SELECT {self._names(columns)} FROM {q(table)} WHERE {where}{order}"
+        rows = ", ".join(f"({', '.join(marks[i : i + width])})" for i in range(0, len(marks), width))
+        if self._sqlite:
+            keys = f"(SELECT DISTINCT * FROM (VALUES {rows})) AS k"  # columns column1, column2, …
+            on = " AND ".join(f"t.{q(c)} = k.column{i}" for i, c in enumerate(key_cols, 1))
+            order = f" ORDER BY t.{q(order_by)}" if order_by else ""
+            selected = ", ".join(f"t.{q(c)}" for c in columns)
+            return f"SELECT {selected} FROM {keys} JOIN {q(table)} AS t ON {on}{order}"
+        where = f"({self._names(key_cols)}) IN ({rows})"
+        return f"SELECT {self._names(columns)} FROM {q(table)} WHERE {where}{order}"
 
     def _insert(self, table: str, columns: Names) -> str:
         return (

@@ -1,12 +1,27 @@
-"""The per-batch SQL text, as each supported dialect needs it (executed for real in test_engine_*)."""
+"""The per-batch SQL text, as each supported dialect needs it, and composite-key lookups run on
+real databases (the engine runs the rest for real in test_engine_*).
+
+The PostgreSQL tests run on the server named by BACKFILL_TEST_POSTGRES_URL, in scratch databases.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import re
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import asyncpg
 import pytest
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.dialects.sqlite.aiosqlite import dialect as aiosqlite_dialect
 
-from backfill_core.statements import Statements
+from backfill_core import Database, resolve_url
+from backfill_core.statements import Names, Statements
+from pg_support import empty_database, execute, needs_server
 
 SQLITE = Statements(aiosqlite_dialect())
 POSTGRES = Statements(asyncpg_dialect())
@@ -34,12 +49,14 @@ def test_postgres_parameters_are_numbered_in_order() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("statements", "expected"),
-    [(SQLITE, "IN (VALUES (?, ?), (?, ?))"), (POSTGRES, "IN (($1, $2), ($3, $4))")],
-)
-def test_composite_key_lookup(statements: Statements, expected: str) -> None:
-    assert statements.lookup("links", ("a", "b", "v"), ("a", "b"), 2).endswith(f"WHERE (a, b) {expected}")
+def test_composite_key_lookup() -> None:
+    assert SQLITE.lookup("links", ("a", "b", "v"), ("a", "b"), 2) == (
+        "SELECT t.a, t.b, t.v FROM (SELECT DISTINCT * FROM (VALUES (?, ?), (?, ?))) AS k "
+        "JOIN links AS t ON t.a = k.column1 AND t.b = k.column2"
+    )
+    assert POSTGRES.lookup("links", ("a", "b", "v"), ("a", "b"), 2) == (
+        "SELECT a, b, v FROM links WHERE (a, b) IN (($1, $2), ($3, $4))"
+    )
 
 
 def test_upsert_updates_the_other_columns_or_does_nothing() -> None:
@@ -47,3 +64,97 @@ def test_upsert_updates_the_other_columns_or_does_nothing() -> None:
         "INSERT INTO t (id, v) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET v = excluded.v"
     )
     assert SQLITE.upsert("t", ("id",), ("id",)) == "INSERT INTO t (id) VALUES (?) ON CONFLICT (id) DO NOTHING"
+
+
+# -- composite-key lookups run on real databases ----------------------------------------------------
+
+PAIRS = "CREATE TABLE pairs (a INTEGER NOT NULL, b TEXT NOT NULL, v TEXT, PRIMARY KEY (a, b))"
+PAIR_ROWS = [
+    (1, "2", "one-two"),
+    (2, "1", "two-one"),
+    (12, "", "twelve"),
+    (1, "12", "one-twelve"),
+    (21, "x", ""),
+]
+"""Keys whose values look alike across columns and rows: a lookup that paired the wrong values,
+or compared a column as the other's type, finds the wrong ones."""
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=needs_server)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database holding PAIRS with PAIR_ROWS, as --database takes it."""
+    if request.param == "sqlite":
+        path = tmp_path / "pairs.db"
+        with closing(sqlite3.connect(path)) as conn, conn:
+            conn.execute(PAIRS)
+            conn.executemany("INSERT INTO pairs VALUES (?, ?, ?)", PAIR_ROWS)
+        yield str(path)
+        return
+    with empty_database() as url:
+        asyncio.run(execute(url, PAIRS))
+        asyncio.run(_insert(url, "INSERT INTO pairs VALUES ($1, $2, $3)", PAIR_ROWS))
+        yield url
+
+
+async def _insert(url: str, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.executemany(sql, rows)
+    finally:
+        await conn.close()
+
+
+def lookup(
+    url: str, table: str, columns: Names, key_cols: Names, keys: Sequence[tuple[Any, ...]]
+) -> set[Any]:
+    """The rows the engine's lookup finds for ``keys`` (given as the engine gives them, repeats
+    included), and the same through the statement's plain text, which must agree."""
+
+    async def go() -> tuple[set[Any], set[Any]]:
+        async with Database(resolve_url(url)) as db, db.batch_transaction() as conn:
+            sql = db.statements.lookup(table, columns, key_cols, len(keys))
+            params = [v for k in keys for v in k]
+            found = {tuple(r) for r in await db.fetch(conn, sql, params)}
+            as_text = {tuple(r) for r in await db.fetch(conn, str(sql), params)}
+            return found, as_text
+
+    found, as_text = asyncio.run(go())
+    assert found == as_text
+    return found
+
+
+def test_composite_lookup_finds_exactly_the_keys_asked_for(database_url: str) -> None:
+    keys = [(1, "2"), (2, "2"), (12, ""), (1, "12"), (21, "y"), (2, "1"), (2, "1"), (2, "1")]
+    assert lookup(database_url, "pairs", ("a", "b", "v"), ("a", "b"), keys) == {
+        (1, "2", "one-two"),
+        (12, "", "twelve"),
+        (1, "12", "one-twelve"),
+        (2, "1", "two-one"),
+    }
+    assert lookup(database_url, "pairs", ("b", "a"), ("b", "a"), [("2", 1), ("1", 12)]) == {("2", 1)}
+
+
+@pytest.mark.parametrize(
+    "ddl",
+    [
+        "CREATE TABLE pairs (a INTEGER NOT NULL, b TEXT NOT NULL, v TEXT, PRIMARY KEY (a, b))",
+        "CREATE TABLE pairs (a INTEGER NOT NULL, b TEXT NOT NULL, v TEXT, PRIMARY KEY (b, a))",
+        "CREATE TABLE pairs (id INTEGER PRIMARY KEY, a INTEGER, b TEXT, v TEXT, UNIQUE (b, a))",
+        "CREATE TABLE pairs (a INTEGER, b TEXT, v TEXT, PRIMARY KEY (b, a)) WITHOUT ROWID",
+        "CREATE TABLE pairs (a INTEGER, b TEXT, c INTEGER, v TEXT, PRIMARY KEY (a, b, c))",
+    ],
+)
+def test_sqlite_composite_lookup_searches_the_key_index(tmp_path: Path, ddl: str) -> None:
+    """A search of the index on (or led by) the key's columns per key, not a scan of the whole
+    table per batch, which SQLite plans for ``(a, b) IN (…)`` with most of these indexes."""
+    with closing(sqlite3.connect(tmp_path / "plan.db")) as conn:
+        conn.execute(ddl)
+        conn.executemany(
+            "INSERT INTO pairs (a, b, v) VALUES (?, ?, 'v')", [(i, str(i % 7)) for i in range(500)]
+        )
+        sql = SQLITE.lookup("pairs", ("a", "b", "v"), ("a", "b"), 300)
+        plan = " / ".join(r[-1] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", [1, "x"] * 300))
+    assert re.search(
+        r"SEARCH t USING (\w+ )*(INDEX \w+|PRIMARY KEY) \((a=\? AND b=\?|b=\? AND a=\?)\)", plan
+    ), plan
+    assert "SCAN t" not in plan, plan
