@@ -17,10 +17,19 @@ from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from backfill_core.errors import DatabaseUnavailable, SchemaMissing
-from backfill_core.statements import Statements
+from backfill_core.statements import KeyLookup, Statements
 
 BatchConnection = AsyncConnection | sqlite3.Connection
 """What the engine runs a batch's statements on (see Database.batch_transaction)."""
+ARRAY_TYPES = """
+SELECT a.attname, format_type(t.typarray, -1)
+FROM pg_catalog.pg_attribute AS a JOIN pg_catalog.pg_type AS t ON t.oid = a.atttypid
+WHERE a.attrelid = CAST($1 AS regclass) AND a.attnum > 0 AND NOT a.attisdropped AND t.typarray <> 0
+"""
+"""PostgreSQL: each column of a table (named as a query names it, quoted if need be) and the type
+of an array of its values, as SQL names it (``integer[]``). A type modifier of -1 names the type
+without one, in a form SQL reads back as such (``bpchar[]``, not ``character[]``, which is
+``character(1)[]``), so that a cast to it never cuts a value short or rounds it."""
 
 DATABASE_ENV = "BACKFILL_DATABASE_URL"
 BUSY_TIMEOUT_ENV = "BACKFILL_BUSY_TIMEOUT"
@@ -83,6 +92,7 @@ class Database:
         self._statements: Statements | None = None
         self._sync: sqlite3.Connection | None = None
         self._journal_persisted = False
+        self._array_type_cache: dict[str, dict[str, str]] = {}
 
     @property
     def dialect(self) -> str:
@@ -276,10 +286,33 @@ class Database:
             self._journal_persisted = True
 
     async def fetch(self, conn: BatchConnection, sql: str, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
-        """The rows of driver-level ``sql`` (see statements.py) run on batch connection ``conn``."""
+        """The rows of driver-level ``sql`` (see statements.py) run on batch connection ``conn``.
+
+        On PostgreSQL a composite-key lookup runs with one array of values per key column (see
+        ``Statements.array_lookup``), typed as its column is.
+        """
         if isinstance(conn, sqlite3.Connection):
             return _sqlite_call(sql, _fetchall, conn, params)  # type: ignore[no-any-return]
+        if isinstance(sql, KeyLookup):
+            types = await self._array_types(conn, sql.table)
+            if all(c in types for c in sql.key_cols):  # else (no array type) the list of row values
+                arrays = tuple(types[c] for c in sql.key_cols)
+                array_sql = self.statements.array_lookup(
+                    sql.table, sql.columns, sql.key_cols, arrays, sql.order_by
+                )
+                width = len(arrays)
+                columns = tuple(list(params[i::width]) for i in range(width))
+                return (await conn.exec_driver_sql(array_sql, columns)).all()
         return (await conn.exec_driver_sql(sql, tuple(params))).all()
+
+    async def _array_types(self, conn: AsyncConnection, table: str) -> Mapping[str, str]:
+        """The array type of each column of ``table`` (see ARRAY_TYPES), read once per run."""
+        found = self._array_type_cache.get(table)
+        if found is None:
+            quoted = self.sa_dialect.identifier_preparer.quote(table)
+            rows: Sequence[Sequence[Any]] = (await conn.exec_driver_sql(ARRAY_TYPES, (quoted,))).all()
+            found = self._array_type_cache[table] = {str(r[0]): str(r[1]) for r in rows}
+        return found
 
     async def execute(self, conn: BatchConnection, sql: str, params: Sequence[Any]) -> None:
         """Run driver-level ``sql`` once, on batch connection ``conn``."""

@@ -15,6 +15,23 @@ from sqlalchemy.engine import Dialect
 Names = tuple[str, ...]
 
 
+class KeyLookup(str):
+    """The SQL text of a composite-key lookup (see :meth:`Statements.lookup`), with its shape, so
+    that PostgreSQL can run it as :meth:`Statements.array_lookup` instead, with the same rows."""
+
+    table: str
+    columns: Names
+    key_cols: Names
+    order_by: str | None
+
+    def __new__(
+        cls, sql: str, table: str, columns: Names, key_cols: Names, order_by: str | None
+    ) -> KeyLookup:
+        self = super().__new__(cls, sql)
+        self.table, self.columns, self.key_cols, self.order_by = table, columns, key_cols, order_by
+        return self
+
+
 class Statements:
     """SQL text for keyset pages, key lookups, upserts and updates, cached by shape."""
 
@@ -27,6 +44,7 @@ class Statements:
             raise ValueError(f"unsupported parameter style {dialect.paramstyle!r}")
         self.page = lru_cache(maxsize=None)(self._page)
         self.lookup = lru_cache(maxsize=256)(self._lookup)
+        self.array_lookup = lru_cache(maxsize=256)(self._array_lookup)
         self.upsert = lru_cache(maxsize=256)(self._upsert)
         self.update = lru_cache(maxsize=256)(self._update)
         self.delete = lru_cache(maxsize=256)(self._delete)
@@ -71,8 +89,11 @@ class Statements:
         SQLite looks a composite key up by joining the distinct keys (a list of row values) to
         the table, and so searches an index on the key's columns for each key, whatever their
         order in the index and their types; for ``(a, b) IN (…)`` it often scans the whole table
-        instead (an index on ``(b, a)``, or on a text column). PostgreSQL types a list of row
-        values by the columns they are compared with (a VALUES list's parameters as text).
+        instead (an index on ``(b, a)``, or on a text column). On PostgreSQL a composite key's
+        lookup is a :class:`KeyLookup`: a list of row values, typed by the columns they are
+        compared with but planned as one OR branch per key, which
+        :meth:`Database.fetch <backfill_core.database.Database.fetch>` runs as
+        :meth:`array_lookup` instead.
         """
         q = self._quote
         width = len(key_cols)
@@ -89,7 +110,26 @@ class Statements:
             selected = ", ".join(f"t.{q(c)}" for c in columns)
             return f"SELECT {selected} FROM {keys} JOIN {q(table)} AS t ON {on}{order}"
         where = f"({self._names(key_cols)}) IN ({rows})"
-        return f"SELECT {self._names(columns)} FROM {q(table)} WHERE {where}{order}"
+        sql = f"SELECT {self._names(columns)} FROM {q(table)} WHERE {where}{order}"
+        return KeyLookup(sql, table, columns, key_cols, order_by)
+
+    def _array_lookup(
+        self, table: str, columns: Names, key_cols: Names, array_types: Names, order_by: str | None = None
+    ) -> str:
+        """The rows whose key is among the keys given as one array per key column (PostgreSQL):
+        ``array_types`` are the arrays' types, one per key column, as ``integer[]``.
+
+        One statement for any number of keys, which PostgreSQL plans in well under a
+        millisecond (a semi-join on the key's index), where it plans a list of 1,500 row values
+        in about half a second.
+        """
+        marks = self._marks(len(key_cols))
+        arrays = ", ".join(f"CAST({m} AS {t})" for m, t in zip(marks, array_types, strict=True))
+        order = f" ORDER BY {self._quote(order_by)}" if order_by else ""
+        return (
+            f"SELECT {self._names(columns)} FROM {self._quote(table)} "
+            f"WHERE ({self._names(key_cols)}) IN (SELECT * FROM unnest({arrays})){order}"
+        )
 
     def _insert(self, table: str, columns: Names) -> str:
         return (

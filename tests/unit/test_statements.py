@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -20,11 +22,19 @@ from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.dialects.sqlite.aiosqlite import dialect as aiosqlite_dialect
 
 from backfill_core import Database, resolve_url
-from backfill_core.statements import Names, Statements
+from backfill_core.statements import KeyLookup, Names, Statements
 from pg_support import empty_database, execute, needs_server
 
 SQLITE = Statements(aiosqlite_dialect())
 POSTGRES = Statements(asyncpg_dialect())
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def on_postgres(test: F) -> F:
+    """Mark ``test`` as one for the PostgreSQL server (skipped without one)."""
+    for mark in needs_server:
+        test = mark(test)
+    return test
 
 
 def test_keyset_page_binds_the_last_key_only_after_the_first_page() -> None:
@@ -56,6 +66,36 @@ def test_composite_key_lookup() -> None:
     )
     assert POSTGRES.lookup("links", ("a", "b", "v"), ("a", "b"), 2) == (
         "SELECT a, b, v FROM links WHERE (a, b) IN (($1, $2), ($3, $4))"
+    )
+
+
+def test_single_key_lookups_and_sqlite_lookups_are_plain_text() -> None:
+    assert type(SQLITE.lookup("links", ("a", "b"), ("a", "b"), 2)) is str
+    assert type(POSTGRES.lookup("links", ("a", "b"), ("a",), 2)) is str
+    assert POSTGRES.lookup("links", ("a", "b"), ("a",), 2) == "SELECT a, b FROM links WHERE a IN ($1, $2)"
+
+
+def test_postgres_composite_lookup_carries_its_shape_for_the_array_form() -> None:
+    """Database.fetch runs it as array_lookup: one array parameter per key column, cast to the
+    column's array type, the same statement for any number of keys."""
+    sql = POSTGRES.lookup("order tags", ("order_id", "tag name", "select"), ("order_id", "tag name"), 3, "x")
+    assert isinstance(sql, KeyLookup)
+    assert (sql.table, sql.columns, sql.key_cols, sql.order_by) == (
+        "order tags",
+        ("order_id", "tag name", "select"),
+        ("order_id", "tag name"),
+        "x",
+    )
+    assert sql == (
+        'SELECT order_id, "tag name", "select" FROM "order tags" WHERE (order_id, "tag name") IN '
+        "(($1, $2), ($3, $4), ($5, $6)) ORDER BY x"
+    )
+    arrays = POSTGRES.array_lookup(
+        sql.table, sql.columns, sql.key_cols, ("integer[]", "text[]"), sql.order_by
+    )
+    assert arrays == (
+        'SELECT order_id, "tag name", "select" FROM "order tags" WHERE (order_id, "tag name") IN '
+        "(SELECT * FROM unnest(CAST($1 AS integer[]), CAST($2 AS text[]))) ORDER BY x"
     )
 
 
@@ -158,3 +198,65 @@ def test_sqlite_composite_lookup_searches_the_key_index(tmp_path: Path, ddl: str
         r"SEARCH t USING (\w+ )*(INDEX \w+|PRIMARY KEY) \((a=\? AND b=\?|b=\? AND a=\?)\)", plan
     ), plan
     assert "SCAN t" not in plan, plan
+
+
+@on_postgres
+def test_postgres_lookup_casts_cut_nothing_short() -> None:
+    """Each key column's values go as an array of the column's type without its modifier: a value
+    too long for a varchar(3), or with more digits than a numeric(6, 2), finds nothing (as it
+    would compared with the column), never the row it would be cut or rounded to."""
+    with empty_database() as url:
+        asyncio.run(
+            execute(
+                url,
+                'CREATE TABLE typed (code VARCHAR(3), "fixed" CHAR(4), amount NUMERIC(6, 2), '
+                'at TIMESTAMP(0), v TEXT, PRIMARY KEY (code, "fixed", amount, at))',
+            )
+        )
+        noon = datetime(2024, 5, 1, 12, 0, 0)
+        asyncio.run(
+            _insert(
+                url,
+                "INSERT INTO typed VALUES ($1, $2, $3, $4, $5)",
+                [("abc", "ab", Decimal("1.01"), noon, "kept")],
+            )
+        )
+        cols = ("code", "fixed", "amount", "at")
+        found = lookup(
+            url,
+            "typed",
+            (*cols, "v"),
+            cols,
+            [
+                ("abcdef", "ab", Decimal("1.01"), noon),  # not cut to 'abc'
+                ("abc", "ab", Decimal("1.005"), noon),  # not rounded to 1.01
+                ("abc", "ab", Decimal("1.01"), noon.replace(microsecond=400_000)),  # not to the second
+                ("abc", "ab  ", Decimal("1.010"), noon),  # char(4) ignores trailing blanks, as compared
+            ],
+        )
+        assert found == {("abc", "ab  ", Decimal("1.01"), noon, "kept")}
+
+
+@on_postgres
+def test_postgres_composite_lookup_of_a_value_its_column_cannot_hold_fails_as_a_single_key_one() -> None:
+    """The driver refuses a key value that is not of its column's type (a str for an integer), in
+    an array as in a list of parameters: the engine handles both alike."""
+    with empty_database() as url:
+        asyncio.run(execute(url, PAIRS))
+
+        async def failure(key_cols: Names, params: list[Any]) -> BaseException:
+            async with Database(resolve_url(url)) as db:
+                try:
+                    async with db.batch_transaction() as conn:
+                        sql = db.statements.lookup(
+                            "pairs", ("a", "b"), key_cols, len(params) // len(key_cols)
+                        )
+                        await db.fetch(conn, sql, params)
+                except Exception as e:
+                    return e
+            raise AssertionError("the lookup did not fail")
+
+        single = asyncio.run(failure(("a",), [1, "not a number"]))
+        composite = asyncio.run(failure(("a", "b"), [1, "x", "not a number", "y"]))
+        assert type(composite) is type(single)
+        assert "not a number" in str(composite)

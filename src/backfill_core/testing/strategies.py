@@ -7,12 +7,13 @@ floats, text and bytes. JSON columns hold JSON *text*, as they do in the databas
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
+from backfill_core.errors import RecordError
 from backfill_core.extractor import Extractor
 from backfill_core.jsonvalue import dump_json
 
@@ -29,23 +30,29 @@ __all__ = [
 ]
 
 
-def json_scalars() -> SearchStrategy[Any]:
-    """null, booleans, integers (some beyond 64 bits), finite floats and unicode text."""
+def json_scalars(*, allow_nonfinite: bool = False) -> SearchStrategy[Any]:
+    """null, booleans, integers (some beyond 64 bits), finite floats and unicode text; with
+    ``allow_nonfinite``, also NaN and infinities."""
     return (
         st.none()
         | st.booleans()
         | st.integers(min_value=INT64_MIN, max_value=INT64_MAX)
         | st.integers(min_value=INT64_MAX + 1, max_value=2**100)
         | st.integers(min_value=-(2**100), max_value=INT64_MIN - 1)
-        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.floats(allow_nan=allow_nonfinite, allow_infinity=allow_nonfinite)
         | st.text(max_size=30)
     )
 
 
-def json_values(*, max_leaves: int = 20) -> SearchStrategy[Any]:
-    """Any value JSON can hold: scalars and nested lists and objects (no NaN or infinity)."""
+def json_values(*, max_leaves: int = 20, allow_nonfinite: bool = False) -> SearchStrategy[Any]:
+    """Any value JSON can hold: scalars and nested lists and objects.
+
+    No NaN or infinity unless ``allow_nonfinite``: such values have no JSON text
+    (:func:`~backfill_core.dump_json` refuses them with a RecordError of kind ``invalid-value``),
+    so ask for them only to test code that builds JSON from values that did not come from JSON.
+    """
     return st.recursive(
-        json_scalars(),
+        json_scalars(allow_nonfinite=allow_nonfinite),
         lambda children: (
             st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5)
         ),
@@ -106,16 +113,24 @@ def keys() -> SearchStrategy[int]:
 
 
 def _row(
-    extractor: Extractor, key: SearchStrategy[Any], columns: Mapping[str, SearchStrategy[Any]], other: Any
+    extractor: Extractor,
+    key: SearchStrategy[Any],
+    columns: Mapping[str, SearchStrategy[Any]],
+    other: Any,
+    extra: Mapping[str, SearchStrategy[Any]] | None,
 ) -> SearchStrategy[dict[str, Any]]:
-    unknown = set(columns) - set(extractor.read_columns)
+    read = list(extractor.read_columns)
+    unknown = set(columns) - set(read)
     if unknown:
         raise ValueError(
-            f"{extractor!r} does not read {sorted(unknown)}; it reads {list(extractor.read_columns)}"
+            f"{extractor!r} does not read {sorted(unknown)}; it reads {read} "
+            "(values for columns it does not read go in extra=)"
         )
-    fields = {
-        name: (key if name == extractor.key else columns.get(name, other)) for name in extractor.read_columns
-    }
+    read_too = set(extra or {}) & set(read)
+    if read_too:
+        raise ValueError(f"{extractor!r} reads {sorted(read_too)}: give them in columns=, not extra=")
+    fields = {name: (key if name == extractor.key else columns.get(name, other)) for name in read}
+    fields.update(extra or {})
     return st.fixed_dictionaries(fields)
 
 
@@ -124,13 +139,31 @@ def rows(
     *,
     columns: Mapping[str, SearchStrategy[Any]] | None = None,
     key: SearchStrategy[Any] | None = None,
+    extra: Mapping[str, SearchStrategy[Any]] | None = None,
 ) -> SearchStrategy[dict[str, Any]]:
     """Arbitrary rows of ``extractor.read_columns``: a positive integer key, and in every other
     column any value a driver may return (see :func:`sql_values`), JSON text included.
 
-    ``columns`` replaces the strategy of some columns; ``key`` the key's.
+    ``columns`` replaces the strategy of some read columns; ``key`` the key's. ``extra`` adds
+    columns of the source table that the extractor does not read, for a test schema that needs
+    them (NOT NULL without a default, a CHECK the kit's filler values fail): the database checks
+    insert them, and the row checks give ``extract`` only the columns it reads, as the engine
+    does.
     """
-    return _row(extractor, key or keys(), columns or {}, sql_values())
+    return _row(extractor, key or keys(), columns or {}, sql_values(), extra)
+
+
+def _json_text_of(column: str) -> Callable[[Any], str]:
+    def dump(payload: Any) -> str:
+        try:
+            return dump_json(payload)
+        except RecordError as e:
+            raise ValueError(
+                f"well_formed_rows: the payload drawn for {column!r} has no JSON text ({e.message}); "
+                "draw finite floats: st.floats(allow_nan=False, allow_infinity=False)"
+            ) from None
+
+    return dump
 
 
 def well_formed_rows(
@@ -140,15 +173,23 @@ def well_formed_rows(
     columns: Mapping[str, SearchStrategy[Any]] | None = None,
     key: SearchStrategy[Any] | None = None,
     others: SearchStrategy[Any] | None = None,
+    extra: Mapping[str, SearchStrategy[Any]] | None = None,
 ) -> SearchStrategy[dict[str, Any]]:
-    """Rows whose JSON columns hold the JSON text of values drawn from ``payloads``
-    (``{column: strategy}``, e.g. from :func:`payloads_like`).
+    """Rows of ``extractor.read_columns`` meant to reach the code that writes.
 
-    Every other column gets a small positive integer (most columns beside a JSON document are
-    ids, and small ones make rows share customers and references), unless ``columns`` says
-    otherwise.
+    - ``payloads``: ``{column: strategy}`` for the JSON columns; each holds the compact JSON text
+      (:func:`~backfill_core.dump_json`) of a value drawn from its strategy, e.g. from
+      :func:`payloads_like`. A value with NaN or an infinity has no JSON text: a ValueError.
+    - ``columns``: ``{column: strategy}`` for other read columns, used as drawn (not JSON).
+    - ``key``: the key column's values (default: integers 1..10000).
+    - ``others``: every read column named in neither (default: integers 1..5; most columns
+      beside a JSON document are ids, and small ones make rows share customers and references).
+    - ``extra``: columns of the source table the extractor does not read, as for :func:`rows`.
+
+    A column in both ``payloads`` and ``columns`` is a ValueError, as is a column the extractor
+    does not read in either.
     """
-    fields: dict[str, SearchStrategy[Any]] = {c: s.map(dump_json) for c, s in payloads.items()}
+    fields: dict[str, SearchStrategy[Any]] = {c: s.map(_json_text_of(c)) for c, s in payloads.items()}
     overlap = set(fields) & set(columns or {})
     if overlap:
         raise ValueError(f"columns {sorted(overlap)} are given both as payloads and as columns")
@@ -158,6 +199,7 @@ def well_formed_rows(
         key or st.integers(min_value=1, max_value=10_000),
         fields,
         others if others is not None else st.integers(min_value=1, max_value=5),
+        extra,
     )
 
 
