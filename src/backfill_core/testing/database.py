@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeAlias
 from urllib.parse import quote
@@ -24,7 +28,17 @@ Rows: TypeAlias = "Mapping[str, Iterable[Mapping[str, Any]]]"
 LEDGER_TABLES = frozenset({"backfill_runs", "backfill_errors"})
 """backfill's own bookkeeping, left out of snapshots."""
 
-__all__ = ["Schema", "create_database", "insert_rows", "snapshot", "tables_of"]
+__all__ = [
+    "Inserted",
+    "Schema",
+    "create_database",
+    "fillers",
+    "insert_generated",
+    "insert_rows",
+    "required_columns",
+    "snapshot",
+    "tables_of",
+]
 
 
 def _table(model: object) -> Table | None:
@@ -127,27 +141,155 @@ def _stored(value: Any) -> Any:
     return dump_json(value) if isinstance(value, dict | list) else value
 
 
-def _filler(declared: str) -> Any:
-    """A neutral value for a column of SQLite type ``declared`` (its affinity decides)."""
-    upper = declared.upper()
-    if "INT" in upper or "BOOL" in upper:
-        return 0
-    if "CHAR" in upper or "CLOB" in upper or "TEXT" in upper:
-        return ""
-    if "DATE" in upper or "TIME" in upper:
-        return "1970-01-01 00:00:00"
-    return 0
+def _without_rowid(conn: sqlite3.Connection, table: str) -> bool:
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+    return bool(row and row[0] and re.search(r"\bWITHOUT\s+ROWID\s*;?\s*$", row[0], re.IGNORECASE))
 
 
-def required_fillers(conn: sqlite3.Connection, table: str) -> dict[str, Any]:
-    """A neutral value for each NOT NULL column of ``table`` that has no default."""
+def required_columns(conn: sqlite3.Connection, table: str) -> dict[str, str]:
+    """The columns of ``table`` an INSERT must give a value, with their declared types: NOT NULL
+    (primary key columns included) with no default, except a rowid alias, which SQLite assigns."""
+    info = list(conn.execute(f"PRAGMA table_info({quote_name(table)})"))
+    pk = [r for r in info if r[5]]
+    rowid_alias = len(pk) == 1 and pk[0][2].strip().upper() == "INTEGER" and not _without_rowid(conn, table)
     return {
-        name: _filler(declared)
-        for _cid, name, declared, notnull, default, pk in conn.execute(
-            f"PRAGMA table_info({quote_name(table)})"
-        )
-        if notnull and default is None and not pk
+        name: declared
+        for _cid, name, declared, notnull, default, in_pk in info
+        if notnull and (default is None or default.strip().upper() == "NULL") and not (in_pk and rowid_alias)
     }
+
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def fillers(column: str, declared: str, n: int) -> tuple[Any, Any]:
+    """Two values for a required ``column`` of SQLite type ``declared`` that the n-th generated
+    row leaves out, tried in turn: one distinct per row and positive (for UNIQUE and ``> 0``
+    checks), then a neutral one (0, '', the epoch)."""
+    upper = declared.upper()
+    if "INT" in upper:
+        return n, 0
+    if "BOOL" in upper:
+        return 1, 0
+    if "CHAR" in upper or "CLOB" in upper or "TEXT" in upper:
+        return f"{column}-{n}", ""
+    if "BLOB" in upper:
+        return f"{column}-{n}".encode(), b""
+    if "REAL" in upper or "FLOA" in upper or "DOUB" in upper:
+        return float(n), 0.0
+    if "DATE" in upper or "TIME" in upper:
+        return (_EPOCH + timedelta(seconds=n)).strftime("%Y-%m-%d %H:%M:%S"), "1970-01-01 00:00:00"
+    return n, 0
+
+
+@dataclass
+class Inserted:
+    """What :func:`insert_generated` did with a batch of rows."""
+
+    table: str
+    kept: list[Mapping[str, Any]] = field(default_factory=list)
+    """The rows the table accepted, as given (without the filled columns)."""
+    refused: list[tuple[Mapping[str, Any], str]] = field(default_factory=list)
+    """Each row the table refused, with why and what to do about it."""
+
+    @property
+    def reasons(self) -> Counter[str]:
+        """How many rows were refused for each reason."""
+        return Counter(why for _row, why in self.refused)
+
+
+def _insert(conn: sqlite3.Connection, table: str, values: Mapping[str, Any]) -> None:
+    cols = list(values)
+    conn.execute(
+        f"INSERT INTO {quote_name(table)} ({', '.join(map(quote_name, cols))}) "
+        f"VALUES ({', '.join('?' for _ in cols)})",
+        [_stored(values[c]) for c in cols],
+    )
+
+
+def _names(text: str, columns: Iterable[str]) -> list[str]:
+    return [c for c in columns if re.search(rf"(?<![\w$]){re.escape(c)}(?![\w$])", text)]
+
+
+def _why(error: sqlite3.IntegrityError, row: Mapping[str, Any], filled: Mapping[str, str]) -> str:
+    """Why the table refused ``row`` (``filled``: the columns the kit filled, with their types),
+    and what the test can do about it; the same text for every row refused the same way."""
+    message = str(error)
+
+    def generate_it(column: str) -> str:
+        return (
+            f"give it a default in the test schema or generate it "
+            f"(rows(..., extra={{{column!r}: <strategy>}}))"
+        )
+
+    def filler_values(column: str) -> str:
+        first, second = fillers(column, filled[column], 1)
+        return f"{first!r}, ... and {second!r}"
+
+    if m := re.fullmatch(r"NOT NULL constraint failed: [^.]+\.(.+)", message):
+        column = m[1]
+        if column in row:
+            return f"NULL in {column!r}, which is NOT NULL"
+        return f"column {column!r} is NOT NULL with no default; {generate_it(column)}"
+    if m := re.fullmatch(r"CHECK constraint failed: (.+)", message, re.DOTALL):
+        suspects = _names(m[1], filled)
+        if suspects:
+            column = suspects[0]
+            return (
+                f"column {column!r} is NOT NULL with no default, and the values the kit fills it "
+                f"with ({filler_values(column)}) fail CHECK constraint {m[1]!r}; {generate_it(column)}"
+            )
+        also = f" (the kit filled {sorted(filled)})" if filled else ""
+        return f"CHECK constraint {m[1]!r} refuses generated values{also}"
+    if m := re.fullmatch(r"cannot store (\w+) value in (\w+) column [^.]+\.(.+)", message):
+        column = m[3]
+        if column in filled:
+            return (
+                f"column {column!r} ({m[2]}, STRICT) is NOT NULL with no default, and the kit's "
+                f"values for it ({filler_values(column)}) do not fit; {generate_it(column)}"
+            )
+        return f"generated {m[1]} values do not fit {column!r}, a STRICT {m[2]} column"
+    if m := re.fullmatch(r"UNIQUE constraint failed: (.+)", message):
+        return f"a duplicate in {m[1]} (generated rows repeating a value, or a seed row holding it)"
+    return message
+
+
+def _insert_filled(
+    conn: sqlite3.Connection, table: str, rows: Iterable[Mapping[str, Any]]
+) -> Iterator[tuple[Mapping[str, Any], str | None]]:
+    """Insert each row, filling the required columns it leaves out; yield it with why the table
+    refused it (None: inserted)."""
+    required = required_columns(conn, table)
+    for n, row in enumerate(rows, 1):
+        missing = {c: t for c, t in required.items() if c not in row}
+        attempts = [{**{c: fillers(c, t, n)[i] for c, t in missing.items()}, **row} for i in (0, 1)]
+        why = None
+        for values in attempts if missing else [row]:
+            try:
+                _insert(conn, table, values)
+            except sqlite3.IntegrityError as e:
+                why = why or _why(e, row, missing)  # the first values the kit tried tell most
+            else:
+                why = None
+                break
+        yield row, why
+
+
+def insert_generated(conn: sqlite3.Connection, table: str, rows: Iterable[Mapping[str, Any]]) -> Inserted:
+    """Insert generated ``rows`` into ``table`` and say which the table refused, and why.
+
+    A required column (see :func:`required_columns`) a row leaves out is filled by the kit
+    (:func:`fillers`: a distinct value, then a neutral one if the table refuses that). A row the
+    table still refuses (NOT NULL, UNIQUE, CHECK, a STRICT type) is left out: no such row can
+    exist in that table.
+    """
+    result = Inserted(table)
+    for row, why in _insert_filled(conn, table, rows):
+        if why is None:
+            result.kept.append(row)
+        else:
+            result.refused.append((row, why))
+    return result
 
 
 def insert_rows(
@@ -162,26 +304,27 @@ def insert_rows(
 
     With ``skip_rejected``, a row the table's constraints refuse (NOT NULL, UNIQUE, CHECK, a
     duplicate key) is left out instead of raising: no such row can exist in that table. With
-    ``fill_required``, NOT NULL columns without a default that a row leaves out get a neutral
-    value (0, '' or the epoch), as generated rows hold only the columns an extractor reads.
+    ``fill_required``, required columns that a row leaves out are filled as
+    :func:`insert_generated` does, as generated rows hold only the columns an extractor reads.
     """
-    inserted = []
-    fillers = required_fillers(conn, table) if fill_required else {}
+    if fill_required:
+        kept = []
+        for row, why in _insert_filled(conn, table, rows):
+            if why is None:
+                kept.append(row)
+            elif not skip_rejected:
+                raise sqlite3.IntegrityError(f"{table} refused {row!r}: {why}")
+        return kept
+    kept = []
     for row in rows:
-        values = {**{c: v for c, v in fillers.items() if c not in row}, **row}
-        cols = list(values)
-        sql = (
-            f"INSERT INTO {quote_name(table)} ({', '.join(map(quote_name, cols))}) "
-            f"VALUES ({', '.join('?' for _ in cols)})"
-        )
         try:
-            conn.execute(sql, [_stored(values[c]) for c in cols])
+            _insert(conn, table, row)
         except sqlite3.IntegrityError:
             if not skip_rejected:
                 raise
             continue
-        inserted.append(row)
-    return inserted
+        kept.append(row)
+    return kept
 
 
 def snapshot(path: Path | str, tables: Sequence[str] | None = None) -> dict[str, list[tuple[Any, ...]]]:
