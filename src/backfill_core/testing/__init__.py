@@ -13,6 +13,8 @@ package of its own so that loading it does not import the engine into every test
 """
 
 from backfill_core.testing.checks import (
+    MIN_ACCEPTED,
+    CheckSummary,
     check_declared,
     check_deterministic,
     check_dry_run_agrees,
@@ -35,6 +37,8 @@ from backfill_core.testing.strategies import (
 )
 
 __all__ = [
+    "MIN_ACCEPTED",
+    "CheckSummary",
     "CliResult",
     "Schema",
     "check_declared",

@@ -12,13 +12,14 @@ import pickle
 import reprlib
 import sqlite3
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
@@ -33,15 +34,18 @@ from backfill_core.report import ExtractorStats, RunReport
 from backfill_core.run import run_backfill
 from backfill_core.testing import strategies
 from backfill_core.testing.database import (
+    Inserted,
     Rows,
     Schema,
     create_database,
-    insert_rows,
+    insert_generated,
     quote_name,
     snapshot,
 )
 
 __all__ = [
+    "MIN_ACCEPTED",
+    "CheckSummary",
     "check_declared",
     "check_deterministic",
     "check_dry_run_agrees",
@@ -72,38 +76,79 @@ def _label(extractor: Extractor) -> str:
 # -- checks on one row: pure, no database ----------------------------------------------------------
 
 
-def check_total(extractor: Extractor, row: Row) -> list[Change | Skip] | None:
-    """``extract(row)`` returns an iterable of changes or raises RecordError, nothing else.
+def _copy(row: Row) -> dict[str, Any]:
+    """A row of its own for one call of ``extract``: what one call changes, the next does not see."""
+    return copy.deepcopy(dict(row))
 
-    Returns the changes as a list, or None when the row was rejected with a RecordError (whose
-    ``kind`` and message must be non-empty text).
-    """
-    label = _label(extractor)
-    try:
-        result = extractor.extract(row)
-    except RecordError as e:
-        _check_record_error(label, e, row)
+
+def _same(a: Any, b: Any) -> bool:
+    return a is b or a == b
+
+
+def _mutation(label: str, before: Mapping[str, Any], after: Mapping[str, Any]) -> str | None:
+    """The failure message when ``extract`` changed its row (``before`` → ``after``), else None."""
+    changed = [
+        f"column {c!r} from {_show(before[c])} to {_show(after[c])}"
+        if c in before and c in after
+        else f"column {c!r} ({'removed' if c in before else 'added'})"
+        for c in [*before, *(c for c in after if c not in before)]
+        if not (c in before and c in after and _same(before[c], after[c]))
+    ]
+    if not changed:
         return None
+    return (
+        f"{label} changed the row it was given: {', '.join(changed)}, in row {_show(dict(before))}; "
+        "extract must leave its row as it is (the engine may pass the same row again, and a "
+        "check would then test the changed row)"
+    )
+
+
+def _extract(extractor: Extractor, row: Row, label: str) -> list[Change | Skip] | RecordError:
+    """``extract`` on a copy of ``row``: its changes, or the RecordError it raised (checked to have
+    a kind and a message). Any other exception, a result that is not a list of changes, or a
+    change to the row it was given is an AssertionError."""
+    before, given = _copy(row), _copy(row)
+    try:
+        result = extractor.extract(given)
+    except RecordError as e:
+        _check_record_error(label, e, before)
+        outcome: list[Change | Skip] | RecordError = e
     except Exception as e:
         raise AssertionError(
-            f"{label} raised {type(e).__name__}: {e} on row {_show(row)}; extract may raise only "
+            f"{label} raised {type(e).__name__}: {e} on row {_show(before)}; extract may raise only "
             "RecordError (say what is wrong with the row, with a kind)"
         ) from e
-    if result is None or isinstance(result, str | bytes | Mapping) or not isinstance(result, Iterable):
-        raise AssertionError(
-            f"{label} returned {_show(result)} for row {_show(row)}, not a list of changes "
-            "(return [] when the row yields nothing)"
-        )
-    try:
-        return list(result)
-    except RecordError as e:
-        _check_record_error(label, e, row)
-        return None
-    except Exception as e:
-        raise AssertionError(
-            f"{label}'s result raised {type(e).__name__}: {e} while iterated, on row {_show(row)}; "
-            "only RecordError may be raised"
-        ) from e
+    else:
+        if result is None or isinstance(result, str | bytes | Mapping) or not isinstance(result, Iterable):
+            raise AssertionError(
+                f"{label} returned {_show(result)} for row {_show(before)}, not a list of changes "
+                "(return [] when the row yields nothing)"
+            )
+        try:
+            outcome = list(result)
+        except RecordError as e:
+            _check_record_error(label, e, before)
+            outcome = e
+        except Exception as e:
+            raise AssertionError(
+                f"{label}'s result raised {type(e).__name__}: {e} while iterated, on row "
+                f"{_show(before)}; only RecordError may be raised"
+            ) from e
+    mutated = _mutation(label, before, given)
+    if mutated:
+        raise AssertionError(mutated)
+    return outcome
+
+
+def check_total(extractor: Extractor, row: Row) -> list[Change | Skip] | None:
+    """``extract(row)`` returns an iterable of changes or raises RecordError, nothing else, and
+    leaves the row it is given as it was.
+
+    ``extract`` gets a deep copy of ``row``. Returns the changes as a list, or None when the row
+    was rejected with a RecordError (whose ``kind`` and message must be non-empty text).
+    """
+    outcome = _extract(extractor, row, _label(extractor))
+    return None if isinstance(outcome, RecordError) else outcome
 
 
 def _check_record_error(label: str, error: RecordError, row: Row) -> None:
@@ -122,19 +167,38 @@ def _outcome(extractor: Extractor, row: Row) -> tuple[Any, ...]:
         return (type(e).__name__, str(e))
 
 
+def _unpicklable(label: str, changes: Any, row: Row) -> str | None:
+    """The failure message when a change in ``changes`` cannot be pickled, else None."""
+    for change in changes if isinstance(changes, list) else ():
+        try:
+            pickle.dumps(change)
+        except Exception as e:
+            return (
+                f"{label} returned a value that cannot be pickled ({type(e).__name__}: {e}) in "
+                f"{_show(change)} for row {_show(row)}; the extraction worker could not send it"
+            )
+    return None
+
+
 def check_deterministic(extractor: Extractor, row: Row) -> None:
     """The same row gives the same changes (or the same RecordError) every time, and ``extract``
-    leaves the row it was given as it was."""
+    leaves the row it was given as it was. Each call gets a deep copy of ``row``.
+
+    Changes that differ because a value cannot be pickled (a lambda, an object without ``==``)
+    are reported as that: the engine could not receive them from the extraction worker anyway.
+    """
     label = _label(extractor)
-    original = copy.deepcopy(dict(row))
-    given_row = copy.deepcopy(original)
+    original = _copy(row)
+    given_row = _copy(original)
     first = _outcome(extractor, given_row)
-    if given_row != original:
-        raise AssertionError(
-            f"{label} changed the row it was given: {_show(original)} became {_show(given_row)}"
-        )
-    second = _outcome(extractor, copy.deepcopy(original))
+    mutated = _mutation(label, original, given_row)
+    if mutated:
+        raise AssertionError(mutated)
+    second = _outcome(extractor, _copy(original))
     if first != second:
+        unpicklable = _unpicklable(label, first[-1], original)
+        if unpicklable:
+            raise AssertionError(unpicklable)
         raise AssertionError(
             f"{label} is not deterministic on row {_show(original)}: first {_show(first)}, "
             f"then {_show(second)}; extract must be a pure function of the row (no clock, "
@@ -145,7 +209,9 @@ def check_deterministic(extractor: Extractor, row: Row) -> None:
 def check_declared(extractor: Extractor, row: Row) -> None:
     """Every change is an Upsert or Update that touches only tables and columns in
     ``extractor.writes``, has a key, requires only ``Ref`` objects, and can be pickled (the
-    extraction worker sends changes to the engine that way), or a Skip with a kind."""
+    extraction worker sends changes to the engine that way), or a Skip with a kind.
+
+    ``extract`` gets a deep copy of ``row``, as in :func:`check_total`."""
     label = _label(extractor)
     changes = check_total(extractor, row) or []
     written = extractor.written
@@ -233,17 +299,33 @@ class _Counts:
     unchanged: int
     record_errors: dict[str, int]
     write_errors: int
+    deleted: int | None = None
+    """None while the engine's stats have no ``deleted`` count."""
+    skipped: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, s: ExtractorStats) -> _Counts:
         record = {kind: n for (tier, kind), n in sorted(s.errors.items()) if tier == "record"}
         written = sum(n for (tier, _kind), n in s.errors.items() if tier != "record")
-        return cls(s.inserted, s.updated, s.unchanged, record, written)
+        deleted = getattr(s, "deleted", None)
+        skipped = dict(sorted(s.skipped.items()))
+        return cls(s.inserted, s.updated, s.unchanged, record, written, deleted, skipped)
+
+    @property
+    def writes(self) -> int:
+        """Rows inserted, updated or deleted."""
+        return self.inserted + self.updated + (self.deleted or 0)
+
+    def predicted(self) -> tuple[Any, ...]:
+        """What a dry run must predict of the real run."""
+        return (self.inserted, self.updated, self.deleted, self.unchanged, self.record_errors, self.skipped)
 
     def __str__(self) -> str:
+        deleted = "" if self.deleted is None else f"{self.deleted} deleted, "
+        skipped = f", skipped {self.skipped}" if self.skipped else ""
         return (
-            f"{self.inserted} inserted, {self.updated} updated, {self.unchanged} unchanged, "
-            f"record errors {self.record_errors or 'none'}, {self.write_errors} write errors"
+            f"{self.inserted} inserted, {self.updated} updated, {deleted}{self.unchanged} unchanged, "
+            f"record errors {self.record_errors or 'none'}, {self.write_errors} write errors{skipped}"
         )
 
 
@@ -258,6 +340,34 @@ def _diff(before: Mapping[str, list[tuple[Any, ...]]], after: Mapping[str, list[
     return "; ".join(lines)
 
 
+MIN_ACCEPTED = 0.5
+"""The default share of the rows that the test schema's source table must accept."""
+
+
+@dataclass
+class _Batch:
+    """What one database check saw: the rows given, those the source table took, the real run."""
+
+    inserted: Inserted
+    real: _Counts | None = None
+
+    @property
+    def given(self) -> int:
+        return len(self.inserted.kept) + len(self.inserted.refused)
+
+
+def _refusals(
+    label: str, table: str, accepted: int, given: int, reasons: Counter[str], share: float, what: str
+) -> str:
+    listed = "; ".join(f"{n} rows: {why}" for why, n in reasons.most_common(3))
+    more = f" (and {len(reasons) - 3} other reasons)" if len(reasons) > 3 else ""
+    tested = "nothing" if not accepted else "too little"
+    return (
+        f"{label}: {accepted} of {given} {what} were accepted by {table!r}, fewer than "
+        f"min_accepted={share:g} of them, so the database checks test {tested}. Refused: {listed}{more}"
+    )
+
+
 def _database_checks(
     extractor: Extractor,
     rows: Iterable[Row],
@@ -267,12 +377,14 @@ def _database_checks(
     seed: Rows | None,
     idempotent: bool,
     dry_run: bool,
-) -> None:
+    min_accepted: float | None,
+    batch: _Batch | None = None,
+) -> _Batch:
     label = _label(extractor)
     path = create_database(database_path, schema if schema is not None else extractor, seed)
     conn = sqlite3.connect(path)
     try:
-        kept = insert_rows(conn, extractor.source_table, rows, skip_rejected=True, fill_required=True)
+        inserted = insert_generated(conn, extractor.source_table, rows)
         conn.commit()
         cols = extractor.read_columns
         stored = conn.execute(  # the rows as extract sees them, after SQLite's type affinity
@@ -281,31 +393,34 @@ def _database_checks(
         ).fetchall()
     finally:
         conn.close()
+    seen = batch if batch is not None else _Batch(inserted)
+    seen.inserted = inserted
+    kept = inserted.kept
+    if min_accepted is not None and seen.given and len(kept) < min_accepted * seen.given:
+        raise AssertionError(
+            _refusals(
+                label, extractor.source_table, len(kept), seen.given, inserted.reasons, min_accepted, "rows"
+            )
+        )
     shown = _show([dict(zip(cols, r, strict=True)) for r in stored])
-    batch = max(len(kept), 1)
+    size = max(len(kept), 1)
     dry = None
     if dry_run:
         before = path.read_bytes()
-        dry = _Counts.of(run_once(extractor, path, dry_run=True, batch_size=batch))
+        dry = _Counts.of(run_once(extractor, path, dry_run=True, batch_size=size))
         if path.read_bytes() != before:
             raise AssertionError(
                 f"a dry run of {label} changed the database file, over rows {shown}; "
                 "extract must do no I/O, and a dry run must write nothing"
             )
-    stats = run_once(extractor, path, batch_size=batch)
-    real = _Counts.of(stats)
+    stats = run_once(extractor, path, batch_size=size)
+    real = seen.real = _Counts.of(stats)
     if stats.processed != len(kept):
         raise AssertionError(f"the run of {label} processed {stats.processed} of {len(kept)} rows {shown}")
     if dry is not None:
-        if real.write_errors == 0:
-            agree = (dry.inserted, dry.updated, dry.unchanged, dry.record_errors) == (
-                real.inserted,
-                real.updated,
-                real.unchanged,
-                real.record_errors,
-            )
-        else:  # the database refused some writes, which a dry run cannot foresee
-            agree = dry.inserted + dry.updated >= real.inserted + real.updated
+        # When the database refused some writes, which a dry run cannot foresee, it must predict
+        # at least as many.
+        agree = dry.predicted() == real.predicted() if not real.write_errors else dry.writes >= real.writes
         if not agree:
             raise AssertionError(
                 f"the dry run of {label} disagrees with the real run over rows {shown}: "
@@ -313,14 +428,16 @@ def _database_checks(
             )
     if idempotent:
         first = snapshot(path)
-        again = _Counts.of(run_once(extractor, path, batch_size=batch))
+        again = _Counts.of(run_once(extractor, path, batch_size=size))
         second = snapshot(path)
-        if again.inserted or again.updated or first != second:
+        if again.writes or first != second:
+            deleted = "" if again.deleted is None else f", deleted {again.deleted}"
             raise AssertionError(
                 f"{label} is not idempotent: a second run over the same rows {shown} inserted "
-                f"{again.inserted} and updated {again.updated} rows (expected none) after a first run "
-                f"with {real}. Changed: {_diff(first, second) or 'nothing'}"
+                f"{again.inserted} and updated {again.updated} rows{deleted} (expected none) after a "
+                f"first run with {real}. Changed: {_diff(first, second) or 'nothing'}"
             )
+    return seen
 
 
 def check_idempotent(
@@ -330,16 +447,31 @@ def check_idempotent(
     *,
     schema: Schema | None = None,
     seed: Rows | None = None,
+    min_accepted: float = MIN_ACCEPTED,
 ) -> None:
     """Applying a batch of rows twice leaves the database as applying it once.
 
     Creates a new SQLite file at ``database_path`` with ``schema`` (default: the extractor's
     model classes, see :func:`~backfill_core.testing.database.tables_of`), inserts ``seed``
-    (rows by table) and ``rows`` into the source table (rows its constraints refuse are left
-    out), runs the extractor twice through the real engine in one batch, and checks that the
-    second run inserted and updated nothing and that every table is as the first run left it.
+    (rows by table) and ``rows`` into the source table, runs the extractor twice through the
+    real engine in one batch, and checks that the second run inserted, updated (and deleted)
+    nothing and that every table is as the first run left it.
+
+    Required columns a row leaves out are filled
+    (:func:`~backfill_core.testing.database.insert_generated`); rows the source table still
+    refuses are left out, but fewer than ``min_accepted`` of them accepted is a failure naming
+    why they were refused.
     """
-    _database_checks(extractor, rows, database_path, schema=schema, seed=seed, idempotent=True, dry_run=False)
+    _database_checks(
+        extractor,
+        rows,
+        database_path,
+        schema=schema,
+        seed=seed,
+        idempotent=True,
+        dry_run=False,
+        min_accepted=min_accepted,
+    )
 
 
 def check_dry_run_agrees(
@@ -349,17 +481,113 @@ def check_dry_run_agrees(
     *,
     schema: Schema | None = None,
     seed: Rows | None = None,
+    min_accepted: float = MIN_ACCEPTED,
 ) -> None:
     """A dry run leaves the file byte for byte as it was and predicts the real run: the same
-    would-insert, would-update, unchanged and record-error counts. (When the database refuses
-    some writes, which a dry run cannot foresee, the dry run must predict at least as many.)
+    would-insert, would-update (would-delete), unchanged, record-error and skip counts. (When
+    the database refuses some writes, which a dry run cannot foresee, the dry run must predict
+    at least as many.)
 
     The database is set up as by :func:`check_idempotent`.
     """
-    _database_checks(extractor, rows, database_path, schema=schema, seed=seed, idempotent=False, dry_run=True)
+    _database_checks(
+        extractor,
+        rows,
+        database_path,
+        schema=schema,
+        seed=seed,
+        idempotent=False,
+        dry_run=True,
+        min_accepted=min_accepted,
+    )
 
 
 # -- everything, under hypothesis --------------------------------------------------------------------
+
+
+@dataclass
+class CheckSummary:
+    """What the rows :func:`check_extractor` generated did: how many produced changes, and how
+    many reached the database. ``str()`` gives it in two lines."""
+
+    table: str
+    """The extractor's source table."""
+    outcomes: Counter[str] = field(default_factory=Counter)
+    """Rows of the row checks by what ``extract`` did: ``changes`` (at least one change that is
+    not a Skip), ``record error``, ``skips only``, ``nothing``."""
+    record_errors: Counter[str] = field(default_factory=Counter)
+    """Rows whose ``extract`` raised RecordError, by kind."""
+    batches: int = 0
+    """Batches put through the database checks."""
+    batch_rows: int = 0
+    """Rows in those batches."""
+    accepted: int = 0
+    """Of those, the rows the source table accepted."""
+    refused: Counter[str] = field(default_factory=Counter)
+    """The rows it refused, by why."""
+    runs: Counter[str] = field(default_factory=Counter)
+    """The first real run of each batch: rows ``inserted``, ``updated``, ``unchanged`` (and
+    ``deleted``), source rows with ``record errors``, ``skipped`` changes."""
+
+    @property
+    def rows(self) -> int:
+        """Rows put through the row checks."""
+        return sum(self.outcomes.values())
+
+    @property
+    def changed(self) -> int:
+        """Of those, the rows for which ``extract`` returned at least one change."""
+        return self.outcomes["changes"]
+
+    def _row(self, outcome: list[Change | Skip] | RecordError) -> None:
+        if isinstance(outcome, RecordError):
+            what = "record error"
+            self.record_errors[outcome.kind] += 1
+            event(f"extract: record error ({outcome.kind})")
+        elif any(not isinstance(c, Skip) for c in outcome):
+            what = "changes"
+        elif outcome:
+            what = "skips only"
+        else:
+            what = "nothing"
+        self.outcomes[what] += 1
+        event(f"extract: {what}")
+
+    def _batch(self, seen: _Batch) -> None:
+        self.batches += 1
+        self.batch_rows += seen.given
+        self.accepted += len(seen.inserted.kept)
+        self.refused.update(seen.inserted.reasons)
+        share = "every" if not seen.inserted.refused else "no" if not seen.inserted.kept else "some"
+        event(f"database: {share} row of the batch accepted by {self.table!r}")
+        if seen.real is not None:
+            for what in ("inserted", "updated", "deleted", "unchanged"):
+                self.runs[what] += getattr(seen.real, what) or 0
+            self.runs["record errors"] += sum(seen.real.record_errors.values())
+            self.runs["skipped"] += sum(seen.real.skipped.values())
+            event(f"database: the run {'wrote rows' if seen.real.writes else 'wrote nothing'}")
+
+    def describe_rows(self) -> str:
+        if not self.rows:
+            return "no row checked"
+        kinds = ", ".join(f"{k} {v}" for k, v in self.record_errors.most_common(4))
+        return (
+            f"of {self.rows} generated rows, {self.changed} produced changes, "
+            f"{self.outcomes['record error']} record errors{f' ({kinds})' if kinds else ''}, "
+            f"{self.outcomes['skips only']} only skips, {self.outcomes['nothing']} nothing"
+        )
+
+    def describe_database(self) -> str:
+        if not self.batches:
+            return "no database check run"
+        runs = ", ".join(f"{v} {k}" for k, v in self.runs.items() if v or k != "deleted")
+        return (
+            f"{self.accepted} of {self.batch_rows} rows in {self.batches} batches accepted by "
+            f"{self.table!r}; their first runs: {runs or 'none completed'}"
+        )
+
+    def __str__(self) -> str:
+        return f"{self.describe_rows()}\n{self.describe_database()}"
 
 
 def check_extractor(
@@ -371,24 +599,51 @@ def check_extractor(
     max_examples: int = 100,
     database_examples: int | None = None,
     max_batch: int = 20,
-) -> None:
-    """Put ``extractor`` through every property check, with rows generated by hypothesis.
+    min_accepted: float = MIN_ACCEPTED,
+    min_changed: float = 0.0,
+) -> CheckSummary:
+    """Put ``extractor`` through every property check, with rows generated by hypothesis, and
+    return what the generated rows did (a :class:`CheckSummary`).
 
-    - total, deterministic and declared on ``max_examples`` rows from ``rows`` (default:
-      :func:`~backfill_core.testing.strategies.rows`, arbitrary values in every column);
+    - total, declared and deterministic on ``max_examples`` rows from ``rows`` (default:
+      :func:`~backfill_core.testing.strategies.rows`, arbitrary values in every column); each
+      check, and each call of ``extract``, gets its own deep copy of the row, holding only the
+      columns the extractor reads;
     - idempotent and dry run agrees on ``database_examples`` batches of up to ``max_batch`` such
       rows (default: a fifth of ``max_examples``, at least 5), each in a new temporary SQLite
       file built from ``schema`` and ``seed`` as :func:`check_idempotent` describes.
+
+    Guards against passing without testing anything:
+
+    - ``min_accepted`` (default 0.5): fewer than this share of the rows of all batches accepted
+      by the source table fails, naming why the table refused them (a required column nobody
+      generates, a CHECK...); single batches may be refused entirely;
+    - ``min_changed`` (default 0, off): fewer than this share of the generated rows producing
+      a change (not only skips) fails, and so do database checks whose runs inserted, updated
+      or left unchanged no row at all (every change refused by a Ref, say). Set it once
+      ``rows`` are meant to reach the writes.
+
+    How many rows produced changes, record errors (by kind), only skips or nothing, and how many
+    the source table accepted, is the returned summary; it is also added to any failure as a
+    note, and recorded as hypothesis events.
 
     Raises AssertionError. Hypothesis shrinks a failing row to a small one; a failing batch is
     not shrunk (each attempt runs the engine three times) but reduced to one of its rows when
     a row fails on its own.
     Call it from a plain test function, not from inside another ``@given`` test.
     """
+    label = _label(extractor)
     problems = extractor.declaration_problems()
     if problems:
-        raise AssertionError(f"{_label(extractor)} has invalid declarations: {'; '.join(problems)}")
+        raise AssertionError(f"{label} has invalid declarations: {'; '.join(problems)}")
     strategy = rows if rows is not None else strategies.rows(extractor)
+    read = extractor.read_columns
+    table = extractor.source_table
+    tally = CheckSummary(table)
+
+    def as_read(row: Row) -> dict[str, Any]:
+        """The row as the engine gives it to ``extract``: only the columns it reads."""
+        return _copy({c: v for c, v in row.items() if c in read})
 
     @settings(
         max_examples=max_examples,
@@ -398,15 +653,27 @@ def check_extractor(
     )
     @given(row=strategy)
     def pure_properties(row: dict[str, Any]) -> None:
-        check_total(extractor, row)
-        check_deterministic(extractor, row)
-        check_declared(extractor, row)
+        tally._row(_extract(extractor, as_read(row), label))
+        check_declared(extractor, as_read(row))
+        check_deterministic(extractor, as_read(row))
 
-    pure_properties()
+    try:
+        pure_properties()
+    except AssertionError as e:
+        e.add_note(f"check_extractor, rows tried so far (shrinking included): {tally.describe_rows()}")
+        raise
+    if tally.rows and tally.changed < min_changed * tally.rows:
+        raise AssertionError(
+            f"{label}: only {tally.changed} of {tally.rows} generated rows produced changes, fewer than "
+            f"min_changed={min_changed:g} of them, so the checks {'rarely' if tally.changed else 'never'} "
+            f"reach the code that writes "
+            f"({tally.describe_rows()}); generate rows that do, with well_formed_rows() and payloads_like() "
+            "overrides that draw the values extract accepts"
+        )
 
     examples = database_examples if database_examples is not None else max(5, max_examples // 5)
     if examples <= 0:
-        return
+        return tally
     key = extractor.key
 
     @settings(
@@ -420,28 +687,60 @@ def check_extractor(
     @given(batch=st.lists(strategy, min_size=1, max_size=max_batch, unique_by=lambda r: r[key]))
     def database_properties(batch: list[dict[str, Any]]) -> None:
         try:
-            _in_temporary_database(batch)
+            _in_temporary_database(batch, count=True)
         except AssertionError:
             for row in batch if len(batch) > 1 else ():
                 try:
-                    _in_temporary_database([row])
+                    _in_temporary_database([row], count=False)
                 except AssertionError as alone:
                     raise alone from None  # the smallest failing batch: one row
             raise
 
-    def _in_temporary_database(batch: list[dict[str, Any]]) -> None:
-        with tempfile.TemporaryDirectory(prefix="backfill-check-") as tmp:
-            _database_checks(
-                extractor,
-                batch,
-                Path(tmp) / "check.db",
-                schema=schema,
-                seed=seed,
-                idempotent=True,
-                dry_run=True,
-            )
+    def _in_temporary_database(batch: list[dict[str, Any]], *, count: bool) -> None:
+        seen = _Batch(Inserted(table))
+        try:
+            with tempfile.TemporaryDirectory(prefix="backfill-check-") as tmp:
+                _database_checks(
+                    extractor,
+                    batch,
+                    Path(tmp) / "check.db",
+                    schema=schema,
+                    seed=seed,
+                    idempotent=True,
+                    dry_run=True,
+                    min_accepted=None,  # one batch may be refused entirely; all of them may not
+                    batch=seen,
+                )
+        finally:
+            if count:
+                tally._batch(seen)
 
-    database_properties()
+    try:
+        database_properties()
+    except AssertionError as e:
+        e.add_note(f"check_extractor so far: {tally.describe_rows()}; {tally.describe_database()}")
+        raise
+    if tally.batch_rows and tally.accepted < min_accepted * tally.batch_rows:
+        raise AssertionError(
+            _refusals(
+                label,
+                table,
+                tally.accepted,
+                tally.batch_rows,
+                tally.refused,
+                min_accepted,
+                f"generated rows (in {tally.batches} batches)",
+            )
+        )
+    reached = sum(tally.runs[what] for what in ("inserted", "updated", "deleted", "unchanged"))
+    if min_changed > 0 and tally.batches and not reached:
+        raise AssertionError(
+            f"{label}: no change of {tally.batches} batches reached the database "
+            f"({tally.describe_database()}), so idempotent and dry run agrees tested nothing "
+            "that writes; seed the rows the changes' Refs and Updates need (seed=), or generate "
+            "rows whose changes apply"
+        )
+    return tally
 
 
 def extractor_properties(*extractors: Extractor, **options: Any) -> Callable[..., None]:
@@ -459,7 +758,7 @@ def extractor_properties(*extractors: Extractor, **options: Any) -> Callable[...
         (only,) = extractors
 
         def test_extractor_properties() -> None:
-            check_extractor(only, **options)
+            print(check_extractor(only, **options))  # shown by pytest -rP
 
         test_extractor_properties.__doc__ = (
             f"{only.name}: total, deterministic, declared, idempotent, dry run"
@@ -470,6 +769,6 @@ def extractor_properties(*extractors: Extractor, **options: Any) -> Callable[...
 
     @pytest.mark.parametrize("extractor", extractors, ids=[x.name for x in extractors])
     def test_each_extractor_properties(extractor: Extractor) -> None:
-        check_extractor(extractor, **options)
+        print(check_extractor(extractor, **options))  # shown by pytest -rP
 
     return test_each_extractor_properties
