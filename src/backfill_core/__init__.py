@@ -19,7 +19,7 @@ from backfill_core.errors import (
 from backfill_core.extractor import Extractor, Row
 from backfill_core.hookspecs import hookimpl
 from backfill_core.jsonvalue import dump_json, parse_json
-from backfill_core.plugins import Registry, make_registry
+from backfill_core.plugins import PluginInfo, Registry, make_registry
 from backfill_core.report import ErrorRecord, ExtractorStats, RunReport
 from backfill_core.run import run_backfill, validate_only
 from backfill_core.validator import Metric, MetricResult, Validator
@@ -37,6 +37,7 @@ __all__ = [
     "ExtractorStats",
     "Metric",
     "MetricResult",
+    "PluginInfo",
     "PluginUnavailable",
     "RecordError",
     "Ref",

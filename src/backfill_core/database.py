@@ -8,6 +8,7 @@ import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -66,6 +67,44 @@ def resolve_url(database: str | None) -> URL:
 def display(url: URL) -> str:
     """The URL as it may be printed: never with its password."""
     return url.render_as_string(hide_password=True)
+
+
+@dataclass(frozen=True)
+class SchemaGap:
+    """The first table or columns that a plugin needs and the database lacks."""
+
+    table: str
+    columns: tuple[str, ...] = ()
+    """The missing columns; empty when the table itself does not exist."""
+
+    def describe(self, shown: str) -> str:
+        if not self.columns:
+            return f"table {self.table!r} does not exist in {shown}"
+        return f"table {self.table!r} has no column {', '.join(map(repr, self.columns))} in {shown}"
+
+    def error(
+        self,
+        shown: str,
+        *,
+        user: str = "",
+        uses: str = "reads",
+        before: str = "backfilling",
+        leave_out: str = "",
+    ) -> SchemaMissing:
+        """The error that ends the command: what is missing, who needs it (``user``, as
+        ``validator 'coverage' (plugin testmanagement)``, which ``uses`` it), and what to do
+        ``before`` the command (``validating``) can go on; ``leave_out`` is the other way out when
+        a table is missing."""
+        fix = "add it" if self.columns else "create it"
+        message = f"{self.describe(shown)}; "
+        if user:
+            message += f"{user} {uses} it. {fix.capitalize()}"
+        else:
+            message += fix
+        message += f" (run the application's migrations) before {before}"
+        if leave_out and not self.columns:
+            message += f", or, if this database is another application's, {leave_out}"
+        return SchemaMissing(message)
 
 
 def busy_timeout() -> float:
@@ -343,6 +382,12 @@ class Database:
 
     async def check_schema(self, needed: Mapping[str, Iterable[str]]) -> None:
         """Raise SchemaMissing naming the first table or column of ``needed`` that does not exist."""
+        gap = await self.schema_gap(needed)
+        if gap is not None:
+            raise gap.error(self.shown)
+
+    async def schema_gap(self, needed: Mapping[str, Iterable[str]]) -> SchemaGap | None:
+        """The first table of ``needed`` that does not exist, or lacks some of its columns."""
         try:
             async with self.reading() as conn:
                 found = await conn.run_sync(_columns_of, list(needed))
@@ -351,16 +396,11 @@ class Database:
         for name, columns in needed.items():
             have = found[name]
             if have is None:
-                raise SchemaMissing(
-                    f"table {name!r} does not exist in {self.shown}; create it (run the "
-                    "application's migrations) before backfilling"
-                )
-            missing = [c for c in columns if c not in have]
+                return SchemaGap(name)
+            missing = tuple(dict.fromkeys(c for c in columns if c not in have))
             if missing:
-                raise SchemaMissing(
-                    f"table {name!r} has no column {', '.join(map(repr, missing))} in "
-                    f"{self.shown}; add it (run the application's migrations) before backfilling"
-                )
+                return SchemaGap(name, missing)
+        return None
 
     async def lock(self, conn: AsyncConnection, name: str) -> None:
         """Serialise writers that claim ``name`` until ``conn``'s transaction ends.
@@ -374,7 +414,15 @@ class Database:
         """The run-ending error for a database failure that retrying a batch cannot fix."""
         text = str(getattr(error, "orig", None) or error)
         lowered = text.lower()
-        if "locked" in lowered:
+        state = getattr(getattr(error, "orig", None), "sqlstate", None) or getattr(error, "sqlstate", None)
+        if state == "3D000":  # invalid_catalog_name: the database in the URL is not on the server
+            hint = (
+                f"the database {self.url.database!r} named in the URL does not exist on that server; "
+                f"create it (`createdb {self.url.database}`) and the application's tables, or fix the URL"
+            )
+        elif state == "28000" and "role" in lowered:  # the URL's user is not on the server
+            hint = "the user named in the URL does not exist on that server; fix the URL or create the role"
+        elif "locked" in lowered:
             hint = (
                 f"another process held a lock for more than {busy_timeout():g}s; retry when it "
                 f"is done, or raise {BUSY_TIMEOUT_ENV}"

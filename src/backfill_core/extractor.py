@@ -82,8 +82,12 @@ class Extractor(ABC):
             self.written  # noqa: B018
         except TypeError as exc:
             problems.append(str(exc))
-        if isinstance(self.columns, str) or isinstance(self.depends_on, str):
-            problems.append("columns and depends_on must be sequences of names, not a string")
+        strings = [attr for attr in ("columns", "depends_on") if isinstance(getattr(self, attr), str)]
+        if strings:
+            names = " and ".join(strings)
+            problems.append(
+                f"{names} must be {'sequences' if len(strings) > 1 else 'a sequence'} of names, not a string"
+            )
         if not self.writes:
             problems.append("writes declares no table")
         return problems

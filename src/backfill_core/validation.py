@@ -45,17 +45,45 @@ def selected(validators: Sequence[Validator], ran: Collection[str] | None) -> li
 
 
 def check_thresholds(
-    validators: Sequence[Validator], thresholds: Mapping[str, float], ran: Collection[str] | None = None
+    validators: Sequence[Validator],
+    thresholds: Mapping[str, float],
+    ran: Collection[str] | None = None,
+    skipped: Mapping[str, str] | None = None,
 ) -> None:
-    """Raise UsageError for a --threshold that names no metric about to be computed."""
-    chosen = selected(validators, ran)
-    known = {v.name for v, _ in chosen} | {f"{v.name}.{m.name}" for v, m in chosen if m.threshold is not None}
+    """Raise UsageError for a --threshold that names no thresholded metric about to be computed.
+
+    ``skipped`` maps validators left out of this command to the reason, for the message.
+    """
+    chosen = [(v, m) for v, m in selected(validators, ran) if m.threshold is not None]
+    known = {v.name for v, _ in chosen} | {f"{v.name}.{m.name}" for v, m in chosen}
     unknown = sorted(set(thresholds) - known)
-    if unknown:
-        raise UsageError(
-            f"--threshold names no metric being validated: {', '.join(unknown)} "
-            f"(known: {', '.join(sorted(known)) or 'none'})"
+    if not unknown:
+        return
+    informational = {f"{v.name}.{m.name}" for v in validators for m in v.metrics() if m.threshold is None}
+    only_info = {v.name for v in validators if all(m.threshold is None for m in v.metrics())}
+    parts = []
+    named = [n for n in unknown if n.partition(".")[0] in (skipped or {})]
+    for name in named:
+        validator = name.partition(".")[0]
+        parts.append(f"{name}: validator {validator!r} was skipped ({(skipped or {})[validator]})")
+    info = [n for n in unknown if n in informational and n not in named]
+    if info:
+        these = "that metric is" if len(info) == 1 else "those metrics are"
+        parts.append(
+            f"{', '.join(info)}: {these} informational (shown as info, never failing), "
+            "so there is no threshold to set"
         )
+    bare = [n for n in unknown if n in only_info and n not in named]
+    if bare:
+        these = "that validator has" if len(bare) == 1 else "those validators have"
+        parts.append(
+            f"{', '.join(bare)}: {these} only informational metrics, so there is no threshold to set"
+        )
+    rest = [n for n in unknown if n not in named and n not in info and n not in bare]
+    if rest:
+        listed = ", ".join(sorted(known)) or "none"
+        parts.append(f"names no metric being validated: {', '.join(rest)} (known: {listed})")
+    raise UsageError("--threshold " + "; ".join(parts))
 
 
 def check_compiles(db: Database, validators: Sequence[Validator], ran: Collection[str] | None = None) -> None:
@@ -76,12 +104,20 @@ async def run_validators(
     validators: Sequence[Validator],
     thresholds: Mapping[str, float] | None = None,
     ran: Collection[str] | None = None,
+    *,
+    command: str = "run",
 ) -> list[MetricResult]:
-    """Compute the metrics of ``validators`` (only those about extractors in ``ran``, if given)."""
+    """Compute the metrics of ``validators`` (only those about extractors in ``ran``, if given).
+
+    ``command`` (``run`` or ``validate``) is the one that asked, for the hints in errors.
+    """
     thresholds = thresholds or {}
     check_thresholds(validators, thresholds, ran)
     for v in validators:
-        await db.check_schema(v.tables)
+        gap = await db.schema_gap(v.tables)
+        if gap is not None:
+            before = "validating" if command == "validate" else "backfilling"
+            raise gap.error(db.shown, user=f"validator {v.name!r}", before=before)
     # Metric queries are whole-table scans: each runs on its own connection, side by side, so
     # that the database (SQLite in its threads, or the server) can use more than one core. A
     # numerator and its denominator are one query when they can be (see fused), else they too
@@ -98,7 +134,7 @@ async def run_validators(
             except (DBAPIError, CompileError) as e:
                 raise EnvironmentProblem(
                     f"validator {v.name!r} could not compute {m.name!r}: {getattr(e, 'orig', e)} "
-                    "(`backfill run --no-validate` skips validation)"
+                    f"{_way_around(v, validators, command)}"
                 ) from e
 
     async def compute(v: Validator, m: Metric) -> MetricResult:
@@ -122,6 +158,16 @@ async def run_validators(
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _way_around(v: Validator, validators: Sequence[Validator], command: str) -> str:
+    """How to do without validator ``v`` in ``command``, for an error it ends."""
+    if command != "validate":
+        return "(`backfill run --no-validate` skips validation)"
+    others = [w.name for w in validators if w is not v]
+    if others:
+        return f"(`backfill validate {' '.join(others)}` validates without {v.name!r})"
+    return f"(leave {v.name!r} out: `backfill validate NAME...` validates only the validators named)"
 
 
 def fused(m: Metric, dialect: Dialect) -> Select[Any, Any] | None:
