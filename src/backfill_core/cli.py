@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -22,12 +22,18 @@ from sqlalchemy.engine import URL
 
 from backfill_core.database import BUSY_TIMEOUT_ENV, DATABASE_ENV, Database, display, resolve_url
 from backfill_core.engine import RunOptions
-from backfill_core.errors import BackfillError, UsageError
+from backfill_core.errors import BackfillError, NothingToDo, UsageError
 from backfill_core.ledger import STALE_AFTER_ENV, Ledger, decode_key, run_summary
-from backfill_core.plugins import LOAD_PLUGINS_ENV, Registry
+from backfill_core.plugins import (
+    DISABLE_PLUGIN_OPTION,
+    DISABLE_PLUGINS_ENV,
+    LOAD_PLUGINS_ENV,
+    Registry,
+    name_list,
+)
 from backfill_core.progress import tqdm_progress
 from backfill_core.report import ErrorLog, RunReport
-from backfill_core.run import run_backfill, validate_only
+from backfill_core.run import Skipped, run_backfill, validate_only
 from backfill_core.validation import parse_thresholds
 
 EPILOG = f"""
@@ -37,7 +43,8 @@ Exit codes:
   1    validation failed, or the error rate went over --max-error-rate
   2    usage error (unknown extractor, bad option)
   3    environment error (database missing, unreachable or locked, schema
-       missing, a requested plugin failed to load, the run already running)
+       missing, a requested plugin failed to load, the run already running,
+       nothing left to run or validate once those lacking tables are skipped)
   130  interrupted by SIGINT (Ctrl-C) after the batch in flight; resumable
   143  interrupted by SIGTERM, likewise
 
@@ -45,6 +52,7 @@ Exit codes:
 Environment:
   {DATABASE_ENV}    default for --database
   {LOAD_PLUGINS_ENV}    comma-separated distributions to load ('' = built-ins only)
+  {DISABLE_PLUGINS_ENV} comma-separated plugins to leave out, built-ins included
   {BUSY_TIMEOUT_ENV}    seconds to wait for a locked SQLite database (10)
   {STALE_AFTER_ENV}     seconds without a heartbeat before another host's run
                            counts as dead and may be taken over (60)
@@ -67,8 +75,26 @@ class Share(click.FloatRange):
 
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="backfill")
-def cli() -> None:
+@click.option(
+    DISABLE_PLUGIN_OPTION,
+    "disabled",
+    multiple=True,
+    metavar="NAME",
+    help="Leave out this plugin (entry-point or distribution name), built-in ones included. "
+    "Repeatable, or comma-separated.",
+)
+@click.pass_context
+def cli(ctx: click.Context, disabled: tuple[str, ...]) -> None:
     """Backfill derived tables and columns from data the database already holds."""
+    names = [n for value in disabled for n in name_list(value)]
+    if names and isinstance(ctx.obj, Registry):  # main() left them out already; a test's registry may not
+        unknown = ctx.obj.disable(names, DISABLE_PLUGIN_OPTION)
+        if unknown:
+            raise click.BadParameter(
+                f"no installed plugin is named {', '.join(map(repr, unknown))} "
+                f"(installed: {ctx.obj.installed()}); see `backfill list-plugins`",
+                param_hint=DISABLE_PLUGIN_OPTION,
+            )
 
 
 def database_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -98,7 +124,12 @@ def threshold_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 @cli.command()
 @click.argument("names", nargs=-1)
-@click.option("--all", "run_all", is_flag=True, help="Run every registered extractor.")
+@click.option(
+    "--all",
+    "run_all",
+    is_flag=True,
+    help="Run every registered extractor, skipping those whose tables the database lacks.",
+)
 @database_option
 @click.option("--dry-run", is_flag=True, help="Read only: report what would change.")
 @click.option(
@@ -160,6 +191,8 @@ def run(
     """
     if run_all:
         names = tuple(registry.extractors)
+        if not names:
+            raise click.UsageError(f"--all: no plugin provides an extractor ({_plugins(registry)})")
     if not names:
         raise click.UsageError("name at least one extractor, or pass --all (see `backfill list-plugins`)")
     if dry_run and retry_errors:
@@ -173,6 +206,7 @@ def run(
         sample_size=5 if verbose else 0,
         worker=worker,
     )
+    skipped: list[Skipped] = []
     _execute(
         as_json,
         lambda url, report: run_backfill(
@@ -186,13 +220,38 @@ def run(
             progress=tqdm_progress(quiet),
             restart=restart,
             retry_errors=retry_errors,
-            announce=lambda line: click.echo(f"backfill: {line}", err=True),
+            announce=_announce,
+            explicit=not run_all,
+            skipped=skipped,
         ),
         database,
         dry_run=dry_run,
         log_file=log_file,
-        resume=["backfill", "run", *names, *(["--retry-errors"] if retry_errors else [])],
+        resume=[
+            "backfill",
+            *_global_options(),
+            "run",
+            *(["--all"] if run_all else names),
+            *(["--retry-errors"] if retry_errors else []),
+        ],
+        skipped=skipped,
     )
+
+
+def _plugins(registry: Registry) -> str:
+    """The plugins and their status, for a message that none provides what was asked."""
+    found = ", ".join(f"{p.name} ({p.status})" for p in registry.plugins) or "none is installed"
+    return f"plugins: {found}; see `backfill list-plugins`"
+
+
+def _announce(line: str) -> None:
+    click.echo(f"backfill: {line}", err=True)
+
+
+def _global_options() -> list[str]:
+    """The options given before the command, as the command to resume must repeat them."""
+    disabled: tuple[str, ...] = click.get_current_context().find_root().params.get("disabled") or ()
+    return [arg for name in disabled for arg in (DISABLE_PLUGIN_OPTION, name)]
 
 
 @cli.command()
@@ -208,11 +267,26 @@ def validate(
     thresholds: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Run validators NAMES (default: all) on the database as it is."""
+    """Run validators NAMES (default: all) on the database as it is.
+
+    Without NAMES, validators whose tables the database lacks are skipped.
+    """
+    if not names and not registry.validators:
+        raise click.UsageError(f"nothing to validate: no plugin provides a validator ({_plugins(registry)})")
+    skipped: list[Skipped] = []
     _execute(
         as_json,
-        lambda url, report: validate_only(registry, names, url, report, parse_thresholds(thresholds)),
+        lambda url, report: validate_only(
+            registry,
+            names,
+            url,
+            report,
+            parse_thresholds(thresholds),
+            announce=_announce,
+            skipped=skipped,
+        ),
         database,
+        skipped=skipped,
     )
 
 
@@ -336,6 +410,8 @@ def list_plugins(registry: Registry, as_json: bool) -> None:
             provides.append("commands")
         if p.conflicts:
             provides.append(f"DISABLED (registered twice): {', '.join(p.conflicts)}")
+        if p.problems:
+            provides.append(f"CANNOT RUN: {'; '.join(p.problems)}")
         detail = ", ".join(provides) if p.status == "ok" else (p.error or "")
         rows.append((p.name, f"{p.distribution} {p.version}", p.status, detail))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
@@ -351,10 +427,12 @@ def _execute(
     dry_run: bool = False,
     log_file: Path | None = None,
     resume: list[str] | None = None,
+    skipped: Sequence[Skipped] = (),
 ) -> None:
     """Run ``work`` and turn its outcome, or its failure, into output and an exit code.
 
-    ``resume`` is the command that continues an interrupted run (without --database).
+    ``resume`` is the command that continues an interrupted run (without --database);
+    ``skipped`` fills in as ``work`` skips extractors and validators, for ``--json``.
     """
     url = _url(database, as_json)
     try:
@@ -370,7 +448,7 @@ def _execute(
         _fail(e, as_json)
     finally:
         report.errors.close()
-    click.echo(report.to_json() if as_json else report.to_text())
+    click.echo(_json(report, skipped) if as_json else report.to_text())
     if report.interrupted_by is not None:
         command = shlex.join([*(resume or ["backfill", "run"]), "-d", _shown_database(database, url)])
         click.echo(
@@ -404,6 +482,11 @@ async def _until_signalled(work: Coroutine[Any, Any, RunReport], report: RunRepo
             loop.remove_signal_handler(sig)
 
 
+def _json(report: RunReport, skipped: Sequence[Skipped]) -> str:
+    """The report as ``--json`` prints it, with the extractors and validators skipped."""
+    return json.dumps({**report.to_dict(), "skipped": [s.to_dict() for s in skipped]}, indent=2, default=str)
+
+
 def _shown_database(database: str | None, url: URL) -> str:
     """``--database`` as the user gave it when it is a file path; otherwise the URL, masked."""
     return database if database and "://" not in database else display(url)
@@ -422,12 +505,15 @@ def _fail(error: BackfillError, as_json: bool) -> None:
         raise click.UsageError(str(error))
     click.echo(f"backfill: error: {error}", err=True)
     if as_json:
-        click.echo(json.dumps({"error": str(error), "exit_code": int(error.exit_code)}))
+        failure: dict[str, Any] = {"error": str(error), "exit_code": int(error.exit_code)}
+        if isinstance(error, NothingToDo):
+            failure["skipped"] = error.skipped
+        click.echo(json.dumps(failure))
     sys.exit(int(error.exit_code))
 
 
 def main() -> None:
-    registry = Registry.discover()
+    registry = Registry.discover(disable=_disabled_in(sys.argv[1:]))
     registry.add_commands(cli)
     try:
         cli(obj=registry, prog_name="backfill")
@@ -435,6 +521,21 @@ def main() -> None:
         if any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
             raise  # a plugin's thread: exit normally, which waits for it
         _exit(e.code)
+
+
+def _disabled_in(args: Sequence[str]) -> list[str]:
+    """The plugins that ``--disable-plugin`` names before the command: plugins load before the
+    command line is parsed (their commands are part of it), and a disabled one is not imported."""
+    names: list[str] = []
+    given = iter(args)
+    for arg in given:
+        if arg == DISABLE_PLUGIN_OPTION:
+            names += name_list(next(given, ""))
+        elif arg.startswith(f"{DISABLE_PLUGIN_OPTION}="):
+            names += name_list(arg.partition("=")[2])
+        elif arg == "--" or not arg.startswith("-"):
+            break
+    return names
 
 
 def _exit(code: object) -> NoReturn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from enum import IntEnum
 
 
@@ -57,3 +58,12 @@ class SchemaMissing(EnvironmentProblem):
 
 class PluginUnavailable(EnvironmentProblem):
     """The requested extractor or validator comes from a plugin that failed to load."""
+
+
+class NothingToDo(EnvironmentProblem):
+    """Every extractor or validator the command chose for itself was skipped: the database lacks
+    their tables. ``skipped`` describes each (as ``--json`` shows it)."""
+
+    def __init__(self, message: str, skipped: Sequence[Mapping[str, str]]) -> None:
+        super().__init__(message)
+        self.skipped = list(skipped)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Literal, TextIO
@@ -17,18 +17,25 @@ from typing import Any, Literal, TextIO
 import pluggy
 
 from backfill_core import hookspecs
-from backfill_core.errors import PluginUnavailable, UsageError
+from backfill_core.errors import BackfillError, PluginUnavailable, UsageError
 from backfill_core.extractor import Extractor
 from backfill_core.validator import Validator
 
 ENTRY_POINT_GROUP = "backfill"
 BUILTIN_DISTRIBUTION = "backfill"
 LOAD_PLUGINS_ENV = "BACKFILL_LOAD_PLUGINS"
+DISABLE_PLUGINS_ENV = "BACKFILL_DISABLE_PLUGINS"
+DISABLE_PLUGIN_OPTION = "--disable-plugin"
 
 
 def normalize(dist_name: str) -> str:
     """PEP 503 normalisation, so ``Backfill_Foo`` and ``backfill-foo`` name one distribution."""
     return re.sub(r"[-_.]+", "-", dist_name).lower()
+
+
+def name_list(value: str) -> list[str]:
+    """The names of a comma-separated list, blanks around them and empty items dropped."""
+    return [n.strip() for n in value.split(",") if n.strip()]
 
 
 @dataclass
@@ -46,6 +53,8 @@ class PluginInfo:
     commands: bool = False
     conflicts: list[str] = field(default_factory=list)
     """Names this plugin registers that another plugin registers too; both are disabled."""
+    problems: list[str] = field(default_factory=list)
+    """What keeps part of it from running: an extractor that depends on an unknown extractor."""
 
     @property
     def key(self) -> str:
@@ -55,6 +64,10 @@ class PluginInfo:
     @property
     def label(self) -> str:
         return f"plugin {self.name!r} ({self.distribution} {self.version}, entry point {self.entry_point})"
+
+    def named_by(self, selectors: Collection[str]) -> bool:
+        """Whether one of ``selectors`` (PEP 503 normalised) is its entry-point or distribution name."""
+        return normalize(self.name) in selectors or normalize(self.distribution) in selectors
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +81,7 @@ class PluginInfo:
             "validators": self.validators,
             "commands": self.commands,
             "conflicts": self.conflicts,
+            "problems": self.problems,
         }
 
 
@@ -82,23 +96,99 @@ class Registry:
         self.validators: dict[str, Validator] = {}
         self.owner: dict[tuple[str, str], PluginInfo] = {}
         self.conflicts: dict[tuple[str, str], list[PluginInfo]] = {}
+        self._provided: dict[str, tuple[list[Extractor], list[Validator]]] = {}
+        """What each loaded plugin registered, by PluginInfo.key: for rebuilding after disable."""
+        self._excluded_by: dict[str, str] = {}
+        """PluginInfo.key -> the setting that left the plugin out (an env var or --disable-plugin)."""
         self._warn = warn
 
     # -- loading -----------------------------------------------------------------------------
 
     @classmethod
-    def discover(cls, warn: TextIO | None = sys.stderr) -> Registry:
-        """Load every installed plugin allowed by ``BACKFILL_LOAD_PLUGINS``."""
+    def discover(cls, warn: TextIO | None = sys.stderr, disable: Collection[str] = ()) -> Registry:
+        """Load every installed plugin that ``BACKFILL_LOAD_PLUGINS`` allows, except those named by
+        ``BACKFILL_DISABLE_PLUGINS`` or ``disable`` (``--disable-plugin``). Left-out plugins are
+        not imported. A name in ``BACKFILL_DISABLE_PLUGINS`` that is no plugin's gets a warning.
+        """
         registry = cls(warn)
         allowed = os.environ.get(LOAD_PLUGINS_ENV)
-        wanted = None if allowed is None else {normalize(n.strip()) for n in allowed.split(",") if n.strip()}
+        wanted = None if allowed is None else {normalize(n) for n in name_list(allowed)}
+        from_env = name_list(os.environ.get(DISABLE_PLUGINS_ENV, ""))
+        off = [
+            (DISABLE_PLUGIN_OPTION, {normalize(n) for n in disable}),
+            (DISABLE_PLUGINS_ENV, {normalize(n) for n in from_env}),
+        ]
         for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=_builtin_first):
             dist = normalize(ep.dist.name) if ep.dist else "unknown"
-            if wanted is not None and dist != BUILTIN_DISTRIBUTION and dist not in wanted:
-                registry.plugins.append(_info(ep, status="disabled", error=f"not in {LOAD_PLUGINS_ENV}"))
-                continue
-            registry.load_entry_point(ep)
+            info = _info(ep)
+            source = next((source for source, names in off if info.named_by(names)), None)
+            if source is None and wanted is not None and dist != BUILTIN_DISTRIBUTION and dist not in wanted:
+                source = LOAD_PLUGINS_ENV
+            if source is None:
+                registry.load_entry_point(ep)
+            else:
+                registry._leave_out(info, source)
+                registry.plugins.append(info)
+        unmatched = registry.unmatched(from_env)
+        if unmatched:
+            registry._say(
+                f"backfill: {DISABLE_PLUGINS_ENV} names no installed plugin: "
+                f"{', '.join(map(repr, unmatched))} (installed: {registry.installed()})"
+            )
         return registry
+
+    def unmatched(self, selectors: Iterable[str]) -> list[str]:
+        """The names among ``selectors`` that are no plugin's entry-point or distribution name."""
+        return [s for s in selectors if not any(p.named_by({normalize(s)}) for p in self.plugins)]
+
+    def installed(self) -> str:
+        """The plugins' names, for messages."""
+        return ", ".join(dict.fromkeys(p.name for p in self.plugins)) or "none"
+
+    def disable(self, selectors: Iterable[str], source: str = DISABLE_PLUGIN_OPTION) -> list[str]:
+        """Leave out the plugins that ``selectors`` name (entry-point or distribution names, PEP 503
+        normalised), as ``source`` asks; return the selectors that name no plugin.
+
+        A loaded plugin is unregistered and its extractors and validators are forgotten (a name it
+        shared with another plugin goes back to that plugin); commands it already added stay.
+        """
+        wanted = list(selectors)
+        names = {normalize(s) for s in wanted}
+        chosen = [p for p in self.plugins if p.named_by(names) and p.key not in self._excluded_by]
+        for info in chosen:
+            if self.pm.has_plugin(info.key):
+                self.pm.unregister(name=info.key)
+            self._provided.pop(info.key, None)
+            info.commands = False
+            self._leave_out(info, source)
+        if chosen:
+            self._rebuild()
+        return self.unmatched(wanted)
+
+    def _leave_out(self, info: PluginInfo, source: str) -> None:
+        info.status = "disabled"
+        info.error = {LOAD_PLUGINS_ENV: "not in", DISABLE_PLUGIN_OPTION: "named by"}.get(source, "named in")
+        info.error += f" {source}"
+        self._excluded_by[info.key] = source
+
+    def _rebuild(self) -> None:
+        """Claim every name again from the plugins still loaded (quietly: conflicts were reported)."""
+        self.extractors.clear()
+        self.validators.clear()
+        self.owner.clear()
+        self.conflicts.clear()
+        warn, self._warn = self._warn, None
+        try:
+            for info in self.plugins:
+                info.extractors, info.validators, info.conflicts = [], [], []
+                extractors, validators = self._provided.get(info.key, ([], []))
+                for x in extractors:
+                    self._claim("extractor", x, info, self.extractors)
+                for v in validators:
+                    self._claim("validator", v, info, self.validators)
+        finally:
+            self._warn = warn
+        self._find_problems()
 
     def load_entry_point(self, ep: EntryPoint) -> PluginInfo:
         info = _info(ep)
@@ -130,13 +220,34 @@ class Registry:
             return self._failed(info, exc)
         info.commands = bool(_impls(self.pm, "register_commands", plugin))
         self.plugins.append(info)
+        self._provided[info.key] = (extractors, validators)
         for kind, items, table in (
             ("extractor", extractors, self.extractors),
             ("validator", validators, self.validators),
         ):
             for item in items:
                 self._claim(kind, item, info, table)
+        self._find_problems()
         return info
+
+    def _find_problems(self) -> None:
+        """Note, in each plugin's row, every extractor of it that depends on an unknown one.
+
+        Run after each plugin loads: a dependency may come from a plugin that loads later.
+        """
+        for info in self.plugins:
+            info.problems = [
+                f"extractor {name!r} depends on {self._dependency(dep)}"
+                for name in info.extractors
+                if self.owner.get(("extractor", name)) is info
+                for dep in self.extractors[name].depends_on
+                if dep not in self.extractors
+            ]
+
+    def _dependency(self, dep: str) -> str:
+        if ("extractor", dep) in self.conflicts:
+            return f"extractor {dep!r}, which two plugins register (so it is disabled)"
+        return f"unknown extractor {dep!r}"
 
     def _collect(self, info: PluginInfo, hook: str, kind: type, plugin: object) -> list[Any]:
         found: list[Any] = []
@@ -195,26 +306,46 @@ class Registry:
     def validator(self, name: str) -> Validator:
         return self._lookup("validator", name, self.validators)  # type: ignore[return-value]
 
+    def plugin_of(self, kind: str, name: str) -> PluginInfo | None:
+        """The plugin that registered extractor or validator ``name`` (``kind``), if one did."""
+        return self.owner.get((kind, name))
+
     def _lookup(self, kind: str, name: str, table: dict[str, Any]) -> object:
         if name in table:
             return table[name]
+        raise self._unavailable(kind, name, table)
+
+    def _unavailable(self, kind: str, name: str, table: dict[str, Any], needed_by: str = "") -> BackfillError:
+        """Why ``name`` cannot be had: registered twice, maybe from a broken plugin, or unknown.
+
+        ``needed_by`` (``extractor 'x' (plugin P) depends on``) starts the message.
+        """
+        lead = f"{needed_by} " if needed_by else ""
         if (kind, name) in self.conflicts:
             owners = " and ".join(p.label for p in self.conflicts[(kind, name)])
-            raise PluginUnavailable(
-                f"{kind} {name!r} is registered by both {owners}; uninstall one of them "
-                f"or set {LOAD_PLUGINS_ENV} to load only one"
+            return PluginUnavailable(
+                f"{lead}{kind} {name!r}{', which' if needed_by else ''} is registered by both {owners}; "
+                f"uninstall one of them or set {LOAD_PLUGINS_ENV} to load only one"
             )
         broken = [p for p in self.plugins if p.status == "error"]
         if broken:
             labels = "; ".join(f"{p.label}: {p.error}" for p in broken)
-            raise PluginUnavailable(
-                f"unknown {kind} {name!r}; it may come from a plugin that failed to load ({labels}). "
+            return PluginUnavailable(
+                f"{lead}unknown {kind} {name!r}; it may come from a plugin that failed to load ({labels}). "
                 f"Fix or reinstall that plugin, then run `backfill list-plugins`"
             )
         known = ", ".join(sorted(table)) or "none"
-        skipped = [p.distribution for p in self.plugins if p.status == "disabled"]
-        hint = f"; {LOAD_PLUGINS_ENV} left out {', '.join(skipped)}" if skipped else ""
-        raise UsageError(f"unknown {kind} {name!r} (available: {known}{hint}); see `backfill list-plugins`")
+        left_out: dict[str, list[str]] = {}
+        for p in self.plugins:
+            source = self._excluded_by.get(p.key)
+            if source == LOAD_PLUGINS_ENV:
+                left_out.setdefault(source, []).append(p.distribution)
+            elif source is not None:
+                left_out.setdefault(source, []).append(f"{p.name} ({p.distribution})")
+        hint = "".join(f"; {source} left out {', '.join(names)}" for source, names in left_out.items())
+        return UsageError(
+            f"{lead}unknown {kind} {name!r} (available: {known}{hint}); see `backfill list-plugins`"
+        )
 
     def ordered(self, names: Iterable[str]) -> list[Extractor]:
         """The named extractors in dependency order (dependencies first, then as named)."""
@@ -230,7 +361,7 @@ class Registry:
             state[name] = "visiting"
             for dep in chosen[name].depends_on:
                 if dep not in self.extractors:
-                    self.extractor(dep)  # raises a clear error for an unknown dependency
+                    raise self._missing_dependency(name, dep)
                 if dep in chosen:
                     visit(dep, (*path, dep))
             state[name] = "done"
@@ -239,6 +370,20 @@ class Registry:
         for name in chosen:
             visit(name, (name,))
         return order
+
+    def _missing_dependency(self, name: str, dep: str) -> BackfillError:
+        """The error for extractor ``name``, whose ``depends_on`` names ``dep``, which is not loaded."""
+        owner = self.plugin_of("extractor", name)
+        plugin = owner.name if owner else "?"
+        error = self._unavailable(
+            "extractor", dep, self.extractors, f"extractor {name!r} (plugin {plugin}) depends on"
+        )
+        if isinstance(error, UsageError):
+            error = UsageError(
+                f"{error}. Install or enable the plugin that provides {dep!r}, ask the authors of plugin "
+                f"{plugin} to fix its depends_on, or leave that plugin out ({DISABLE_PLUGINS_ENV}={plugin})"
+            )
+        return error
 
     def validators_for(self, extractor_names: Iterable[str]) -> list[Validator]:
         ran = set(extractor_names)

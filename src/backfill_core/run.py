@@ -5,19 +5,44 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 from sqlalchemy.engine import URL
 
 from backfill_core.database import Database, busy_timeout
 from backfill_core.engine import BatchRunner, ProgressFactory, RunOptions
+from backfill_core.errors import NothingToDo
 from backfill_core.extraction import BatchExtractor
 from backfill_core.ledger import SUCCEEDED, Ledger
 from backfill_core.overlay import Overlay
-from backfill_core.plugins import Registry
+from backfill_core.plugins import DISABLE_PLUGINS_ENV, Registry
 from backfill_core.report import RunReport
 from backfill_core.validation import check_compiles, check_thresholds, run_validators
+from backfill_core.validator import Validator
 from backfill_core.worker import Worker, can_run
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An extractor or validator that the command chose itself (``run --all``, a bare ``validate``,
+    the validators of the extractors that ran) and left out, because the database lacks one of its
+    tables or, for an extractor, because an extractor it depends on was left out."""
+
+    kind: str
+    """``extractor`` or ``validator``."""
+    name: str
+    plugin: str
+    """The name of the plugin that registered it."""
+    reason: str
+
+    def __str__(self) -> str:
+        return f"skipped {self.kind} {self.name!r} (plugin {self.plugin}): {self.reason}"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "name": self.name, "plugin": self.plugin, "reason": self.reason}
+
+
+Skip = Callable[[Skipped], None]
 
 
 async def run_backfill(
@@ -33,21 +58,36 @@ async def run_backfill(
     restart: bool = False,
     retry_errors: bool = False,
     announce: Callable[[str], object] = lambda _line: None,
+    explicit: bool = True,
+    skipped: list[Skipped] | None = None,
 ) -> RunReport:
     """Run ``names`` into ``report``, which holds partial results if the run is interrupted.
 
     A real run records itself in the ledger and resumes the extractors' interrupted or failed
     runs from their checkpoints (unless ``restart``); a dry run reads only and records nothing.
+    Unless the user named them (``explicit``; not so for ``run --all``), extractors whose tables
+    are absent, and those depending on them, are skipped, as are the validators chosen for the
+    extractors that run: each is announced and appended to ``skipped``.
     """
     extractors = registry.ordered(names)
-    validators = registry.validators_for(x.name for x in extractors) if validate else []
-    ran = [x.name for x in extractors]
-    plan = ",".join(ran)
     extracting = [BatchExtractor(x, _plugin_label(registry, x.name)) for x in extractors]
+    left_out: list[Skipped] = []
+    skip = _skipper(left_out, skipped, announce)
     # The worker is forked first, before any connection or temporary file exists for it to
     # inherit; the overlay keeps a dry run's would-be rows on disk.
     with _worker(url, options, extracting) as worker, closing(Overlay()) as overlay:
         async with Database(url, read_only=options.dry_run) as db:
+            extracting = await _usable_extractors(db, registry, extracting, explicit, skip)
+            if not extracting and left_out:
+                raise NothingToDo(
+                    f"nothing to run: every extractor was skipped, since {db.shown} lacks tables they "
+                    "need (see the lines above); check --database, or name an extractor to see what it needs",
+                    [s.to_dict() for s in left_out],
+                )
+            ran = [x.extractor.name for x in extracting]
+            plan = ",".join(ran)
+            chosen = registry.validators_for(ran) if validate else []
+            validators = await _usable_validators(db, registry, chosen, False, "backfilling", skip)
             ledger = None if options.dry_run else Ledger(db)
             runners = [
                 BatchRunner(db, x, options, report.errors, progress, overlay, ledger, worker)
@@ -55,9 +95,7 @@ async def run_backfill(
             ]
             for runner in runners:  # every schema is checked before anything is written
                 await runner.check_schema()
-            for v in validators:
-                await db.check_schema(v.tables)
-            check_thresholds(validators, thresholds or {}, ran)
+            check_thresholds(validators, thresholds or {}, ran, _validators_of(left_out))
             if not options.dry_run:  # a dry run does not validate
                 check_compiles(db, validators, ran)
             done: dict[str, int] = {}
@@ -105,9 +143,104 @@ async def run_backfill(
                 report.validation_skipped = "--no-validate"
             elif options.dry_run:
                 report.validation_skipped = "dry run"
+            elif chosen and not validators:
+                report.validation_skipped = "the validators of these extractors lack their tables"
             else:
                 report.validation = await run_validators(db, validators, thresholds, ran)
     return report
+
+
+def _skipper(into: list[Skipped], also: list[Skipped] | None, announce: Callable[[str], object]) -> Skip:
+    """Record a skipped extractor or validator in ``into`` and ``also``, and announce it."""
+
+    def skip(item: Skipped) -> None:
+        into.append(item)
+        if also is not None:
+            also.append(item)
+        announce(str(item))
+
+    return skip
+
+
+def _validators_of(skipped: Sequence[Skipped]) -> dict[str, str]:
+    return {s.name: s.reason for s in skipped if s.kind == "validator"}
+
+
+async def _usable_extractors(
+    db: Database, registry: Registry, extracting: list[BatchExtractor], named: bool, skip: Skip
+) -> list[BatchExtractor]:
+    """The extractors whose tables and columns exist. Unless they were ``named``, one whose table
+    is absent is skipped, and so is one that depends on a skipped one; otherwise a missing table
+    or column ends the command (SchemaMissing)."""
+    usable: list[BatchExtractor] = []
+    left_out: set[str] = set()
+    for extract in extracting:
+        x = extract.extractor
+        reads = {x.source_table: set(extract.cols)}
+        needed = dict(reads)  # the source first: the table that tells whose database this is
+        for table, columns in extract.written.items():
+            needed[table] = needed.get(table, set()) | columns
+        gap = await db.schema_gap(needed)
+        plugin = _plugin_name(registry, "extractor", x.name)
+        after = next((d for d in x.depends_on if d in left_out), None)
+        if not named and gap is not None and not gap.columns:
+            skip(Skipped("extractor", x.name, plugin, gap.describe(db.shown)))
+        elif not named and after is not None:
+            skip(
+                Skipped("extractor", x.name, plugin, f"it depends on extractor {after!r}, which was skipped")
+            )
+        elif gap is not None:
+            read, written = (
+                (gap.table in reads, gap.table in extract.written)
+                if not gap.columns
+                else (
+                    any(c in reads.get(gap.table, ()) for c in gap.columns),
+                    any(c in extract.written.get(gap.table, ()) for c in gap.columns),
+                )
+            )
+            raise gap.error(
+                db.shown,
+                user=f"extractor {x.name!r} (plugin {plugin})",
+                uses="reads and writes" if read and written else "reads" if read else "writes",
+                before="backfilling",
+                leave_out=(
+                    f"leave {x.name!r} out (`backfill run --all` skips it) or disable its plugin "
+                    f"({DISABLE_PLUGINS_ENV}={plugin})"
+                    if read
+                    else ""
+                ),
+            )
+        else:
+            usable.append(extract)
+            continue
+        left_out.add(x.name)
+    return usable
+
+
+async def _usable_validators(
+    db: Database, registry: Registry, validators: Sequence[Validator], named: bool, before: str, skip: Skip
+) -> list[Validator]:
+    """The validators whose tables and columns exist. Unless they were ``named``, one whose table
+    is absent is skipped; otherwise a missing table or column ends the command (SchemaMissing)."""
+    usable: list[Validator] = []
+    for v in validators:
+        gap = await db.schema_gap(v.tables)
+        plugin = _plugin_name(registry, "validator", v.name)
+        if gap is None:
+            usable.append(v)
+        elif not named and not gap.columns:
+            skip(Skipped("validator", v.name, plugin, gap.describe(db.shown)))
+        else:
+            raise gap.error(
+                db.shown,
+                user=f"validator {v.name!r} (plugin {plugin})",
+                before=before,
+                leave_out=(
+                    f"leave {v.name!r} out (a bare `backfill validate` skips it) or disable its plugin "
+                    f"({DISABLE_PLUGINS_ENV}={plugin})"
+                ),
+            )
+    return usable
 
 
 async def _retry(
@@ -156,11 +289,28 @@ async def validate_only(
     url: URL,
     report: RunReport,
     thresholds: Mapping[str, float] | None = None,
+    *,
+    announce: Callable[[str], object] = lambda _line: None,
+    skipped: list[Skipped] | None = None,
 ) -> RunReport:
-    """Run validators (all of them when ``names`` is empty) without extracting anything."""
+    """Run validators (all of them when ``names`` is empty) without extracting anything.
+
+    Without ``names``, a validator whose table is absent is skipped: announced and appended to
+    ``skipped``. A validator named whose table or column is missing ends the command.
+    """
     validators = [registry.validator(n) for n in names] if names else list(registry.validators.values())
+    left_out: list[Skipped] = []
     async with Database(url) as db:  # read-write only so that a hot journal can be recovered
-        report.validation = await run_validators(db, validators, thresholds)
+        skip = _skipper(left_out, skipped, announce)
+        usable = await _usable_validators(db, registry, validators, bool(names), "validating", skip)
+        if validators and not usable:
+            raise NothingToDo(
+                f"nothing to validate: every validator was skipped, since {db.shown} lacks tables they "
+                "need (see the lines above); check --database, or name a validator to see what it needs",
+                [s.to_dict() for s in left_out],
+            )
+        check_thresholds(usable, thresholds or {}, None, _validators_of(left_out))
+        report.validation = await run_validators(db, usable, thresholds, command="validate")
     return report
 
 
@@ -188,6 +338,11 @@ def _options(options: RunOptions) -> dict[str, object]:
 def _plugin_label(registry: Registry, extractor: str) -> str:
     info = registry.owner.get(("extractor", extractor))
     return f"{info.name} ({info.distribution} {info.version})" if info else ""
+
+
+def _plugin_name(registry: Registry, kind: str, name: str) -> str:
+    info = registry.plugin_of(kind, name)
+    return info.name if info else "?"
 
 
 def _version(registry: Registry, extractor: str) -> str:

@@ -66,6 +66,7 @@ def test_list_plugins_json(cli: RunCli, plugin_site: Path) -> None:
         "validators": [],
         "commands": False,
         "conflicts": [],
+        "problems": [],
     }
     assert plugins["good_extra"]["status"] == "ok"
     assert plugins["good_extra"]["distribution"] == GOOD_DIST

@@ -456,3 +456,193 @@ def test_discover_reports_a_plugin_that_fails_to_import(
     assert len(lines) == 1 and "backfill-unit-broken" in lines[0] and "missing dependency foo" in lines[0]
     with pytest.raises(PluginUnavailable):
         registry.extractor("unit_fake_one")
+
+
+# -- leaving plugins out: BACKFILL_DISABLE_PLUGINS, --disable-plugin -----------------------------
+
+
+def test_disable_forgets_a_loaded_plugin_and_gives_a_shared_name_back() -> None:
+    registry, warn = registry_with(
+        plugin("FirstPlugin", extractor("shared"), extractor("alpha")),
+        plugin("SecondPlugin", extractor("shared"), extractor("beta")),
+    )
+    assert "shared" not in registry.extractors
+
+    unknown = registry.disable(["secondplugin", "no-such-plugin"], "--disable-plugin")
+
+    assert unknown == ["no-such-plugin"]
+    assert status(registry) == {"FirstPlugin": "ok", "SecondPlugin": "disabled"}
+    first, second = registry.plugins
+    assert second.error == "named by --disable-plugin"
+    assert (second.extractors, second.conflicts, second.commands) == ([], [], False)
+    assert (first.extractors, first.conflicts) == (["shared", "alpha"], [])
+    assert sorted(registry.extractors) == ["alpha", "shared"]
+    assert registry.plugin_of("extractor", "shared") is first
+    assert not registry.pm.has_plugin(second.key)
+    with pytest.raises(UsageError) as info:
+        registry.extractor("beta")
+    assert str(info.value) == (
+        "unknown extractor 'beta' (available: alpha, shared; --disable-plugin left out "
+        "SecondPlugin (SecondPlugin)); see `backfill list-plugins`"
+    )
+    assert len(warn.getvalue().splitlines()) == 1  # the conflict, reported when it arose; nothing since
+
+
+def test_disable_leaves_a_broken_plugin_out_of_the_unknown_name_errors() -> None:
+    registry, _ = registry_with(plugin("Broken", raise_after=ImportError("no module named x")))
+
+    assert registry.disable(["Broken"], "BACKFILL_DISABLE_PLUGINS") == []
+
+    assert (registry.plugins[0].status, registry.plugins[0].error) == (
+        "disabled",
+        "named in BACKFILL_DISABLE_PLUGINS",
+    )
+    with pytest.raises(UsageError) as info:  # no longer "it may come from a plugin that failed"
+        registry.extractor("gamma")
+    assert not isinstance(info.value, PluginUnavailable)
+
+
+# -- an extractor that depends on an unknown one ------------------------------------------------
+
+
+def test_an_unknown_dependency_is_a_problem_of_its_plugin_until_another_provides_it() -> None:
+    registry, _ = registry_with(
+        plugin("Orphans", extractor("orphan", depends_on=("ghost",)), extractor("fine"))
+    )
+    (orphans,) = registry.plugins
+    assert orphans.status == "ok"
+    assert orphans.problems == ["extractor 'orphan' depends on unknown extractor 'ghost'"]
+    assert orphans.to_dict()["problems"] == orphans.problems
+
+    registry.add(plugin("Ghosts", extractor("ghost")))
+
+    assert orphans.problems == []
+
+
+def test_a_dependency_registered_twice_is_a_problem_too() -> None:
+    registry, _ = registry_with(
+        plugin("Needy", extractor("needy", depends_on=("shared",))),
+        plugin("P1", extractor("shared")),
+        plugin("P2", extractor("shared")),
+    )
+
+    assert registry.plugins[0].problems == [
+        "extractor 'needy' depends on extractor 'shared', which two plugins register (so it is disabled)"
+    ]
+    with pytest.raises(PluginUnavailable) as info:
+        registry.ordered(["needy"])
+    assert str(info.value).startswith(
+        "extractor 'needy' (plugin Needy) depends on extractor 'shared', which is registered by both "
+    )
+
+
+def test_running_an_extractor_with_an_unknown_dependency_names_it_its_plugin_and_what_to_do() -> None:
+    registry, _ = registry_with(
+        plugin("Orphans", extractor("orphan", depends_on=("ghost",)), extractor("fine"))
+    )
+
+    with pytest.raises(UsageError) as info:
+        registry.ordered(["fine", "orphan"])
+
+    assert info.value.exit_code == 2
+    assert str(info.value) == (
+        "extractor 'orphan' (plugin Orphans) depends on unknown extractor 'ghost' (available: fine, orphan); "
+        "see `backfill list-plugins`. Install or enable the plugin that provides 'ghost', ask the authors "
+        "of plugin Orphans to fix its depends_on, or leave that plugin out (BACKFILL_DISABLE_PLUGINS=Orphans)"
+    )
+
+
+def test_an_unknown_dependency_with_a_broken_plugin_says_it_may_come_from_it() -> None:
+    registry, _ = registry_with(
+        plugin("Orphans", extractor("orphan", depends_on=("ghost",))),
+        plugin("Broken", raise_after=ImportError("no module named x")),
+    )
+
+    with pytest.raises(PluginUnavailable) as info:
+        registry.ordered(["orphan"])
+
+    assert str(info.value).startswith(
+        "extractor 'orphan' (plugin Orphans) depends on unknown extractor 'ghost'; it may come from a "
+        "plugin that failed to load (plugin 'Broken'"
+    )
+
+
+# -- leaving plugins out at discovery -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("selector", ["fakeplug", "Backfill.Unit-Fake", "other, backfill_unit_fake"])
+def test_discover_leaves_out_what_backfill_disable_plugins_names(
+    monkeypatch: pytest.MonkeyPatch, fake_distribution: Callable[..., str], selector: str
+) -> None:
+    module = fake_distribution("backfill_unit_fake", GOOD_MODULE)
+    monkeypatch.setenv("BACKFILL_DISABLE_PLUGINS", selector)
+    warn = io.StringIO()
+
+    registry = Registry.discover(warn=warn)
+
+    check_builtin(registry)
+    fake = next(p for p in registry.plugins if p.name == "fakeplug")
+    assert (fake.status, fake.error) == ("disabled", "named in BACKFILL_DISABLE_PLUGINS")
+    assert "unit_fake_one" not in registry.extractors
+    assert module not in sys.modules  # never imported
+    unknown = "'other' (installed: testmanagement, fakeplug)"
+    said = f"backfill: BACKFILL_DISABLE_PLUGINS names no installed plugin: {unknown}\n"
+    expected = said if "other" in selector else ""
+    assert warn.getvalue() == expected
+
+
+def test_the_builtin_plugin_can_be_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BACKFILL_LOAD_PLUGINS never leaves it out; BACKFILL_DISABLE_PLUGINS and --disable-plugin do."""
+    monkeypatch.setenv("BACKFILL_LOAD_PLUGINS", "")
+    monkeypatch.setenv("BACKFILL_DISABLE_PLUGINS", "testmanagement")
+    by_env = Registry.discover(warn=io.StringIO())
+    monkeypatch.delenv("BACKFILL_DISABLE_PLUGINS")
+    by_option = Registry.discover(warn=io.StringIO(), disable=["backfill"])
+
+    for registry, reason in (
+        (by_env, "named in BACKFILL_DISABLE_PLUGINS"),
+        (by_option, "named by --disable-plugin"),
+    ):
+        (builtin,) = registry.plugins
+        assert (builtin.name, builtin.status, builtin.error) == ("testmanagement", "disabled", reason)
+        assert registry.extractors == {} and registry.validators == {}
+        assert registry.pm.hook.register_commands.get_hookimpls() == []
+    with pytest.raises(UsageError) as info:
+        by_env.extractor("test_features")
+    assert "BACKFILL_DISABLE_PLUGINS left out testmanagement (backfill)" in str(info.value)
+
+
+def test_disable_plugin_names_are_read_before_the_command() -> None:
+    from backfill_core.cli import _disabled_in
+
+    assert _disabled_in(
+        ["--disable-plugin", "a,b", "--disable-plugin=c", "run", "--disable-plugin", "d"]
+    ) == [
+        "a",
+        "b",
+        "c",
+    ]
+    assert _disabled_in(["-h"]) == []
+    assert _disabled_in(["--", "--disable-plugin", "x"]) == []
+    assert _disabled_in(["--disable-plugin"]) == []
+
+
+def test_the_option_leaves_out_a_plugin_of_a_registry_built_beforehand() -> None:
+    """In process (the testing kit's invoke_cli) the registry exists before the option is parsed:
+    the option disables it there."""
+    from backfill_core.testing import invoke_cli
+
+    registry, _ = registry_with(
+        plugin("FirstPlugin", extractor("alpha")), plugin("SecondPlugin", extractor("beta"))
+    )
+
+    listed = invoke_cli(["--disable-plugin", "SecondPlugin", "list-plugins", "--json"], registry=registry)
+    refused = invoke_cli(["--disable-plugin", "Third", "list-plugins"], registry=registry)
+
+    assert listed.exit_code == 0, listed.stderr
+    assert {p["name"]: (p["status"], p["error"]) for p in listed.json()} == {
+        "FirstPlugin": ("ok", None),
+        "SecondPlugin": ("disabled", "named by --disable-plugin"),
+    }
+    assert refused.exit_code == 2
+    assert "no installed plugin is named 'Third' (installed: FirstPlugin, SecondPlugin)" in refused.stderr
