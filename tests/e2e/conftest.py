@@ -116,6 +116,13 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def shop_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The plugins for another application (tests/plugins/backfill-shop-plugin) and the one whose
+    extractor depends on an unknown extractor (backfill-orphan-plugin), in their own target dir."""
+    return _install(tmp_path_factory, ("backfill-shop-plugin", "backfill-orphan-plugin"))
+
+
+@pytest.fixture(scope="session")
 def probe_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The probe plugin (tests/plugins/backfill-probe-plugin), installed into its own target dir."""
     return _install(tmp_path_factory, ("backfill-probe-plugin",))
