@@ -82,10 +82,11 @@ def test_list_plugins_shows_it(site: Path) -> None:
     example = plugins["example"]
     assert example["status"] == "ok", example["error"]
     assert example["distribution"] == "backfill-example-plugin"
-    assert example["extractors"] == ["bug_severity"]
-    assert example["validators"] == ["severity_coverage"]
+    assert example["extractors"] == ["bug_severity", "bug_steps"]
+    assert example["validators"] == ["severity_coverage", "steps_coverage"]
     assert plugins["testmanagement"]["status"] == "ok"
-    assert "severity-ddl" in backfill(site, "--help").stdout
+    commands = backfill(site, "--help").stdout
+    assert "severity-ddl" in commands and "example-ddl" in commands
 
 
 def expected_severities(db: Path) -> tuple[dict[int, str], dict[str, int]]:

@@ -39,7 +39,7 @@ SAMPLE = {
     "status": "accepted",
     "test_feature": {"id": 4, "title": "Login checkout search."},
     "device": {"name": "Pixel 8", "os_version": "14.0"},
-    "steps": "Open the app. Log in. Add to cart.",
+    "steps": ["Open the app.", "Log in.", "Add to cart."],
     "expected_result": "The cart shows the item.",
     "actual_result": "The cart is empty.",
 }
@@ -111,8 +111,8 @@ def test_plugin_registers_its_extractor_validator_and_command(
     register_plugin: Callable[..., PluginInfo],
 ) -> None:
     info = register_plugin(plugin)
-    assert info.extractors == ["bug_severity"]
-    assert info.validators == ["severity_coverage"]
+    assert info.extractors == ["bug_severity", "bug_steps"]
+    assert info.validators == ["severity_coverage", "steps_coverage"]
     assert info.commands
 
 

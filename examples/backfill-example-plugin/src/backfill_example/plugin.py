@@ -7,24 +7,39 @@ from collections.abc import Callable
 import click
 from backfill_core import Extractor, Validator, hookimpl
 
-from backfill_example.extractors import BugSeverityExtractor
+from backfill_example.extractors import BugSeverityExtractor, BugStepsExtractor
 from backfill_example.models import DDL
-from backfill_example.validators import SeverityCoverage
+from backfill_example.validators import SeverityCoverage, StepsCoverage
 
 
 @hookimpl
 def register_extractors(register: Callable[[Extractor], None]) -> None:
     register(BugSeverityExtractor())
+    register(BugStepsExtractor())
 
 
 @hookimpl
 def register_validators(register: Callable[[Validator], None]) -> None:
     register(SeverityCoverage())
+    register(StepsCoverage())
 
 
-@click.command("severity-ddl")
+@click.command("example-ddl", short_help="Print the CREATE TABLE statements of the plugin's tables.")
+def example_ddl() -> None:
+    """Print the CREATE TABLE statements of the plugin's tables, bug_severities and bug_steps
+    (apply them, then run bug_severity and bug_steps).
+
+    \b
+    backfill example-ddl | sqlite3 cache.db
+    backfill example-ddl | psql "$DATABASE"
+    """
+    click.echo(DDL, nl=False)
+
+
+@click.command("severity-ddl", short_help="Print the plugin's CREATE TABLE statements (as example-ddl).")
 def severity_ddl() -> None:
-    """Print the CREATE TABLE statement for bug_severities (apply it, then run bug_severity).
+    """Print the CREATE TABLE statements of the plugin's tables, bug_severities and bug_steps
+    (the same as example-ddl; kept under its first name for scripts that use it).
 
     \b
     backfill severity-ddl | sqlite3 cache.db
@@ -35,4 +50,5 @@ def severity_ddl() -> None:
 
 @hookimpl
 def register_commands(cli: click.Group) -> None:
+    cli.add_command(example_ddl)
     cli.add_command(severity_ddl)
