@@ -15,10 +15,11 @@ from hypothesis import find, given, settings
 from hypothesis import strategies as st
 from kit_examples import FILLABLE, ITEMS, LABELS, ROW, STATUS, Appends, Labels, Totals
 
-from backfill_core import Ref, Row, Upsert
+from backfill_core import Children, Extractor, Ref, Row, Update, Upsert
 from backfill_core.testing import (
     MIN_ACCEPTED,
     CheckSummary,
+    check_dry_run_agrees,
     check_extractor,
     check_idempotent,
     json_values,
@@ -246,3 +247,37 @@ def test_json_values_draw_nan_and_infinity_when_asked() -> None:
     values = json_values(max_leaves=3, allow_nonfinite=True)
     find(values, lambda v: any(math.isnan(f) for f in floats(v)), settings=search)
     find(values, lambda v: math.inf in floats(v), settings=search)
+
+
+# -- deletes: a Children change's leftovers ----------------------------------------------------------
+
+TAGS = """
+CREATE TABLE items (id INTEGER PRIMARY KEY, payload TEXT);
+CREATE TABLE tags (item_id INTEGER NOT NULL, tag TEXT NOT NULL, PRIMARY KEY (item_id, tag));
+"""
+
+
+class ShrinksItsTags(Extractor):
+    """Deterministic, but its first run rewrites its own source: the second run deletes a tag."""
+
+    name = "shrinks_its_tags"
+    source = "items"
+    columns = ("id", "payload")
+    writes = {"items": ("id", "payload"), "tags": ("item_id", "tag")}
+
+    def extract(self, row: Row) -> list[Update | Children]:
+        tags = [{"tag": "a"}, {"tag": "b"}] if row["payload"] == "x" else [{"tag": "a"}]
+        rewrite = [Update("items", key={"id": row["id"]}, values={"payload": "y"})]
+        return [
+            *(rewrite if row["payload"] == "x" else []),
+            Children("tags", {"item_id": row["id"]}, ("tag",), tags),
+        ]
+
+
+def test_a_second_run_that_only_deletes_is_not_idempotent(tmp_path: Path) -> None:
+    with pytest.raises(
+        AssertionError, match=r"not idempotent: .* inserted 0 and updated 0 rows, deleted 1"
+    ) as e:
+        check_idempotent(ShrinksItsTags(), [{"id": 1, "payload": "x"}], tmp_path / "a.db", schema=TAGS)
+    assert "tags: before [(1, 'b')], after []" in str(e.value)
+    check_dry_run_agrees(ShrinksItsTags(), [{"id": 1, "payload": "x"}], tmp_path / "b.db", schema=TAGS)
