@@ -58,6 +58,8 @@ test_json = payloads_like(
     overrides={
         # few feature ids, so rows of one batch upsert the same feature
         "features[].id": st.integers(min_value=0, max_value=8),
+        # mostly the catalogue's feature 500 (seeded below), so that changes reach the database
+        "features[].feature_id": st.just(500) | st.integers(min_value=0, max_value=1000),
         "features[].user_stories": st.none() | st.lists(st.text(max_size=10), max_size=2),
         **{f"features[].{f}": flag for f in FLAGS},
     },
@@ -95,9 +97,11 @@ CATALOGUE = {
 def test_test_features_properties() -> None:
     check_extractor(
         TF,
+        seed=CATALOGUE,
         rows=well_formed_rows(TF, {"data": test_json}) | rows(TF),
         max_examples=150,
         database_examples=25,
+        min_changed=0.1,
     )
 
 
@@ -108,6 +112,7 @@ def test_bug_attribution_properties() -> None:
         rows=well_formed_rows(BA, {"raw_data": bug_json}) | rows(BA),
         max_examples=150,
         database_examples=25,
+        min_changed=0.1,
     )
 
 
