@@ -1,5 +1,6 @@
 """The example third-party plugin, installed as a regular (non-editable) package: it shows in
-``backfill list-plugins``, ``backfill run`` of it works end to end, and its own tests pass."""
+``backfill list-plugins``, ``backfill run`` of it works end to end (``bug_steps``, its Children
+change, on SQLite and on PostgreSQL), and its own tests pass."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from backends import KINDS, Backend, PostgresBackend, SqliteBackend
 from backfill_plugins.testmanagement import synthetic
+from pg_support import scratch_database
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "backfill-example-plugin"
@@ -132,6 +137,191 @@ def test_run_end_to_end(site: Path, tmp_path: Path) -> None:
     again = json.loads(backfill(site, "run", "bug_severity", "-d", db, "-q", "--json").stdout)
     assert (again["extractors"][0]["inserted"], again["extractors"][0]["updated"]) == (0, 0)
     assert again["extractors"][0]["unchanged"] == len(expected)
+
+
+# -- bug_steps: a Children change, end to end on both databases -------------------------------------
+
+Steps = dict[tuple[int, int], str]
+"""bug_steps as {(bug_id, step_no): step}."""
+COUNTS = ("inserted", "updated", "deleted", "unchanged")
+
+
+def expected_run(raws: dict[int, str], before: Steps) -> tuple[Steps, dict[str, int], dict[str, int]]:
+    """What a run of bug_steps over bugs ``raws`` (id -> raw_data) makes of ``before``: the table
+    after it, the counts and the record errors by kind, worked out from the JSON independently."""
+    after = dict(before)
+    counts = dict.fromkeys(COUNTS, 0)
+    errors: dict[str, int] = {}
+    for bug_id, raw in raws.items():
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            errors["invalid-json"] = errors.get("invalid-json", 0) + 1
+            continue
+        steps = data.get("steps")
+        if steps is None:
+            continue  # no steps named: the rows stay
+        kind = (
+            "invalid-shape"
+            if not isinstance(steps, list)
+            else "invalid-type"
+            if not all(isinstance(s, str) for s in steps)
+            else None
+        )
+        if kind:
+            errors[kind] = errors.get(kind, 0) + 1
+            continue
+        old = {no: text for (bug, no), text in before.items() if bug == bug_id}
+        new = dict(enumerate(steps, 1))
+        for no in old.keys() - new.keys():
+            del after[bug_id, no]
+            counts["deleted"] += 1
+        for no, text in new.items():
+            after[bug_id, no] = text
+            what = "inserted" if no not in old else "unchanged" if old[no] == text else "updated"
+            counts[what] += 1
+    return after, counts, errors
+
+
+def summary_row(stdout: str, name: str) -> dict[str, str]:
+    """The summary table's row for extractor ``name``, by column (one-word headings)."""
+    lines = stdout.splitlines()
+    header = next(line for line in lines if line.startswith("extractor "))
+    row = next(line for line in lines if line.startswith(f"{name} "))
+    return dict(zip(header.split(), row.split(), strict=True))
+
+
+class StepsDatabase:
+    """A synthetic test-management database on one backend, for bug_steps."""
+
+    def __init__(self, db: Backend) -> None:
+        self.db = db
+
+    def apply(self, script: str) -> None:
+        if isinstance(self.db, SqliteBackend):
+            with sqlite3.connect(self.db.path) as conn:
+                conn.executescript(script)
+        else:
+            self.db.execute(script)
+
+    def raws(self) -> dict[int, str]:
+        return dict(self.db.rows("SELECT id, raw_data FROM bugs ORDER BY id"))
+
+    def steps(self) -> Steps:
+        return {(bug, no): text for bug, no, text in self.db.rows("SELECT * FROM bug_steps")}
+
+    def set_raw(self, bug_id: int, data: dict[str, Any]) -> None:
+        text = json.dumps(data).replace("'", "''")
+        self.db.execute(f"UPDATE bugs SET raw_data = '{text}' WHERE id = {bug_id}")
+
+    def json_value_works(self) -> bool:
+        """Whether the validators can run: SQLite, or PostgreSQL 16 or later (json_value)."""
+        return self.db.kind == "sqlite" or int(self.db.scalar("SHOW server_version_num")) >= 160000
+
+
+@pytest.fixture(scope="module")
+def steps_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic database (about 110 bugs with 2 to 4 steps each), never written to."""
+    path = tmp_path_factory.mktemp("steps") / "source.db"
+    synthetic.build(path, 25, seed=11)
+    path.chmod(0o444)
+    return path
+
+
+@pytest.fixture(params=KINDS)
+def steps_db(request: pytest.FixtureRequest, steps_source: Path, tmp_path: Path) -> Iterator[StepsDatabase]:
+    if request.param == "sqlite":
+        path = tmp_path / "steps.db"
+        shutil.copy(steps_source, path)
+        path.chmod(0o644)
+        yield StepsDatabase(SqliteBackend(path))
+        return
+    with scratch_database(steps_source) as url:
+        yield StepsDatabase(PostgresBackend("postgresql", url))
+
+
+def test_bug_steps_follows_the_json_as_it_changes(site: Path, steps_db: StepsDatabase) -> None:
+    """``bug_steps`` on a real database: the first run inserts every step; after lists shrink,
+    lose a middle step, grow or empty, the next run leaves bug_steps exactly as the JSON says,
+    deleting what the lists left out and counting it (dry run, summary, --json, ledger); a third
+    run changes nothing."""
+    database = ["-d", steps_db.db.url]
+    validate = steps_db.json_value_works()
+    run = ["run", "bug_steps", *database, "-q", *([] if validate else ["--no-validate"])]
+
+    ddl = backfill(site, "example-ddl")
+    assert ddl.returncode == 0, ddl.stderr
+    steps_db.apply(ddl.stdout)
+
+    first = backfill(site, *run, "--json")
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    [stats] = report["extractors"]
+    expected, counts, errors = expected_run(steps_db.raws(), {})
+    assert errors == {"invalid-json": 1}, "the synthetic data should hold one truncated JSON"
+    assert {c: stats[c] for c in COUNTS} == counts
+    assert counts["inserted"] == len(expected) > 250 and counts["deleted"] == 0
+    assert stats["errors_by_tier"] == {"record": errors}
+    assert steps_db.steps() == expected
+    if validate:
+        assert [(m["metric"], m["passed"]) for m in report["validation"]] == [
+            ("bugs_with_steps", True),
+            ("empty_steps_cleared", True),
+        ]
+
+    # Edit bugs with three or more steps.
+    long: list[tuple[int, dict[str, Any]]] = []
+    for bug_id, raw in steps_db.raws().items():
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            continue
+        if len(data["steps"]) >= 3:
+            long.append((bug_id, data))
+    edits: dict[str, Callable[[list[str]], Any]] = {
+        "shrink": lambda s: s[:1],
+        "drop the middle step": lambda s: [s[0], *s[2:]],
+        "grow": lambda s: [*s, "Scroll down.", "Tap „Bezahlen“."],
+        "empty": lambda s: [],
+        "reword one": lambda s: [s[0], s[1] + " Again.", *s[2:]],
+        "not a list": lambda s: " ".join(s),  # invalid-shape: its rows stay
+        "an item not text": lambda s: [*s, 4],  # invalid-type: its rows stay
+    }
+    assert len(long) > len(edits) + 1
+    for (bug_id, data), edit in zip(long, edits.values(), strict=False):
+        steps_db.set_raw(bug_id, {**data, "steps": edit(data["steps"])})
+    untouched_id, untouched = long[len(edits)]
+    del untouched["steps"]  # no steps named: its rows stay
+    steps_db.set_raw(untouched_id, untouched)
+    before = steps_db.steps()
+    expected, counts, errors = expected_run(steps_db.raws(), before)
+    assert counts["deleted"] >= 5 and counts["inserted"] == 2 and counts["updated"] >= 2
+    assert expected != before and untouched_id in {bug for bug, _ in expected}
+
+    dry = backfill(site, *run, "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    [dry_stats] = json.loads(dry.stdout)["extractors"]
+    assert {c: dry_stats[c] for c in COUNTS} == counts
+    assert steps_db.steps() == before
+
+    second = backfill(site, *run)
+    assert second.returncode == 0, second.stderr
+    row = summary_row(second.stdout, "bug_steps")
+    assert {c: int(row[c]) for c in COUNTS} == counts
+    assert int(row["errors"]) == sum(errors.values())
+    assert steps_db.steps() == expected
+    ledger = steps_db.db.rows("SELECT inserted, updated, deleted FROM backfill_runs ORDER BY id")
+    assert ledger[-1] == (counts["inserted"], counts["updated"], counts["deleted"])
+    if validate:
+        assert "pass  steps_coverage.empty_steps_cleared = 100.0% [1/1]" in second.stdout
+
+    third = backfill(site, *run, "--json")
+    assert third.returncode == 0, third.stderr
+    [again] = json.loads(third.stdout)["extractors"]
+    same, counts, _ = expected_run(steps_db.raws(), expected)
+    assert same == expected and counts["unchanged"] > 250
+    assert {c: again[c] for c in COUNTS} == {**counts, "inserted": 0, "updated": 0, "deleted": 0}
+    assert steps_db.steps() == expected
 
 
 def test_the_examples_own_tests_pass(site: Path, source: Path) -> None:
