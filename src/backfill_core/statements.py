@@ -87,11 +87,11 @@ class Statements:
         """The rows whose key is one of ``n`` keys, given flattened in key-column order.
 
         SQLite looks a composite key up by joining the distinct keys (a list of row values) to
-        the table, and so searches an index on the key's columns for each key, whatever their
-        order in the index and their types; for ``(a, b) IN (…)`` it often scans the whole table
-        instead (an index on ``(b, a)``, or on a text column). On PostgreSQL a composite key's
-        lookup is a :class:`KeyLookup`: a list of row values, typed by the columns they are
-        compared with but planned as one OR branch per key, which
+        the table, the keys first, and so searches an index on the key's columns for each key,
+        whatever their order in the index and their types; for ``(a, b) IN (…)`` it often scans
+        the whole table instead (an index on ``(b, a)``, or on a text column). On PostgreSQL a
+        composite key's lookup is a :class:`KeyLookup`: a list of row values, typed by the
+        columns they are compared with but planned as one OR branch per key, which
         :meth:`Database.fetch <backfill_core.database.Database.fetch>` runs as
         :meth:`array_lookup` instead.
         """
@@ -108,7 +108,7 @@ class Statements:
             on = " AND ".join(f"t.{q(c)} = k.column{i}" for i, c in enumerate(key_cols, 1))
             order = f" ORDER BY t.{q(order_by)}" if order_by else ""
             selected = ", ".join(f"t.{q(c)}" for c in columns)
-            return f"SELECT {selected} FROM {keys} JOIN {q(table)} AS t ON {on}{order}"
+            return f"SELECT {selected} FROM {keys} CROSS JOIN {q(table)} AS t ON {on}{order}"
         where = f"({self._names(key_cols)}) IN ({rows})"
         sql = f"SELECT {self._names(columns)} FROM {q(table)} WHERE {where}{order}"
         return KeyLookup(sql, table, columns, key_cols, order_by)

@@ -62,7 +62,7 @@ def test_postgres_parameters_are_numbered_in_order() -> None:
 def test_composite_key_lookup() -> None:
     assert SQLITE.lookup("links", ("a", "b", "v"), ("a", "b"), 2) == (
         "SELECT t.a, t.b, t.v FROM (SELECT DISTINCT * FROM (VALUES (?, ?), (?, ?))) AS k "
-        "JOIN links AS t ON t.a = k.column1 AND t.b = k.column2"
+        "CROSS JOIN links AS t ON t.a = k.column1 AND t.b = k.column2"
     )
     assert POSTGRES.lookup("links", ("a", "b", "v"), ("a", "b"), 2) == (
         "SELECT a, b, v FROM links WHERE (a, b) IN (($1, $2), ($3, $4))"
