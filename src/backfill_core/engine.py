@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Protocol
 
 from sqlalchemy import column, func, select, table
@@ -534,6 +535,7 @@ class BatchRunner:
         """The rows of ``table`` (as dicts of ``cols``) whose ``key_cols`` have one of ``keys``."""
         found: Rows = {}
         at = [cols.index(c) for c in key_cols]
+        composite = itemgetter(*at)  # a composite key's values as a tuple: 4x a generator's speed
         for chunk in _chunks(list(keys), IN_CHUNK // len(key_cols)):
             padded = _padded(chunk)
             params = [k[0] for k in padded] if len(key_cols) == 1 else [v for k in padded for v in k]
@@ -544,7 +546,7 @@ class BatchRunner:
                 # zip without strict=: the keyword costs more than the zip (rows are of cols)
                 found.update(((r[i],), dict(zip(cols, r))) for r in rows)  # noqa: B905
             else:
-                found.update((tuple(r[i] for i in at), dict(zip(cols, r))) for r in rows)  # noqa: B905
+                found.update((composite(r), dict(zip(cols, r))) for r in rows)  # noqa: B905
         return found
 
     async def _write(self, conn: BatchConnection, plan: Plan) -> None:
