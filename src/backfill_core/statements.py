@@ -89,9 +89,9 @@ class Statements:
         SQLite looks a composite key up by joining the distinct keys (a list of row values) to
         the table, the keys first, and so searches an index on the key's columns for each key,
         whatever their order in the index and their types; for ``(a, b) IN (…)`` it often scans
-        the whole table instead (an index on ``(b, a)``, or on a text column). On PostgreSQL a
-        composite key's lookup is a :class:`KeyLookup`: a list of row values, typed by the
-        columns they are compared with but planned as one OR branch per key, which
+        the whole table instead (with an index on ``(b, a)`` over a text column, for one). On
+        PostgreSQL a composite key's lookup is a :class:`KeyLookup`: a list of row values, typed
+        by the columns they are compared with but planned as one OR branch per key, which
         :meth:`Database.fetch <backfill_core.database.Database.fetch>` runs as
         :meth:`array_lookup` instead.
         """
