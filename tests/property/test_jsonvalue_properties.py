@@ -73,8 +73,10 @@ def test_lists_of_text_are_written_as_the_standard_encoder_writes_them(value: li
 @given(
     st.recursive(
         st.sampled_from([float("nan"), float("inf"), -float("inf")]),
-        lambda children: st.lists(children, min_size=1, max_size=3)
-        | st.dictionaries(st.text(max_size=5), children, min_size=1, max_size=3),
+        lambda children: (
+            st.lists(children, min_size=1, max_size=3)
+            | st.dictionaries(st.text(max_size=5), children, min_size=1, max_size=3)
+        ),
         max_leaves=10,
     ),
     json_values,

@@ -42,9 +42,10 @@ class ResetsPayload(Labels):
     name = "resets_payload"
 
     def extract(self, row: Row) -> list[Upsert]:
-        changes = super().extract(row)
-        row["payload"] = "{}"  # type: ignore[index]
-        return changes
+        try:
+            return super().extract(row)
+        finally:  # on every row, also one whose payload is a record error
+            row["payload"] = "{}"  # type: ignore[index]
 
 
 class ResetsWhileIterated(Labels):
@@ -53,8 +54,10 @@ class ResetsWhileIterated(Labels):
     name = "resets_while_iterated"
 
     def extract(self, row: Row) -> Iterator[Upsert]:  # type: ignore[override]
-        yield from super().extract(row)
-        row["payload"] = "{}"  # type: ignore[index]
+        try:
+            yield from super().extract(row)
+        finally:
+            row["payload"] = "{}"  # type: ignore[index]
 
 
 class Appends(Extractor):
