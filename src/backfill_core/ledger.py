@@ -63,7 +63,7 @@ runs = Table(
     Column("options", Text),
     Column("last_key", Text),
     Column("total", Integer),
-    *(Column(name, Integer, nullable=False, default=0) for name in COUNTS),
+    *(Column(name, Integer, nullable=False, default=0, server_default="0") for name in COUNTS),
     Column("started_at", DateTime, nullable=False),
     Column("finished_at", DateTime),
     Column("heartbeat_at", DateTime, nullable=False),
