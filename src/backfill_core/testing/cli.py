@@ -13,9 +13,9 @@ from typing import Any
 from click.testing import CliRunner
 
 from backfill_core.database import DATABASE_ENV
-from backfill_core.plugins import LOAD_PLUGINS_ENV, Registry
+from backfill_core.plugins import DISABLE_PLUGINS_ENV, LOAD_PLUGINS_ENV, Registry
 
-SCRUBBED = (DATABASE_ENV, LOAD_PLUGINS_ENV)
+SCRUBBED = (DATABASE_ENV, LOAD_PLUGINS_ENV, DISABLE_PLUGINS_ENV)
 """Variables unset for the command unless ``env`` sets them: a test never reaches the user's
 default database by accident."""
 

@@ -150,7 +150,7 @@ def rows(
     insert them, and the row checks give ``extract`` only the columns it reads, as the engine
     does.
     """
-    return _row(extractor, key or keys(), columns or {}, sql_values(), extra)
+    return _row(extractor, keys() if key is None else key, columns or {}, sql_values(), extra)
 
 
 def _json_text_of(column: str) -> Callable[[Any], str]:
@@ -196,7 +196,7 @@ def well_formed_rows(
     fields.update(columns or {})
     return _row(
         extractor,
-        key or st.integers(min_value=1, max_value=10_000),
+        st.integers(min_value=1, max_value=10_000) if key is None else key,
         fields,
         others if others is not None else st.integers(min_value=1, max_value=5),
         extra,
