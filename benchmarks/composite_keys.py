@@ -56,7 +56,7 @@ from backfill_core import (
     resolve_url,
     run_backfill,
 )
-from backfill_core.report import ErrorLog
+from backfill_core.engine.stats import ErrorLog
 
 HERE = Path(__file__).resolve().parent
 SINGLE = "items_single"

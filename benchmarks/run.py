@@ -122,7 +122,7 @@ def report():
                          for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
 atexit.register(report)
 sys.argv = ["backfill", *sys.argv[2:]]
-from backfill_core.cli import main
+from backfill_core.app.cli import main
 sys.exit(main())
 """
 """What the ``backfill`` console script runs, plus a record of the peak RSS of the process itself

@@ -1,11 +1,18 @@
 """backfill: fill derived tables and columns from data the database already holds.
 
-The public API for plugin authors and for embedding the engine.
+The package's top level is the plugin contract: the changes an extractor returns, the
+``Extractor`` and ``Validator`` base classes, the hooks and the registry that discovers
+plugins, the errors and the JSON helpers.
+Importing it loads neither the engine nor a database driver. The API for embedding the
+engine in a program lives in ``backfill_core.app``; its names are also importable from here.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from backfill_core.changes import Change, Children, Ref, Skip, Update, Upsert
-from backfill_core.database import Database, resolve_url
-from backfill_core.engine import RunOptions
 from backfill_core.errors import (
     BackfillError,
     DatabaseUnavailable,
@@ -20,21 +27,28 @@ from backfill_core.extractor import Extractor, Row
 from backfill_core.hookspecs import hookimpl
 from backfill_core.jsonvalue import dump_json, parse_json
 from backfill_core.plugins import PluginInfo, Registry, make_registry
-from backfill_core.report import ErrorRecord, ExtractorStats, RunReport
-from backfill_core.run import run_backfill, validate_only
 from backfill_core.validator import Metric, MetricResult, Validator
+
+if TYPE_CHECKING:
+    from backfill_core.app import (
+        Database as Database,
+        ErrorRecord as ErrorRecord,
+        ExtractorStats as ExtractorStats,
+        RunOptions as RunOptions,
+        RunReport as RunReport,
+        resolve_url as resolve_url,
+        run_backfill as run_backfill,
+        validate_only as validate_only,
+    )
 
 __all__ = [
     "BackfillError",
     "Change",
     "Children",
-    "Database",
     "DatabaseUnavailable",
     "EnvironmentProblem",
-    "ErrorRecord",
     "ExitCode",
     "Extractor",
-    "ExtractorStats",
     "Metric",
     "MetricResult",
     "PluginInfo",
@@ -43,8 +57,6 @@ __all__ = [
     "Ref",
     "Registry",
     "Row",
-    "RunOptions",
-    "RunReport",
     "SchemaMissing",
     "Skip",
     "Update",
@@ -55,7 +67,22 @@ __all__ = [
     "hookimpl",
     "make_registry",
     "parse_json",
+]
+
+_EMBEDDING = {
+    "Database",
+    "ErrorRecord",
+    "ExtractorStats",
+    "RunOptions",
+    "RunReport",
     "resolve_url",
     "run_backfill",
     "validate_only",
-]
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The embedding API (``backfill_core.app``), loaded when first asked for."""
+    if name in _EMBEDDING:
+        return getattr(importlib.import_module("backfill_core.app"), name)
+    raise AttributeError(f"module 'backfill_core' has no attribute {name!r}")

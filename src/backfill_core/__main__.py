@@ -1,5 +1,5 @@
 """``python -m backfill_core`` runs the ``backfill`` command."""
 
-from backfill_core.cli import main
+from backfill_core.app.cli import main
 
 main()

@@ -5,9 +5,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy.sql import Select
+if TYPE_CHECKING:
+    from sqlalchemy.sql import Select
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from backfill_core.engine.stoppoints import StopPoint, stop_point
 from backfill_core.errors import UsageError
-from backfill_core.stoppoints import StopPoint, stop_point
 from pg_support import fetch, needs_server, scratch_database
 
 if TYPE_CHECKING:

@@ -169,7 +169,7 @@ def test_a_run_recorded_with_this_process_pid_is_dead(crash: Crash, small_with_l
         "import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
         "c.execute('UPDATE backfill_runs SET pid = ? WHERE id = ?', (os.getpid(), int(sys.argv[2])));"
         "c.commit(); c.close(); sys.argv = ['backfill', 'run', 'test_features', '-d', sys.argv[1], '-q'];"
-        "from backfill_core.cli import main; main()"
+        "from backfill_core.app.cli import main; main()"
     )
     fake = crash.insert_fake_run(
         path,

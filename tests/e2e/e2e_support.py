@@ -16,9 +16,11 @@ from typing import Any
 
 import cli_support
 from backfill_plugins.testmanagement import synthetic
-from cli_support import BACKFILL as BACKFILL  # re-exported for the test modules
-from cli_support import Env
-from cli_support import make_env as make_env
+from cli_support import (
+    BACKFILL as BACKFILL,  # re-exported for the test modules
+    Env,
+    make_env as make_env,
+)
 
 RunCli = Callable[..., subprocess.CompletedProcess[str]]
 

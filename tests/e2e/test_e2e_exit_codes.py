@@ -241,7 +241,7 @@ def test_exit_runs_atexit_handlers_and_flushes_output(fresh_db: Path) -> None:
         "atexit.register(lambda: print('atexit ran', file=sys.stderr))\n"
         "sys.stdout.write('buffered, no newline')\n"
         f"sys.argv = ['backfill', 'validate', '-d', {str(fresh_db)!r}, '--threshold', 'coverage=1.0']\n"
-        "from backfill_core.cli import main\n"
+        "from backfill_core.app.cli import main\n"
         "main()\n"
     )
     proc = subprocess.run(
@@ -259,7 +259,7 @@ def test_exit_waits_for_a_thread_a_plugin_left_running(fresh_db: Path) -> None:
         "import sys, threading, time\n"
         "threading.Thread(target=lambda: (time.sleep(0.5), print('thread done', flush=True))).start()\n"
         "sys.argv = ['backfill', '--version']\n"
-        "from backfill_core.cli import main\n"
+        "from backfill_core.app.cli import main\n"
         "main()\n"
     )
     proc = subprocess.run(

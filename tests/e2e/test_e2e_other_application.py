@@ -23,7 +23,7 @@ import pytest
 from e2e_support import RunCli, parse_json_output, plugin_env
 
 from backends import GOOD, KINDS, Backend, PostgresBackend, SqliteBackend, backends
-from backfill_core.database import display, resolve_url
+from backfill_core.store.database import display, resolve_url
 from cli_support import BACKFILL, make_env, wait_until_stopped
 from pg_support import SERVER, empty_database, execute, fetch, needs_server
 

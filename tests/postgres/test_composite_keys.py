@@ -29,7 +29,7 @@ from backfill_core import (
     resolve_url,
     run_backfill,
 )
-from backfill_core.report import ErrorLog
+from backfill_core.engine.stats import ErrorLog
 from pg_support import empty_database, execute, fetch, needs_server
 
 SCHEMA = [

@@ -104,7 +104,7 @@ def test_postgres_fused_metric_counts_match_separate_queries(pg_url: str) -> Non
     """A numerator and its denominator in one scan give the counts the two queries give (the
     JSON metric needs PostgreSQL 16, so on older servers it is computed apart, and not here)."""
     from backfill_core import Database, resolve_url
-    from backfill_core.validation import fused
+    from backfill_core.app.validation import fused
     from backfill_plugins.testmanagement.validators import CoverageValidator
 
     assert _run("run", "test_features", "bug_attribution", "-d", pg_url, "--no-validate").returncode == 0

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hypothesis import example, given, settings
-from hypothesis import strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from backfill_core import RecordError, Skip, Update, Upsert
 from backfill_core.changes import Change, check_change

@@ -6,8 +6,7 @@ import json
 import sqlite3
 from typing import Any
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from backfill_core import RecordError, dump_json, parse_json
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from backfill_core.changes import Change, Update, Upsert, fields
-from backfill_core.planner import Plan, extracted, plan_batch
+from backfill_core.engine.planner import Plan, extracted, plan_batch
 
 TARGET: tuple[str, tuple[str, ...]] = ("t", ("id",))
 DEFAULTS = {"flag": False}

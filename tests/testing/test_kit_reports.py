@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import find, given, settings
-from hypothesis import strategies as st
+from hypothesis import find, given, settings, strategies as st
 from kit_examples import FILLABLE, ITEMS, LABELS, ROW, STATUS, Appends, Labels, Totals
 
 from backfill_core import Children, Extractor, Ref, Row, Update, Upsert

@@ -15,11 +15,10 @@ import pytest
 
 import backfill_pytest
 from backfill_core import Extractor, Registry, Row, Update, hookimpl
-from backfill_core.cli import cli as real_cli
+from backfill_core.app.cli import cli as real_cli
 from backfill_core.plugins import PluginInfo
 from backfill_core.testing import CliResult
-from backfill_plugins.testmanagement import TestFeatureExtractor, models, synthetic
-from backfill_plugins.testmanagement import plugin as testmanagement
+from backfill_plugins.testmanagement import TestFeatureExtractor, models, plugin as testmanagement, synthetic
 
 PLUGIN_FILE = Path(backfill_pytest.__file__)
 

@@ -6,8 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import find, given, settings
-from hypothesis import strategies as st
+from hypothesis import find, given, settings, strategies as st
 
 from backfill_core import dump_json
 from backfill_core.testing import json_text, json_values, payloads_like, rows, sql_values, well_formed_rows

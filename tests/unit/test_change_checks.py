@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from backfill_core.changes import Ref, Update, Upsert, checked, fields
-from backfill_core.planner import extracted, op, refs_needed
+from backfill_core.engine.planner import extracted, op, refs_needed
 
 WRITES = {"dst": frozenset({"id", "n"})}
 

@@ -32,7 +32,7 @@ from backfill_core import (
     resolve_url,
     run_backfill,
 )
-from backfill_core.report import ErrorLog, ExtractorStats
+from backfill_core.engine.stats import ErrorLog, ExtractorStats
 from pg_support import empty_database, execute
 
 SCHEMA = """
@@ -309,7 +309,7 @@ def test_a_plugin_bug_in_a_children_change_is_a_record_error(shop: Shop) -> None
 def test_a_ledger_without_the_deleted_count_is_read_as_zero_and_then_gets_it(shop: Shop) -> None:
     """A ledger made before runs counted deletes: ``status`` reads it, the next run adds the column."""
     from backfill_core import Database
-    from backfill_core.ledger import Ledger, run_summary
+    from backfill_core.store.ledger import Ledger, run_summary
 
     shop.set_orders({1: items("a", "b")})
     shop.run()

@@ -19,8 +19,8 @@ import pytest
 
 from backends import BROKEN, GOOD, KINDS, Backend, MakeBackend, backends
 from backfill_core import RunOptions, RunReport, make_registry, resolve_url, run_backfill
+from backfill_core.engine.stats import ErrorLog, ExtractorStats
 from backfill_core.errors import ExitCode
-from backfill_core.report import ErrorLog, ExtractorStats
 from backfill_plugins.testmanagement import plugin
 
 DEFAULT = RunOptions().max_error_rate

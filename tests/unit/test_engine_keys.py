@@ -30,7 +30,7 @@ from backfill_core import (
     resolve_url,
     run_backfill,
 )
-from backfill_core.report import ErrorLog
+from backfill_core.engine.stats import ErrorLog
 
 SERVER = os.environ.get("BACKFILL_TEST_POSTGRES_URL")
 SCHEMA = [

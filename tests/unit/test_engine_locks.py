@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from backfill_core import DatabaseUnavailable, RunOptions, RunReport, make_registry, resolve_url, run_backfill
-from backfill_core.report import ErrorLog
+from backfill_core.engine.stats import ErrorLog
 from backfill_plugins.testmanagement import plugin, synthetic
 
 

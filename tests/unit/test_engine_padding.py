@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from backfill_core.engine import IN_PADDING, _padded
+from backfill_core.engine.batches import IN_PADDING, _padded
 
 
 @pytest.mark.parametrize("n", [1, 2, IN_PADDING - 1, IN_PADDING, IN_PADDING + 1, 3 * IN_PADDING - 7])

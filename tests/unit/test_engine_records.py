@@ -32,7 +32,7 @@ from backfill_core import (
     resolve_url,
     run_backfill,
 )
-from backfill_core.report import ErrorLog, ExtractorStats
+from backfill_core.engine.stats import ErrorLog, ExtractorStats
 from backfill_plugins.testmanagement import plugin
 
 SCHEMA = """

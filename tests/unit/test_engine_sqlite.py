@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 from sqlalchemy.exc import DBAPIError
 
-from backfill_core import Registry, RunOptions, RunReport, engine, make_registry, resolve_url, run_backfill
-from backfill_core.ledger import Ledger, RunState
-from backfill_core.report import ErrorLog, ErrorRecord, ExtractorStats
+from backfill_core import Registry, RunOptions, RunReport, make_registry, resolve_url, run_backfill
+from backfill_core.engine import batches as engine
+from backfill_core.engine.stats import ErrorLog, ExtractorStats
+from backfill_core.store.ledger import Ledger, RunState
+from backfill_core.store.records import ErrorRecord
 from backfill_plugins.testmanagement import plugin, synthetic
 
 BOTH = ("test_features", "bug_attribution")

@@ -25,9 +25,9 @@ from backfill_core import (
     Validator,
     resolve_url,
 )
+from backfill_core.app.validation import check_thresholds, run_validators
 from backfill_core.changes import Change
 from backfill_core.extractor import Row
-from backfill_core.validation import check_thresholds, run_validators
 from pg_support import SERVER, empty_database, execute, needs_server
 
 # -- declarations ------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backfill_core.overlay import Overlay
+from backfill_core.engine.overlay import Overlay
 
 FEATURES = ("test_features", ("id",))
 BUGS = ("bugs", ("id",))

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from backfill_core.changes import Change, Ref, Update, Upsert, fields
-from backfill_core.planner import Extracted, Plan, extracted, plan_batch
+from backfill_core.engine.planner import Extracted, Plan, extracted, plan_batch
 
 FEATURES = ("test_features", ("id",))
 BUGS = ("bugs", ("id",))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from backfill_core.changes import Change, Ref, Update, Upsert, fields
-from backfill_core.planner import Extracted, extracted, plan_batch
+from backfill_core.engine.planner import Extracted, extracted, plan_batch
 
 Target = tuple[str, tuple[str, ...]]
 Current = dict[Target, dict[tuple[Any, ...], dict[str, Any]]]

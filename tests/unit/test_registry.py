@@ -613,7 +613,7 @@ def test_the_builtin_plugin_can_be_left_out(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_disable_plugin_names_are_read_before_the_command() -> None:
-    from backfill_core.cli import _disabled_in
+    from backfill_core.app.cli import _disabled_in
 
     assert _disabled_in(
         ["--disable-plugin", "a,b", "--disable-plugin=c", "run", "--disable-plugin", "d"]

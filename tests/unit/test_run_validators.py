@@ -25,7 +25,7 @@ from backfill_core import (
     Validator,
     resolve_url,
 )
-from backfill_core.validation import fused, parse_thresholds, run_validators
+from backfill_core.app.validation import fused, parse_thresholds, run_validators
 
 DIALECTS = [sqlite_dialect(), postgresql_dialect()]  # type: ignore[no-untyped-call]
 t = table("t", column("a"), column("b"))

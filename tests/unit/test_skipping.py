@@ -33,11 +33,11 @@ from backfill_core import (
     run_backfill,
     validate_only,
 )
+from backfill_core.app.run import Skipped
 from backfill_core.changes import Change
-from backfill_core.database import display
 from backfill_core.errors import NothingToDo
 from backfill_core.extractor import Row
-from backfill_core.run import Skipped
+from backfill_core.store.database import display
 from pg_support import empty_database, execute, needs_server
 
 DDL = """

@@ -25,7 +25,7 @@ from backfill_core import (
     resolve_url,
     run_backfill,
 )
-from backfill_core.validation import fused, parse_thresholds, run_validators
+from backfill_core.app.validation import fused, parse_thresholds, run_validators
 from backfill_plugins.testmanagement import plugin, synthetic
 from backfill_plugins.testmanagement.validators import CoverageValidator
 

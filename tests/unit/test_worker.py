@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from backfill_core import Extractor, RecordError, Row, Upsert
-from backfill_core.extraction import BatchExtractor, Extraction
-from backfill_core.worker import PIPE_SIZE, Worker, WorkerFailed, WorkerReadError, _pickled
+from backfill_core.engine.extraction import BatchExtractor, Extraction
+from backfill_core.engine.worker import PIPE_SIZE, Worker, WorkerFailed, WorkerReadError, _pickled
 
 FIRST = "SELECT id, label FROM items WHERE id IS NOT NULL ORDER BY id LIMIT 7"
 NEXT = "SELECT id, label FROM items WHERE id IS NOT NULL AND id > ? ORDER BY id LIMIT 7"

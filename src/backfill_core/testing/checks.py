@@ -19,19 +19,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hypothesis import HealthCheck, Phase, event, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, Phase, event, given, settings, strategies as st
 from hypothesis.strategies import SearchStrategy
 
+from backfill_core.app.report import RunReport
+from backfill_core.app.run import run_backfill
 from backfill_core.changes import Change, Ref, Skip, checked, fields
-from backfill_core.database import resolve_url
-from backfill_core.engine import RunOptions
+from backfill_core.engine.options import RunOptions
+from backfill_core.engine.stats import ExtractorStats
 from backfill_core.errors import RecordError
 from backfill_core.extractor import Extractor, Row
 from backfill_core.hookspecs import hookimpl
 from backfill_core.plugins import make_registry
-from backfill_core.report import ExtractorStats, RunReport
-from backfill_core.run import run_backfill
+from backfill_core.store.database import resolve_url
 from backfill_core.testing import strategies
 from backfill_core.testing.database import (
     Inserted,

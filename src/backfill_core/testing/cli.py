@@ -12,8 +12,8 @@ from typing import Any
 
 from click.testing import CliRunner
 
-from backfill_core.database import DATABASE_ENV
 from backfill_core.plugins import DISABLE_PLUGINS_ENV, LOAD_PLUGINS_ENV, Registry
+from backfill_core.store.database import DATABASE_ENV
 
 SCRUBBED = (DATABASE_ENV, LOAD_PLUGINS_ENV, DISABLE_PLUGINS_ENV)
 """Variables unset for the command unless ``env`` sets them: a test never reaches the user's
@@ -61,7 +61,7 @@ def invoke_cli(
     for the call (None unsets one); backfill's own variables are unset unless given. Exceptions
     other than the command's exit propagate, so a bug shows its traceback.
     """
-    from backfill_core.cli import cli
+    from backfill_core.app.cli import cli
 
     warnings = io.StringIO()
     if registry is None:

@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from backfill_core.errors import DatabaseUnavailable, SchemaMissing
-from backfill_core.statements import KeyLookup, Statements
+from backfill_core.store.statements import KeyLookup, Statements
 
 BatchConnection = AsyncConnection | sqlite3.Connection
 """What the engine runs a batch's statements on (see Database.batch_transaction)."""

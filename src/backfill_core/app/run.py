@@ -9,17 +9,18 @@ from dataclasses import asdict, dataclass
 
 from sqlalchemy.engine import URL
 
-from backfill_core.database import Database, busy_timeout
-from backfill_core.engine import BatchRunner, ProgressFactory, RunOptions
+from backfill_core.app.report import RunReport
+from backfill_core.app.validation import check_compiles, check_thresholds, run_validators
+from backfill_core.engine.batches import BatchRunner
+from backfill_core.engine.extraction import BatchExtractor
+from backfill_core.engine.options import ProgressFactory, RunOptions
+from backfill_core.engine.overlay import Overlay
+from backfill_core.engine.worker import Worker, can_run
 from backfill_core.errors import NothingToDo
-from backfill_core.extraction import BatchExtractor
-from backfill_core.ledger import SUCCEEDED, Ledger
-from backfill_core.overlay import Overlay
 from backfill_core.plugins import DISABLE_PLUGINS_ENV, Registry
-from backfill_core.report import RunReport
-from backfill_core.validation import check_compiles, check_thresholds, run_validators
+from backfill_core.store.database import Database, busy_timeout
+from backfill_core.store.ledger import SUCCEEDED, Ledger
 from backfill_core.validator import Validator
-from backfill_core.worker import Worker, can_run
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from sqlalchemy.exc import CompileError, DBAPIError
 from sqlalchemy.sql.elements import BooleanClauseList
 from sqlalchemy.sql.operators import and_ as and_op
 
-from backfill_core.database import Database
 from backfill_core.errors import EnvironmentProblem, UsageError
-from backfill_core.ledger import Ledger
+from backfill_core.store.database import Database
+from backfill_core.store.ledger import Ledger
 from backfill_core.validator import Metric, MetricResult, Validator
 
 

@@ -20,10 +20,13 @@ from typing import Any, NoReturn
 import click
 from sqlalchemy.engine import URL
 
-from backfill_core.database import BUSY_TIMEOUT_ENV, DATABASE_ENV, Database, display, resolve_url
-from backfill_core.engine import RunOptions
+from backfill_core.app.progress import tqdm_progress
+from backfill_core.app.report import RunReport
+from backfill_core.app.run import Skipped, run_backfill, validate_only
+from backfill_core.app.validation import parse_thresholds
+from backfill_core.engine.options import RunOptions
+from backfill_core.engine.stats import ErrorLog
 from backfill_core.errors import BackfillError, NothingToDo, UsageError
-from backfill_core.ledger import STALE_AFTER_ENV, Ledger, decode_key, run_summary
 from backfill_core.plugins import (
     DISABLE_PLUGIN_OPTION,
     DISABLE_PLUGINS_ENV,
@@ -31,10 +34,8 @@ from backfill_core.plugins import (
     Registry,
     name_list,
 )
-from backfill_core.progress import tqdm_progress
-from backfill_core.report import ErrorLog, RunReport
-from backfill_core.run import Skipped, run_backfill, validate_only
-from backfill_core.validation import parse_thresholds
+from backfill_core.store.database import BUSY_TIMEOUT_ENV, DATABASE_ENV, Database, display, resolve_url
+from backfill_core.store.ledger import STALE_AFTER_ENV, Ledger, decode_key, run_summary
 
 EPILOG = f"""
 \b

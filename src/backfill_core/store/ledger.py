@@ -10,7 +10,7 @@ import json
 import os
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
@@ -37,15 +37,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
-from backfill_core.database import BatchConnection, Database
 from backfill_core.errors import BackfillError, EnvironmentProblem
-from backfill_core.report import ErrorRecord
+from backfill_core.store.database import BatchConnection, Database
+from backfill_core.store.records import COUNTS, Delta
 
 RUNNING, SUCCEEDED, FAILED, INTERRUPTED = "running", "succeeded", "failed", "interrupted"
 RESUMABLE = {FAILED, INTERRUPTED}
 STALE_AFTER_ENV = "BACKFILL_STALE_AFTER"
 DEFAULT_STALE_AFTER = 60.0
-COUNTS = ("processed", "inserted", "updated", "deleted", "unchanged", "record_errors", "batch_errors")
 
 metadata = MetaData()
 runs = Table(
@@ -115,28 +114,6 @@ def stale_after() -> float:
 
 class RunInProgress(EnvironmentProblem):
     """Another live process is running the same extractor on the same database."""
-
-
-@dataclass
-class Delta:
-    """Counts a checkpoint adds to its run."""
-
-    processed: int = 0
-    inserted: int = 0
-    updated: int = 0
-    deleted: int = 0
-    unchanged: int = 0
-    record_errors: int = 0
-    batch_errors: int = 0
-    errors: list[ErrorRecord] = field(default_factory=list)
-
-    def add(self, other: Delta) -> None:
-        for name in COUNTS:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.errors += other.errors
-
-    def __bool__(self) -> bool:
-        return any(getattr(self, name) for name in COUNTS)
 
 
 @dataclass

@@ -6,7 +6,7 @@ import sys
 
 from tqdm import tqdm
 
-from backfill_core.engine import Progress, ProgressFactory
+from backfill_core.engine.options import Progress, ProgressFactory
 
 
 def tqdm_progress(quiet: bool) -> ProgressFactory:

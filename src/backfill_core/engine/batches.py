@@ -5,23 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Coroutine, Iterable, Mapping, Sequence
 from operator import itemgetter
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import column, func, select, table
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import TableClause
 
-from backfill_core.collector import few_collections
-from backfill_core.constraints import Refusals, WouldBeRefused, reflect
-from backfill_core.database import BatchConnection, Database, is_record_level
-from backfill_core.errors import BackfillError
-from backfill_core.extraction import BatchExtractor, Extraction
-from backfill_core.ledger import FAILED, INTERRUPTED, SUCCEEDED, Delta, Ledger, RunState
-from backfill_core.overlay import Overlay
-from backfill_core.planner import (
+from backfill_core.engine.collector import few_collections
+from backfill_core.engine.constraints import Refusals, WouldBeRefused, reflect
+from backfill_core.engine.extraction import BatchExtractor, Extraction
+from backfill_core.engine.options import NoProgress, Progress, ProgressFactory, RunOptions
+from backfill_core.engine.overlay import Overlay
+from backfill_core.engine.planner import (
     Extracted,
     Parents,
     Plan,
@@ -31,9 +28,13 @@ from backfill_core.planner import (
     plan_batch,
     refs_needed,
 )
-from backfill_core.report import ErrorLog, ErrorRecord, ExtractorStats
-from backfill_core.stoppoints import stop_here, stop_point
-from backfill_core.worker import Worker, WorkerReadError
+from backfill_core.engine.stats import ErrorLog, ExtractorStats
+from backfill_core.engine.stoppoints import stop_here, stop_point
+from backfill_core.engine.worker import Worker, WorkerReadError
+from backfill_core.errors import BackfillError
+from backfill_core.store.database import BatchConnection, Database, is_record_level
+from backfill_core.store.ledger import FAILED, INTERRUPTED, SUCCEEDED, Ledger, RunState
+from backfill_core.store.records import Delta, ErrorRecord
 
 CHECKPOINT_EVERY = 2.0
 """Seconds between checkpoints of batches that changed nothing (their rows are re-read on resume,
@@ -42,32 +43,6 @@ IN_CHUNK = 5000
 """Values per IN (...) list: well under SQLite's and asyncpg's bound-parameter limits."""
 
 Rows = dict[tuple[Any, ...], dict[str, Any]]
-
-
-class Progress(Protocol):
-    def update(self, n: int) -> object: ...
-    def close(self) -> object: ...
-
-
-ProgressFactory = Callable[[str, int], Progress]
-
-
-class _NoProgress:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-@dataclass
-class RunOptions:
-    batch_size: int = 500
-    dry_run: bool = False
-    max_error_rate: float = 0.05
-    sample_size: int = 0
-    worker: bool = True
-    """Extract in a worker process where one can run (see worker.py)."""
 
 
 def light_table(name: str, columns: Iterable[str]) -> TableClause:
@@ -94,7 +69,7 @@ class BatchRunner:
         self.extract = extract
         self.options = options
         self.errors = errors
-        self.progress = progress or (lambda _name, _total: _NoProgress())
+        self.progress = progress or (lambda _name, _total: NoProgress())
         self.overlay = overlay if options.dry_run else None
         self.ledger = None if options.dry_run else ledger
         self.stats = ExtractorStats(extractor.name, plugin=extract.plugin, dry_run=options.dry_run)
@@ -151,7 +126,7 @@ class BatchRunner:
         reader = self._extractions(start_after, keys)
         cleared: set[Any] = set()  # keys whose old errors were cleared with their batch
         ahead: asyncio.Future[Extraction | None] | None = None
-        bar: Progress = _NoProgress()
+        bar: Progress = NoProgress()
         try:
             # The first batch is read and extracted while the rows are counted.
             ahead = asyncio.ensure_future(anext(reader, None))

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from backfill_core.planner import Target
+from backfill_core.engine.planner import Target
 
 _CHUNK = 900  # below SQLite's smallest default limit of bound parameters
 

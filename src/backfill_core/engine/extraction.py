@@ -7,9 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backfill_core.changes import Fields, Skipped, checked, fields
-from backfill_core.errors import RecordError
-from backfill_core.extractor import Extractor
-from backfill_core.planner import (
+from backfill_core.engine.planner import (
     Extracted,
     Parents,
     Target,
@@ -18,6 +16,8 @@ from backfill_core.planner import (
     parents_needed,
     refs_needed,
 )
+from backfill_core.errors import RecordError
+from backfill_core.extractor import Extractor
 
 Error = tuple[Any, str, str]
 """(key, kind, message) of a source row that failed to extract."""

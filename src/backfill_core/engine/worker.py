@@ -23,10 +23,10 @@ from multiprocessing.connection import Connection
 from typing import Any
 from urllib.parse import quote
 
-from backfill_core.collector import few_collections
+from backfill_core.engine.collector import few_collections
+from backfill_core.engine.extraction import BatchExtractor, Extraction
+from backfill_core.engine.planner import keys_needed, parents_needed, refs_needed
 from backfill_core.errors import BackfillError
-from backfill_core.extraction import BatchExtractor, Extraction
-from backfill_core.planner import keys_needed, parents_needed, refs_needed
 
 AHEAD = 2
 """Batches the worker may read and extract before the engine takes them."""

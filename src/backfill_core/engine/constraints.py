@@ -11,9 +11,9 @@ from typing import Any
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
-from backfill_core.database import BatchConnection, Database
-from backfill_core.overlay import Overlay
-from backfill_core.planner import Plan, Target
+from backfill_core.engine.overlay import Overlay
+from backfill_core.engine.planner import Plan, Target
+from backfill_core.store.database import BatchConnection, Database
 
 Select = Callable[
     [BatchConnection, str, tuple[str, ...], tuple[str, ...], set[Any]],

@@ -1,0 +1,33 @@
+"""What a run is asked to do (RunOptions), and how it reports progress (Progress)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class Progress(Protocol):
+    def update(self, n: int) -> object: ...
+    def close(self) -> object: ...
+
+
+ProgressFactory = Callable[[str, int], Progress]
+
+
+class NoProgress:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class RunOptions:
+    batch_size: int = 500
+    dry_run: bool = False
+    max_error_rate: float = 0.05
+    sample_size: int = 0
+    worker: bool = True
+    """Extract in a worker process where one can run (see worker.py)."""

@@ -1,0 +1,1 @@
+"""The store: opening the database, the SQL run per batch, and the run ledger."""
