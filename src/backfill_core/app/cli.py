@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import atexit
-import contextlib
+import gc
 import json
 import math
-import os
 import shlex
 import signal
 import socket
 import sys
-import threading
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 from sqlalchemy.engine import URL
@@ -518,10 +515,10 @@ def main() -> None:
     registry.add_commands(cli)
     try:
         cli(obj=registry, prog_name="backfill")
-    except SystemExit as e:
-        if any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
-            raise  # a plugin's thread: exit normally, which waits for it
-        _exit(e.code)
+    finally:
+        # The interpreter's shutdown would scan every object of every module for cycles (about
+        # 0.1 s per command); frozen objects are left out of that scan, and nothing else changes.
+        gc.freeze()
 
 
 def _disabled_in(args: Sequence[str]) -> list[str]:
@@ -537,24 +534,3 @@ def _disabled_in(args: Sequence[str]) -> list[str]:
         elif arg == "--" or not arg.startswith("-"):
             break
     return names
-
-
-def _exit(code: object) -> NoReturn:
-    """Exit as ``sys.exit(code)`` would, without tearing the interpreter down.
-
-    Every connection, file and child process is closed by now; freeing each of the modules'
-    objects one by one (SQLAlchemy, pydantic) would add about 0.1 s to every command. atexit
-    handlers still run and output is flushed.
-    """
-    if code is None:
-        status = 0
-    elif isinstance(code, int):
-        status = code
-    else:
-        print(code, file=sys.stderr)
-        status = 1
-    atexit._run_exitfuncs()  # what interpreter shutdown runs first (logging.shutdown among them)
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(status)

@@ -23,7 +23,6 @@ class RunReport:
     errors: ErrorLog = field(default_factory=ErrorLog)
     interrupted_by: int | None = None
     """The signal (SIGINT or SIGTERM) that stopped the run."""
-    resume_hint: str | None = None
 
     @property
     def exit_code(self) -> ExitCode:
