@@ -197,9 +197,9 @@ class Database:
 
     @asynccontextmanager
     async def sqlalchemy(self, *, write: bool = False) -> AsyncIterator[AsyncConnection]:
-        """A SQLAlchemy connection for Core statements and schema inspection: in one write
-        transaction, committed on success, if ``write``; else for reads, each statement seeing
-        the latest committed data."""
+        """A SQLAlchemy connection for Core statements and schema inspection: with ``write``, in
+        one write transaction, committed on success and rolled back on any exception; else for
+        reads, its transaction rolled back at the end."""
         engine = self._open_adapter().engine(write=write)
         action = "write to" if write else "read from"
         opened = engine.begin() if write else engine.connect()
