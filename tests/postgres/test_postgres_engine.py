@@ -111,7 +111,7 @@ def test_postgres_fused_metric_counts_match_separate_queries(pg_url: str) -> Non
 
     async def go() -> list[tuple[str, tuple[Any, ...], tuple[Any, ...]]]:
         out = []
-        async with Database(resolve_url(pg_url)) as db, db.reading() as conn:
+        async with Database(resolve_url(pg_url)) as db, db.sqlalchemy() as conn:
             for m in CoverageValidator().metrics():
                 both = fused(m, db.sa_dialect)
                 if both is None:

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.exc import DBAPIError
 
 from backfill_core import Registry, RunOptions, RunReport, make_registry, resolve_url, run_backfill
 from backfill_core.engine import batches as engine
 from backfill_core.engine.stats import ErrorLog, ExtractorStats
+from backfill_core.store.connection import Connection
 from backfill_core.store.ledger import Ledger, RunState
 from backfill_core.store.records import ErrorRecord
 from backfill_plugins.testmanagement import plugin, synthetic
@@ -241,8 +241,9 @@ def test_a_last_checkpoint_that_cannot_be_written_fails_the_run_and_resuming_rec
     first = run(db, ["test_features"])
     real_checkpoint = Ledger.checkpoint
 
-    async def refused(*args: Any, **kwargs: Any) -> None:
-        raise DBAPIError("INSERT INTO backfill_errors ...", None, sqlite3.OperationalError("disk I/O error"))
+    async def refused(_ledger: Ledger, conn: Connection, *args: Any, **kwargs: Any) -> None:
+        # The database fails the checkpoint's statement, as it would on a disk I/O error.
+        await conn.execute("INSERT INTO backfill_errors_gone VALUES (?)", [1])
 
     monkeypatch.setattr(Ledger, "checkpoint", refused)
     monkeypatch.setattr(engine, "CHECKPOINT_EVERY", 3600.0)  # however slow the machine: one flush

@@ -151,11 +151,11 @@ def lookup(
     included), and the same through the statement's plain text, which must agree."""
 
     async def go() -> tuple[set[Any], set[Any]]:
-        async with Database(resolve_url(url)) as db, db.batch_transaction() as conn:
+        async with Database(resolve_url(url)) as db, db.writing() as conn:
             sql = db.statements.lookup(table, columns, key_cols, len(keys))
             params = [v for k in keys for v in k]
-            found = {tuple(r) for r in await db.fetch(conn, sql, params)}
-            as_text = {tuple(r) for r in await db.fetch(conn, str(sql), params)}
+            found = {tuple(r) for r in await conn.fetch(sql, params)}
+            as_text = {tuple(r) for r in await conn.fetch(str(sql), params)}
             return found, as_text
 
     found, as_text = asyncio.run(go())
@@ -247,11 +247,11 @@ def test_postgres_composite_lookup_of_a_value_its_column_cannot_hold_fails_as_a_
         async def failure(key_cols: Names, params: list[Any]) -> BaseException:
             async with Database(resolve_url(url)) as db:
                 try:
-                    async with db.batch_transaction() as conn:
+                    async with db.writing() as conn:
                         sql = db.statements.lookup(
                             "pairs", ("a", "b"), key_cols, len(params) // len(key_cols)
                         )
-                        await db.fetch(conn, sql, params)
+                        await conn.fetch(sql, params)
                 except Exception as e:
                     return e
             raise AssertionError("the lookup did not fail")

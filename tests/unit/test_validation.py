@@ -320,7 +320,7 @@ def test_every_coverage_metric_is_one_query_giving_the_same_counts(tmp_path: Pat
     path = handmade(tmp_path / "cov.db")
 
     async def go() -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
-        async with Database(resolve_url(str(path))) as db, db.reading() as conn:
+        async with Database(resolve_url(str(path))) as db, db.sqlalchemy() as conn:
             together, apart = {}, {}
             for m in CoverageValidator().metrics():
                 both = fused(m, db.sa_dialect)

@@ -354,7 +354,7 @@ def errors(run_id: int, database: str | None, as_json: bool) -> None:
 
     async def fetch(ledger: Ledger) -> list[Any]:
         if await ledger.run(run_id) is None:
-            raise UsageError(f"no run {run_id} is recorded in {ledger.db.shown}; see `backfill status`")
+            raise UsageError(f"no run {run_id} is recorded in {ledger.db.display_url}; see `backfill status`")
         return await ledger.errors_of(run_id)
 
     found = [

@@ -81,7 +81,7 @@ async def run_backfill(
             extracting = await _usable_extractors(db, registry, extracting, explicit, skip)
             if not extracting and left_out:
                 raise NothingToDo(
-                    f"nothing to run: every extractor was skipped, since {db.shown} lacks tables they "
+                    f"nothing to run: every extractor was skipped, since {db.display_url} lacks tables they "
                     "need (see the lines above); check --database, or name an extractor to see what it needs",
                     [s.to_dict() for s in left_out],
                 )
@@ -185,7 +185,7 @@ async def _usable_extractors(
         plugin = _plugin_name(registry, "extractor", x.name)
         after = next((d for d in x.depends_on if d in left_out), None)
         if not named and gap is not None and not gap.columns:
-            skip(Skipped("extractor", x.name, plugin, gap.describe(db.shown)))
+            skip(Skipped("extractor", x.name, plugin, gap.describe(db.display_url)))
         elif not named and after is not None:
             skip(
                 Skipped("extractor", x.name, plugin, f"it depends on extractor {after!r}, which was skipped")
@@ -200,7 +200,7 @@ async def _usable_extractors(
                 )
             )
             raise gap.error(
-                db.shown,
+                db.display_url,
                 user=f"extractor {x.name!r} (plugin {plugin})",
                 uses="reads and writes" if read and written else "reads" if read else "writes",
                 before="backfilling",
@@ -230,10 +230,10 @@ async def _usable_validators(
         if gap is None:
             usable.append(v)
         elif not named and not gap.columns:
-            skip(Skipped("validator", v.name, plugin, gap.describe(db.shown)))
+            skip(Skipped("validator", v.name, plugin, gap.describe(db.display_url)))
         else:
             raise gap.error(
-                db.shown,
+                db.display_url,
                 user=f"validator {v.name!r} (plugin {plugin})",
                 before=before,
                 leave_out=(
@@ -306,7 +306,7 @@ async def validate_only(
         usable = await _usable_validators(db, registry, validators, bool(names), "validating", skip)
         if validators and not usable:
             raise NothingToDo(
-                f"nothing to validate: every validator was skipped, since {db.shown} lacks tables they "
+                f"nothing to validate: every validator was skipped, since {db.display_url} lacks tables they "
                 "need (see the lines above); check --database, or name a validator to see what it needs",
                 [s.to_dict() for s in left_out],
             )

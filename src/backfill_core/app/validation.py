@@ -94,7 +94,7 @@ def check_compiles(db: Database, validators: Sequence[Validator], ran: Collectio
                 query.compile(dialect=db.sa_dialect)
         except CompileError as e:
             raise EnvironmentProblem(
-                f"validator {v.name!r} cannot compute {m.name!r} on {db.shown}: {e} "
+                f"validator {v.name!r} cannot compute {m.name!r} on {db.display_url}: {e} "
                 "(`backfill run --no-validate` skips validation)"
             ) from None
 
@@ -117,7 +117,7 @@ async def run_validators(
         gap = await db.schema_gap(v.tables)
         if gap is not None:
             before = "validating" if command == "validate" else "backfilling"
-            raise gap.error(db.shown, user=f"validator {v.name!r}", before=before)
+            raise gap.error(db.display_url, user=f"validator {v.name!r}", before=before)
     # Metric queries are whole-table scans: each runs on its own connection, side by side, so
     # that the database (SQLite in its threads, or the server) can use more than one core. A
     # numerator and its denominator are one query when they can be (see fused), else they too
@@ -128,7 +128,7 @@ async def run_validators(
     ledger = await Ledger(db).exists()
 
     async def row(v: Validator, m: Metric, query: Select[Any] | Select[Any, Any]) -> Any:
-        async with slots, db.reading() as conn:
+        async with slots, db.sqlalchemy() as conn:
             try:
                 return (await conn.execute(query.execution_options(backfill_ledger=ledger))).one()
             except (DBAPIError, CompileError) as e:

@@ -10,7 +10,6 @@ from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import column, func, select, table
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import TableClause
 
 from backfill_core.engine.collector import few_collections
@@ -32,7 +31,8 @@ from backfill_core.engine.stats import ErrorLog, ExtractorStats
 from backfill_core.engine.stoppoints import stop_here, stop_point
 from backfill_core.engine.worker import Worker, WorkerReadError
 from backfill_core.errors import BackfillError
-from backfill_core.store.database import BatchConnection, Database, is_record_level
+from backfill_core.store.connection import Connection, RowsRefused
+from backfill_core.store.database import Database
 from backfill_core.store.ledger import FAILED, INTERRUPTED, SUCCEEDED, Ledger, RunState
 from backfill_core.store.records import Delta, ErrorRecord
 
@@ -216,7 +216,7 @@ class BatchRunner:
         counting = select(func.count()).select_from(self.source).where(key.is_not(None))
         if start_after is not None:
             counting = counting.where(key > start_after)
-        async with self.db.reading() as conn:
+        async with self.db.sqlalchemy() as conn:
             return (await conn.execute(counting)).scalar_one()
 
     async def _extractions(
@@ -248,8 +248,8 @@ class BatchRunner:
             for chunk in _chunks(list(keys), size):
                 padded = _padded(chunk)
                 stmt = self.db.statements.lookup(table, self.cols, (key,), len(padded), order_by=key)
-                async with self.db.batch_pages() as conn:
-                    rows = await self.db.fetch(conn, stmt, padded)
+                async with self.db.reading() as conn:
+                    rows = await conn.fetch(stmt, padded)
                 if rows:
                     yield rows
             return
@@ -257,8 +257,8 @@ class BatchRunner:
         while True:
             # Rows with a NULL key cannot be paged by key; they are left out, as from the count.
             stmt = self.db.statements.page(table, self.cols, key, size, last is not None)
-            async with self.db.batch_pages() as conn:
-                rows = await self.db.fetch(conn, stmt, () if last is None else (last,))
+            async with self.db.reading() as conn:
+                rows = await conn.fetch(stmt, () if last is None else (last,))
             if not rows:
                 return
             yield rows
@@ -291,17 +291,15 @@ class BatchRunner:
         """Plan and write a batch and its checkpoint in one transaction (or plan only, in a dry run)."""
         try:
             if self.options.dry_run:
-                async with self.db.batch_reading() as conn:
+                async with self.db.reading() as conn:
                     plans = await self._isolating(conn, batch.items, delta, batch)
             else:
                 try:
                     plans, delta = await self._attempt(batch, delta, last_key, clear, isolate=False)
-                except (DBAPIError, OverflowError) as e:
-                    if not is_record_level(e):
-                        raise
+                except RowsRefused:
                     # A row breaks a constraint: write the batch again, finding the rows that fail.
                     plans, delta = await self._attempt(batch, delta, last_key, clear, isolate=True)
-        except DBAPIError as e:
+        except RowsRefused as e:
             raise self.db.fatal(e, "write to") from e
         for plan in plans:
             room = self.options.sample_size - len(self.stats.samples)
@@ -324,7 +322,7 @@ class BatchRunner:
         attempt.add(delta)
         folded = self._pending, self._pending_key, self._checkpointed
         try:
-            async with self.db.batch_transaction() as conn:
+            async with self.db.writing() as conn:
                 if isolate:
                     plans = await self._isolating(conn, batch.items, attempt, batch)
                 else:
@@ -340,7 +338,7 @@ class BatchRunner:
         return plans, attempt
 
     async def _isolating(
-        self, conn: BatchConnection, batch: list[Extracted], delta: Delta, whole: Extraction | None = None
+        self, conn: Connection, batch: list[Extracted], delta: Delta, whole: Extraction | None = None
     ) -> list[Plan]:
         """Plan and write ``batch`` in a savepoint; if rows break a constraint, find them by halving.
 
@@ -354,14 +352,12 @@ class BatchRunner:
                 if self._refusals is not None:
                     await self._refusals.check(conn, plan)
             else:
-                async with self.db.savepoint(conn):
+                async with conn.savepoint():
                     plan = await self._plan(conn, batch, whole)
                     await self._write(conn, plan)
-        except (DBAPIError, OverflowError, WouldBeRefused) as e:
-            if not isinstance(e, WouldBeRefused) and not is_record_level(e):
-                raise
+        except (RowsRefused, WouldBeRefused) as e:
             if len(batch) == 1:
-                self._error(delta, batch[0][0], "batch", "write", str(getattr(e, "orig", e)).strip())
+                self._error(delta, batch[0][0], "batch", "write", str(e).strip())
                 return []
             half = len(batch) // 2
             first = await self._isolating(conn, batch[:half], delta)
@@ -380,7 +376,7 @@ class BatchRunner:
             self._error(delta, failure.key, "record", failure.kind, failure.message)
 
     async def _checkpoint(
-        self, conn: BatchConnection, delta: Delta, last_key: Any, clear: tuple[int, list[Any]] | None
+        self, conn: Connection, delta: Delta, last_key: Any, clear: tuple[int, list[Any]] | None
     ) -> None:
         """Record the batch in the ledger, in its transaction; batches that changed nothing are
         folded into the next checkpoint (with the errors they found), at most CHECKPOINT_EVERY
@@ -408,12 +404,12 @@ class BatchRunner:
         if self.ledger is None or self.stats.run_id is None or not self._pending:
             return True
         try:
-            async with self.db.batch_transaction() as conn:
+            async with self.db.writing() as conn:
                 state = RunState(self.stats.run_id, self.x.name)
                 await self.ledger.checkpoint(
                     conn, state, self._pending_key, self._pending, total=self._ledger_total
                 )
-        except (DBAPIError, BackfillError):
+        except (RowsRefused, BackfillError):
             return False
         self._pending, self._pending_key = Delta(), None
         return True
@@ -422,11 +418,11 @@ class BatchRunner:
         """Clear the recorded errors of keys whose source rows no longer exist."""
         if self.ledger is None or self.stats.run_id is None or not keys:
             return
-        async with self.db.batch_transaction() as conn:
+        async with self.db.writing() as conn:
             state = RunState(self.stats.run_id, self.x.name)
             await self.ledger.checkpoint(conn, state, None, Delta(), clear=(run_id, list(keys)))
 
-    async def _plan(self, conn: BatchConnection, batch: list[Extracted], whole: Extraction | None) -> Plan:
+    async def _plan(self, conn: Connection, batch: list[Extracted], whole: Extraction | None) -> Plan:
         """Plan ``batch`` against the rows it addresses and references; ``whole`` as in _isolating."""
         current = await self._current(conn, whole.needed if whole else keys_needed(batch))
         referenced = await self._referenced(conn, whole.refs if whole else refs_needed(batch))
@@ -441,7 +437,7 @@ class BatchRunner:
         )
 
     async def _current(
-        self, conn: BatchConnection, needed: Mapping[Target, set[tuple[Any, ...]]]
+        self, conn: Connection, needed: Mapping[Target, set[tuple[Any, ...]]]
     ) -> dict[Target, Rows]:
         out: dict[Target, Rows] = {}
         for target, keys in needed.items():
@@ -457,7 +453,7 @@ class BatchRunner:
         return out
 
     async def _referenced(
-        self, conn: BatchConnection, needed: Mapping[Target, tuple[set[str], set[Any]]]
+        self, conn: Connection, needed: Mapping[Target, tuple[set[str], set[Any]]]
     ) -> dict[Target, dict[Any, dict[str, Any]]]:
         out: dict[Target, dict[Any, dict[str, Any]]] = {}
         for target, (match_cols, values) in needed.items():
@@ -474,7 +470,7 @@ class BatchRunner:
         return out
 
     async def _children(
-        self, conn: BatchConnection, needed: Mapping[Parents, set[tuple[Any, ...]]]
+        self, conn: Connection, needed: Mapping[Parents, set[tuple[Any, ...]]]
     ) -> dict[Parents, dict[tuple[Any, ...], set[tuple[Any, ...]]]]:
         """The key values of the rows now under each parent that Children changes own."""
         out: dict[Parents, dict[tuple[Any, ...], set[tuple[Any, ...]]]] = {}
@@ -486,7 +482,7 @@ class BatchRunner:
             for chunk in _chunks(list(parents), IN_CHUNK // width):
                 padded = _padded(chunk)
                 stmt = self.db.statements.lookup(table, key_cols, parent_cols, len(padded))
-                for row in await self.db.fetch(conn, stmt, [v for p in padded for v in p]):
+                for row in await conn.fetch(stmt, [v for p in padded for v in p]):
                     key = tuple(row)
                     found.setdefault(tuple([key[i] for i in at]), set()).add(key)
             if self.overlay is not None:
@@ -501,7 +497,7 @@ class BatchRunner:
 
     async def _select(
         self,
-        conn: BatchConnection,
+        conn: Connection,
         table: str,
         cols: tuple[str, ...],
         key_cols: tuple[str, ...],
@@ -515,7 +511,7 @@ class BatchRunner:
             padded = _padded(chunk)
             params = [k[0] for k in padded] if len(key_cols) == 1 else [v for k in padded for v in k]
             stmt = self.db.statements.lookup(table, cols, key_cols, len(padded))
-            rows = await self.db.fetch(conn, stmt, params)
+            rows = await conn.fetch(stmt, params)
             if len(at) == 1:
                 (i,) = at
                 # zip without strict=: the keyword costs more than the zip (rows are of cols)
@@ -524,17 +520,17 @@ class BatchRunner:
                 found.update((composite(r), dict(zip(cols, r))) for r in rows)  # noqa: B905
         return found
 
-    async def _write(self, conn: BatchConnection, plan: Plan) -> None:
+    async def _write(self, conn: Connection, plan: Plan) -> None:
         for writes in plan.writes.values():
             table, key_cols = writes.table, writes.key_cols
             if writes.deletes:  # first: a row left out may hold a unique value a kept row takes
-                await self.db.execute_many(conn, self.db.statements.delete(table, key_cols), writes.deletes)
+                await conn.execute_many(self.db.statements.delete(table, key_cols), writes.deletes)
             inserts = _by_columns((tuple(row), tuple(row.values())) for row in writes.inserts)
             for cols, params in inserts.items():
-                await self.db.execute_many(conn, self.db.statements.upsert(table, cols, key_cols), params)
+                await conn.execute_many(self.db.statements.upsert(table, cols, key_cols), params)
             updates = _by_columns((tuple(new), (*new.values(), *key)) for key, new in writes.updates)
             for cols, params in updates.items():
-                await self.db.execute_many(conn, self.db.statements.update(table, cols, key_cols), params)
+                await conn.execute_many(self.db.statements.update(table, cols, key_cols), params)
 
 
 async def _to_the_end(work: Coroutine[Any, Any, None]) -> None:

@@ -9,14 +9,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import inspect, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection as SyncConnection
 
 from backfill_core.engine.overlay import Overlay
 from backfill_core.engine.planner import Plan, Target
-from backfill_core.store.database import BatchConnection, Database
+from backfill_core.store.connection import Connection
+from backfill_core.store.database import Database
 
 Select = Callable[
-    [BatchConnection, str, tuple[str, ...], tuple[str, ...], set[Any]],
+    [Connection, str, tuple[str, ...], tuple[str, ...], set[Any]],
     Awaitable[dict[tuple[Any, ...], dict[str, Any]]],
 ]
 """The engine's lookup: the rows of a table (as dicts of some columns) whose key columns have
@@ -46,14 +47,14 @@ class TableRules:
 
 async def reflect(db: Database, tables: Sequence[str]) -> dict[str, TableRules]:
     """The rules of ``tables``, read from the database's catalogue."""
-    async with db.reading() as conn:
+    async with db.sqlalchemy() as conn:
         enforced = True
         if db.is_sqlite:
             enforced = bool((await conn.execute(text("PRAGMA foreign_keys"))).scalar())
         return await conn.run_sync(_reflect, list(tables), enforced)
 
 
-def _reflect(conn: Connection, tables: list[str], enforce_fks: bool) -> dict[str, TableRules]:
+def _reflect(conn: SyncConnection, tables: list[str], enforce_fks: bool) -> dict[str, TableRules]:
     inspector = inspect(conn)
     out = {}
     for name in tables:
@@ -98,7 +99,7 @@ class Refusals:
     ) -> None:
         self.rules, self.db, self._select, self.overlay = rules, db, select, overlay
 
-    async def check(self, conn: BatchConnection, plan: Plan) -> None:
+    async def check(self, conn: Connection, plan: Plan) -> None:
         """Raise WouldBeRefused if the database would refuse a write of ``plan``."""
         for target, w in plan.writes.items():
             rules = self.rules.get(w.table)
@@ -120,7 +121,7 @@ class Refusals:
 
     async def _unique(
         self,
-        conn: BatchConnection,
+        conn: Connection,
         table: str,
         key_cols: tuple[str, ...],
         cols: tuple[str, ...],
@@ -147,7 +148,7 @@ class Refusals:
 
     async def _foreign_key(
         self,
-        conn: BatchConnection,
+        conn: Connection,
         plan: Plan,
         table: str,
         local: tuple[str, ...],
@@ -181,7 +182,7 @@ class Refusals:
 
     async def _checks(
         self,
-        conn: BatchConnection,
+        conn: Connection,
         rules: TableRules,
         target: Target,
         plan: Plan,
@@ -199,7 +200,7 @@ class Refusals:
             params = [full.get(c) for c in rules.columns]
             for expression in rules.checks:
                 sql = self.db.statements.check(table, columns, expression)
-                if (await self.db.fetch(conn, sql, params))[0][0]:
+                if (await conn.fetch(sql, params))[0][0]:
                     raise WouldBeRefused(f"CHECK constraint failed: {table} ({expression})")
 
 

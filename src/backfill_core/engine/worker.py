@@ -21,12 +21,12 @@ from collections.abc import AsyncGenerator, Sequence
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 from typing import Any
-from urllib.parse import quote
 
 from backfill_core.engine.collector import few_collections
 from backfill_core.engine.extraction import BatchExtractor, Extraction
 from backfill_core.engine.planner import keys_needed, parents_needed, refs_needed
 from backfill_core.errors import BackfillError
+from backfill_core.store.sqlite import connect
 
 AHEAD = 2
 """Batches the worker may read and extract before the engine takes them."""
@@ -242,9 +242,7 @@ def _serve(
                 credits = _take_credits(inbox, credits)
                 try:
                     if con is None:
-                        con = sqlite3.connect(
-                            f"file:{quote(path)}?mode=ro", uri=True, timeout=timeout, isolation_level=None
-                        )
+                        con = connect(path, read_only=True, timeout=timeout)
                     sql, params = (first_page, ()) if last is None else (next_page, (last,))
                     rows = con.execute(sql, params).fetchall()
                 except sqlite3.Error as e:

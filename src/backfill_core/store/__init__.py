@@ -1,1 +1,1 @@
-"""The store: opening the database, the SQL run per batch, and the run ledger."""
+"""The store: the database and its adapters (SQLite, PostgreSQL), the SQL run per batch, the run ledger."""

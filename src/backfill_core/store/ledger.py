@@ -17,7 +17,6 @@ from typing import Any
 
 from sqlalchemy import (
     Column,
-    Connection,
     DateTime,
     ForeignKey,
     Index,
@@ -35,10 +34,11 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.engine import Connection as SyncConnection
 
 from backfill_core.errors import BackfillError, EnvironmentProblem
-from backfill_core.store.database import BatchConnection, Database
+from backfill_core.store.connection import Connection, RowsRefused
+from backfill_core.store.database import Database
 from backfill_core.store.records import COUNTS, Delta
 
 RUNNING, SUCCEEDED, FAILED, INTERRUPTED = "running", "succeeded", "failed", "interrupted"
@@ -85,7 +85,7 @@ errors = Table(
 Index("ix_backfill_errors_run_key", errors.c.run_id, errors.c.key)
 
 
-def _missing_columns(conn: Connection) -> tuple[str, ...]:
+def _missing_columns(conn: SyncConnection) -> tuple[str, ...]:
     """The columns of ``backfill_runs`` that a ledger made by an older backfill lacks."""
     have = {c["name"] for c in inspect(conn).get_columns(runs.name)}
     return tuple(c.name for c in runs.c if c.name not in have)
@@ -209,7 +209,7 @@ class Ledger:
 
     async def exists(self) -> bool:
         """Whether the ledger tables exist; also notes the columns an older ledger lacks."""
-        async with self.db.reading() as conn:
+        async with self.db.sqlalchemy() as conn:
             found: bool = await conn.run_sync(lambda sync: inspect(sync).has_table(runs.name))
             if found:
                 self._lacks = await conn.run_sync(_missing_columns)
@@ -218,7 +218,7 @@ class Ledger:
     async def ensure(self) -> None:
         """Create the ledger tables if they are missing, and add the columns an older ledger
         lacks (a real run does; a dry run never)."""
-        async with self.db.transaction() as conn:
+        async with self.db.sqlalchemy(write=True) as conn:
             await conn.run_sync(lambda sync: metadata.create_all(sync, checkfirst=True))
             maybe = "" if self.db.is_sqlite else "IF NOT EXISTS "  # SQLite has no such clause
             for name in await conn.run_sync(_missing_columns):
@@ -250,7 +250,7 @@ class Ledger:
         With ``retry_of``, the same for the runs retrying that run's errors.
         """
         same_kind = runs.c.retry_of.is_(None) if retry_of is None else runs.c.retry_of == retry_of
-        async with self.db.transaction() as conn:
+        async with self.db.sqlalchemy(write=True) as conn:
             await self.db.lock(conn, f"backfill:{extractor}")
             latest = (
                 await conn.execute(
@@ -327,7 +327,7 @@ class Ledger:
 
     async def checkpoint(
         self,
-        conn: BatchConnection,
+        conn: Connection,
         run: RunState,
         last_key: Any,
         delta: Delta,
@@ -349,18 +349,17 @@ class Ledger:
         # Driver-level SQL: this runs with every batch, and SQLAlchemy's statement handling would
         # cost more than the writes themselves.
         sql = self.db.statements.increment(runs.name, COUNTS, assigned, "id")
-        await self.db.execute(conn, sql, params)
+        await conn.execute(sql, params)
         if clear is not None and clear[1]:
             old_run, keys = clear
             for i in range(0, len(keys), 1000):
                 chunk = [encode_key(k) for k in keys[i : i + 1000]]
                 sql = self.db.statements.delete_in(errors.name, "run_id", "key", len(chunk))
-                await self.db.execute(conn, sql, [old_run, *chunk])
+                await conn.execute(sql, [old_run, *chunk])
         if delta.errors:
             stamp = self._timestamp(now())
             columns = ("run_id", "key", "tier", "kind", "message", "created_at")
-            await self.db.execute_many(
-                conn,
+            await conn.execute_many(
                 self.db.statements.insert(errors.name, columns),
                 [(run.id, encode_key(e.key), e.tier, e.kind, e.message, stamp) for e in delta.errors],
             )
@@ -368,13 +367,13 @@ class Ledger:
     async def finish(self, run: RunState, status: str, message: str | None = None) -> None:
         """Mark the run ended; best effort, since the database may be what failed."""
         try:
-            async with self.db.transaction() as conn:
+            async with self.db.sqlalchemy(write=True) as conn:
                 await conn.execute(
                     update(runs)
                     .where(runs.c.id == run.id)
                     .values(status=status, message=message, finished_at=now(), heartbeat_at=now())
                 )
-        except (DBAPIError, BackfillError):
+        except (RowsRefused, BackfillError):
             pass  # the run stays 'running'; its dead pid or stale heartbeat lets the next run take over
 
     # -- reading, for status, errors and --retry-errors ------------------------------------------
@@ -382,7 +381,7 @@ class Ledger:
     async def recent(self, per_extractor: int = 5) -> list[Any]:
         if not await self.exists():
             return []
-        async with self.db.reading() as conn:
+        async with self.db.sqlalchemy() as conn:
             rows = (await conn.execute(self._runs().order_by(runs.c.extractor, desc(runs.c.id)))).all()
         out: list[Any] = []
         seen: dict[str, int] = {}
@@ -395,13 +394,13 @@ class Ledger:
     async def run(self, run_id: int) -> Any:
         if not await self.exists():
             return None
-        async with self.db.reading() as conn:
+        async with self.db.sqlalchemy() as conn:
             return (await conn.execute(self._runs().where(runs.c.id == run_id))).first()
 
     async def latest(self, extractor: str) -> Any:
         if not await self.exists():
             return None
-        async with self.db.reading() as conn:
+        async with self.db.sqlalchemy() as conn:
             return (
                 await conn.execute(
                     self._runs().where(runs.c.extractor == extractor).order_by(desc(runs.c.id)).limit(1)
@@ -412,7 +411,7 @@ class Ledger:
         """The newest non-retry run of any of ``extractors``."""
         if not await self.exists():
             return None
-        async with self.db.reading() as conn:
+        async with self.db.sqlalchemy() as conn:
             return (
                 await conn.execute(
                     self._runs()
@@ -423,7 +422,7 @@ class Ledger:
             ).first()
 
     async def succeeded_in(self, invocation: str) -> dict[str, int]:
-        async with self.db.reading() as conn:
+        async with self.db.sqlalchemy() as conn:
             rows = await conn.execute(
                 select(runs.c.extractor, runs.c.id).where(
                     runs.c.invocation == invocation, runs.c.status == SUCCEEDED
@@ -432,7 +431,7 @@ class Ledger:
             return {r.extractor: r.id for r in rows}
 
     async def errors_of(self, run_id: int) -> list[Any]:
-        async with self.db.reading() as conn:
+        async with self.db.sqlalchemy() as conn:
             return list(
                 (
                     await conn.execute(select(errors).where(errors.c.run_id == run_id).order_by(errors.c.id))
@@ -440,6 +439,6 @@ class Ledger:
             )
 
     async def error_keys(self, run_id: int) -> list[Any]:
-        async with self.db.reading() as conn:
+        async with self.db.sqlalchemy() as conn:
             rows = await conn.execute(select(errors.c.key).where(errors.c.run_id == run_id).distinct())
             return [decode_key(r.key) for r in rows]

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeAlias
-from urllib.parse import quote
 
 from sqlalchemy import Table, create_engine
 from sqlalchemy.exc import NoReferencedTableError
@@ -18,6 +17,7 @@ from sqlalchemy.schema import sort_tables
 
 from backfill_core.extractor import Extractor
 from backfill_core.jsonvalue import dump_json
+from backfill_core.store.sqlite import connect
 
 SchemaItem: TypeAlias = "str | type | Table | Extractor"
 """DDL text, a SQLModel/SQLAlchemy model class, a Table, or an extractor (its model tables)."""
@@ -329,7 +329,7 @@ def insert_rows(
 
 def snapshot(path: Path | str, tables: Sequence[str] | None = None) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table (default: all but backfill's ledger), in a stable order."""
-    conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
+    conn = connect(str(path), read_only=True, timeout=5.0)
     try:
         if tables is None:
             names = [

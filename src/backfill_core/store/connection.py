@@ -1,0 +1,59 @@
+"""What the engine runs a batch's statements on, and the errors that come out of it.
+
+Each database has its adapter (``sqlite.py``, ``postgres.py``) that owns its driver's details and
+hands out a :class:`Connection`; a driver's error leaves the adapter as :class:`RowsRefused` when
+the rows written are to blame, and as the run-ending
+:class:`~backfill_core.errors.DatabaseUnavailable` otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+from sqlalchemy import exc
+
+from backfill_core.errors import DatabaseUnavailable
+
+Fatal = Callable[[BaseException, str], DatabaseUnavailable]
+"""The run-ending error for a driver's error and what was being done (``write to``), as
+:meth:`Database.fatal <backfill_core.store.database.Database.fatal>` words it."""
+
+
+class RowsRefused(Exception):
+    """The database refused the rows written: a constraint, or a value of the wrong type or too
+    big for its column. Writing the rows apart finds the ones to blame; ``message`` is the
+    driver's."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Connection(Protocol):
+    """One transaction's connection for a batch's driver-level SQL (see statements.py)."""
+
+    async def fetch(self, sql: str, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
+        """The rows of ``sql`` run with ``params``."""
+        ...
+
+    async def execute(self, sql: str, params: Sequence[Any]) -> None:
+        """Run ``sql`` once with ``params``."""
+        ...
+
+    async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run ``sql`` once per row of parameters."""
+        ...
+
+    def savepoint(self) -> AbstractAsyncContextManager[None]:
+        """A savepoint in the transaction: rolled back to if the block raises."""
+        ...
+
+
+def translated(error: exc.DBAPIError | OverflowError, action: str, fatal: Fatal) -> Exception:
+    """What an error SQLAlchemy (or its driver) raised becomes: RowsRefused when the rows are to
+    blame, else the run-ending error for ``action``."""
+    if isinstance(error, exc.IntegrityError | exc.DataError | OverflowError):
+        return RowsRefused(str(getattr(error, "orig", None) or error).strip())
+    return fatal(error, action)

@@ -1,0 +1,124 @@
+"""The PostgreSQL adapter: SQLAlchemy's AsyncConnection on the asyncpg driver."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event, exc
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from backfill_core.store.connection import Fatal, translated
+from backfill_core.store.statements import KeyLookup, Statements
+
+ARRAY_TYPES = """
+SELECT a.attname, format_type(t.typarray, -1)
+FROM pg_catalog.pg_attribute AS a JOIN pg_catalog.pg_type AS t ON t.oid = a.atttypid
+WHERE a.attrelid = CAST($1 AS regclass) AND a.attnum > 0 AND NOT a.attisdropped AND t.typarray <> 0
+"""
+"""Each column of a table (named as a query names it, quoted if need be) and the type of an array
+of its values, as SQL names it (``integer[]``). A type modifier of -1 names the type without one,
+in a form SQL reads back as such (``bpchar[]``, not ``character[]``, which is
+``character(1)[]``), so that a cast to it never cuts a value short or rounds it."""
+
+
+class PostgresConnection:
+    """A batch's transaction on a pooled asyncpg connection; ``action`` words its failures."""
+
+    __slots__ = ("_action", "_adapter", "_conn")
+
+    def __init__(self, conn: AsyncConnection, adapter: PostgresAdapter, action: str) -> None:
+        self._conn, self._adapter, self._action = conn, adapter, action
+
+    async def fetch(self, sql: str, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
+        """The rows of ``sql``; a composite-key lookup runs with one array of values per key
+        column (see ``Statements.array_lookup``), typed as its column is."""
+        try:
+            if isinstance(sql, KeyLookup):
+                types = await self._adapter.array_types(self._conn, sql.table)
+                if all(c in types for c in sql.key_cols):  # else (no array type) the list of row values
+                    arrays = tuple(types[c] for c in sql.key_cols)
+                    array_sql = self._adapter.statements.array_lookup(
+                        sql.table, sql.columns, sql.key_cols, arrays, sql.order_by
+                    )
+                    width = len(arrays)
+                    columns = tuple(list(params[i::width]) for i in range(width))
+                    return (await self._conn.exec_driver_sql(array_sql, columns)).all()
+            return (await self._conn.exec_driver_sql(sql, tuple(params))).all()
+        except (exc.DBAPIError, OverflowError) as e:
+            raise translated(e, self._action, self._adapter.fatal) from e
+
+    async def execute(self, sql: str, params: Sequence[Any]) -> None:
+        try:
+            await self._conn.exec_driver_sql(sql, tuple(params))
+        except (exc.DBAPIError, OverflowError) as e:
+            raise translated(e, self._action, self._adapter.fatal) from e
+
+    async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        try:
+            await self._conn.exec_driver_sql(sql, [tuple(r) for r in rows])
+        except (exc.DBAPIError, OverflowError) as e:
+            raise translated(e, self._action, self._adapter.fatal) from e
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        try:
+            async with self._conn.begin_nested():
+                yield
+        except exc.DBAPIError as e:  # of the savepoint's own statements: the block's are translated
+            raise translated(e, self._action, self._adapter.fatal) from e
+
+
+class PostgresAdapter:
+    """A PostgreSQL database through ``engine`` (SQLAlchemy on asyncpg); read-only when asked."""
+
+    def __init__(self, engine: AsyncEngine, *, read_only: bool, fatal: Fatal) -> None:
+        self._engine = engine
+        self.fatal = fatal
+        self._statements: Statements | None = None
+        self._array_type_cache: dict[str, dict[str, str]] = {}
+        if read_only:
+            event.listen(
+                engine.sync_engine, "begin", lambda conn: conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+            )
+
+    def engine(self, *, write: bool) -> AsyncEngine:
+        """The engine, for SQLAlchemy-level work; one serves reads and writes alike."""
+        return self._engine
+
+    @property
+    def statements(self) -> Statements:
+        if self._statements is None:
+            self._statements = Statements(self._engine.sync_engine.dialect)
+        return self._statements
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[PostgresConnection]:
+        """One write transaction: committed on success, else rolled back."""
+        try:
+            async with self._engine.begin() as conn:
+                yield PostgresConnection(conn, self, "write to")
+        except exc.DBAPIError as e:  # of connecting, beginning or committing
+            raise translated(e, "write to", self.fatal) from e
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[PostgresConnection]:
+        """One read transaction, begun by its first statement and rolled back at the end."""
+        try:
+            async with self._engine.connect() as conn:
+                yield PostgresConnection(conn, self, "read from")
+        except exc.DBAPIError as e:
+            raise translated(e, "read from", self.fatal) from e
+
+    async def array_types(self, conn: AsyncConnection, table: str) -> Mapping[str, str]:
+        """The array type of each column of ``table`` (see ARRAY_TYPES), read once per run."""
+        found = self._array_type_cache.get(table)
+        if found is None:
+            quoted = self._engine.sync_engine.dialect.identifier_preparer.quote(table)
+            rows: Sequence[Sequence[Any]] = (await conn.exec_driver_sql(ARRAY_TYPES, (quoted,))).all()
+            found = self._array_type_cache[table] = {str(r[0]): str(r[1]) for r in rows}
+        return found
+
+    async def close(self) -> None:
+        await self._engine.dispose()
