@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from conftest import Crash, Reference
+    from support.consistency import Reference
+    from support.crash import Crash
 
 
 def _execute(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import Crash
+    from support.crash import Crash
 
 OTHER_HOST = "some-other-host"
 

@@ -30,7 +30,7 @@ from backfill_core import (
     run_backfill,
 )
 from backfill_core.engine.stats import ErrorLog
-from pg_support import empty_database, execute, fetch, needs_server
+from support.postgres import empty_database, execute, fetch, needs_server
 
 SCHEMA = [
     "CREATE TABLE source (id INTEGER PRIMARY KEY, tag TEXT NOT NULL)",

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from backfill_plugins.testmanagement import synthetic
-from pg_support import fetch, needs_server, scratch_database
+from support.postgres import fetch, needs_server, scratch_database
 
 pytestmark = needs_server
 BACKFILL = str(Path(sys.executable).parent / "backfill")

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from backends import KINDS, Backend, PostgresBackend, SqliteBackend
 from backfill_core import (
     Children,
     Extractor,
@@ -33,7 +32,8 @@ from backfill_core import (
     run_backfill,
 )
 from backfill_core.engine.stats import ErrorLog, ExtractorStats
-from pg_support import empty_database, execute
+from support.backends import KINDS, Backend, PostgresBackend, SqliteBackend
+from support.postgres import empty_database, execute
 
 SCHEMA = """
 CREATE TABLE orders (id INTEGER PRIMARY KEY, payload TEXT, country TEXT);

@@ -23,7 +23,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import dialect as aiosqlite_dialect
 
 from backfill_core import Database, resolve_url
 from backfill_core.store.statements import KeyLookup, Names, Statements
-from pg_support import empty_database, execute, needs_server
+from support.postgres import empty_database, execute, needs_server
 
 SQLITE = Statements(aiosqlite_dialect())
 POSTGRES = Statements(asyncpg_dialect())
