@@ -23,7 +23,7 @@ def _execute(
     try:
         with conn:
             if many:
-                conn.executemany(sql, params)  # type: ignore[arg-type]
+                conn.executemany(sql, params)
             else:
                 conn.execute(sql, params)
     finally:

@@ -80,7 +80,10 @@ class Plugin:
 
 def expected(tags: dict[int, str]) -> dict[str, list[tuple[Any, ...]]]:
     """Every table's rows after a run over source rows with ``tags``, sorted."""
-    pairs, swaps, words, totals = [], [], [], []
+    pairs: list[tuple[Any, ...]] = []
+    swaps: list[tuple[Any, ...]] = []
+    words: list[tuple[Any, ...]] = []
+    totals: list[tuple[Any, ...]] = []
     for i, tag in tags.items():
         pairs += [(i, str(i + 1), f"{tag}+"), (i + 1, str(i), f"{tag}-")]
         swaps += [(i, i + 1000, tag), (i + 1000, i, tag.upper())]
