@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from conftest import Crash, Reference
+    from support.consistency import Reference
+    from support.crash import Crash
 
 KILL_PLAN = ("early", "test_features", "test_features", "early", "bug_attribution", "bug_attribution")
 """Where each SIGKILL lands: 'early' is the start of whichever extractor the run does first (its

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from conftest import Crash, Reference
+    from support.consistency import Reference
+    from support.crash import Crash
 
 
 def _execute(
@@ -22,7 +23,7 @@ def _execute(
     try:
         with conn:
             if many:
-                conn.executemany(sql, params)  # type: ignore[arg-type]
+                conn.executemany(sql, params)
             else:
                 conn.execute(sql, params)
     finally:

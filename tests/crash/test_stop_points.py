@@ -14,10 +14,11 @@ import pytest
 
 from backfill_core.engine.stoppoints import StopPoint, stop_point
 from backfill_core.errors import UsageError
-from pg_support import fetch, needs_server, scratch_database
+from support.postgres import fetch, needs_server, scratch_database
 
 if TYPE_CHECKING:
-    from conftest import Crash, Reference
+    from support.consistency import Reference
+    from support.crash import Crash
 
 BATCH = 10
 N = 4

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import Crash
+    from support.crash import Crash
 
 OTHER_HOST = "some-other-host"
 
 
 # (host, owner process, heartbeat age in s, BACKFILL_STALE_AFTER, taken over?)
-CASES = {
+CASES: dict[str, tuple[str, str | int, int, str | None, bool]] = {
     # On this host the owner process itself is asked.
     "same-host-pid-gone": ("HOST", "dead", 0, None, True),
     "same-host-pid-reused-by-another-program": ("HOST", "sleep", 0, None, True),
@@ -51,6 +51,7 @@ def test_running_row_is_taken_over_only_when_dead_or_stale(
         elif owner == "backfill":
             pid = stack.enter_context(crash.live_backfill(small_template))
         else:
+            assert isinstance(owner, int)
             pid = owner
         _check_takeover(crash, small_with_ledger, case, host, pid, age, stale_after, taken_over)
 

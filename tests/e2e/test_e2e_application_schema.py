@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import run_cli
+
+from support.cli import run_cli
 
 SCHEMA = Path(__file__).parent.parent / "data" / "testio_mcp_0_4_0.sql"
 CUSTOMER = 7

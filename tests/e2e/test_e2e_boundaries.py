@@ -12,7 +12,7 @@ file and on a scratch PostgreSQL database (when BACKFILL_TEST_POSTGRES_URL is se
 * the exit codes 0, 1, 2 and 3, each with the JSON ``exit_code`` agreeing. (130 and 143 are
   pinned by the signal tests in tests/crash.)
 
-Every database is built with exact row counts (see tests/backends.py): 1 failed row in 20 is
+Every database is built with exact row counts (see tests/support/backends.py): 1 failed row in 20 is
 exactly 5%, 19 covered tests in 20 exactly 95%.
 """
 
@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import RunCli, parse_json_output
 
-from backends import BROKEN, EMPTY, GOOD, KINDS, Backend, MakeBackend, backends
-from pg_support import SERVER, fetch
+from support.backends import BROKEN, EMPTY, GOOD, KINDS, Backend, MakeBackend, backends
+from support.cli import RunCli, parse_json_output
+from support.postgres import SERVER, fetch
 
 
 @pytest.fixture(params=KINDS)

@@ -6,7 +6,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from e2e_support import RunCli, parse_json_output, scalar, sha256, stats_by_name
+
+from support.cli import RunCli, parse_json_output, stats_by_name
+from support.sqlite import scalar, sha256
 
 
 def _demo_ok(proc: object, path: Path, tests: int) -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import run_cli
 
-from pg_support import empty_database, execute, needs_server
+from support.cli import run_cli
+from support.postgres import empty_database, execute, needs_server
 
 TABLES = """
 CREATE TABLE tests (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, data TEXT);

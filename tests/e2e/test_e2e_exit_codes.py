@@ -11,17 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from e2e_support import (
-    Expected,
-    RunCli,
-    drop_column,
-    features_by_test,
-    parse_json_output,
-    scalar,
-    sha256,
-    snapshot,
-    stats_by_name,
-)
+
+from support.builtin_job import Expected, features_by_test, snapshot
+from support.cli import RunCli, parse_json_output, stats_by_name
+from support.sqlite import drop_column, scalar, sha256
 
 BOTH = ["run", "test_features", "bug_attribution"]
 

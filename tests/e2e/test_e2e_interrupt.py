@@ -15,9 +15,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from e2e_support import BACKFILL, attributions, features_by_test, make_env, query, snapshot
 
-from cli_support import wait_until_stopped
+from support.builtin_job import attributions, features_by_test, snapshot
+from support.cli import BACKFILL, make_env
+from support.processes import wait_until_stopped
+from support.sqlite import query
 
 BATCH = 20
 COMMAND = ["run", "test_features", "bug_attribution", "--batch-size", str(BATCH), "--quiet"]

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import RunCli, parse_json_output, plugin_env, stats_by_name
 
-from backends import KINDS, Backend, PostgresBackend, SqliteBackend
-from pg_support import empty_database, execute
+from support.backends import KINDS, Backend, PostgresBackend, SqliteBackend
+from support.cli import RunCli, parse_json_output, plugin_env, stats_by_name
+from support.plugins import install_plugins
+from support.postgres import empty_database, execute
 
 PLUGIN = Path(__file__).resolve().parent.parent / "plugins" / "backfill-orders-plugin"
 
@@ -136,9 +137,7 @@ def shop(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Shop]:
 
 @pytest.fixture(scope="session")
 def orders_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from conftest import _install
-
-    return _install(tmp_path_factory, ("backfill-orders-plugin",))
+    return install_plugins(tmp_path_factory, ("backfill-orders-plugin",))
 
 
 def test_a_shop_from_its_plugin_alone(cli: RunCli, shop: Shop, orders_site: Path) -> None:

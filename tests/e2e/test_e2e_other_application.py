@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import pytest
-from e2e_support import RunCli, parse_json_output, plugin_env
 
-from backends import GOOD, KINDS, Backend, PostgresBackend, SqliteBackend, backends
 from backfill_core.store.database import display, resolve_url
-from cli_support import BACKFILL, make_env, wait_until_stopped
-from pg_support import SERVER, empty_database, execute, fetch, needs_server
+from support.backends import GOOD, KINDS, Backend, PostgresBackend, SqliteBackend, backends
+from support.cli import BACKFILL, RunCli, make_env, parse_json_output, plugin_env
+from support.postgres import SERVER, empty_database, execute, fetch, needs_server
+from support.processes import wait_until_stopped
 
 F = TypeVar("F", bound=Callable[..., Any])
 

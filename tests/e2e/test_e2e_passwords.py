@@ -7,7 +7,8 @@ not exist, so the connection fails after the URL has been parsed and the driver 
 from __future__ import annotations
 
 import pytest
-from e2e_support import RunCli, parse_json_output
+
+from support.cli import RunCli, parse_json_output
 
 SECRET = "s3cret"
 PG_URL = f"postgresql://someone:{SECRET}@127.0.0.1:5432/no_such_db_xyz"

@@ -11,7 +11,9 @@ import json
 from pathlib import Path
 
 import pytest
-from e2e_support import RunCli, parse_json_output, plugin_env, query, scalar, sha256
+
+from support.cli import RunCli, parse_json_output, plugin_env
+from support.sqlite import query, scalar, sha256
 
 BROKEN_DIST, BROKEN_VERSION = "backfill-broken-plugin", "0.3.1"
 BROKEN_EP = "broken = backfill_broken_plugin"

@@ -7,18 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-from e2e_support import (
-    Expected,
-    RunCli,
-    attributions,
-    features_by_test,
-    parse_json_output,
-    query,
-    scalar,
-    sha256,
-    snapshot,
-    stats_by_name,
-)
+
+from support.builtin_job import Expected, attributions, features_by_test, snapshot
+from support.cli import RunCli, parse_json_output, stats_by_name
+from support.sqlite import query, scalar, sha256
 
 BOTH_REVERSED = ["run", "bug_attribution", "test_features"]
 

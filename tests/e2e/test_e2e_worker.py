@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from e2e_support import BACKFILL, RunCli, make_env, parse_json_output, plugin_env, query
-
-from cli_support import children, running, wait_until_stopped
+from support.cli import BACKFILL, RunCli, make_env, parse_json_output, plugin_env
+from support.processes import children, running, wait_until_stopped
+from support.sqlite import query
 
 JOB = ["run", "test_features", "bug_attribution"]
 STOP_AT = "test_features:committed:3"

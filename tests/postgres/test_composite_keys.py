@@ -30,7 +30,7 @@ from backfill_core import (
     run_backfill,
 )
 from backfill_core.engine.stats import ErrorLog
-from pg_support import empty_database, execute, fetch, needs_server
+from support.postgres import empty_database, execute, fetch, needs_server
 
 SCHEMA = [
     "CREATE TABLE source (id INTEGER PRIMARY KEY, tag TEXT NOT NULL)",
@@ -80,7 +80,10 @@ class Plugin:
 
 def expected(tags: dict[int, str]) -> dict[str, list[tuple[Any, ...]]]:
     """Every table's rows after a run over source rows with ``tags``, sorted."""
-    pairs, swaps, words, totals = [], [], [], []
+    pairs: list[tuple[Any, ...]] = []
+    swaps: list[tuple[Any, ...]] = []
+    words: list[tuple[Any, ...]] = []
+    totals: list[tuple[Any, ...]] = []
     for i, tag in tags.items():
         pairs += [(i, str(i + 1), f"{tag}+"), (i + 1, str(i), f"{tag}-")]
         swaps += [(i, i + 1000, tag), (i + 1000, i, tag.upper())]

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from backfill_plugins.testmanagement import synthetic
-from pg_support import fetch, needs_server, scratch_database
+from support.postgres import fetch, needs_server, scratch_database
 
 pytestmark = needs_server
 BACKFILL = str(Path(sys.executable).parent / "backfill")
@@ -116,6 +116,7 @@ def test_postgres_fused_metric_counts_match_separate_queries(pg_url: str) -> Non
                 both = fused(m, db.sa_dialect)
                 if both is None:
                     assert m.name in ("bugs_attributed", "features_accounted")
+                    assert db.sa_dialect.server_version_info is not None
                     assert db.sa_dialect.server_version_info < (16,)
                     continue
                 apart = tuple([(await conn.execute(q)).scalar_one() for q in (m.numerator, m.denominator)])

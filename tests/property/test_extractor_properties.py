@@ -120,10 +120,10 @@ customers = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 
 def extract_or_record_error(
     extractor: TestFeatureExtractor | BugAttributionExtractor, row: dict[str, Any]
-) -> list[Change] | None:
+) -> list[Change | Skip] | None:
     """The changes, or None when the row is rejected with a RecordError; anything else fails."""
     try:
-        changes: list[Change] = list(extractor.extract(row))
+        changes: list[Change | Skip] = list(extractor.extract(row))
     except RecordError as e:
         assert isinstance(e.kind, str) and e.kind
         assert isinstance(e.message, str) and e.message

@@ -7,7 +7,7 @@ from typing import Any
 
 from hypothesis import given, settings, strategies as st
 
-from backfill_core.changes import Change, Update, Upsert, fields
+from backfill_core.changes import Update, Upsert, fields
 from backfill_core.engine.planner import Plan, extracted, plan_batch
 
 TARGET: tuple[str, tuple[str, ...]] = ("t", ("id",))
@@ -35,7 +35,7 @@ initial_states = st.dictionaries(
 ).map(lambda d: {k: {"id": k, **v} for k, v in d.items()})
 
 
-def one_by_one(initial: State, batch: list[list[Change]]) -> tuple[State, list[int]]:
+def one_by_one(initial: State, batch: list[list[Upsert | Update]]) -> tuple[State, list[int]]:
     """The reference: each source row applied alone, all or nothing."""
     state = copy.deepcopy(initial)
     failed = []
@@ -71,7 +71,9 @@ def apply(state: State, plan: Plan) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(initial_states, items, st.integers(min_value=1, max_value=13))
-def test_batches_of_any_size_match_one_by_one(initial: State, batch: list[list[Change]], size: int) -> None:
+def test_batches_of_any_size_match_one_by_one(
+    initial: State, batch: list[list[Upsert | Update]], size: int
+) -> None:
     state = copy.deepcopy(initial)
     failed: list[int] = []
     for start in range(0, len(batch), size):
@@ -91,6 +93,7 @@ def test_batches_of_any_size_match_one_by_one(initial: State, batch: list[list[C
         assert plan.inserted == len(set(state) - set(before))
         assert plan.inserted + plan.updated == len(touched)  # unchanged rows are as in the database
         for (k,), row in touched.items():
+            assert row is not None
             assert state[k] == {**NULLS, **row}
     expected, expected_failed = one_by_one(initial, batch)
     assert state == expected

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from backends import KINDS, Backend, PostgresBackend, SqliteBackend
 from backfill_plugins.testmanagement import synthetic
-from pg_support import scratch_database
+from support.backends import KINDS, Backend, PostgresBackend, SqliteBackend
+from support.postgres import scratch_database
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "backfill-example-plugin"

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from hypothesis import find, given, settings, strategies as st
-from kit_examples import FILLABLE, ITEMS, LABELS, ROW, STATUS, Appends, Labels, Totals
 
 from backfill_core import Children, Extractor, Ref, Row, Update, Upsert
 from backfill_core.testing import (
@@ -27,6 +26,7 @@ from backfill_core.testing import (
     well_formed_rows,
 )
 from backfill_core.testing.database import fillers, insert_generated, required_columns
+from support.kit_examples import FILLABLE, ITEMS, LABELS, ROW, STATUS, Appends, Labels, Totals
 
 # -- rows the test schema refuses; required columns the extractor does not read ---------------
 

@@ -16,16 +16,6 @@ from typing import Any
 
 import pytest
 from hypothesis import given, settings, strategies as st
-from kit_examples import (
-    FILLABLE,
-    ITEMS,
-    ROW,
-    STATUS,
-    Appends,
-    Labels,
-    ResetsPayload,
-    ResetsWhileIterated,
-)
 
 from backfill_core import Extractor, Row, Skip, Upsert
 from backfill_core.testing import (
@@ -36,6 +26,16 @@ from backfill_core.testing import (
     check_idempotent,
     check_total,
     well_formed_rows,
+)
+from support.kit_examples import (
+    FILLABLE,
+    ITEMS,
+    ROW,
+    STATUS,
+    Appends,
+    Labels,
+    ResetsPayload,
+    ResetsWhileIterated,
 )
 
 # -- every call of extract gets a row of its own ---------------------------------------------------

@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from backends import KINDS, Backend, PostgresBackend, SqliteBackend
 from backfill_core import (
     Children,
     Extractor,
     RecordError,
     Ref,
+    Row,
     RunOptions,
     RunReport,
     Update,
@@ -33,7 +33,8 @@ from backfill_core import (
     run_backfill,
 )
 from backfill_core.engine.stats import ErrorLog, ExtractorStats
-from pg_support import empty_database, execute
+from support.backends import KINDS, Backend, PostgresBackend, SqliteBackend
+from support.postgres import empty_database, execute
 
 SCHEMA = """
 CREATE TABLE orders (id INTEGER PRIMARY KEY, payload TEXT, country TEXT);
@@ -52,7 +53,7 @@ class OrderItems(Extractor):
     columns = ("payload",)
     writes = {"order_items": ("order_id", "line_no", "sku", "qty"), "orders": ("id", "country")}
 
-    def extract(self, row: dict[str, Any]) -> list[Any]:
+    def extract(self, row: Row) -> list[Any]:
         payload = parse_json(row["payload"], "orders.payload")
         if payload is None:
             return []
@@ -90,7 +91,7 @@ class ExtraLines(Extractor):
     writes = {"order_items": ("order_id", "line_no", "sku", "qty")}
     depends_on = ("order_items",)
 
-    def extract(self, row: dict[str, Any]) -> list[Any]:
+    def extract(self, row: Row) -> list[Any]:
         payload = parse_json(row["payload"], "orders.payload")
         if not isinstance(payload, dict) or "extra" not in payload:
             return []
@@ -274,7 +275,7 @@ def test_a_plugin_bug_in_a_children_change_is_a_record_error(shop: Shop) -> None
         columns = ("payload",)
         writes = {"order_items": ("order_id", "line_no", "sku", "qty")}
 
-        def extract(self, row: dict[str, Any]) -> list[Any]:
+        def extract(self, row: Row) -> list[Any]:
             good = {"line_no": 1, "sku": "a", "qty": 1}
             rows = {
                 1: [good],

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from backends import BROKEN, GOOD, KINDS, Backend, MakeBackend, backends
 from backfill_core import RunOptions, RunReport, make_registry, resolve_url, run_backfill
 from backfill_core.engine.stats import ErrorLog, ExtractorStats
 from backfill_core.errors import ExitCode
 from backfill_plugins.testmanagement import plugin
+from support.backends import BROKEN, GOOD, KINDS, Backend, MakeBackend, backends
 
 DEFAULT = RunOptions().max_error_rate
 

@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from backends import BROKEN, GOOD, KINDS, Backend, MakeBackend, backends
 from backfill_core import (
     Extractor,
     Registry,
@@ -34,6 +33,7 @@ from backfill_core import (
 )
 from backfill_core.engine.stats import ErrorLog, ExtractorStats
 from backfill_plugins.testmanagement import plugin
+from support.backends import BROKEN, GOOD, KINDS, Backend, MakeBackend, backends
 
 SCHEMA = """
 CREATE TABLE features (id INTEGER PRIMARY KEY);

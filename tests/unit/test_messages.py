@@ -28,7 +28,7 @@ from backfill_core import (
 from backfill_core.app.validation import check_thresholds, run_validators
 from backfill_core.changes import Change
 from backfill_core.extractor import Row
-from pg_support import SERVER, empty_database, execute, needs_server
+from support.postgres import SERVER, empty_database, execute, needs_server
 
 # -- declarations ------------------------------------------------------------------------------
 

@@ -89,7 +89,9 @@ def test_defaults_column_none_keeps_existing_value_on_update() -> None:
     }
     p = plan([item(1, feature(10, title="new", enable_default=None, enable_visual=None))], current)
     assert rows(p, FEATURES)[1] == [({"id": 10}, {"title": "new"})]
-    assert p.merged[FEATURES][(10,)]["enable_default"] is True
+    merged = p.merged[FEATURES][(10,)]
+    assert merged is not None
+    assert merged["enable_default"] is True
 
 
 def test_defaults_column_none_alone_leaves_existing_row_unchanged() -> None:
@@ -393,5 +395,5 @@ def test_merged_matches_the_rows_after_the_writes() -> None:
     p = plan(batch, current)
     state: dict[Any, dict[str, Any]] = {1: dict(current[FEATURES][(1,)])}
     _apply(state, p, FEATURES)
-    merged: Mapping[tuple[Any, ...], dict[str, Any]] = p.merged[FEATURES]
+    merged: Mapping[tuple[Any, ...], dict[str, Any] | None] = p.merged[FEATURES]
     assert {k[0]: v for k, v in merged.items()} == state

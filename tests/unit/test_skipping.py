@@ -38,7 +38,7 @@ from backfill_core.changes import Change
 from backfill_core.errors import NothingToDo
 from backfill_core.extractor import Row
 from backfill_core.store.database import display
-from pg_support import empty_database, execute, needs_server
+from support.postgres import empty_database, execute, needs_server
 
 DDL = """
 CREATE TABLE present (id INTEGER PRIMARY KEY, value INTEGER);

@@ -18,15 +18,15 @@ from typing import Any, TypeVar
 
 import asyncpg
 import pytest
-from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.dialects.sqlite.aiosqlite import dialect as aiosqlite_dialect
+from sqlalchemy.engine import make_url
 
 from backfill_core import Database, resolve_url
 from backfill_core.store.statements import KeyLookup, Names, Statements
-from pg_support import empty_database, execute, needs_server
+from support.postgres import empty_database, execute, needs_server
 
 SQLITE = Statements(aiosqlite_dialect())
-POSTGRES = Statements(asyncpg_dialect())
+POSTGRES = Statements(make_url("postgresql+asyncpg://").get_dialect()())
 F = TypeVar("F", bound=Callable[..., Any])
 
 

@@ -4,7 +4,7 @@
 SQLite files are built, one from that DDL and one from the plugin's models, and SQLite itself is
 asked what each table is (``PRAGMA table_info``, ``foreign_key_list``, ``index_list``): any
 difference in a column, its type's affinity, NOT NULL, default, primary key, foreign key or
-index fails here. The PostgreSQL tables the tests use (``pg_support.SCHEMA``) are held to the
+index fails here. The PostgreSQL tables the tests use (``support.postgres.SCHEMA``) are held to the
 models too.
 """
 
@@ -21,7 +21,7 @@ from sqlalchemy import create_engine
 from sqlmodel import SQLModel
 
 from backfill_plugins.testmanagement import models
-from pg_support import fetch, needs_server, scratch_database
+from support.postgres import fetch, needs_server, scratch_database
 
 DDL = Path(__file__).resolve().parents[1] / "data" / "testio_mcp_0_4_0.sql"
 MODELS = (models.User, models.Product, models.Feature, models.Test, models.TestFeature, models.Bug)
@@ -143,7 +143,7 @@ WHERE c.contype = 'f' AND t.relname = $1"""
 
 @pytest.fixture(scope="module")
 def postgres_copy(ours_file: Path) -> Iterator[str]:
-    """A scratch PostgreSQL database made as the PostgreSQL tests make theirs (pg_support)."""
+    """A scratch PostgreSQL database made as the PostgreSQL tests make theirs (support.postgres)."""
     with scratch_database(ours_file) as url:
         yield url
 
@@ -152,7 +152,7 @@ def postgres_copy(ours_file: Path) -> Iterator[str]:
 def test_the_postgresql_copy_the_tests_use_has_the_same_tables(
     table: str, postgres_copy: str, ours: sqlite3.Connection
 ) -> None:
-    """pg_support.SCHEMA, hand-written for PostgreSQL, has the models' columns in their order,
+    """support.postgres.SCHEMA, hand-written for PostgreSQL, has the models' columns in their order,
     the same NOT NULL, a default where they have one, and the same foreign keys."""
     columns = asyncio.run(
         fetch(

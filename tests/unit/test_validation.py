@@ -170,7 +170,7 @@ def names_a_feature(raw: str | None) -> bool:
     return isinstance(feature, dict) and feature.get("id") is not None
 
 
-def listed_features(data: str | None) -> list[int]:
+def listed_features(data: str | None) -> list[int | None]:
     """The ids of the features a test's JSON lists with an id and a feature_id."""
     try:
         doc = json.loads(data) if data is not None else None

@@ -104,7 +104,8 @@ def test_a_batch_checked_by_the_engine_equals_one_checked_by_the_worker() -> Non
     extract = BatchExtractor(Oversteps())
     rows = [(i, None if i % 5 == 0 else f"l{i}") for i in range(1, 16)]
     left = extract(rows, finish=False)
-    assert left.items == [] and left.unchecked is not None
+    unchecked = left.unchecked
+    assert left.items == [] and unchecked is not None
     extract.finish(left)
     here = extract(rows)
     assert (left.keys, left.items, left.errors, left.needed, left.refs, left.unchecked) == (

@@ -7,13 +7,16 @@ extractor.
 
 from __future__ import annotations
 
-import backfill_fixture_missing_dependency  # noqa: F401  (not installed anywhere, on purpose)
+from collections.abc import Callable
 
-from backfill_core import hookimpl
+# Not installed anywhere, on purpose.
+import backfill_fixture_missing_dependency  # type: ignore[import-not-found]  # noqa: F401
+
+from backfill_core import Extractor, hookimpl
 
 PROVIDES = "broken_feature_counts"
 
 
 @hookimpl
-def register_extractors(register):  # pragma: no cover - never reached
+def register_extractors(register: Callable[[Extractor], None]) -> None:  # pragma: no cover - never reached
     raise AssertionError("unreachable: the import above fails")

@@ -1,4 +1,4 @@
-"""Extractors and schemas the kit's regression tests share (tests/testing/test_kit_*.py)."""
+"""Extractors and schemas the testing kit's regression tests share (tests/testing/test_kit_*.py)."""
 
 from __future__ import annotations
 

@@ -1,61 +1,47 @@
-"""Helpers for the end-to-end tests: run the real ``backfill`` script, read SQLite files.
-
-Imported by ``conftest.py`` and the test modules (this directory is on ``sys.path``).
-"""
+"""The built-in job's synthetic SQLite databases: built, copied, run once; their tables read
+back; and ``Expected``, what a correct run must make of them."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import sqlite3
-import subprocess
-from collections.abc import Callable, Mapping
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cli_support
 from backfill_plugins.testmanagement import synthetic
-from cli_support import (
-    BACKFILL as BACKFILL,  # re-exported for the test modules
-    Env,
-    make_env as make_env,
-)
-
-RunCli = Callable[..., subprocess.CompletedProcess[str]]
+from support.cli import run_cli
+from support.sqlite import query, table_rows
 
 
-def run_cli(
-    args: list[str], env: Env | None = None, *, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    """Run ``backfill ARGS`` as a real subprocess and capture its output."""
-    return cli_support.run_cli(args, env, timeout=timeout)
+def build_db(path: Path, tests: int, seed: int = 1) -> Path:
+    """A new synthetic database of ``tests`` tests (about four bugs each) at ``path``."""
+    synthetic.build(path, tests, seed=seed)
+    return path
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def build_template(path: Path, tests: int) -> Path:
+    """A new synthetic database that no test may write to: copy it with ``writable_copy``."""
+    build_db(path, tests)
+    path.chmod(0o444)
+    return path
 
 
-def connect_ro(path: Path) -> sqlite3.Connection:
-    """A read-only connection: the tests' own reads must never change the file."""
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+def writable_copy(template: Path, path: Path) -> Path:
+    """A private, writable copy of ``template`` at ``path``."""
+    shutil.copy(template, path)
+    path.chmod(0o644)
+    return path
 
 
-def query(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = connect_ro(path)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
-
-
-def scalar(path: Path, sql: str, params: tuple[Any, ...] = ()) -> Any:
-    return query(path, sql, params)[0][0]
-
-
-def table_rows(path: Path, table: str) -> list[tuple[Any, ...]]:
-    """Every row of ``table``, in primary-key order: the table's full contents."""
-    return query(path, f"SELECT * FROM {table} ORDER BY rowid")
+def after_run(template: Path, path: Path, args: Sequence[object]) -> Path:
+    """A read-only copy of ``template`` at ``path`` after ``backfill ARGS`` (which names ``path``)
+    succeeded on it."""
+    writable_copy(template, path)
+    proc = run_cli(args)
+    assert proc.returncode == 0, proc.stderr
+    path.chmod(0o444)
+    return path
 
 
 DATA_TABLES = ("tests", "test_features", "bugs")
@@ -67,37 +53,11 @@ def snapshot(path: Path, tables: tuple[str, ...] = DATA_TABLES) -> dict[str, lis
     return {name: table_rows(path, name) for name in tables}
 
 
-def parse_json_output(proc: subprocess.CompletedProcess[str]) -> Any:
-    """stdout must be exactly one JSON document."""
-    try:
-        return json.loads(proc.stdout)
-    except json.JSONDecodeError as e:  # pragma: no cover - a failure message, not a branch
-        raise AssertionError(f"stdout is not one JSON document ({e}):\n{proc.stdout}\n{proc.stderr}") from e
-
-
-def stats_by_name(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    return {s["extractor"]: s for s in report["extractors"]}
-
-
-def build_db(path: Path, tests: int, seed: int = 1) -> Path:
-    synthetic.build(path, tests, seed=seed)
-    return path
-
-
-def plugin_env(site: Path, overrides: Env | None = None) -> dict[str, str | None]:
-    """Overrides that make the fixture plugin packages installed in ``site`` visible."""
-    existing = os.environ.get("PYTHONPATH")
-    path = str(site) if not existing else os.pathsep.join([str(site), existing])
-    return {"PYTHONPATH": path, **(overrides or {})}
-
-
-def drop_column(path: Path, table: str, column: str) -> None:
-    conn = sqlite3.connect(path)
-    try:
-        conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
-        conn.commit()
-    finally:
-        conn.close()
+def features(path: Path, up_to_test: int | None = None) -> list[tuple[Any, ...]]:
+    """All columns of test_features, by id (only the features of tests <= ``up_to_test``)."""
+    if up_to_test is None:
+        return query(path, "SELECT * FROM test_features ORDER BY id")
+    return query(path, "SELECT * FROM test_features WHERE test_id <= ? ORDER BY id", (up_to_test,))
 
 
 def features_by_test(path: Path) -> dict[int, set[int]]:
@@ -106,6 +66,11 @@ def features_by_test(path: Path) -> dict[int, set[int]]:
     for test_id, feature_id in query(path, "SELECT test_id, id FROM test_features"):
         out.setdefault(test_id, set()).add(feature_id)
     return out
+
+
+def attribution_column(path: Path) -> list[tuple[int, int | None]]:
+    """(id, test_feature_id) of every bug, by id."""
+    return [(r[0], r[1]) for r in query(path, "SELECT id, test_feature_id FROM bugs ORDER BY id")]
 
 
 def attributions(path: Path) -> dict[int, int]:

@@ -3,8 +3,7 @@ the PostgreSQL server named by BACKFILL_TEST_POSTGRES_URL (created and dropped h
 
 For tests that pin a contract on both databases: they build the same rows (tests whose ``data``
 is GOOD, BROKEN or EMPTY), run the real engine or CLI on ``Backend.url``, and read the result back
-with ``Backend.rows``. (``tests`` is on pytest's ``pythonpath``, so any test module can import
-this one.)
+with ``Backend.rows``.
 """
 
 from __future__ import annotations
@@ -19,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from pg_support import empty_database, execute, fetch, needs_server
+from support.postgres import empty_database, execute, fetch, needs_server
+from support.sqlite import query
 
 SCHEMA = """
 CREATE TABLE features (id INTEGER PRIMARY KEY);
@@ -33,7 +33,7 @@ CREATE TABLE bugs (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, test_id
                    raw_data TEXT, test_feature_id INTEGER REFERENCES test_features(id));
 """
 """The columns the built-in job reads and writes, in DDL that both databases accept; kept here,
-apart from pg_support's copy of the application's schema, so that these tests' row counts stay
+apart from support.postgres' copy of the application's schema, so that these tests' row counts stay
 exact whatever that schema grows."""
 
 KINDS = [pytest.param("sqlite"), pytest.param("postgresql", marks=needs_server)]
@@ -96,11 +96,7 @@ class SqliteBackend(Backend):
         self.path = path
 
     def rows(self, sql: str) -> list[tuple[Any, ...]]:
-        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
-        try:
-            return conn.execute(sql).fetchall()
-        finally:
-            conn.close()
+        return query(self.path, sql)
 
     def execute(self, sql: str) -> None:
         conn = sqlite3.connect(self.path)
