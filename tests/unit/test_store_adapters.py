@@ -17,7 +17,7 @@ from backfill_core import Database, DatabaseUnavailable, resolve_url
 from backfill_core.store.connection import RowsRefused
 from backfill_core.store.database import display
 from backfill_core.store.sqlite import connect, uri
-from pg_support import empty_database, execute, needs_server
+from support.postgres import empty_database, execute, needs_server
 
 T = TypeVar("T")
 ITEMS = "CREATE TABLE items (id INTEGER PRIMARY KEY, n INTEGER NOT NULL CHECK (n >= 0), label TEXT UNIQUE)"
