@@ -34,7 +34,7 @@ from backfill_core.engine.worker import Worker, WorkerReadError
 from backfill_core.errors import BackfillError
 from backfill_core.store.database import BatchConnection, Database, is_record_level
 from backfill_core.store.ledger import FAILED, INTERRUPTED, SUCCEEDED, Ledger, RunState
-from backfill_core.store.records import Delta, ErrorRecord
+from backfill_core.store.records import Delta, ErrorRecord, KeyRange
 
 CHECKPOINT_EVERY = 2.0
 """Seconds between checkpoints of batches that changed nothing (their rows are re-read on resume,
@@ -77,8 +77,9 @@ class BatchRunner:
         self.worker = worker
         self.source = light_table(extractor.source_table, self.cols)
         self.target_cols = {t: tuple(sorted(cols)) for t, cols in self.written.items()}
+        self._state: RunState | None = None
         self._pending = Delta()
-        self._pending_key: Any = None
+        self._pending_range: KeyRange | None = None
         self._checkpointed = time.monotonic()
         self._ledger_total: int | None = None
         self._refusals: Refusals | None = None
@@ -119,12 +120,14 @@ class BatchRunner:
     ) -> ExtractorStats:
         started = time.perf_counter()
         start_after = state.last_key if state else None
+        self._state = state
         self.stats.run_id = state.id if state else None
         self.stats.note = state.note if state else None
         status: str = FAILED
         message: str | None = "stopped by an unexpected error"
         reader = self._extractions(start_after, keys)
         cleared: set[Any] = set()  # keys whose old errors were cleared with their batch
+        after = start_after  # the key before the next batch's rows
         ahead: asyncio.Future[Extraction | None] | None = None
         bar: Progress = NoProgress()
         try:
@@ -151,10 +154,11 @@ class BatchRunner:
                 if clear_run is not None:
                     clear = (clear_run, batch.keys)
                     cleared.update(batch.keys)
-                last_key = batch.keys[-1] if keys is None else None
+                done = KeyRange(after, batch.keys[-1]) if keys is None else None
                 # A signal waits for the batch in flight: its writes, its checkpoint and the
                 # summary's counts then agree.
-                await _to_the_end(self._commit(batch, delta, last_key, clear))
+                await _to_the_end(self._commit(batch, delta, done, clear))
+                after = batch.keys[-1]
                 self._reached("committed")
                 bar.update(len(batch.keys))
                 # Retrying known failures is not judged by how many still fail.
@@ -286,7 +290,7 @@ class BatchRunner:
     # -- writing: one transaction per batch, failing rows isolated in savepoints -------------------
 
     async def _commit(
-        self, batch: Extraction, delta: Delta, last_key: Any, clear: tuple[int, list[Any]] | None
+        self, batch: Extraction, delta: Delta, done: KeyRange | None, clear: tuple[int, list[Any]] | None
     ) -> None:
         """Plan and write a batch and its checkpoint in one transaction (or plan only, in a dry run)."""
         try:
@@ -295,12 +299,12 @@ class BatchRunner:
                     plans = await self._isolating(conn, batch.items, delta, batch)
             else:
                 try:
-                    plans, delta = await self._attempt(batch, delta, last_key, clear, isolate=False)
+                    plans, delta = await self._attempt(batch, delta, done, clear, isolate=False)
                 except (DBAPIError, OverflowError) as e:
                     if not is_record_level(e):
                         raise
                     # A row breaks a constraint: write the batch again, finding the rows that fail.
-                    plans, delta = await self._attempt(batch, delta, last_key, clear, isolate=True)
+                    plans, delta = await self._attempt(batch, delta, done, clear, isolate=True)
         except DBAPIError as e:
             raise self.db.fatal(e, "write to") from e
         for plan in plans:
@@ -314,7 +318,7 @@ class BatchRunner:
         self,
         batch: Extraction,
         delta: Delta,
-        last_key: Any,
+        done: KeyRange | None,
         clear: tuple[int, list[Any]] | None,
         *,
         isolate: bool,
@@ -322,7 +326,7 @@ class BatchRunner:
         """One write transaction for the batch; ``delta`` is left as it was if it rolls back."""
         attempt = Delta()
         attempt.add(delta)
-        folded = self._pending, self._pending_key, self._checkpointed
+        folded = self._pending, self._pending_range, self._checkpointed
         try:
             async with self.db.batch_transaction() as conn:
                 if isolate:
@@ -332,10 +336,10 @@ class BatchRunner:
                     await self._write(conn, plan)
                     self._count(plan, attempt)
                     plans = [plan]
-                await self._checkpoint(conn, attempt, last_key, clear)
+                await self._checkpoint(conn, attempt, done, clear)
                 self._reached("written")
         except BaseException:
-            self._pending, self._pending_key, self._checkpointed = folded
+            self._pending, self._pending_range, self._checkpointed = folded
             raise
         return plans, attempt
 
@@ -380,51 +384,46 @@ class BatchRunner:
             self._error(delta, failure.key, "record", failure.kind, failure.message)
 
     async def _checkpoint(
-        self, conn: BatchConnection, delta: Delta, last_key: Any, clear: tuple[int, list[Any]] | None
+        self, conn: BatchConnection, delta: Delta, done: KeyRange | None, clear: tuple[int, list[Any]] | None
     ) -> None:
-        """Record the batch in the ledger, in its transaction; batches that changed nothing are
-        folded into the next checkpoint (with the errors they found), at most CHECKPOINT_EVERY
-        seconds apart: a re-run over unchanged data commits a few times, not once per batch."""
-        if self.ledger is None or self.stats.run_id is None:
+        """Record the batch (its key range ``done``) in the ledger, in its transaction; batches
+        that changed nothing are folded into the next checkpoint (with the errors they found), at
+        most CHECKPOINT_EVERY seconds apart: a re-run over unchanged data commits a few times,
+        not once per batch."""
+        if self.ledger is None or self._state is None:
             return
         pending = Delta()
         pending.add(self._pending)
         pending.add(delta)
+        span = done if self._pending_range is None else _joined(self._pending_range, done)
         due = delta.inserted or delta.updated or delta.deleted or clear is not None
         if not due and time.monotonic() - self._checkpointed < CHECKPOINT_EVERY:
-            self._pending, self._pending_key = (
-                pending,
-                last_key if last_key is not None else self._pending_key,
-            )
+            self._pending, self._pending_range = pending, span
             return
-        state = RunState(self.stats.run_id, self.x.name)
-        key = last_key if last_key is not None else self._pending_key
-        await self.ledger.checkpoint(conn, state, key, pending, total=self._ledger_total, clear=clear)
-        self._pending, self._pending_key = Delta(), None
+        await self.ledger.checkpoint(conn, self._state, span, pending, total=self._ledger_total, clear=clear)
+        self._pending, self._pending_range = Delta(), None
         self._checkpointed = time.monotonic()
 
     async def _flush(self) -> bool:
         """Checkpoint batches folded into no checkpoint yet; False if that failed."""
-        if self.ledger is None or self.stats.run_id is None or not self._pending:
+        if self.ledger is None or self._state is None or not self._pending:
             return True
         try:
             async with self.db.batch_transaction() as conn:
-                state = RunState(self.stats.run_id, self.x.name)
                 await self.ledger.checkpoint(
-                    conn, state, self._pending_key, self._pending, total=self._ledger_total
+                    conn, self._state, self._pending_range, self._pending, total=self._ledger_total
                 )
         except (DBAPIError, BackfillError):
             return False
-        self._pending, self._pending_key = Delta(), None
+        self._pending, self._pending_range = Delta(), None
         return True
 
     async def _clear_vanished(self, run_id: int, keys: Sequence[Any]) -> None:
         """Clear the recorded errors of keys whose source rows no longer exist."""
-        if self.ledger is None or self.stats.run_id is None or not keys:
+        if self.ledger is None or self._state is None or not keys:
             return
         async with self.db.batch_transaction() as conn:
-            state = RunState(self.stats.run_id, self.x.name)
-            await self.ledger.checkpoint(conn, state, None, Delta(), clear=(run_id, list(keys)))
+            await self.ledger.checkpoint(conn, self._state, None, Delta(), clear=(run_id, list(keys)))
 
     async def _plan(self, conn: BatchConnection, batch: list[Extracted], whole: Extraction | None) -> Plan:
         """Plan ``batch`` against the rows it addresses and references; ``whole`` as in _isolating."""
@@ -546,6 +545,11 @@ async def _to_the_end(work: Coroutine[Any, Any, None]) -> None:
     except asyncio.CancelledError:
         await task
         raise
+
+
+def _joined(first: KeyRange, then: KeyRange | None) -> KeyRange:
+    """The keys of ``first`` and of ``then``, which starts where ``first`` ends."""
+    return first if then is None else KeyRange(first.after, then.upto)
 
 
 def _by_columns(rows: Iterable[tuple[tuple[str, ...], tuple[Any, ...]]]) -> dict[tuple[str, ...], list[Any]]:
