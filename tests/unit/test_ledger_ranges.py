@@ -22,6 +22,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from backends import GOOD, KINDS, Backend, MakeBackend, backends
 from backfill_core import RunOptions, RunReport, make_registry, resolve_url, run_backfill
+from backfill_core.engine.batches import BatchRunner
+from backfill_core.engine.extraction import BatchExtractor
 from backfill_core.engine.stats import ErrorLog
 from backfill_core.store.database import Database
 from backfill_core.store.ledger import FAILED, Ledger, RunState, complement, merged
@@ -417,3 +419,37 @@ def test_a_ledger_of_the_previous_schema_is_migrated_in_place_and_resumed(make_d
     assert any(n.startswith("resuming run 1 of test_features from key 2 (and 1 key range") for n in notes)
     assert db.rows("SELECT COUNT(*) FROM backfill_ranges") == [(0,)]
     assert db.rows("SELECT last_key FROM backfill_runs") == [("10",)]
+
+
+async def _out_of_order(url: str, todo: list[KeyRange], batch_size: int) -> None:
+    """The real engine over ``todo``'s key ranges in that order, as a new run."""
+    (extractor,) = make_registry(plugin).ordered(["test_features"])
+    async with Database(resolve_url(url)) as db:
+        ledger = Ledger(db)
+        await ledger.ensure()
+        options = RunOptions(batch_size=batch_size)
+        runner = BatchRunner(db, BatchExtractor(extractor), options, ErrorLog(keep=10), ledger=ledger)
+        await runner.check_schema()
+        state = await ledger.begin(
+            "test_features", plugin="", version="0", invocation="i", plan="p", options={}, restart=True
+        )
+        state.todo = todo
+        stats = await runner.run(state)
+        assert stats.processed == 30
+
+
+@pytest.mark.parametrize("again", [False, True], ids=["writing", "unchanged"])
+def test_the_engine_commits_ranges_given_out_of_order_and_ends_with_one_mark(
+    make_db: MakeBackend, again: bool
+) -> None:
+    """Batches of one range that changed nothing are folded into the next checkpoint only within
+    their range: the ledger still ends with every key done, and no range left."""
+    db = make_db([GOOD] * 30)
+    if again:
+        run(db)
+    todo = ranges((12, 20), (None, 5), (25, None), (5, 12), (20, 25))
+    asyncio.run(_out_of_order(db.url, todo, batch_size=4))
+    assert db.feature_tests() == list(range(1, 31))
+    latest = db.rows("SELECT status, last_key, processed, total, inserted, unchanged FROM backfill_runs")[-1]
+    assert latest == ("succeeded", "30", 30, 30, 0 if again else 30, 30 if again else 0)
+    assert db.rows("SELECT COUNT(*) FROM backfill_ranges") == [(0,)]

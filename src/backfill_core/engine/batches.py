@@ -9,7 +9,7 @@ from collections.abc import AsyncGenerator, Coroutine, Iterable, Mapping, Sequen
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import column, func, select, table
+from sqlalchemy import and_, column, func, or_, select, table, true
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import TableClause
 
@@ -107,7 +107,8 @@ class BatchRunner:
         keys: Sequence[Any] | None = None,
         clear_run: int | None = None,
     ) -> ExtractorStats:
-        """Process every source row after ``state.last_key``, or only the rows with ``keys``.
+        """Process the source rows of ``state.todo``'s key ranges, in that order (all rows
+        without a state), or only the rows with ``keys``.
 
         With a ledger run ``state``, each batch's checkpoint commits with the batch; ``clear_run``
         names a run whose recorded errors for the processed keys are cleared (--retry-errors).
@@ -119,28 +120,28 @@ class BatchRunner:
         self, state: RunState | None, keys: Sequence[Any] | None, clear_run: int | None
     ) -> ExtractorStats:
         started = time.perf_counter()
-        start_after = state.last_key if state else None
+        todo = state.todo if state else [KeyRange()]
         self._state = state
         self.stats.run_id = state.id if state else None
         self.stats.note = state.note if state else None
         status: str = FAILED
         message: str | None = "stopped by an unexpected error"
-        reader = self._extractions(start_after, keys)
+        reader = self._extractions(todo, keys)
         cleared: set[Any] = set()  # keys whose old errors were cleared with their batch
-        after = start_after  # the key before the next batch's rows
-        ahead: asyncio.Future[Extraction | None] | None = None
+        ahead: asyncio.Future[tuple[Any, Extraction] | None] | None = None
         bar: Progress = NoProgress()
         try:
             # The first batch is read and extracted while the rows are counted.
             ahead = asyncio.ensure_future(anext(reader, None))
             if keys is None:
-                self.stats.total = await self._remaining(start_after)
+                self.stats.total = await self._remaining(todo)
                 self._ledger_total = (state.processed if state else 0) + self.stats.total
             else:
                 self.stats.total, self._ledger_total = len(keys), None
             bar = self.progress(self.x.name, self.stats.total)
             self._reached("started")
-            while (batch := await ahead) is not None:
+            while (read := await ahead) is not None:
+                after, batch = read
                 self._batches += 1
                 # The next batch is read and extracted while this one is written: by the worker
                 # process, or on PostgreSQL by its own connection (SQLite's batch connection runs
@@ -158,7 +159,6 @@ class BatchRunner:
                 # A signal waits for the batch in flight: its writes, its checkpoint and the
                 # summary's counts then agree.
                 await _to_the_end(self._commit(batch, delta, done, clear))
-                after = batch.keys[-1]
                 self._reached("committed")
                 bar.update(len(batch.keys))
                 # Retrying known failures is not judged by how many still fail.
@@ -190,8 +190,8 @@ class BatchRunner:
 
     async def _wind_up(
         self,
-        ahead: asyncio.Future[Extraction | None] | None,
-        reader: AsyncGenerator[Extraction, None],
+        ahead: asyncio.Future[tuple[Any, Extraction] | None] | None,
+        reader: AsyncGenerator[tuple[Any, Extraction], None],
         state: RunState | None,
         status: str,
         message: str | None,
@@ -214,38 +214,49 @@ class BatchRunner:
             )
         await self.ledger.finish(state, status, message)
 
-    async def _remaining(self, start_after: Any) -> int:
-        """The source rows after ``start_after`` (rows with a NULL key are never read)."""
+    async def _remaining(self, todo: Sequence[KeyRange]) -> int:
+        """The source rows in the key ranges ``todo`` (rows with a NULL key are never read)."""
         key = self.source.c[self.x.key]
         counting = select(func.count()).select_from(self.source).where(key.is_not(None))
-        if start_after is not None:
-            counting = counting.where(key > start_after)
+        if todo != [KeyRange()]:
+            within = [
+                and_(
+                    key > r.after if r.after is not None else true(),
+                    key <= r.upto if r.upto is not None else true(),
+                )
+                for r in todo
+            ]
+            counting = counting.where(or_(*within))
         async with self.db.reading() as conn:
             return (await conn.execute(counting)).scalar_one()
 
     async def _extractions(
-        self, start_after: Any, keys: Sequence[Any] | None
-    ) -> AsyncGenerator[Extraction, None]:
-        """The batches to write, extracted: by the worker when there is one, else here."""
-        if self.worker is not None and self.worker.alive and keys is None:
+        self, todo: Sequence[KeyRange], keys: Sequence[Any] | None
+    ) -> AsyncGenerator[tuple[Any, Extraction], None]:
+        """The batches to write, extracted (by the worker when there is one, else here), each
+        with the key before its rows in its range (None for the first of an open-started one)."""
+        whole = todo[0] if len(todo) == 1 and todo[0].upto is None else None  # the rows from a key on
+        if self.worker is not None and self.worker.alive and keys is None and whole is not None:
             page = self.db.statements.page
             t, cols, key, size = self.x.source_table, self.cols, self.x.key, self.options.batch_size
             batches = self.worker.extractions(
-                self.x.name, page(t, cols, key, size, False), page(t, cols, key, size, True), start_after
+                self.x.name, page(t, cols, key, size, False), page(t, cols, key, size, True), whole.after
             )
+            after = whole.after
             try:
                 async with contextlib.aclosing(batches):
                     async for batch in batches:
-                        yield batch
+                        yield after, batch
+                        after = batch.keys[-1]
             except WorkerReadError as e:
                 raise self.db.fatal(e.error, "read from") from e
             return
-        async for rows in self._pages(start_after, keys):
-            yield self.extract(rows)
+        async for after, rows in self._pages(todo, keys):
+            yield after, self.extract(rows)
 
     async def _pages(
-        self, start_after: Any, keys: Sequence[Any] | None
-    ) -> AsyncGenerator[Sequence[Any], None]:
+        self, todo: Sequence[KeyRange], keys: Sequence[Any] | None
+    ) -> AsyncGenerator[tuple[Any, Sequence[Any]], None]:
         table, key = self.x.source_table, self.x.key
         size = self.options.batch_size
         if keys is not None:
@@ -255,18 +266,22 @@ class BatchRunner:
                 async with self.db.batch_pages() as conn:
                     rows = await self.db.fetch(conn, stmt, padded)
                 if rows:
-                    yield rows
+                    yield None, rows
             return
-        last = start_after
-        while True:
-            # Rows with a NULL key cannot be paged by key; they are left out, as from the count.
-            stmt = self.db.statements.page(table, self.cols, key, size, last is not None)
-            async with self.db.batch_pages() as conn:
-                rows = await self.db.fetch(conn, stmt, () if last is None else (last,))
-            if not rows:
-                return
-            yield rows
-            last = rows[-1][self.key_index]
+        for todo_range in todo:
+            last, upto = todo_range.after, todo_range.upto
+            while True:
+                # Rows with a NULL key cannot be paged by key; they are left out, as from the count.
+                stmt = self.db.statements.page(
+                    table, self.cols, key, size, last is not None, upto is not None
+                )
+                params = [bound for bound in (last, upto) if bound is not None]
+                async with self.db.batch_pages() as conn:
+                    rows = await self.db.fetch(conn, stmt, params)
+                if not rows:
+                    break
+                yield last, rows
+                last = rows[-1][self.key_index]
 
     def _error(self, delta: Delta, key: Any, tier: str, kind: str, message: str) -> None:
         delta.errors.append(ErrorRecord(self.x.name, key, tier, kind, message))
@@ -389,17 +404,23 @@ class BatchRunner:
         """Record the batch (its key range ``done``) in the ledger, in its transaction; batches
         that changed nothing are folded into the next checkpoint (with the errors they found), at
         most CHECKPOINT_EVERY seconds apart: a re-run over unchanged data commits a few times,
-        not once per batch."""
+        not once per batch. Batches folded at the end of one range of ``todo`` are recorded
+        with the first batch of the next, as a range of their own."""
         if self.ledger is None or self._state is None:
             return
         pending = Delta()
         pending.add(self._pending)
         pending.add(delta)
-        span = done if self._pending_range is None else _joined(self._pending_range, done)
-        due = delta.inserted or delta.updated or delta.deleted or clear is not None
+        folded = self._pending_range
+        apart = folded is not None and done is not None and folded.upto != done.after
+        span = done if folded is None or apart else _joined(folded, done)
+        due = delta.inserted or delta.updated or delta.deleted or clear is not None or apart
         if not due and time.monotonic() - self._checkpointed < CHECKPOINT_EVERY:
             self._pending, self._pending_range = pending, span
             return
+        if apart:
+            await self.ledger.checkpoint(conn, self._state, folded, self._pending)
+            pending = delta
         await self.ledger.checkpoint(conn, self._state, span, pending, total=self._ledger_total, clear=clear)
         self._pending, self._pending_range = Delta(), None
         self._checkpointed = time.monotonic()
