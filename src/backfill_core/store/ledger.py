@@ -122,7 +122,7 @@ def decode_key(text: str | None) -> Any:
 
 
 def _plain(key: Any) -> Any:
-    """``key`` as the ledger gives it back (a key JSON has no type for comes back as a string)."""
+    """``key`` as the ledger gives it back (a key of a type JSON lacks, a date, as a string)."""
     return None if key is None else decode_key(encode_key(key))
 
 
