@@ -46,6 +46,18 @@ def test_keyset_page_binds_the_last_key_only_after_the_first_page() -> None:
     )
 
 
+def test_a_keyset_page_of_a_key_range_binds_its_upper_bound_last() -> None:
+    assert POSTGRES.page("bugs", ("id",), "id", 7, True, True) == (
+        "SELECT id FROM bugs WHERE id IS NOT NULL AND id > $1 AND id <= $2 ORDER BY id LIMIT 7"
+    )
+    assert POSTGRES.page("bugs", ("id",), "id", 7, False, True) == (
+        "SELECT id FROM bugs WHERE id IS NOT NULL AND id <= $1 ORDER BY id LIMIT 7"
+    )
+    assert SQLITE.page("bugs", ("id",), "id", 7, True, True) == (
+        "SELECT id FROM bugs WHERE id IS NOT NULL AND id > ? AND id <= ? ORDER BY id LIMIT 7"
+    )
+
+
 def test_names_that_need_quoting_are_quoted() -> None:
     sql = SQLITE.update("order tags", ("select",), ("order_id", "tag name"))
     assert sql == 'UPDATE "order tags" SET "select" = ? WHERE order_id = ? AND "tag name" = ?'

@@ -9,7 +9,7 @@ from collections.abc import AsyncGenerator, Coroutine, Iterable, Mapping, Sequen
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import column, func, select, table
+from sqlalchemy import and_, column, func, or_, select, table, true
 from sqlalchemy.sql import TableClause
 
 from backfill_core.engine.collector import few_collections
@@ -34,7 +34,7 @@ from backfill_core.errors import BackfillError
 from backfill_core.store.connection import Connection, RowsRefused
 from backfill_core.store.database import Database
 from backfill_core.store.ledger import FAILED, INTERRUPTED, SUCCEEDED, Ledger, RunState
-from backfill_core.store.records import Delta, ErrorRecord
+from backfill_core.store.records import Delta, ErrorRecord, KeyRange
 
 CHECKPOINT_EVERY = 2.0
 """Seconds between checkpoints of batches that changed nothing (their rows are re-read on resume,
@@ -77,8 +77,9 @@ class BatchRunner:
         self.worker = worker
         self.source = light_table(extractor.source_table, self.cols)
         self.target_cols = {t: tuple(sorted(cols)) for t, cols in self.written.items()}
+        self._state: RunState | None = None
         self._pending = Delta()
-        self._pending_key: Any = None
+        self._pending_range: KeyRange | None = None
         self._checkpointed = time.monotonic()
         self._ledger_total: int | None = None
         self._refusals: Refusals | None = None
@@ -106,7 +107,8 @@ class BatchRunner:
         keys: Sequence[Any] | None = None,
         clear_run: int | None = None,
     ) -> ExtractorStats:
-        """Process every source row after ``state.last_key``, or only the rows with ``keys``.
+        """Process the source rows of ``state.todo``'s key ranges, in that order (all rows
+        without a state), or only the rows with ``keys``.
 
         With a ledger run ``state``, each batch's checkpoint commits with the batch; ``clear_run``
         names a run whose recorded errors for the processed keys are cleared (--retry-errors).
@@ -118,26 +120,28 @@ class BatchRunner:
         self, state: RunState | None, keys: Sequence[Any] | None, clear_run: int | None
     ) -> ExtractorStats:
         started = time.perf_counter()
-        start_after = state.last_key if state else None
+        todo = state.todo if state else [KeyRange()]
+        self._state = state
         self.stats.run_id = state.id if state else None
         self.stats.note = state.note if state else None
         status: str = FAILED
         message: str | None = "stopped by an unexpected error"
-        reader = self._extractions(start_after, keys)
+        reader = self._extractions(todo, keys)
         cleared: set[Any] = set()  # keys whose old errors were cleared with their batch
-        ahead: asyncio.Future[Extraction | None] | None = None
+        ahead: asyncio.Future[tuple[Any, Extraction] | None] | None = None
         bar: Progress = NoProgress()
         try:
             # The first batch is read and extracted while the rows are counted.
             ahead = asyncio.ensure_future(anext(reader, None))
             if keys is None:
-                self.stats.total = await self._remaining(start_after)
+                self.stats.total = await self._remaining(todo)
                 self._ledger_total = (state.processed if state else 0) + self.stats.total
             else:
                 self.stats.total, self._ledger_total = len(keys), None
             bar = self.progress(self.x.name, self.stats.total)
             self._reached("started")
-            while (batch := await ahead) is not None:
+            while (read := await ahead) is not None:
+                after, batch = read
                 self._batches += 1
                 # The next batch is read and extracted while this one is written: by the worker
                 # process, or on PostgreSQL by its own connection (SQLite's batch connection runs
@@ -151,10 +155,10 @@ class BatchRunner:
                 if clear_run is not None:
                     clear = (clear_run, batch.keys)
                     cleared.update(batch.keys)
-                last_key = batch.keys[-1] if keys is None else None
+                done = KeyRange(after, batch.keys[-1]) if keys is None else None
                 # A signal waits for the batch in flight: its writes, its checkpoint and the
                 # summary's counts then agree.
-                await _to_the_end(self._commit(batch, delta, last_key, clear))
+                await _to_the_end(self._commit(batch, delta, done, clear))
                 self._reached("committed")
                 bar.update(len(batch.keys))
                 # Retrying known failures is not judged by how many still fail.
@@ -186,8 +190,8 @@ class BatchRunner:
 
     async def _wind_up(
         self,
-        ahead: asyncio.Future[Extraction | None] | None,
-        reader: AsyncGenerator[Extraction, None],
+        ahead: asyncio.Future[tuple[Any, Extraction] | None] | None,
+        reader: AsyncGenerator[tuple[Any, Extraction], None],
         state: RunState | None,
         status: str,
         message: str | None,
@@ -210,38 +214,49 @@ class BatchRunner:
             )
         await self.ledger.finish(state, status, message)
 
-    async def _remaining(self, start_after: Any) -> int:
-        """The source rows after ``start_after`` (rows with a NULL key are never read)."""
+    async def _remaining(self, todo: Sequence[KeyRange]) -> int:
+        """The source rows in the key ranges ``todo`` (rows with a NULL key are never read)."""
         key = self.source.c[self.x.key]
         counting = select(func.count()).select_from(self.source).where(key.is_not(None))
-        if start_after is not None:
-            counting = counting.where(key > start_after)
+        if todo != [KeyRange()]:
+            within = [
+                and_(
+                    key > r.after if r.after is not None else true(),
+                    key <= r.upto if r.upto is not None else true(),
+                )
+                for r in todo
+            ]
+            counting = counting.where(or_(*within))
         async with self.db.sqlalchemy() as conn:
             return (await conn.execute(counting)).scalar_one()
 
     async def _extractions(
-        self, start_after: Any, keys: Sequence[Any] | None
-    ) -> AsyncGenerator[Extraction, None]:
-        """The batches to write, extracted: by the worker when there is one, else here."""
-        if self.worker is not None and self.worker.alive and keys is None:
+        self, todo: Sequence[KeyRange], keys: Sequence[Any] | None
+    ) -> AsyncGenerator[tuple[Any, Extraction], None]:
+        """The batches to write, extracted (by the worker when there is one, else here), each
+        with the key before its rows in its range (None for the first of an open-started one)."""
+        whole = todo[0] if len(todo) == 1 and todo[0].upto is None else None  # the rows from a key on
+        if self.worker is not None and self.worker.alive and keys is None and whole is not None:
             page = self.db.statements.page
             t, cols, key, size = self.x.source_table, self.cols, self.x.key, self.options.batch_size
             batches = self.worker.extractions(
-                self.x.name, page(t, cols, key, size, False), page(t, cols, key, size, True), start_after
+                self.x.name, page(t, cols, key, size, False), page(t, cols, key, size, True), whole.after
             )
+            after = whole.after
             try:
                 async with contextlib.aclosing(batches):
                     async for batch in batches:
-                        yield batch
+                        yield after, batch
+                        after = batch.keys[-1]
             except WorkerReadError as e:
                 raise self.db.fatal(e.error, "read from") from e
             return
-        async for rows in self._pages(start_after, keys):
-            yield self.extract(rows)
+        async for after, rows in self._pages(todo, keys):
+            yield after, self.extract(rows)
 
     async def _pages(
-        self, start_after: Any, keys: Sequence[Any] | None
-    ) -> AsyncGenerator[Sequence[Any], None]:
+        self, todo: Sequence[KeyRange], keys: Sequence[Any] | None
+    ) -> AsyncGenerator[tuple[Any, Sequence[Any]], None]:
         table, key = self.x.source_table, self.x.key
         size = self.options.batch_size
         if keys is not None:
@@ -251,18 +266,22 @@ class BatchRunner:
                 async with self.db.reading() as conn:
                     rows = await conn.fetch(stmt, padded)
                 if rows:
-                    yield rows
+                    yield None, rows
             return
-        last = start_after
-        while True:
-            # Rows with a NULL key cannot be paged by key; they are left out, as from the count.
-            stmt = self.db.statements.page(table, self.cols, key, size, last is not None)
-            async with self.db.reading() as conn:
-                rows = await conn.fetch(stmt, () if last is None else (last,))
-            if not rows:
-                return
-            yield rows
-            last = rows[-1][self.key_index]
+        for todo_range in todo:
+            last, upto = todo_range.after, todo_range.upto
+            while True:
+                # Rows with a NULL key cannot be paged by key; they are left out, as from the count.
+                stmt = self.db.statements.page(
+                    table, self.cols, key, size, last is not None, upto is not None
+                )
+                params = [bound for bound in (last, upto) if bound is not None]
+                async with self.db.reading() as conn:
+                    rows = await conn.fetch(stmt, params)
+                if not rows:
+                    break
+                yield last, rows
+                last = rows[-1][self.key_index]
 
     def _error(self, delta: Delta, key: Any, tier: str, kind: str, message: str) -> None:
         delta.errors.append(ErrorRecord(self.x.name, key, tier, kind, message))
@@ -286,7 +305,7 @@ class BatchRunner:
     # -- writing: one transaction per batch, failing rows isolated in savepoints -------------------
 
     async def _commit(
-        self, batch: Extraction, delta: Delta, last_key: Any, clear: tuple[int, list[Any]] | None
+        self, batch: Extraction, delta: Delta, done: KeyRange | None, clear: tuple[int, list[Any]] | None
     ) -> None:
         """Plan and write a batch and its checkpoint in one transaction (or plan only, in a dry run)."""
         try:
@@ -295,10 +314,10 @@ class BatchRunner:
                     plans = await self._isolating(conn, batch.items, delta, batch)
             else:
                 try:
-                    plans, delta = await self._attempt(batch, delta, last_key, clear, isolate=False)
+                    plans, delta = await self._attempt(batch, delta, done, clear, isolate=False)
                 except RowsRefused:
                     # A row breaks a constraint: write the batch again, finding the rows that fail.
-                    plans, delta = await self._attempt(batch, delta, last_key, clear, isolate=True)
+                    plans, delta = await self._attempt(batch, delta, done, clear, isolate=True)
         except RowsRefused as e:
             raise self.db.fatal(e, "write to") from e
         for plan in plans:
@@ -312,7 +331,7 @@ class BatchRunner:
         self,
         batch: Extraction,
         delta: Delta,
-        last_key: Any,
+        done: KeyRange | None,
         clear: tuple[int, list[Any]] | None,
         *,
         isolate: bool,
@@ -320,7 +339,7 @@ class BatchRunner:
         """One write transaction for the batch; ``delta`` is left as it was if it rolls back."""
         attempt = Delta()
         attempt.add(delta)
-        folded = self._pending, self._pending_key, self._checkpointed
+        folded = self._pending, self._pending_range, self._checkpointed
         try:
             async with self.db.writing() as conn:
                 if isolate:
@@ -330,10 +349,10 @@ class BatchRunner:
                     await self._write(conn, plan)
                     self._count(plan, attempt)
                     plans = [plan]
-                await self._checkpoint(conn, attempt, last_key, clear)
+                await self._checkpoint(conn, attempt, done, clear)
                 self._reached("written")
         except BaseException:
-            self._pending, self._pending_key, self._checkpointed = folded
+            self._pending, self._pending_range, self._checkpointed = folded
             raise
         return plans, attempt
 
@@ -376,51 +395,52 @@ class BatchRunner:
             self._error(delta, failure.key, "record", failure.kind, failure.message)
 
     async def _checkpoint(
-        self, conn: Connection, delta: Delta, last_key: Any, clear: tuple[int, list[Any]] | None
+        self, conn: Connection, delta: Delta, done: KeyRange | None, clear: tuple[int, list[Any]] | None
     ) -> None:
-        """Record the batch in the ledger, in its transaction; batches that changed nothing are
-        folded into the next checkpoint (with the errors they found), at most CHECKPOINT_EVERY
-        seconds apart: a re-run over unchanged data commits a few times, not once per batch."""
-        if self.ledger is None or self.stats.run_id is None:
+        """Record the batch (its key range ``done``) in the ledger, in its transaction; batches
+        that changed nothing are folded into the next checkpoint (with the errors they found), at
+        most CHECKPOINT_EVERY seconds apart: a re-run over unchanged data commits a few times,
+        not once per batch. Batches folded at the end of one range of ``todo`` are recorded
+        with the first batch of the next, as a range of their own."""
+        if self.ledger is None or self._state is None:
             return
         pending = Delta()
         pending.add(self._pending)
         pending.add(delta)
-        due = delta.inserted or delta.updated or delta.deleted or clear is not None
+        folded = self._pending_range
+        apart = folded is not None and done is not None and folded.upto != done.after
+        span = done if folded is None or apart else _joined(folded, done)
+        due = delta.inserted or delta.updated or delta.deleted or clear is not None or apart
         if not due and time.monotonic() - self._checkpointed < CHECKPOINT_EVERY:
-            self._pending, self._pending_key = (
-                pending,
-                last_key if last_key is not None else self._pending_key,
-            )
+            self._pending, self._pending_range = pending, span
             return
-        state = RunState(self.stats.run_id, self.x.name)
-        key = last_key if last_key is not None else self._pending_key
-        await self.ledger.checkpoint(conn, state, key, pending, total=self._ledger_total, clear=clear)
-        self._pending, self._pending_key = Delta(), None
+        if apart:
+            await self.ledger.checkpoint(conn, self._state, folded, self._pending)
+            pending = delta
+        await self.ledger.checkpoint(conn, self._state, span, pending, total=self._ledger_total, clear=clear)
+        self._pending, self._pending_range = Delta(), None
         self._checkpointed = time.monotonic()
 
     async def _flush(self) -> bool:
         """Checkpoint batches folded into no checkpoint yet; False if that failed."""
-        if self.ledger is None or self.stats.run_id is None or not self._pending:
+        if self.ledger is None or self._state is None or not self._pending:
             return True
         try:
             async with self.db.writing() as conn:
-                state = RunState(self.stats.run_id, self.x.name)
                 await self.ledger.checkpoint(
-                    conn, state, self._pending_key, self._pending, total=self._ledger_total
+                    conn, self._state, self._pending_range, self._pending, total=self._ledger_total
                 )
         except (RowsRefused, BackfillError):
             return False
-        self._pending, self._pending_key = Delta(), None
+        self._pending, self._pending_range = Delta(), None
         return True
 
     async def _clear_vanished(self, run_id: int, keys: Sequence[Any]) -> None:
         """Clear the recorded errors of keys whose source rows no longer exist."""
-        if self.ledger is None or self.stats.run_id is None or not keys:
+        if self.ledger is None or self._state is None or not keys:
             return
         async with self.db.writing() as conn:
-            state = RunState(self.stats.run_id, self.x.name)
-            await self.ledger.checkpoint(conn, state, None, Delta(), clear=(run_id, list(keys)))
+            await self.ledger.checkpoint(conn, self._state, None, Delta(), clear=(run_id, list(keys)))
 
     async def _plan(self, conn: Connection, batch: list[Extracted], whole: Extraction | None) -> Plan:
         """Plan ``batch`` against the rows it addresses and references; ``whole`` as in _isolating."""
@@ -542,6 +562,11 @@ async def _to_the_end(work: Coroutine[Any, Any, None]) -> None:
     except asyncio.CancelledError:
         await task
         raise
+
+
+def _joined(first: KeyRange, then: KeyRange | None) -> KeyRange:
+    """The keys of ``first`` and of ``then``, which starts where ``first`` ends."""
+    return first if then is None else KeyRange(first.after, then.upto)
 
 
 def _by_columns(rows: Iterable[tuple[tuple[str, ...], tuple[Any, ...]]]) -> dict[tuple[str, ...], list[Any]]:

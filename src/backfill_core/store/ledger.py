@@ -1,7 +1,11 @@
-"""The run ledger: ``backfill_runs`` and ``backfill_errors``, kept in the target database.
+"""The run ledger: ``backfill_runs``, ``backfill_ranges`` and ``backfill_errors``, kept in the
+target database.
 
-A batch's checkpoint (its last key and its counts) is written in the same transaction as the
-batch's own writes, so after any crash the ledger and the data agree exactly.
+A run's progress is a low-water mark (``backfill_runs.last_key``: every key up to it is done)
+plus the key ranges committed above it (``backfill_ranges``), so key ranges can be committed in
+any order and a resumed run processes exactly the rest; a run that commits its keys in order
+records no range. A batch's checkpoint (its range and its counts) is written in the same
+transaction as the batch's own writes, so after any crash the ledger and the data agree exactly.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import json
 import os
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
@@ -22,6 +26,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     Select,
     String,
     Table,
@@ -35,11 +40,12 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection as SyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backfill_core.errors import BackfillError, EnvironmentProblem
 from backfill_core.store.connection import Connection, RowsRefused
 from backfill_core.store.database import Database
-from backfill_core.store.records import COUNTS, Delta
+from backfill_core.store.records import COUNTS, Delta, KeyRange
 
 RUNNING, SUCCEEDED, FAILED, INTERRUPTED = "running", "succeeded", "failed", "interrupted"
 RESUMABLE = {FAILED, INTERRUPTED}
@@ -71,6 +77,16 @@ runs = Table(
     Column("message", Text),
 )
 Index("ix_backfill_runs_extractor", runs.c.extractor, runs.c.id)
+ranges = Table(
+    "backfill_ranges",
+    metadata,
+    Column("run_id", Integer, ForeignKey("backfill_runs.id"), nullable=False),
+    Column("after", Text),
+    Column("upto", Text, nullable=False),
+    PrimaryKeyConstraint("run_id", "upto"),
+)
+"""The key ranges ``after < key <= upto`` (NULL ``after``: from the first key) a run has committed
+above its ``last_key``, none of them touching it or each other; keys encoded as ``encode_key``."""
 errors = Table(
     "backfill_errors",
     metadata,
@@ -105,6 +121,47 @@ def decode_key(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
+def _plain(key: Any) -> Any:
+    """``key`` as the ledger gives it back (a key of a type JSON lacks, a date, as a string)."""
+    return None if key is None else decode_key(encode_key(key))
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two keys (or two Nones) are the same key as the ledger records keys."""
+    return bool(a == b) or encode_key(a) == encode_key(b)
+
+
+def merged(low: Any, done: Sequence[KeyRange]) -> tuple[Any, list[KeyRange]]:
+    """A low-water mark and committed ranges (each ending at a key), as the low-water mark that
+    the ranges reaching it advance, and the other ranges in key order, touching ones merged.
+
+    Keys compare as the ledger gives them back (see ``decode_key``): integers or strings.
+    """
+    out: list[KeyRange] = []
+    for r in sorted(done, key=lambda r: (r.after is not None, r.after)):
+        if out and (r.after is None or r.after <= out[-1].upto):
+            if r.upto > out[-1].upto:
+                out[-1] = KeyRange(out[-1].after, r.upto)
+        else:
+            out.append(r)
+    while out and (out[0].after is None or (low is not None and out[0].after <= low)):
+        reached = out.pop(0).upto
+        low = reached if low is None or reached > low else low
+    return low, out
+
+
+def complement(low: Any, done: Sequence[KeyRange]) -> list[KeyRange]:
+    """The key ranges still to do after the low-water mark ``low`` and the ranges ``done``
+    above it (as ``merged`` gives them), in key order; the last is open-ended."""
+    todo = []
+    start = low
+    for r in done:
+        todo.append(KeyRange(start, r.after))
+        start = r.upto
+    todo.append(KeyRange(start))
+    return todo
+
+
 def stale_after() -> float:
     try:
         return float(os.environ.get(STALE_AFTER_ENV, DEFAULT_STALE_AFTER))
@@ -118,13 +175,24 @@ class RunInProgress(EnvironmentProblem):
 
 @dataclass
 class RunState:
+    """A run as this process carries it on; its checkpoints keep ``last_key`` and ``ranged``."""
+
     id: int
     extractor: str
     last_key: Any = None
+    """The low-water mark: every key up to it is done (None: none is)."""
     processed: int = 0
     """Rows the run had processed before this process took it up."""
     resumed: bool = False
     note: str | None = None
+    todo: list[KeyRange] = field(default_factory=list)
+    """The key ranges still to process, in key order; left empty, the keys after ``last_key``."""
+    ranged: bool = False
+    """Whether ``backfill_ranges`` may hold ranges of the run above ``last_key``."""
+
+    def __post_init__(self) -> None:
+        if not self.todo:
+            self.todo = [KeyRange(after=self.last_key)]
 
 
 def is_live(row: Any, *, host: str, limit: float) -> bool:
@@ -216,8 +284,9 @@ class Ledger:
             return found
 
     async def ensure(self) -> None:
-        """Create the ledger tables if they are missing, and add the columns an older ledger
-        lacks (a real run does; a dry run never)."""
+        """Create the ledger tables if they are missing (an older ledger gains
+        ``backfill_ranges``), and add the columns an older ledger lacks (a real run does; a dry
+        run never)."""
         async with self.db.sqlalchemy(write=True) as conn:
             await conn.run_sync(lambda sync: metadata.create_all(sync, checkfirst=True))
             maybe = "" if self.db.is_sqlite else "IF NOT EXISTS "  # SQLite has no such clause
@@ -295,10 +364,21 @@ class Ledger:
                     .values(status=RUNNING, invocation=invocation, finished_at=None, message=None, **owner)
                 )
                 how = "taking over" if latest.id in taken_over else "resuming"
-                last = decode_key(latest.last_key)
+                last, done, ranged = await self._committed(conn, latest.id, decode_key(latest.last_key))
                 where = f"from key {last}" if last is not None else "from the start"
+                if done:
+                    where += f" (and {len(done)} key range{'s' * (len(done) > 1)} above it already committed)"
                 note = f"{how} run {latest.id} of {extractor} {where}"
-                return RunState(latest.id, extractor, last, latest.processed, resumed=True, note=note)
+                return RunState(
+                    latest.id,
+                    extractor,
+                    last,
+                    latest.processed,
+                    resumed=True,
+                    note=note,
+                    todo=complement(last, done),
+                    ranged=ranged,
+                )
             if taken_over:
                 await conn.execute(
                     update(runs)
@@ -325,24 +405,46 @@ class Ledger:
             assert run_id is not None
             return RunState(int(run_id), extractor)
 
+    async def _committed(
+        self, conn: AsyncConnection, run_id: int, last_key: Any
+    ) -> tuple[Any, list[KeyRange], bool]:
+        """The run's low-water mark and the ranges committed above it, in key order, merged;
+        and whether ``backfill_ranges`` holds any row of the run."""
+        rows = (
+            await conn.execute(select(ranges.c.after, ranges.c.upto).where(ranges.c.run_id == run_id))
+        ).all()
+        low, done = merged(last_key, [KeyRange(decode_key(r.after), decode_key(r.upto)) for r in rows])
+        return low, done, bool(rows)
+
     async def checkpoint(
         self,
         conn: Connection,
         run: RunState,
-        last_key: Any,
+        done: KeyRange | None,
         delta: Delta,
         *,
         total: int | None = None,
         clear: tuple[int, Sequence[Any]] | None = None,
     ) -> None:
-        """Record a batch's progress inside the batch's own transaction ``conn``."""
-        assigned = (
-            ("heartbeat_at",) + ("last_key",) * (last_key is not None) + ("total",) * (total is not None)
-        )
+        """Record inside a batch's own transaction ``conn`` that the keys of ``done`` are
+        committed (None: no progress to record), with ``delta``'s counts and errors.
+
+        Ranges may be committed in any order; ``done.upto`` is a key. ``total`` sets the run's
+        total, and ``clear`` (a run and keys) deletes that run's recorded errors of those keys.
+        ``run.last_key`` and ``run.ranged`` follow what is recorded; a range that extends the
+        low-water mark of a run that recorded no range is one statement, the others read the
+        ledger. If ``conn``'s transaction then rolls back, ``run`` is ahead of the ledger, so the
+        caller commits that range again (starting where the ledger's mark is), or nothing more.
+        """
+        if done is not None and done.upto is None:
+            raise ValueError(f"a committed key range ends at a key, not at the end: {done}")
+        extends = done is not None and not run.ranged and _same(done.after, run.last_key)
+        assigned = ("heartbeat_at",) + ("last_key",) * extends + ("total",) * (total is not None)
         params = [getattr(delta, name) for name in COUNTS]
         params.append(self._timestamp(now()))
-        if last_key is not None:
-            params.append(encode_key(last_key))
+        if extends:
+            assert done is not None
+            params.append(encode_key(done.upto))
         if total is not None:
             params.append(total)
         params.append(run.id)
@@ -350,6 +452,11 @@ class Ledger:
         # cost more than the writes themselves.
         sql = self.db.statements.increment(runs.name, COUNTS, assigned, "id")
         await conn.execute(sql, params)
+        if extends:
+            assert done is not None
+            run.last_key = done.upto
+        elif done is not None:
+            await self._record(conn, run, done)
         if clear is not None and clear[1]:
             old_run, keys = clear
             for i in range(0, len(keys), 1000):
@@ -363,6 +470,31 @@ class Ledger:
                 self.db.statements.insert(errors.name, columns),
                 [(run.id, encode_key(e.key), e.tier, e.kind, e.message, stamp) for e in delta.errors],
             )
+
+    async def _record(self, conn: Connection, run: RunState, done: KeyRange) -> None:
+        """Add ``done`` to the run's low-water mark and ranges as the ledger holds them: the
+        mark advances over the ranges that reach it, and ranges that touch merge."""
+        st = self.db.statements
+        ((stored,),) = await conn.fetch(st.lookup(runs.name, ("last_key",), ("id",), 1), [run.id])
+        rows = await conn.fetch(st.lookup(ranges.name, ("after", "upto"), ("run_id",), 1), [run.id])
+        low = decode_key(stored)
+        recorded = [KeyRange(decode_key(after), decode_key(upto)) for after, upto in rows]
+        plain = KeyRange(_plain(done.after), _plain(done.upto))
+        new_low, kept = merged(low, [*recorded, plain])
+        before = {(after, upto) for after, upto in rows}
+        wanted = {(None if r.after is None else encode_key(r.after), encode_key(r.upto)) for r in kept}
+        gone = [upto for _, upto in before - wanted]
+        for i in range(0, len(gone), 1000):
+            chunk = gone[i : i + 1000]
+            await conn.execute(st.delete_in(ranges.name, "run_id", "upto", len(chunk)), [run.id, *chunk])
+        added = sorted(wanted - before, key=lambda r: r[1])
+        if added:
+            insert_range = st.insert(ranges.name, ("run_id", "after", "upto"))
+            await conn.execute_many(insert_range, [(run.id, a, u) for a, u in added])
+        if not _same(new_low, low):
+            set_low = st.increment(runs.name, (), ("last_key",), "id")
+            await conn.execute(set_low, [encode_key(new_low), run.id])
+        run.last_key, run.ranged = new_low, bool(kept)
 
     async def finish(self, run: RunState, status: str, message: str | None = None) -> None:
         """Mark the run ended; best effort, since the database may be what failed."""

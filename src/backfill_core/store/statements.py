@@ -72,10 +72,13 @@ class Statements:
     def _names(self, names: Sequence[str]) -> str:
         return ", ".join(map(self._quote, names))
 
-    def _page(self, table: str, columns: Names, key: str, limit: int, after: bool) -> str:
-        """Up to ``limit`` rows with a non-NULL key, in key order; the key bound comes first."""
+    def _page(self, table: str, columns: Names, key: str, limit: int, after: bool, upto: bool = False) -> str:
+        """Up to ``limit`` rows with a non-NULL key, in key order; the key bounds are the
+        parameters, the lower one (``key > ?``) first, then the upper one (``key <= ?``)."""
         k = self._quote(key)
-        where = f"{k} IS NOT NULL" + (f" AND {k} > {self._marks(1)[0]}" if after else "")
+        marks = iter(self._marks(after + upto))
+        where = f"{k} IS NOT NULL" + (f" AND {k} > {next(marks)}" if after else "")
+        where += f" AND {k} <= {next(marks)}" if upto else ""
         return (
             f"SELECT {self._names(columns)} FROM {self._quote(table)} WHERE {where} "
             f"ORDER BY {k} LIMIT {int(limit)}"
