@@ -176,13 +176,6 @@ def _children_ok(parent: Mapping[str, Any], children: ChildRows, declared: froze
     return len(seen) == len(rows)
 
 
-def check_change(change: object, writes: Mapping[str, frozenset[str]], extractor: str) -> Change:
-    """Return ``change`` if it is an Upsert or Update that only touches what the extractor
-    declared, else raise RecordError."""
-    checked(fields(change, extractor), writes, extractor)
-    return change  # type: ignore[return-value]
-
-
 def _refusal(f: Fields, declared: frozenset[str] | None, extractor: str) -> RecordError:
     """Why ``checked`` refused ``f``: built only then, as the check runs for every change."""
     table, key, values, defaults, _, _, children = f

@@ -36,9 +36,11 @@ RUN = """
 import asyncio, sys
 
 from backfill_core import RunOptions, make_registry, resolve_url
-from backfill_core.engine.batches import BatchRunner
-from backfill_core.engine.extraction import BatchExtractor
-from backfill_core.engine.stats import ErrorLog
+from backfill_core.engine.batch import Converter
+from backfill_core.engine.loop import BatchLoop
+from backfill_core.engine.sources import Pages
+from backfill_core.engine.stats import ErrorLog, ExtractorStats
+from backfill_core.engine.writer import Writer
 from backfill_core.store.database import Database
 from backfill_core.store.ledger import Ledger
 from backfill_core.store.records import KeyRange
@@ -51,14 +53,15 @@ async def main(url: str, batch: int, todo: list[list[int | None]]) -> None:
         ledger = Ledger(db)
         await ledger.ensure()
         options = RunOptions(batch_size=batch, max_error_rate=1.0)  # a batch may hold a messy test
-        runner = BatchRunner(db, BatchExtractor(extractor), options, ErrorLog(keep=10), ledger=ledger)
-        await runner.check_schema()
+        x = Converter(extractor)
+        await db.check_schema({extractor.source_table: x.cols, **x.written})
+        loop = BatchLoop(db, Writer(db, x.name, x.written), options, ErrorLog(keep=10), ledger=ledger)
         state = await ledger.begin(
             "test_features", plugin="", version="0", invocation="out-of-order", plan="test_features",
             options={}, restart=False,
         )
         state.todo = [KeyRange(after, upto) for after, upto in todo]
-        await runner.run(state)
+        await loop.run(Pages(db, x, state.todo, batch), ExtractorStats(x.name), state)
 
 
 asyncio.run(main(sys.argv[1], int(sys.argv[2]), __import__("json").loads(sys.argv[3])))

@@ -8,13 +8,14 @@ from typing import Any
 from hypothesis import example, given, settings, strategies as st
 
 from backfill_core import RecordError, Skip, Update, Upsert
-from backfill_core.changes import Change, check_change
+from backfill_core.changes import Change
 from backfill_plugins.testmanagement.extractors import (
     FLAGS,
     BugAttributionExtractor,
     TestFeatureExtractor,
     stories_text,
 )
+from support.changes import check_change
 
 TF = TestFeatureExtractor()
 BA = BugAttributionExtractor()

@@ -1,11 +1,12 @@
-"""check_change: a change may only touch what its extractor declared."""
+"""checked: a change may only touch what its extractor declared."""
 
 from __future__ import annotations
 
 import pytest
 
 from backfill_core import RecordError
-from backfill_core.changes import Ref, Update, Upsert, check_change
+from backfill_core.changes import Ref, Update, Upsert
+from support.changes import check_change
 
 WRITES = {
     "test_features": frozenset({"id", "customer_id", "title", "enable_default"}),

@@ -1,13 +1,13 @@
 """IN-list padding: every lookup's list of keys is padded, with its own last key, to a multiple
 of IN_PADDING, so that the driver's statement cache holds a handful of statement shapes instead
-of one per batch length (engine._padded). Pinned here because a wrong padding changes no result,
+of one per batch length (writer.padded_in). Pinned here because a wrong padding changes no result,
 only the cache, so no other test would see it."""
 
 from __future__ import annotations
 
 import pytest
 
-from backfill_core.engine.batches import IN_PADDING, _padded
+from backfill_core.engine.writer import IN_PADDING, padded_in as _padded
 
 
 @pytest.mark.parametrize("n", [1, 2, IN_PADDING - 1, IN_PADDING, IN_PADDING + 1, 3 * IN_PADDING - 7])

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from backfill_core import Registry, RunOptions, RunReport, make_registry, resolve_url, run_backfill
-from backfill_core.engine import batches as engine
+from backfill_core.engine import loop as engine
 from backfill_core.engine.stats import ErrorLog, ExtractorStats
 from backfill_core.store.connection import Connection
 from backfill_core.store.ledger import Ledger, RunState

@@ -21,9 +21,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from backfill_core import RunOptions, RunReport, make_registry, resolve_url, run_backfill
-from backfill_core.engine.batches import BatchRunner
-from backfill_core.engine.extraction import BatchExtractor
-from backfill_core.engine.stats import ErrorLog
+from backfill_core.engine.batch import Converter
+from backfill_core.engine.loop import BatchLoop
+from backfill_core.engine.sources import Pages
+from backfill_core.engine.stats import ErrorLog, ExtractorStats
+from backfill_core.engine.writer import Writer
 from backfill_core.store.database import Database
 from backfill_core.store.ledger import FAILED, Ledger, RunState, complement, merged
 from backfill_core.store.records import Delta, KeyRange
@@ -428,13 +430,14 @@ async def _out_of_order(url: str, todo: list[KeyRange], batch_size: int) -> None
         ledger = Ledger(db)
         await ledger.ensure()
         options = RunOptions(batch_size=batch_size)
-        runner = BatchRunner(db, BatchExtractor(extractor), options, ErrorLog(keep=10), ledger=ledger)
-        await runner.check_schema()
+        x = Converter(extractor)
+        await db.check_schema({extractor.source_table: x.cols, **x.written})
+        loop = BatchLoop(db, Writer(db, x.name, x.written), options, ErrorLog(keep=10), ledger=ledger)
         state = await ledger.begin(
             "test_features", plugin="", version="0", invocation="i", plan="p", options={}, restart=True
         )
         state.todo = todo
-        stats = await runner.run(state)
+        stats = await loop.run(Pages(db, x, state.todo, batch_size), ExtractorStats(x.name), state)
         assert stats.processed == 30
 
 

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 
 from backfill_core import RecordError, Ref, Skip, Update, Upsert
-from backfill_core.changes import check_change
 from backfill_plugins.testmanagement.extractors import (
     FLAGS,
     BugAttributionExtractor,
     TestFeatureExtractor,
 )
+from support.changes import check_change
 
 TF = TestFeatureExtractor()
 BA = BugAttributionExtractor()

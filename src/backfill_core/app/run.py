@@ -11,15 +11,20 @@ from sqlalchemy.engine import URL
 
 from backfill_core.app.report import RunReport
 from backfill_core.app.validation import check_compiles, check_thresholds, run_validators
-from backfill_core.engine.batches import BatchRunner
-from backfill_core.engine.extraction import BatchExtractor
+from backfill_core.engine.batch import Converter
+from backfill_core.engine.constraints import Refusals, reflect
+from backfill_core.engine.loop import BatchLoop
 from backfill_core.engine.options import ProgressFactory, RunOptions
 from backfill_core.engine.overlay import Overlay
-from backfill_core.engine.worker import Worker, can_run
+from backfill_core.engine.pool import ExtractionPool, can_run
+from backfill_core.engine.sources import Pages, RetryKeys, Source
+from backfill_core.engine.stats import ExtractorStats
+from backfill_core.engine.writer import Writer
 from backfill_core.errors import NothingToDo
 from backfill_core.plugins import DISABLE_PLUGINS_ENV, Registry
 from backfill_core.store.database import Database, busy_timeout
-from backfill_core.store.ledger import SUCCEEDED, Ledger
+from backfill_core.store.ledger import SUCCEEDED, Ledger, RunState
+from backfill_core.store.records import KeyRange
 from backfill_core.validator import Validator
 
 
@@ -71,31 +76,29 @@ async def run_backfill(
     extractors that run: each is announced and appended to ``skipped``.
     """
     extractors = registry.ordered(names)
-    extracting = [BatchExtractor(x, _plugin_label(registry, x.name)) for x in extractors]
+    converters = [Converter(x, _plugin_label(registry, x.name)) for x in extractors]
     left_out: list[Skipped] = []
     skip = _skipper(left_out, skipped, announce)
     # The worker is forked first, before any connection or temporary file exists for it to
     # inherit; the overlay keeps a dry run's would-be rows on disk.
-    with _worker(url, options, extracting) as worker, closing(Overlay()) as overlay:
+    with _pool(url, options, converters) as pool, closing(Overlay()) as overlay:
         async with Database(url, read_only=options.dry_run) as db:
-            extracting = await _usable_extractors(db, registry, extracting, explicit, skip)
-            if not extracting and left_out:
+            converters = await _usable_extractors(db, registry, converters, explicit, skip)
+            if not converters and left_out:
                 raise NothingToDo(
                     f"nothing to run: every extractor was skipped, since {db.display_url} lacks tables they "
                     "need (see the lines above); check --database, or name an extractor to see what it needs",
                     [s.to_dict() for s in left_out],
                 )
-            ran = [x.extractor.name for x in extracting]
+            ran = [x.name for x in converters]
             plan = ",".join(ran)
             chosen = registry.validators_for(ran) if validate else []
             validators = await _usable_validators(db, registry, chosen, False, "backfilling", skip)
             ledger = None if options.dry_run else Ledger(db)
-            runners = [
-                BatchRunner(db, x, options, report.errors, progress, overlay, ledger, worker)
-                for x in extracting
-            ]
-            for runner in runners:  # every schema is checked before anything is written
-                await runner.check_schema()
+            writers = []
+            for x in converters:  # every schema is checked before anything is written
+                await db.check_schema({x.extractor.source_table: x.cols, **x.written})
+                writers.append(await _writer(db, x, options, overlay))
             check_thresholds(validators, thresholds or {}, ran, _validators_of(left_out))
             if not options.dry_run:  # a dry run does not validate
                 check_compiles(db, validators, ran)
@@ -110,34 +113,38 @@ async def run_backfill(
                     finished = await ledger.succeeded_in(previous.invocation)
                     if previous.status != SUCCEEDED or not finished.keys() >= set(ran):
                         invocation, done = previous.invocation, finished
-            for runner in runners:
-                report.extractors.append(runner.stats)
-                if runner.x.name in done:
-                    runner.stats.run_id = done[runner.x.name]
-                    runner.stats.note = f"already completed in run {done[runner.x.name]} of this command"
-                    announce(f"{runner.x.name}: {runner.stats.note}")
+            for x, writer in zip(converters, writers, strict=True):
+                stats = ExtractorStats(x.name, plugin=x.plugin, dry_run=options.dry_run)
+                report.extractors.append(stats)
+                if x.name in done:
+                    stats.run_id = done[x.name]
+                    stats.note = f"already completed in run {done[x.name]} of this command"
+                    announce(f"{x.name}: {stats.note}")
                     continue
+                loop = BatchLoop(db, writer, options, report.errors, progress, ledger)
                 if ledger is None:
-                    await runner.run()
+                    await loop.run(_pages(db, pool, x, [KeyRange()], options), stats)
                 elif retry_errors:
-                    await _retry(
-                        ledger, runner, options, invocation, announce, _version(registry, runner.x.name)
+                    retry = await _retry(
+                        ledger, db, x, stats, options, invocation, announce, _version(registry, x.name)
                     )
+                    if retry is not None:
+                        await loop.run(*retry)
                 else:
                     state = await ledger.begin(
-                        runner.x.name,
-                        plugin=runner.stats.plugin,
-                        version=_version(registry, runner.x.name),
+                        x.name,
+                        plugin=x.plugin,
+                        version=_version(registry, x.name),
                         invocation=invocation,
                         plan=plan,
                         options=_options(options),
                         restart=restart,
-                        depends_on=runner.x.depends_on,
+                        depends_on=x.extractor.depends_on,
                     )
                     if state.note:
                         announce(state.note)
-                    await runner.run(state)
-                if runner.stats.stopped:
+                    await loop.run(_pages(db, pool, x, state.todo, options), stats, state)
+                if stats.stopped:
                     report.validation_skipped = "the run stopped early"
                     return report
             if not validate:
@@ -168,12 +175,12 @@ def _validators_of(skipped: Sequence[Skipped]) -> dict[str, str]:
 
 
 async def _usable_extractors(
-    db: Database, registry: Registry, extracting: list[BatchExtractor], named: bool, skip: Skip
-) -> list[BatchExtractor]:
+    db: Database, registry: Registry, extracting: list[Converter], named: bool, skip: Skip
+) -> list[Converter]:
     """The extractors whose tables and columns exist. Unless they were ``named``, one whose table
     is absent is skipped, and so is one that depends on a skipped one; otherwise a missing table
     or column ends the command (SchemaMissing)."""
-    usable: list[BatchExtractor] = []
+    usable: list[Converter] = []
     left_out: set[str] = set()
     for extract in extracting:
         x = extract.extractor
@@ -246,29 +253,32 @@ async def _usable_validators(
 
 async def _retry(
     ledger: Ledger,
-    runner: BatchRunner,
+    db: Database,
+    converter: Converter,
+    stats: ExtractorStats,
     options: RunOptions,
     invocation: str,
     announce: Callable[[str], object],
     version: str,
-) -> None:
-    """Reprocess only the keys recorded as failed in the extractor's latest run.
+) -> tuple[Source, ExtractorStats, RunState] | None:
+    """The run that reprocesses only the keys recorded as failed in the extractor's latest run
+    (None if it has none): its source, stats and ledger run.
 
     An unfinished retry is resumed: the keys it had not reached are still recorded as errors of
     the run it retries.
     """
-    name = runner.x.name
+    name = converter.name
     latest = await ledger.latest(name)
     if latest is None:
-        runner.stats.note = "no earlier run, so no errors to retry"
-        announce(f"{name}: {runner.stats.note}")
-        return
+        stats.note = "no earlier run, so no errors to retry"
+        announce(f"{name}: {stats.note}")
+        return None
     unfinished_retry = latest.retry_of is not None and latest.status != SUCCEEDED
     original = latest.retry_of if unfinished_retry else latest.id
     keys = await ledger.error_keys(original)
     state = await ledger.begin(
         name,
-        plugin=runner.stats.plugin,
+        plugin=converter.plugin,
         version=version,
         invocation=invocation,
         plan="retry",
@@ -281,7 +291,7 @@ async def _retry(
     else:
         announce(f"{name}: retrying {len(keys)} failed keys of run {original} as run {state.id}")
     state.note = f"retried {len(keys)} failed keys of run {original}"
-    await runner.run(state, keys=keys, clear_run=original)
+    return RetryKeys(db, converter, keys, options.batch_size, original), stats, state
 
 
 async def validate_only(
@@ -316,20 +326,48 @@ async def validate_only(
 
 
 @contextmanager
-def _worker(url: URL, options: RunOptions, extractors: list[BatchExtractor]) -> Iterator[Worker | None]:
+def _pool(url: URL, options: RunOptions, converters: list[Converter]) -> Iterator[ExtractionPool | None]:
     """An extraction worker for a run on a SQLite file, where one can run and is wanted."""
     if not (options.worker and url.get_backend_name() == "sqlite" and url.database and can_run()):
         yield None
         return
     try:
-        forked = Worker.fork(extractors, url.database, busy_timeout())
+        pool = ExtractionPool(converters, url.database, busy_timeout())
     except OSError:  # no process to spare (EAGAIN, ENOMEM): extract here instead
         yield None
         return
     try:
-        yield forked
+        yield pool
     finally:
-        forked.stop()
+        pool.close()
+
+
+def _pages(
+    db: Database,
+    pool: ExtractionPool | None,
+    converter: Converter,
+    todo: Sequence[KeyRange],
+    options: RunOptions,
+) -> Source:
+    """The source of a run over the key ranges ``todo``: extracted by the worker where there is one."""
+    if pool is not None:
+        return pool.pages(db, converter, todo, options.batch_size)
+    return Pages(db, converter, todo, options.batch_size)
+
+
+async def _writer(db: Database, converter: Converter, options: RunOptions, overlay: Overlay) -> Writer:
+    """The extractor's writer; a dry run's checks its plans against the target tables' constraints."""
+    writer = Writer(
+        db,
+        converter.name,
+        converter.written,
+        sample_size=options.sample_size,
+        overlay=overlay if options.dry_run else None,
+    )
+    if options.dry_run:
+        rules = await reflect(db, list(converter.written))
+        writer.refusals = Refusals(rules, db, writer.select, overlay)
+    return writer
 
 
 def _options(options: RunOptions) -> dict[str, object]:

@@ -47,15 +47,22 @@ Parents = tuple[Target, KeyCols]
 """A table's rows addressed by a key (the Target) and grouped by parent columns."""
 
 
-def op(f: Fields) -> Op:
-    """A change's ``fields`` as planning uses them; they must have passed ``checked``."""
+Targets = dict[str, dict[str, Target]]
+"""One Target object per table and key column, shared by every change that addresses it (the
+planner's dicts then hash and compare them by identity first)."""
+
+
+def op(f: Fields, targets: Targets | None = None) -> Op:
+    """A change's ``fields`` as planning uses them; they must have passed ``checked``. Its
+    Targets are taken from (or added to) ``targets``."""
     table, key, values, defaults, requires, independent, children = f
-    refs = tuple([(_target(t, c), v, m) for t, c, v, m in requires]) if requires else ()
+    targets = {} if targets is None else targets
+    refs = tuple([(_target(targets, t, c), v, m) for t, c, v, m in requires]) if requires else ()
     if children is not None:
         return _owned(table, key, children, refs, independent)
     if len(key) == 1:
         ((col, value),) = key.items()
-        target, key_values = _target(table, col), (value,)
+        target, key_values = _target(targets, table, col), (value,)
     else:  # the key's columns in sorted order, and its values in that order
         cols = tuple(sorted(key))
         target, key_values = (table, cols), tuple(key[c] for c in cols)
@@ -77,9 +84,10 @@ def _owned(
     return target, parent_values, _EMPTY, _EMPTY, refs, False, independent, (parent_cols, owned)
 
 
-def extracted(key: Any, changes: Iterable[Fields]) -> Extracted:
-    """The Extracted for source row ``key`` and its (checked) ``changes``."""
-    ops = [op(c) for c in changes]
+def extracted(key: Any, changes: Iterable[Fields], targets: Targets | None = None) -> Extracted:
+    """The Extracted for source row ``key`` and its (checked) ``changes``; see :func:`op`."""
+    targets = {} if targets is None else targets
+    ops = [op(c, targets) for c in changes]
     for o in ops:
         if o[4] or o[5]:
             return key, ops, True
@@ -131,17 +139,9 @@ class Plan:
     overlay; empty unless planned with keep_merged."""
     deleted: int = 0
 
-    @property
-    def has_writes(self) -> bool:
-        return any(w.inserts or w.updates or w.deletes for w in self.writes.values())
 
-
-_TARGETS: dict[str, dict[str, Target]] = {}
-"""One Target object per table and key column, shared by every change that addresses it."""
-
-
-def _target(table: str, column: str) -> Target:
-    by_col = _TARGETS.get(table) or _TARGETS.setdefault(table, {})
+def _target(targets: Targets, table: str, column: str) -> Target:
+    by_col = targets.get(table) or targets.setdefault(table, {})
     return by_col.get(column) or by_col.setdefault(column, (table, (column,)))
 
 

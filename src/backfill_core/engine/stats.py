@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from backfill_core.store.records import ErrorRecord
+from backfill_core.store.records import ROW_COUNTS, Delta, ErrorRecord
 
 SHOWN_ERRORS = 10
 
@@ -56,6 +56,13 @@ class ExtractorStats:
     run_id: int | None = None
     note: str | None = None
     """How this run started: resumed, taken over, retrying errors, or skipped as already done."""
+
+    def add(self, delta: Delta) -> None:
+        """Add a committed batch's counts and errors."""
+        for name in ROW_COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(delta, name))
+        for e in delta.errors:
+            self.errors[(e.tier, e.kind)] += 1
 
     @property
     def error_count(self) -> int:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-COUNTS = ("processed", "inserted", "updated", "deleted", "unchanged", "record_errors", "batch_errors")
+ROW_COUNTS = ("processed", "inserted", "updated", "deleted", "unchanged")
+"""Source rows processed, and target rows by what was done to them."""
+COUNTS = (*ROW_COUNTS, "record_errors", "batch_errors")
+"""What a run counts: its rows, and its errors by tier."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ class Statements:
         if not self._numbered and dialect.paramstyle != "qmark":
             raise ValueError(f"unsupported parameter style {dialect.paramstyle!r}")
         self.page = lru_cache(maxsize=None)(self._page)
+        self.boundary = lru_cache(maxsize=None)(self._boundary)
         self.lookup = lru_cache(maxsize=256)(self._lookup)
         self.array_lookup = lru_cache(maxsize=256)(self._array_lookup)
         self.upsert = lru_cache(maxsize=256)(self._upsert)
@@ -72,17 +73,29 @@ class Statements:
     def _names(self, names: Sequence[str]) -> str:
         return ", ".join(map(self._quote, names))
 
-    def _page(self, table: str, columns: Names, key: str, limit: int, after: bool, upto: bool = False) -> str:
-        """Up to ``limit`` rows with a non-NULL key, in key order; the key bounds are the
-        parameters, the lower one (``key > ?``) first, then the upper one (``key <= ?``)."""
+    def _page(
+        self, table: str, columns: Names, key: str, limit: int | None, after: bool, upto: bool = False
+    ) -> str:
+        """Up to ``limit`` rows (all without one) with a non-NULL key, in key order; the key
+        bounds are the parameters, the lower one (``key > ?``) first, then the upper one
+        (``key <= ?``)."""
+        k, where = self._quote(key), self._within(key, after, upto)
+        limited = f" LIMIT {int(limit)}" if limit is not None else ""
+        return f"SELECT {self._names(columns)} FROM {self._quote(table)} WHERE {where} ORDER BY {k}{limited}"
+
+    def _within(self, key: str, after: bool, upto: bool) -> str:
+        """A non-NULL ``key`` within the bounds given as parameters, lower then upper."""
         k = self._quote(key)
         marks = iter(self._marks(after + upto))
         where = f"{k} IS NOT NULL" + (f" AND {k} > {next(marks)}" if after else "")
-        where += f" AND {k} <= {next(marks)}" if upto else ""
-        return (
-            f"SELECT {self._names(columns)} FROM {self._quote(table)} WHERE {where} "
-            f"ORDER BY {k} LIMIT {int(limit)}"
-        )
+        return where + (f" AND {k} <= {next(marks)}" if upto else "")
+
+    def _boundary(self, table: str, key: str, size: int, after: bool, upto: bool = False) -> str:
+        """The ``size``-th non-NULL key in key order within the bounds (as for :meth:`page`): the
+        last key of the page of ``size`` rows there, if the bounds hold that many."""
+        k, where = self._quote(key), self._within(key, after, upto)
+        offset = int(size) - 1
+        return f"SELECT {k} FROM {self._quote(table)} WHERE {where} ORDER BY {k} LIMIT 1 OFFSET {offset}"
 
     def _lookup(
         self, table: str, columns: Names, key_cols: Names, n: int, order_by: str | None = None

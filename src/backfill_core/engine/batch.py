@@ -1,4 +1,4 @@
-"""Extracting a batch of source rows: the pure half of a batch, run by the engine or its worker."""
+"""Extracting a batch of source rows: the pure half of a batch, run in this process or a worker's."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from backfill_core.engine.planner import (
     Extracted,
     Parents,
     Target,
+    Targets,
     extracted,
     keys_needed,
     parents_needed,
@@ -24,12 +25,12 @@ Error = tuple[Any, str, str]
 
 
 @dataclass(slots=True)
-class Extraction:
+class Batch:
     """One batch of source rows, extracted: everything planning needs, in plain values."""
 
     keys: list[Any]
     """The key of every source row, in order."""
-    items: list[Extracted]
+    items: list[Extracted] = field(default_factory=list)
     errors: list[Error] = field(default_factory=list)
     """Rows that failed to extract, in key order."""
     needed: dict[Target, set[tuple[Any, ...]]] = field(default_factory=dict)
@@ -40,18 +41,20 @@ class Extraction:
     """The parents whose child rows Children changes own."""
     skips: list[tuple[Any, str]] = field(default_factory=list)
     """(key, kind) of each Skip the rows returned."""
-    unchecked: list[tuple[Any, list[Fields]]] | None = None
-    """Each row's changes as returned, not yet checked and converted into ``items`` (see
-    ``BatchExtractor.finish``); None once they are."""
 
-    def errors_in_key_order(self) -> None:
-        """Put errors added after the extraction's own back among them, in the rows' order."""
+    def settle(self) -> None:
+        """Put the errors back in the rows' order and gather what planning needs from the items
+        (after items were taken out and their rows made errors)."""
         order = {k: i for i, k in enumerate(self.keys)}
         self.errors.sort(key=lambda e: order[e[0]])
+        self.needed = keys_needed(self.items)
+        self.refs = refs_needed(self.items)
+        self.parents = parents_needed(self.items)
 
 
-class BatchExtractor:
-    """Runs an extractor over batches of rows (tuples of its read columns).
+class Converter:
+    """Runs an extractor over batches of rows (tuples of its read columns) and converts what it
+    returns into a :class:`Batch`.
 
     A row whose ``extract`` raises, or returns a change the extractor may not make, becomes a
     record error naming the plugin; the batch goes on.
@@ -64,61 +67,46 @@ class BatchExtractor:
         self.cols = extractor.read_columns
         self.key_index = self.cols.index(extractor.key)
         self.written = extractor.written
+        self.targets: Targets = {}
         self.stopped_at: Any = None
         """The key of the row whose ``extract`` raised what is not an Exception (SystemExit,
         KeyboardInterrupt): that ends the batch instead of becoming a record error."""
 
-    def __call__(self, rows: Sequence[Sequence[Any]], *, finish: bool = True) -> Extraction:
-        """Extract ``rows``; with ``finish=False`` the changes are left unchecked, for
-        :meth:`finish` to check and convert (the worker leaves that to the engine when the
-        engine has time to spare: the result is the same)."""
-        out = Extraction([r[self.key_index] for r in rows], [])
-        extract, name, cols = self.extractor.extract, self.name, self.cols
-        unchecked: list[tuple[Any, list[Fields]]] = []
-        errors = out.errors
+    def __call__(self, rows: Sequence[Sequence[Any]]) -> Batch:
+        out = Batch([r[self.key_index] for r in rows])
+        extract, name, cols, written, targets = (
+            self.extractor.extract,
+            self.name,
+            self.cols,
+            self.written,
+            self.targets,
+        )
+        items, errors = out.items, out.errors
         key = None
         try:
             for key, values in zip(out.keys, rows, strict=True):
                 try:
-                    # zip without strict=: the keyword costs more than the zip (rows are of cols)
+                    # rows are tuples of cols: zip's strict check would only cost time
                     changes = extract(dict(zip(cols, values)))  # noqa: B905
                     got: list[Fields] = []
                     for change in changes:
                         try:
-                            got.append(fields(change, name))
+                            got.append(checked(fields(change, name), written, name))
                         except Skipped:
                             out.skips.append((key, change.kind))  # type: ignore[union-attr]
-                    unchecked.append((key, got))
+                    items.append(extracted(key, got, targets))
                 except Exception as e:
-                    errors.append(self._error(key, e))
+                    errors.append(self.error(key, e))
         except BaseException:
             self.stopped_at = key
             raise
-        out.unchecked = unchecked
-        if finish:
-            self.finish(out)
+        out.needed = keys_needed(items)
+        out.refs = refs_needed(items)
+        out.parents = parents_needed(items)
         return out
 
-    def finish(self, batch: Extraction) -> None:
-        """Check and convert ``batch``'s unchecked changes into its items; a row whose changes the
-        extractor may not make becomes a record error."""
-        if batch.unchecked is None:
-            return
-        written, name, items = self.written, self.name, batch.items
-        failed = len(batch.errors)
-        for key, changes in batch.unchecked:
-            try:
-                items.append(extracted(key, [checked(c, written, name) for c in changes]))
-            except Exception as e:
-                batch.errors.append(self._error(key, e))
-        batch.unchecked = None
-        if len(batch.errors) > failed and failed:
-            batch.errors_in_key_order()
-        batch.needed = keys_needed(items)
-        batch.refs = refs_needed(items)
-        batch.parents = parents_needed(items)
-
-    def _error(self, key: Any, e: Exception) -> Error:
+    def error(self, key: Any, e: Exception) -> Error:
+        """The record error of the row ``key`` whose extraction raised ``e``."""
         if isinstance(e, RecordError):
             return key, e.kind, e.message
         return (

@@ -1,0 +1,271 @@
+"""The batch loop: takes extracted batches from a source and commits each in its own transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Coroutine
+from typing import Any, NamedTuple
+
+from backfill_core.engine.collector import few_collections
+from backfill_core.engine.options import NoProgress, Progress, ProgressFactory, RunOptions
+from backfill_core.engine.planner import Plan
+from backfill_core.engine.sources import Source, Work
+from backfill_core.engine.stats import ErrorLog, ExtractorStats
+from backfill_core.engine.stoppoints import stop_here, stop_point
+from backfill_core.engine.writer import Writer
+from backfill_core.errors import BackfillError
+from backfill_core.store.connection import Connection, RowsRefused
+from backfill_core.store.database import Database
+from backfill_core.store.ledger import FAILED, INTERRUPTED, SUCCEEDED, Ledger, RunState
+from backfill_core.store.records import Delta, ErrorRecord, KeyRange
+
+CHECKPOINT_EVERY = 2.0
+"""Seconds between checkpoints of batches that changed nothing (their rows are re-read on resume,
+and their record errors recorded again)."""
+
+
+class BatchLoop:
+    """Commits the batches of one extractor's source, one transaction each, with ``writer``.
+
+    With a ledger and a run, each batch's checkpoint commits with the batch. A signal waits for
+    the batch in flight; the loop stops early when the error rate passes ``--max-error-rate``.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        writer: Writer,
+        options: RunOptions,
+        errors: ErrorLog,
+        progress: ProgressFactory | None = None,
+        ledger: Ledger | None = None,
+    ) -> None:
+        self.db = db
+        self.writer = writer
+        self.options = options
+        self.errors = errors
+        self.progress = progress or (lambda _name, _total: NoProgress())
+        self.ledger = None if options.dry_run else ledger
+        self._stop_at = stop_point(writer.extractor)
+        self._batches = 0  # begun in this process
+
+    async def run(
+        self, source: Source, stats: ExtractorStats, state: RunState | None = None
+    ) -> ExtractorStats:
+        """Commit ``source``'s batches into ``stats`` (and into the ledger's run ``state``)."""
+        with few_collections():
+            await self._run(source, stats, state)
+        return stats
+
+    async def _run(self, source: Source, stats: ExtractorStats, state: RunState | None) -> None:
+        started = time.perf_counter()
+        stats.run_id = state.id if state else None
+        stats.note = state.note if state else None
+        status: str = FAILED
+        message: str | None = "stopped by an unexpected error"
+        works = source.batches()
+        checkpoints: Checkpoints | None = None
+        ahead: asyncio.Future[Work | None] | None = None
+        bar: Progress = NoProgress()
+        try:
+            # The first batch is read and extracted while the rows are counted.
+            ahead = asyncio.ensure_future(anext(works, None))
+            stats.total = await source.count()
+            if self.ledger is not None and state is not None:
+                total = (state.processed + stats.total) if source.ranged else None
+                checkpoints = Checkpoints(self.ledger, state, total)
+            bar = self.progress(stats.name, stats.total)
+            self._reached("started")
+            while (work := await ahead) is not None:
+                self._batches += 1
+                # The next batch is read and extracted while this one is written: by the worker
+                # process, or on PostgreSQL by its own connection (SQLite's batch connection runs
+                # in this thread, so without a worker it is simply read next).
+                ahead = asyncio.ensure_future(anext(works, None))
+                delta = Delta(processed=len(work.batch.keys))
+                for key, kind, why in work.batch.errors:
+                    delta.record_errors += 1
+                    delta.errors.append(ErrorRecord(stats.name, key, "record", kind, why))
+                # A signal waits for the batch in flight: its writes, its checkpoint and the
+                # summary's counts then agree.
+                await _to_the_end(self._commit(work, delta, checkpoints, stats))
+                self._reached("committed")
+                bar.update(len(work.batch.keys))
+                # Retrying known failures is not judged by how many still fail.
+                if source.ranged and stats.error_rate > self.options.max_error_rate:
+                    stats.stopped = message = (
+                        f"error rate {stats.error_rate:.1%} is over --max-error-rate "
+                        f"{self.options.max_error_rate:.1%} after {stats.processed} rows. Fix the "
+                        "data or the plugin, then run the same command to resume after the last "
+                        "checkpoint (--retry-errors reprocesses the failed rows, --restart starts "
+                        "over), or raise --max-error-rate"
+                    )
+                    break
+            else:
+                status, message = SUCCEEDED, None
+        except asyncio.CancelledError:
+            status, message = INTERRUPTED, "interrupted by a signal after its last committed batch"
+            raise
+        except BackfillError as e:
+            message = str(e)
+            raise
+        finally:
+            bar.close()
+            stats.elapsed = time.perf_counter() - started
+            # A signal arriving now waits for this too: else the run could stay 'running'.
+            await _to_the_end(self._wind_up(ahead, works, checkpoints, state, stats, status, message))
+
+    def _reached(self, point: str) -> None:
+        """Stop the process here if BACKFILL_STOP_AT asks for this point (see stoppoints.py)."""
+        stop = self._stop_at
+        if stop is not None and stop.point == point and (point == "started" or stop.batch == self._batches):
+            self._stop_at = None
+            stop_here()
+
+    async def _commit(
+        self, work: Work, delta: Delta, checkpoints: Checkpoints | None, stats: ExtractorStats
+    ) -> None:
+        """Write a batch and its checkpoint in one transaction (or plan it only, in a dry run),
+        then add what it did to ``stats`` and the error log."""
+        try:
+            if self.options.dry_run:
+                async with self.db.reading() as conn:
+                    plans = await self.writer.isolate(conn, work.batch, delta)
+            else:
+                try:
+                    plans, delta = await self._attempt(work, delta, checkpoints, isolate=False)
+                except RowsRefused:
+                    # A row breaks a constraint: write the batch again, finding the rows that fail.
+                    plans, delta = await self._attempt(work, delta, checkpoints, isolate=True)
+        except RowsRefused as e:
+            raise self.db.fatal(e, "write to") from e
+        for plan in plans:
+            room = self.options.sample_size - len(stats.samples)
+            stats.samples += plan.samples[: max(room, 0)]
+        stats.add(delta)
+        for error in delta.errors:
+            self.errors.add(error)
+        for _, kind in work.batch.skips:
+            stats.skipped[kind] += 1
+
+    async def _attempt(
+        self, work: Work, delta: Delta, checkpoints: Checkpoints | None, *, isolate: bool
+    ) -> tuple[list[Plan], Delta]:
+        """One write transaction for the batch; what it did is added to a copy of ``delta``."""
+        counts = Delta()
+        counts.add(delta)
+        async with self.db.writing() as conn:
+            write = self.writer.isolate if isolate else self.writer.write
+            plans = await write(conn, work.batch, counts)
+            folded = await checkpoints.write(conn, counts, work.done, work.clear) if checkpoints else None
+            self._reached("written")
+        if checkpoints is not None and folded is not None:
+            checkpoints.adopt(folded)  # only now: a rolled-back transaction leaves them as they were
+        return plans, counts
+
+    async def _wind_up(
+        self,
+        ahead: asyncio.Future[Work | None] | None,
+        works: AsyncGenerator[Work, None],
+        checkpoints: Checkpoints | None,
+        state: RunState | None,
+        stats: ExtractorStats,
+        status: str,
+        message: str | None,
+    ) -> None:
+        """Stop reading, then write the last checkpoint and mark the run ended in the ledger."""
+        if ahead is not None:  # a read ahead that is no longer wanted; its failure is not news
+            ahead.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await ahead
+        await works.aclose()
+        if self.ledger is None or state is None:
+            return
+        if checkpoints is not None and not await checkpoints.flush(self.db) and status == SUCCEEDED:
+            # Its data is written, but not the ledger's record of its last batches and the
+            # errors they found: resuming reads those batches again and records them.
+            status = FAILED
+            message = stats.note = (
+                "its last checkpoint could not be written to the ledger; run the same "
+                "command to resume and record it"
+            )
+        await self.ledger.finish(state, status, message)
+
+
+class Folded(NamedTuple):
+    """Batches committed since the last checkpoint that changed nothing, not yet recorded."""
+
+    delta: Delta
+    done: KeyRange | None
+    since: float
+    """When the last checkpoint was written (time.monotonic())."""
+
+
+class Checkpoints:
+    """A run's checkpoints, each written in its batch's transaction.
+
+    Batches that changed nothing are folded into the next checkpoint (with the errors they
+    found), at most CHECKPOINT_EVERY seconds apart: a re-run over unchanged data commits a few
+    times, not once per batch. Batches folded at the end of one key range are recorded with the
+    first batch of the next, as a range of their own.
+    """
+
+    def __init__(self, ledger: Ledger, run: RunState, total: int | None) -> None:
+        self.ledger, self.run, self.total = ledger, run, total
+        self.folded = Folded(Delta(), None, time.monotonic())
+
+    async def write(
+        self, conn: Connection, delta: Delta, done: KeyRange | None, clear: tuple[int, list[Any]] | None
+    ) -> Folded:
+        """Record a batch (its counts ``delta`` and key range ``done``) in ``conn``'s transaction,
+        or fold it into the next checkpoint; what is folded then, for :meth:`adopt` once the
+        transaction commits."""
+        folded = self.folded
+        pending = Delta()
+        pending.add(folded.delta)
+        pending.add(delta)
+        apart = folded.done is not None and done is not None and folded.done.upto != done.after
+        span = done if folded.done is None or apart else _joined(folded.done, done)
+        due = delta.inserted or delta.updated or delta.deleted or clear is not None or apart
+        if not due and time.monotonic() - folded.since < CHECKPOINT_EVERY:
+            return Folded(pending, span, folded.since)
+        if apart:
+            await self.ledger.checkpoint(conn, self.run, folded.done, folded.delta)
+            pending = delta
+        await self.ledger.checkpoint(conn, self.run, span, pending, total=self.total, clear=clear)
+        return Folded(Delta(), None, time.monotonic())
+
+    def adopt(self, folded: Folded) -> None:
+        self.folded = folded
+
+    async def flush(self, db: Database) -> bool:
+        """Checkpoint the batches folded into no checkpoint yet; False if that failed."""
+        if not self.folded.delta:
+            return True
+        try:
+            async with db.writing() as conn:
+                await self.ledger.checkpoint(
+                    conn, self.run, self.folded.done, self.folded.delta, total=self.total
+                )
+        except (RowsRefused, BackfillError):
+            return False
+        self.folded = Folded(Delta(), None, time.monotonic())
+        return True
+
+
+async def _to_the_end(work: Coroutine[Any, Any, None]) -> None:
+    """Await ``work`` to its end even if this task is cancelled meanwhile (the cancellation is
+    raised once it has ended): what it writes is then whole, never cut off by a signal."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
+
+
+def _joined(first: KeyRange, then: KeyRange | None) -> KeyRange:
+    """The keys of ``first`` and of ``then``, which starts where ``first`` ends."""
+    return first if then is None else KeyRange(first.after, then.upto)

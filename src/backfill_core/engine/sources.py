@@ -1,0 +1,130 @@
+"""Sources of extracted batches for the batch loop: source pages read here, or retried keys.
+
+A source yields :class:`Work`: a batch with the key range it covers. The process pool's source
+(pool.py) yields the same batches, extracted in a worker process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, NamedTuple, Protocol
+
+from sqlalchemy import ColumnClause, and_, column, func, or_, select, table, true
+
+from backfill_core.engine.batch import Batch, Converter
+from backfill_core.engine.writer import chunks, padded_in
+from backfill_core.store.database import Database
+from backfill_core.store.records import KeyRange
+
+
+class Work(NamedTuple):
+    """A batch to write, and what its checkpoint records with it."""
+
+    batch: Batch
+    done: KeyRange | None
+    """The key range the batch covers (its rows are all the source rows in it); None for keys
+    that are no range."""
+    clear: tuple[int, list[Any]] | None = None
+    """(run id, keys): the errors recorded for these keys in that run, cleared with the batch."""
+
+
+class Source(Protocol):
+    """Where the batch loop takes its batches from."""
+
+    ranged: bool
+    """Its batches cover key ranges of the source: their sum is the run's progress, recorded in
+    the ledger, and judged by the error rate."""
+
+    async def count(self) -> int:
+        """How many source rows the batches will hold (read before the first batch)."""
+        ...
+
+    def batches(self) -> AsyncGenerator[Work, None]:
+        """The batches, in the order they are to be written."""
+        ...
+
+
+class Pages:
+    """The source rows of key ranges, page by page in key order, extracted in this process."""
+
+    ranged = True
+
+    def __init__(self, db: Database, converter: Converter, todo: Sequence[KeyRange], size: int) -> None:
+        self.db, self.converter, self.todo, self.size = db, converter, todo, size
+
+    async def count(self) -> int:
+        return await count_rows(self.db, self.converter, self.todo)
+
+    async def batches(self) -> AsyncGenerator[Work, None]:
+        x = self.converter
+        for todo in self.todo:
+            last, upto = todo.after, todo.upto
+            while True:
+                # Rows with a NULL key cannot be paged by key; they are left out, as from the count.
+                stmt = self.db.statements.page(
+                    x.extractor.source_table,
+                    x.cols,
+                    x.extractor.key,
+                    self.size,
+                    last is not None,
+                    upto is not None,
+                )
+                params = [bound for bound in (last, upto) if bound is not None]
+                async with self.db.reading() as conn:
+                    rows = await conn.fetch(stmt, params)
+                if not rows:
+                    break
+                after, last = last, rows[-1][x.key_index]
+                yield Work(x(rows), KeyRange(after, last))
+
+
+class RetryKeys:
+    """The source rows of some keys (the failures of an earlier run), in key order, each batch
+    clearing the errors recorded for its keys in that run; keys whose rows are gone have theirs
+    cleared at the end."""
+
+    ranged = False
+
+    def __init__(
+        self, db: Database, converter: Converter, keys: Sequence[Any], size: int, run_id: int
+    ) -> None:
+        self.db, self.converter, self.keys, self.size, self.run_id = db, converter, keys, size, run_id
+
+    async def count(self) -> int:
+        return len(self.keys)
+
+    async def batches(self) -> AsyncGenerator[Work, None]:
+        x = self.converter
+        found: set[Any] = set()
+        for chunk in chunks(list(self.keys), self.size):
+            padded = padded_in(chunk)
+            stmt = self.db.statements.lookup(
+                x.extractor.source_table, x.cols, (x.extractor.key,), len(padded), order_by=x.extractor.key
+            )
+            async with self.db.reading() as conn:
+                rows = await conn.fetch(stmt, padded)
+            if rows:
+                batch = x(rows)
+                found.update(batch.keys)
+                yield Work(batch, None, (self.run_id, batch.keys))
+        vanished = [k for k in self.keys if k not in found]
+        if vanished:
+            yield Work(Batch([]), None, (self.run_id, vanished))
+
+
+async def count_rows(db: Database, converter: Converter, todo: Sequence[KeyRange]) -> int:
+    """The source rows in the key ranges ``todo`` (rows with a NULL key are never read)."""
+    x = converter.extractor
+    key: ColumnClause[Any] = column(x.key)
+    counting = select(func.count()).select_from(table(x.source_table, key)).where(key.is_not(None))
+    if list(todo) != [KeyRange()]:
+        within = [
+            and_(
+                key > r.after if r.after is not None else true(),
+                key <= r.upto if r.upto is not None else true(),
+            )
+            for r in todo
+        ]
+        counting = counting.where(or_(*within))
+    async with db.sqlalchemy() as conn:
+        return int((await conn.execute(counting)).scalar_one())

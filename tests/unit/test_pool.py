@@ -1,0 +1,157 @@
+"""The extraction pool on its own: a forked process reading and extracting pages of a real file."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backfill_core import Extractor, RecordError, Row, Upsert
+from backfill_core.app import resolve_url
+from backfill_core.engine.batch import Batch, Converter
+from backfill_core.engine.pool import ExtractionPool, WorkerFailed, sendable
+from backfill_core.store.database import Database
+from backfill_core.store.records import KeyRange
+
+
+class Labels(Extractor):
+    name = "labels"
+    source = "items"
+    columns = ("label",)
+    writes = {"labels": ("id", "text")}
+
+    def extract(self, row: Row) -> list[Upsert]:
+        if row["label"] is None:
+            raise RecordError("no label", kind="missing")
+        return [Upsert("labels", {"id": row["id"]}, {"text": row["label"].upper()})]
+
+
+@pytest.fixture
+def items(tmp_path: Path) -> Path:
+    path = tmp_path / "items.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, label TEXT)")
+        conn.executemany(
+            "INSERT INTO items VALUES (?, ?)", [(i, None if i % 5 == 0 else f"l{i}") for i in range(1, 31)]
+        )
+    return path
+
+
+async def _collect(pool: ExtractionPool, path: Path, x: Converter, todo: Sequence[KeyRange]) -> list[Any]:
+    async with Database(resolve_url(str(path)), read_only=True) as db:
+        return [(w.batch, w.done) async for w in pool.pages(db, x, todo, 7).batches()]
+
+
+def _flat(batches: Sequence[Batch]) -> list[Any]:
+    return [(b.keys, b.items, b.errors, b.needed) for b in batches]
+
+
+def test_pool_batches_are_what_extracting_here_gives(items: Path) -> None:
+    extract = Converter(Labels())
+    with sqlite3.connect(items) as conn:
+        rows = conn.execute("SELECT id, label FROM items ORDER BY id").fetchall()
+    expected = [extract(rows[i : i + 7]) for i in range(0, len(rows), 7)]
+    pool = ExtractionPool([extract], str(items), 1.0)
+    try:
+        got = asyncio.run(_collect(pool, items, extract, [KeyRange()]))
+        assert _flat([b for b, _ in got]) == _flat(expected)
+        assert [d for _, d in got] == [
+            KeyRange(None, 7),
+            KeyRange(7, 14),
+            KeyRange(14, 21),
+            KeyRange(21, 28),
+            KeyRange(28, 30),
+        ]
+        # the same worker serves a second run, here resumed after key 21
+        got = asyncio.run(_collect(pool, items, extract, [KeyRange(21)]))
+        assert _flat([b for b, _ in got]) == _flat([extract(rows[21:28]), extract(rows[28:])])
+        # and key ranges given out of order, each bounded
+        got = asyncio.run(_collect(pool, items, extract, [KeyRange(20, 25), KeyRange(None, 3)]))
+        assert _flat([b for b, _ in got]) == _flat([extract(rows[20:25]), extract(rows[:3])])
+        assert [d for _, d in got] == [KeyRange(20, 25), KeyRange(None, 3)]
+    finally:
+        pool.close()
+    assert not pool.alive
+
+
+def test_a_page_the_worker_cannot_read_is_a_read_error(items: Path) -> None:
+    extract = Converter(Labels())
+    pool = ExtractionPool([extract], str(items), 1.0)
+
+    async def read_nowhere() -> Batch:
+        return await pool.result(pool.submit("labels", "SELECT id, label FROM nowhere", []), "labels")
+
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="no such table: nowhere"):
+            asyncio.run(read_nowhere())
+        assert asyncio.run(_collect(pool, items, extract, [KeyRange()])) != []  # and it still serves
+    finally:
+        pool.close()
+
+
+class Oversteps(Labels):
+    """Writes a column it does not declare on every third row: those rows fail their check."""
+
+    def extract(self, row: Row) -> list[Upsert]:
+        if row["id"] % 3 == 0:
+            return [Upsert("labels", {"id": row["id"]}, {"secret": 1})]
+        return super().extract(row)
+
+
+def test_failed_extractions_and_failed_checks_are_record_errors_in_key_order() -> None:
+    here = Converter(Oversteps())([(i, None if i % 5 == 0 else f"l{i}") for i in range(1, 16)])
+    assert [(k, kind) for k, kind, _ in here.errors] == [
+        (3, "plugin-bug"),
+        (5, "missing"),
+        (6, "plugin-bug"),
+        (9, "plugin-bug"),
+        (10, "missing"),
+        (12, "plugin-bug"),
+        (15, "plugin-bug"),
+    ]
+    assert [item[0] for item in here.items] == [1, 2, 4, 7, 8, 11, 13, 14]
+
+
+def test_changes_that_cannot_be_pickled_become_record_errors() -> None:
+    extract = Converter(Labels(), plugin="labels-plugin 1.0")
+    batch = extract([(1, "a"), (2, None), (3, "c"), (4, "d")])
+    lock = threading.Lock()
+    ops = batch.items[2][1]
+    ops[0] = (*ops[0][:2], {"text": lock}, *ops[0][3:])
+    sent: Batch = pickle.loads(sendable(batch, extract))
+    assert [item[0] for item in sent.items] == [1, 3]
+    assert sent.needed == {("labels", ("id",)): {(1,), (3,)}}
+    assert [(k, kind) for k, kind, _ in sent.errors] == [(2, "missing"), (4, "plugin-bug")]
+    message = sent.errors[1][2]
+    assert "cannot take" in message and "labels-plugin 1.0" in message
+
+
+class Quits(Labels):
+    """Raises what is not an Exception on one row: the worker cannot go on."""
+
+    name = "quits"
+
+    def extract(self, row: Row) -> list[Upsert]:
+        if row["id"] == 9:
+            raise SystemExit(3)
+        return super().extract(row)
+
+
+def test_extract_raising_system_exit_fails_the_run_naming_the_row(items: Path) -> None:
+    extract = Converter(Quits(), plugin="quits-plugin 2.0")
+    pool = ExtractionPool([extract], str(items), 1.0)
+    try:
+        with pytest.raises(WorkerFailed) as e:
+            asyncio.run(_collect(pool, items, extract, [KeyRange()]))
+        message = str(e.value)
+        assert "extractor 'quits' (quits-plugin 2.0) on the row with key 9" in message, message
+        assert "SystemExit: 3" in message and "run the same command to resume" in message
+        assert not pool.alive
+    finally:
+        pool.close()
