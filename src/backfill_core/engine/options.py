@@ -30,4 +30,4 @@ class RunOptions:
     max_error_rate: float = 0.05
     sample_size: int = 0
     worker: bool = True
-    """Extract in a worker process where one can run (see worker.py)."""
+    """Extract in a worker process where one can run (see pool.py)."""
