@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import (
     Column,
+    ColumnElement,
     DateTime,
     ForeignKey,
     Index,
@@ -318,92 +319,156 @@ class Ledger:
 
         With ``retry_of``, the same for the runs retrying that run's errors.
         """
-        same_kind = runs.c.retry_of.is_(None) if retry_of is None else runs.c.retry_of == retry_of
         async with self.db.sqlalchemy(write=True) as conn:
             await self.db.lock(conn, f"backfill:{extractor}")
-            latest = (
-                await conn.execute(
-                    self._runs()
-                    .where(runs.c.extractor == extractor, same_kind)
-                    .order_by(desc(runs.c.id))
-                    .limit(1)
-                )
-            ).first()
-            running = (
-                await conn.execute(
-                    self._runs().where(runs.c.extractor == extractor, runs.c.status == RUNNING)
-                )
-            ).all()
-            if depends_on:
-                for row in (
-                    await conn.execute(
-                        self._runs().where(runs.c.extractor.in_(depends_on), runs.c.status == RUNNING)
-                    )
-                ).all():
-                    if is_live(row, host=self.host, limit=stale_after()):
-                        raise RunInProgress(
-                            f"{extractor} depends on {row.extractor}, which run {row.id} is still "
-                            f"filling (pid {row.pid} on {row.host}); wait for it to finish"
-                        )
-            taken_over = []
-            for row in running:
-                if is_live(row, host=self.host, limit=stale_after()):
-                    seen = (now() - row.heartbeat_at).total_seconds()
-                    raise RunInProgress(
-                        f"run {row.id} of {extractor} is already running (pid {row.pid} on {row.host}, "
-                        f"last heartbeat {seen:.0f}s ago); wait for it to finish or stop it first"
-                    )
-                taken_over.append(row.id)
+            latest = await self._latest_of_kind(conn, extractor, retry_of)
+            running = await self._running(conn, runs.c.extractor == extractor)
+            await self._refuse_while_dependencies_fill(conn, extractor, depends_on)
+            self._refuse_while_running(extractor, running)
+            dead = [row.id for row in running]  # none of them is live, or we would have refused
             stamp = now()
-            owner = {"host": self.host, "pid": os.getpid(), "heartbeat_at": stamp}
-            resumable = latest is not None and (latest.status in RESUMABLE or latest.id in taken_over)
-            if not restart and resumable and latest is not None:
-                await conn.execute(
-                    update(runs)
-                    .where(runs.c.id == latest.id)
-                    .values(status=RUNNING, invocation=invocation, finished_at=None, message=None, **owner)
+            if not restart and latest is not None and (latest.status in RESUMABLE or latest.id in dead):
+                return await self._resume(
+                    conn, extractor, latest, taking_over=latest.id in dead, invocation=invocation, stamp=stamp
                 )
-                how = "taking over" if latest.id in taken_over else "resuming"
-                last, done, ranged = await self._committed(conn, latest.id, decode_key(latest.last_key))
-                where = f"from key {last}" if last is not None else "from the start"
-                if done:
-                    where += f" (and {len(done)} key range{'s' * (len(done) > 1)} above it already committed)"
-                note = f"{how} run {latest.id} of {extractor} {where}"
-                return RunState(
-                    latest.id,
-                    extractor,
-                    last,
-                    latest.processed,
-                    resumed=True,
-                    note=note,
-                    todo=complement(last, done),
-                    ranged=ranged,
-                )
-            if taken_over:
-                await conn.execute(
-                    update(runs)
-                    .where(runs.c.id.in_(taken_over))
-                    .values(status=INTERRUPTED, message="its process died; superseded by a newer run")
-                )
-            result = await conn.execute(
-                insert(runs).values(
-                    extractor=extractor,
-                    plugin=plugin,
-                    plugin_version=version,
-                    status=RUNNING,
-                    invocation=invocation,
-                    plan=plan,
-                    retry_of=retry_of,
-                    batch_size=options.get("batch_size"),
-                    options=json.dumps(options, sort_keys=True),
-                    started_at=stamp,
-                    **owner,
-                    **dict.fromkeys(COUNTS, 0),
-                )
+            await self._supersede(conn, dead)
+            return await self._start(
+                conn,
+                extractor,
+                plugin=plugin,
+                version=version,
+                invocation=invocation,
+                plan=plan,
+                options=options,
+                retry_of=retry_of,
+                stamp=stamp,
             )
-            run_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
-            assert run_id is not None
-            return RunState(int(run_id), extractor)
+
+    async def _latest_of_kind(self, conn: AsyncConnection, extractor: str, retry_of: int | None) -> Any:
+        """The extractor's newest run of the same kind: a retry of ``retry_of``, or (None) no retry."""
+        same_kind = runs.c.retry_of.is_(None) if retry_of is None else runs.c.retry_of == retry_of
+        return (
+            await conn.execute(
+                self._runs()
+                .where(runs.c.extractor == extractor, same_kind)
+                .order_by(desc(runs.c.id))
+                .limit(1)
+            )
+        ).first()
+
+    async def _running(self, conn: AsyncConnection, which: ColumnElement[bool]) -> Sequence[Any]:
+        """The ``running`` rows of the extractors ``which`` selects, live or dead."""
+        rows: Sequence[Any] = (await conn.execute(self._runs().where(which, runs.c.status == RUNNING))).all()
+        return rows
+
+    def _first_live(self, running: Sequence[Any]) -> Any:
+        """The first of ``running`` whose process is still alive, or None."""
+        return next((row for row in running if is_live(row, host=self.host, limit=stale_after())), None)
+
+    async def _refuse_while_dependencies_fill(
+        self, conn: AsyncConnection, extractor: str, depends_on: Sequence[str]
+    ) -> None:
+        """Raise ``RunInProgress`` if a live run of an extractor in ``depends_on`` is filling."""
+        if not depends_on:
+            return
+        row = self._first_live(await self._running(conn, runs.c.extractor.in_(depends_on)))
+        if row is not None:
+            raise RunInProgress(
+                f"{extractor} depends on {row.extractor}, which run {row.id} is still "
+                f"filling (pid {row.pid} on {row.host}); wait for it to finish"
+            )
+
+    def _refuse_while_running(self, extractor: str, running: Sequence[Any]) -> None:
+        """Raise ``RunInProgress`` if one of the extractor's ``running`` runs is live."""
+        row = self._first_live(running)
+        if row is not None:
+            seen = (now() - row.heartbeat_at).total_seconds()
+            raise RunInProgress(
+                f"run {row.id} of {extractor} is already running (pid {row.pid} on {row.host}, "
+                f"last heartbeat {seen:.0f}s ago); wait for it to finish or stop it first"
+            )
+
+    def _owner(self, stamp: datetime) -> dict[str, Any]:
+        """This process as the owner of a run, with its heartbeat at ``stamp``."""
+        return {"host": self.host, "pid": os.getpid(), "heartbeat_at": stamp}
+
+    async def _resume(
+        self,
+        conn: AsyncConnection,
+        extractor: str,
+        latest: Any,
+        *,
+        taking_over: bool,
+        invocation: str,
+        stamp: datetime,
+    ) -> RunState:
+        """Carry on the run ``latest`` (a dead one when ``taking_over``) where its committed keys end."""
+        await conn.execute(
+            update(runs)
+            .where(runs.c.id == latest.id)
+            .values(
+                status=RUNNING, invocation=invocation, finished_at=None, message=None, **self._owner(stamp)
+            )
+        )
+        last, done, ranged = await self._committed(conn, latest.id, decode_key(latest.last_key))
+        where = f"from key {last}" if last is not None else "from the start"
+        if done:
+            where += f" (and {len(done)} key range{'s' * (len(done) > 1)} above it already committed)"
+        how = "taking over" if taking_over else "resuming"
+        note = f"{how} run {latest.id} of {extractor} {where}"
+        return RunState(
+            latest.id,
+            extractor,
+            last,
+            latest.processed,
+            resumed=True,
+            note=note,
+            todo=complement(last, done),
+            ranged=ranged,
+        )
+
+    async def _supersede(self, conn: AsyncConnection, dead: Sequence[int]) -> None:
+        """Mark the ``dead`` runs, which a new run replaces, interrupted."""
+        if dead:
+            await conn.execute(
+                update(runs)
+                .where(runs.c.id.in_(dead))
+                .values(status=INTERRUPTED, message="its process died; superseded by a newer run")
+            )
+
+    async def _start(
+        self,
+        conn: AsyncConnection,
+        extractor: str,
+        *,
+        plugin: str,
+        version: str,
+        invocation: str,
+        plan: str,
+        options: dict[str, Any],
+        retry_of: int | None,
+        stamp: datetime,
+    ) -> RunState:
+        """Record a new run of the extractor, started at ``stamp``."""
+        result = await conn.execute(
+            insert(runs).values(
+                extractor=extractor,
+                plugin=plugin,
+                plugin_version=version,
+                status=RUNNING,
+                invocation=invocation,
+                plan=plan,
+                retry_of=retry_of,
+                batch_size=options.get("batch_size"),
+                options=json.dumps(options, sort_keys=True),
+                started_at=stamp,
+                **self._owner(stamp),
+                **dict.fromkeys(COUNTS, 0),
+            )
+        )
+        run_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
+        assert run_id is not None
+        return RunState(int(run_id), extractor)
 
     async def _committed(
         self, conn: AsyncConnection, run_id: int, last_key: Any
