@@ -14,7 +14,7 @@ import pytest
 
 from backfill_core import Extractor, RecordError, Row, Upsert
 from backfill_core.app import resolve_url
-from backfill_core.engine.batch import Batch, Converter
+from backfill_core.engine.batch import Batch, Converter, Extracts
 from backfill_core.engine.pool import ExtractionPool, WorkerFailed, sendable
 from backfill_core.store.database import Database
 from backfill_core.store.records import KeyRange
@@ -155,3 +155,26 @@ def test_extract_raising_system_exit_fails_the_run_naming_the_row(items: Path) -
         assert not pool.alive
     finally:
         pool.close()
+
+
+def test_a_batch_converted_here_equals_one_converted_by_the_worker(items: Path) -> None:
+    extract = Converter(Oversteps())
+    with sqlite3.connect(items) as conn:
+        rows = conn.execute("SELECT id, label FROM items ORDER BY id").fetchall()
+    pool = ExtractionPool([extract], str(items), 1.0)
+    sql = "SELECT id, label FROM items ORDER BY id"
+
+    async def page(number: int) -> tuple[bytes, Batch]:
+        pool.taken.value = 0
+        data = await pool.submit("labels", sql, [], number)
+        pool.taken.value = 0
+        return data, await pool.result(pool.submit("labels", sql, [], number), "labels")
+
+    try:
+        waited, here = asyncio.run(page(0))  # this process waits for it: it converts
+        busy, there = asyncio.run(page(1))  # this process has a page to take first: the worker converts
+    finally:
+        pool.close()
+    assert isinstance(pickle.loads(waited), Extracts) and isinstance(pickle.loads(busy), Batch)
+    assert _flat([here]) == _flat([there]) == _flat([extract(rows)])
+    assert (here.refs, here.parents, here.skips) == (there.refs, there.parents, there.skips)

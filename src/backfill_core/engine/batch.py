@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from backfill_core.changes import Fields, Skipped, checked, fields
 from backfill_core.engine.planner import (
@@ -52,9 +52,20 @@ class Batch:
         self.parents = parents_needed(self.items)
 
 
+class Extracts(NamedTuple):
+    """What ``extract`` returned for a page of rows, before the changes are checked."""
+
+    keys: list[Any]
+    changes: list[tuple[Any, list[Fields]]]
+    """(key, its changes as plain values) of each row that extracted."""
+    errors: list[Error]
+    skips: list[tuple[Any, str]]
+
+
 class Converter:
     """Runs an extractor over batches of rows (tuples of its read columns) and converts what it
-    returns into a :class:`Batch`.
+    returns into a :class:`Batch`: :meth:`extract` then :meth:`convert`, which the extraction
+    worker may leave to this process (see pool.py).
 
     A row whose ``extract`` raises, or returns a change the extractor may not make, becomes a
     record error naming the plugin; the batch goes on.
@@ -73,15 +84,13 @@ class Converter:
         KeyboardInterrupt): that ends the batch instead of becoming a record error."""
 
     def __call__(self, rows: Sequence[Sequence[Any]]) -> Batch:
-        out = Batch([r[self.key_index] for r in rows])
-        extract, name, cols, written, targets = (
-            self.extractor.extract,
-            self.name,
-            self.cols,
-            self.written,
-            self.targets,
-        )
-        items, errors = out.items, out.errors
+        return self.convert(self.extract(rows))
+
+    def extract(self, rows: Sequence[Sequence[Any]]) -> Extracts:
+        """Run ``extract`` over ``rows``: each row's changes as plain values, not yet checked."""
+        out = Extracts([r[self.key_index] for r in rows], [], [], [])
+        extract, name, cols = self.extractor.extract, self.name, self.cols
+        changed, errors, skips = out.changes, out.errors, out.skips
         key = None
         try:
             for key, values in zip(out.keys, rows, strict=True):
@@ -91,18 +100,34 @@ class Converter:
                     got: list[Fields] = []
                     for change in changes:
                         try:
-                            got.append(checked(fields(change, name), written, name))
+                            got.append(fields(change, name))
                         except Skipped:
-                            out.skips.append((key, change.kind))  # type: ignore[union-attr]
-                    items.append(extracted(key, got, targets))
+                            skips.append((key, change.kind))  # type: ignore[union-attr]
+                    changed.append((key, got))
                 except Exception as e:
                     errors.append(self.error(key, e))
         except BaseException:
             self.stopped_at = key
             raise
-        out.needed = keys_needed(items)
-        out.refs = refs_needed(items)
-        out.parents = parents_needed(items)
+        return out
+
+    def convert(self, extracts: Extracts) -> Batch:
+        """Check ``extracts``' changes against the declarations and convert them for planning; a
+        row whose changes the extractor may not make becomes a record error."""
+        out = Batch(extracts.keys, errors=extracts.errors, skips=extracts.skips)
+        written, name, targets, items = self.written, self.name, self.targets, out.items
+        failed = len(out.errors)
+        for key, changes in extracts.changes:
+            try:
+                items.append(extracted(key, [checked(c, written, name) for c in changes], targets))
+            except Exception as e:
+                out.errors.append(self.error(key, e))
+        if failed and len(out.errors) > failed:
+            out.settle()
+        else:
+            out.needed = keys_needed(items)
+            out.refs = refs_needed(items)
+            out.parents = parents_needed(items)
         return out
 
     def error(self, key: Any, e: Exception) -> Error:

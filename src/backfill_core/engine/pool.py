@@ -3,8 +3,10 @@
 Extractors are pure functions of a row, so a forked copy of the process can run them: a
 ``ProcessPoolExecutor`` (fork context, one process) is fed the key ranges of the next pages; the
 worker reads each on its own read-only SQLite connection, extracts it and returns the
-:class:`~backfill_core.engine.batch.Batch`. This process plans and writes each batch in its own
-transaction, in key order, as it does with batches it extracts itself.
+:class:`~backfill_core.engine.batch.Batch` (or, when this process is waiting for it, the
+unchecked :class:`~backfill_core.engine.batch.Extracts`, which this process converts: the
+checking goes to whichever process has time for it). This process plans and writes each batch
+in its own transaction, in key order, as it does with batches it extracts itself.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import util
 from typing import Any
 
-from backfill_core.engine.batch import Batch, Converter
+from backfill_core.engine.batch import Batch, Converter, Extracts
 from backfill_core.engine.collector import GC_THRESHOLD
 from backfill_core.engine.sources import Work, count_rows
 from backfill_core.errors import BackfillError
@@ -67,12 +69,16 @@ class ExtractionPool:
     def __init__(self, converters: Sequence[Converter], path: str, timeout: float) -> None:
         for stream in (sys.stdout, sys.stderr):  # or the worker would print them again
             stream.flush()
+        context = multiprocessing.get_context("fork")
+        self.taken = context.RawValue("q", 0)
+        """Pages of the current source this process has taken from the worker (see _extract_page)."""
         self._executor = ProcessPoolExecutor(
             1,
-            mp_context=multiprocessing.get_context("fork"),
+            mp_context=context,
             initializer=_start,
-            initargs=({x.name: x for x in converters}, path, timeout, os.getpid()),
+            initargs=({x.name: x for x in converters}, path, timeout, os.getpid(), self.taken),
         )
+        self._converters = {x.name: x for x in converters}
         try:
             self.pid: int = self._executor.submit(os.getpid).result()
         except BrokenProcessPool as e:
@@ -93,9 +99,10 @@ class ExtractionPool:
         them, extracted by the worker."""
         return PooledPages(self, db, converter, todo, size)
 
-    def submit(self, extractor: str, sql: str, params: Sequence[Any]) -> asyncio.Future[bytes]:
+    def submit(self, extractor: str, sql: str, params: Sequence[Any], page: int = 0) -> asyncio.Future[bytes]:
+        """Have the worker read and extract the ``page``-th page of the current source."""
         try:
-            return asyncio.wrap_future(self._executor.submit(_extract_page, extractor, sql, params))
+            return asyncio.wrap_future(self._executor.submit(_extract_page, extractor, sql, params, page))
         except (BrokenProcessPool, RuntimeError):
             raise self.died() from None
 
@@ -114,8 +121,9 @@ class ExtractionPool:
                 "Committed batches are kept: run the same command to resume, with --no-worker to "
                 "extract in the main process."
             ) from e
-        batch: Batch = pickle.loads(data)
-        return batch
+        got: Batch | Extracts = pickle.loads(data)
+        self.taken.value += 1
+        return got if isinstance(got, Batch) else self._converters[extractor].convert(got)
 
     def died(self) -> WorkerFailed:
         self._process.join(5)
@@ -143,12 +151,14 @@ class PooledPages:
         self, pool: ExtractionPool, db: Database, converter: Converter, todo: Sequence[KeyRange], size: int
     ) -> None:
         self.pool, self.db, self.converter, self.todo, self.size = pool, db, converter, todo, size
+        self._pages = 0
 
     async def count(self) -> int:
         return await count_rows(self.db, self.converter, self.todo)
 
     async def batches(self) -> AsyncGenerator[Work, None]:
         flight: deque[tuple[asyncio.Future[bytes], KeyRange]] = deque()
+        self.pool.taken.value = self._pages = 0
         try:
             for todo in self.todo:
                 after = todo.after
@@ -192,7 +202,8 @@ class PooledPages:
         stmt = self.db.statements.page(
             x.extractor.source_table, x.cols, x.extractor.key, limit, after is not None, upto is not None
         )
-        return self.pool.submit(x.name, stmt, [b for b in (after, upto) if b is not None])
+        self._pages += 1
+        return self.pool.submit(x.name, stmt, [b for b in (after, upto) if b is not None], self._pages - 1)
 
     async def _take(self, flight: deque[tuple[asyncio.Future[bytes], KeyRange]]) -> Work:
         page, span = flight[0]
@@ -211,12 +222,13 @@ class PooledPages:
 _converters: Mapping[str, Converter] = {}
 _database: tuple[str, float] = ("", 0.0)
 _connection: sqlite3.Connection | None = None
+_taken: Any = None
 
 
-def _start(converters: Mapping[str, Converter], path: str, timeout: float, parent: int) -> None:
+def _start(converters: Mapping[str, Converter], path: str, timeout: float, parent: int, taken: Any) -> None:
     """Set the worker up: it dies with its parent, leaves signals to it, and keeps what the fork
     inherited out of the cycle collector's scans."""
-    global _converters, _database
+    global _converters, _database, _taken
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before the line above
@@ -227,11 +239,16 @@ def _start(converters: Mapping[str, Converter], path: str, timeout: float, paren
         signal.set_wakeup_fd(-1)  # the parent's event loop's, inherited
     gc.freeze()
     gc.set_threshold(max(GC_THRESHOLD, gc.get_threshold()[0]), *gc.get_threshold()[1:])
-    _converters, _database = converters, (path, timeout)
+    _converters, _database, _taken = converters, (path, timeout), taken
 
 
-def _extract_page(extractor: str, sql: str, params: Sequence[Any]) -> bytes:
-    """Read a page and extract it: the pickled Batch (sqlite3.Error if it cannot be read)."""
+def _extract_page(extractor: str, sql: str, params: Sequence[Any], page: int) -> bytes:
+    """Read a page and extract it: the pickled Batch (sqlite3.Error if it cannot be read).
+
+    When the main process has taken every page before this one, it is waiting for this one: the
+    worker is the busier process, so it sends the Extracts and leaves converting them to the
+    main process; otherwise it converts them itself. The batch is the same either way.
+    """
     global _connection
     if _connection is None:
         path, timeout = _database
@@ -240,10 +257,12 @@ def _extract_page(extractor: str, sql: str, params: Sequence[Any]) -> bytes:
     rows = _connection.execute(sql, params).fetchall()
     converter = _converters[extractor]
     try:
-        batch = converter(rows)
+        extracts = converter.extract(rows)
     except BaseException:
         raise _ExtractorCrashed(_crash_report(converter)) from None
-    return sendable(batch, converter)
+    if _taken is not None and _taken.value >= page:
+        return sendable(extracts, converter)
+    return sendable(converter.convert(extracts), converter)
 
 
 def _crash_report(converter: Converter) -> str:
@@ -255,15 +274,16 @@ def _crash_report(converter: Converter) -> str:
     )
 
 
-def sendable(batch: Batch, converter: Converter) -> bytes:
+def sendable(batch: Batch | Extracts, converter: Converter) -> bytes:
     """``batch`` pickled; rows whose changes hold values that cannot be pickled become record
     errors, and the batch keeps its other rows."""
     try:
         return pickle.dumps(batch, pickle.HIGHEST_PROTOCOL)
     except Exception:
         pass
+    items: list[Any] = batch.items if isinstance(batch, Batch) else batch.changes
     kept = []
-    for item in batch.items:
+    for item in items:
         try:
             pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
         except Exception as e:
@@ -277,6 +297,10 @@ def sendable(batch: Batch, converter: Converter) -> bytes:
             )
         else:
             kept.append(item)
-    batch.items = kept
-    batch.settle()
+    items[:] = kept
+    if isinstance(batch, Batch):
+        batch.settle()
+    else:
+        order = {k: i for i, k in enumerate(batch.keys)}
+        batch.errors.sort(key=lambda e: order[e[0]])
     return pickle.dumps(batch, pickle.HIGHEST_PROTOCOL)
