@@ -85,8 +85,8 @@ def test_batches_of_any_size_match_one_by_one(
             TARGET: {(k,): dict(row) for k, row in state.items()}
         }
         plan = plan_batch(chunk, current, {})
-        assert {f.kind for f in plan.failures} <= {"missing"}
-        failed += [f.key for f in plan.failures]
+        assert {f.kind for f in plan.errors} <= {"missing"}
+        failed += [f.key for f in plan.errors]
         touched = plan.merged.get(TARGET, {})
         before = copy.deepcopy(state)
         apply(state, plan)

@@ -51,7 +51,7 @@ def test_new_row_is_inserted() -> None:
     inserts, updates = rows(p, FEATURES)
     assert inserts == [{"id": 10, "title": "a", "enable_default": True, "enable_visual": False}]
     assert updates == []
-    assert p.failures == []
+    assert p.errors == []
     assert has_writes(p)
 
 
@@ -171,8 +171,8 @@ def test_update_of_missing_row_fails_and_source_row_contributes_nothing() -> Non
         item("src-2", feature(12, title="kept")),
     ]
     p = plan(batch)
-    assert len(p.failures) == 1
-    failure = p.failures[0]
+    assert len(p.errors) == 1
+    failure = p.errors[0]
     assert failure.key == "src-1"
     assert failure.kind == "missing"
     assert "bugs" in failure.message and "id=99" in failure.message
@@ -186,7 +186,7 @@ def test_update_of_missing_row_fails_and_source_row_contributes_nothing() -> Non
 def test_update_of_existing_row() -> None:
     current: Current = {BUGS: {(5,): {"id": 5, "test_feature_id": None}}}
     p = plan([item(5, Update("bugs", {"id": 5}, {"test_feature_id": 3}))], current)
-    assert p.failures == []
+    assert p.errors == []
     assert rows(p, BUGS)[1] == [({"id": 5}, {"test_feature_id": 3})]
 
 
@@ -196,7 +196,7 @@ def test_update_of_row_upserted_earlier_in_the_batch_is_not_missing() -> None:
         item(2, Update("bugs", {"id": 5}, {"test_feature_id": 3})),
     ]
     p = plan(batch)
-    assert p.failures == []
+    assert p.errors == []
     assert rows(p, BUGS)[0] == [{"id": 5, "customer_id": 1, "test_feature_id": 3}]
 
 
@@ -206,7 +206,7 @@ def test_failed_source_row_does_not_make_later_update_succeed() -> None:
         item(2, Update("bugs", {"id": 5}, {"test_feature_id": 3})),
     ]
     p = plan(batch)
-    assert [(f.key, f.kind) for f in p.failures] == [(1, "missing"), (2, "missing")]
+    assert [(f.key, f.kind) for f in p.errors] == [(1, "missing"), (2, "missing")]
     assert not has_writes(p)
 
 
@@ -227,8 +227,8 @@ BUG_ROWS: Current = {BUGS: {(b,): {"id": b, "test_feature_id": None} for b in ra
 
 def test_ref_to_missing_row_is_an_integrity_failure() -> None:
     p = plan([item(1, attribution(1, 777, customer=4))], BUG_ROWS, {FEATURES: {}})
-    assert len(p.failures) == 1
-    f = p.failures[0]
+    assert len(p.errors) == 1
+    f = p.errors[0]
     assert (f.key, f.kind) == (1, "integrity")
     assert "test_features" in f.message and "id" in f.message and "777" in f.message
     assert not has_writes(p)
@@ -237,8 +237,8 @@ def test_ref_to_missing_row_is_an_integrity_failure() -> None:
 def test_ref_with_mismatching_match_column_is_an_integrity_failure() -> None:
     referenced: Referenced = {FEATURES: {7: {"id": 7, "customer_id": 2}}}
     p = plan([item(1, attribution(1, 7, customer=4))], BUG_ROWS, referenced)
-    assert len(p.failures) == 1
-    f = p.failures[0]
+    assert len(p.errors) == 1
+    f = p.errors[0]
     assert f.kind == "integrity"
     assert "test_features" in f.message and "customer_id" in f.message
     assert "7" in f.message and "2" in f.message and "4" in f.message
@@ -248,7 +248,7 @@ def test_ref_with_mismatching_match_column_is_an_integrity_failure() -> None:
 def test_ref_failure_drops_every_change_of_that_source_row() -> None:
     batch = [item(1, feature(10, title="x"), attribution(1, 777, customer=4))]
     p = plan(batch, BUG_ROWS)
-    assert [f.kind for f in p.failures] == ["integrity"]
+    assert [f.kind for f in p.errors] == ["integrity"]
     assert p.inserted == 0
     assert not has_writes(p)
 
@@ -269,15 +269,15 @@ KNOWN: Referenced = {("features", ("id",)): {5: {"id": 5}}}
 def test_failed_independent_change_is_dropped_alone_and_recorded() -> None:
     batch = [item(1, _needs_feature(10, 5), _needs_feature(11, 999), _needs_feature(12, 5))]
     p = plan(batch, {}, KNOWN)
-    assert [(f.key, f.kind) for f in p.failures] == [(1, "integrity")]
-    assert "features.id=999 does not exist" in p.failures[0].message
+    assert [(f.key, f.kind) for f in p.errors] == [(1, "integrity")]
+    assert "features.id=999 does not exist" in p.errors[0].message
     assert [r["id"] for r in rows(p, FEATURES)[0]] == [10, 12]
     assert p.inserted == 2
 
 
 def test_every_failed_independent_change_is_named_in_the_rows_one_failure() -> None:
     p = plan([item(1, _needs_feature(10, 998), _needs_feature(11, 999))], {}, KNOWN)
-    (f,) = p.failures
+    (f,) = p.errors
     assert "998" in f.message and "999" in f.message
     assert not has_writes(p)
 
@@ -285,7 +285,7 @@ def test_every_failed_independent_change_is_named_in_the_rows_one_failure() -> N
 def test_a_failed_change_that_is_not_independent_still_drops_the_whole_row() -> None:
     batch = [item(1, _needs_feature(10, 5), _needs_feature(11, 999, independent=False))]
     p = plan(batch, {}, KNOWN)
-    assert [f.kind for f in p.failures] == ["integrity"]
+    assert [f.kind for f in p.errors] == ["integrity"]
     assert not has_writes(p)
 
 
@@ -296,14 +296,14 @@ def test_independent_update_of_a_missing_row_is_dropped_alone() -> None:
         )
     ]
     p = plan(batch, BUG_ROWS)
-    assert [f.kind for f in p.failures] == ["missing"]
+    assert [f.kind for f in p.errors] == ["missing"]
     assert [r["id"] for r in rows(p, FEATURES)[0]] == [10]
 
 
 def test_satisfied_ref_lets_the_change_through() -> None:
     referenced: Referenced = {FEATURES: {7: {"id": 7, "customer_id": 4}}}
     p = plan([item(1, attribution(1, 7, customer=4))], BUG_ROWS, referenced)
-    assert p.failures == []
+    assert p.errors == []
     assert rows(p, BUGS)[1] == [({"id": 1}, {"test_feature_id": 7})]
 
 
@@ -313,7 +313,7 @@ def test_ref_satisfied_by_upsert_earlier_in_the_same_batch() -> None:
         item(2, attribution(2, 7, customer=4)),
     ]
     p = plan(batch, BUG_ROWS, {FEATURES: {}})
-    assert p.failures == []
+    assert p.errors == []
     assert rows(p, BUGS)[1] == [({"id": 2}, {"test_feature_id": 7})]
 
 
@@ -325,7 +325,7 @@ def test_ref_checks_match_against_upsert_earlier_in_the_batch() -> None:
         item(3, attribution(3, 7, customer=5)),
     ]
     p = plan(batch, BUG_ROWS, referenced)
-    assert [(f.key, f.kind) for f in p.failures] == [(2, "integrity")]
+    assert [(f.key, f.kind) for f in p.errors] == [(2, "integrity")]
     assert rows(p, BUGS)[1] == [({"id": 3}, {"test_feature_id": 7})]
 
 
@@ -335,7 +335,7 @@ def test_ref_is_not_satisfied_by_upsert_of_a_failed_source_row() -> None:
         item(2, attribution(2, 7, customer=4)),
     ]
     p = plan(batch, BUG_ROWS, {FEATURES: {}})
-    assert [(f.key, f.kind) for f in p.failures] == [("t1", "missing"), (2, "integrity")]
+    assert [(f.key, f.kind) for f in p.errors] == [("t1", "missing"), (2, "integrity")]
     assert not has_writes(p)
 
 

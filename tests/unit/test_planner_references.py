@@ -45,7 +45,7 @@ def test_a_reference_sees_the_stored_row_under_the_batchs_own_upsert_of_it() -> 
 
     p = plan_batch(batch, {**BUG_ROWS, FEATURES: {(7,): stored}}, {FEATURES: {7: stored}})
 
-    assert p.failures == []
+    assert p.errors == []
     assert p.writes[BUGS].updates == [((2,), {"test_feature_id": 7})]
 
 
@@ -56,7 +56,7 @@ def test_a_reference_sees_the_referenced_row_when_the_target_read_missed_it() ->
 
     p = plan_batch(batch, BUG_ROWS, {FEATURES: {7: stored}})
 
-    assert p.failures == []
+    assert p.errors == []
 
 
 def test_a_reference_to_a_row_the_batch_only_creates_uses_its_defaults() -> None:
@@ -65,7 +65,7 @@ def test_a_reference_to_a_row_the_batch_only_creates_uses_its_defaults() -> None
 
     p = plan_batch(batch, BUG_ROWS, {FEATURES: {}})
 
-    assert [(f.key, f.kind, f.message) for f in p.failures] == [
+    assert [(f.key, f.kind, f.message) for f in p.errors] == [
         (2, "integrity", "test_features.id=7 has customer_id=None, expected 4")
     ]
 
@@ -75,7 +75,7 @@ def test_an_update_of_a_missing_row_names_every_key_column() -> None:
 
     p = plan_batch([item(5, change)], {}, {})
 
-    assert [(f.key, f.kind, f.message) for f in p.failures] == [
+    assert [(f.key, f.kind, f.message) for f in p.errors] == [
         (5, "missing", "tags row name='x', order_id=1 does not exist, so it cannot be updated")
     ]
 
@@ -94,7 +94,7 @@ def test_a_row_whose_independent_changes_fail_has_one_failure_naming_each() -> N
 
     p = plan_batch(batch, BUG_ROWS, {})
 
-    assert [(f.key, f.kind, f.message) for f in p.failures] == [
+    assert [(f.key, f.kind, f.message) for f in p.errors] == [
         (
             5,
             "missing",

@@ -106,7 +106,7 @@ class Oversteps(Labels):
 
 def test_failed_extractions_and_failed_checks_are_record_errors_in_key_order() -> None:
     here = Converter(Oversteps())([(i, None if i % 5 == 0 else f"l{i}") for i in range(1, 16)])
-    assert [(k, kind) for k, kind, _ in here.errors] == [
+    assert [(e.key, e.kind) for e in here.errors] == [
         (3, "plugin-bug"),
         (5, "missing"),
         (6, "plugin-bug"),
@@ -123,12 +123,12 @@ def test_changes_that_cannot_be_pickled_become_record_errors() -> None:
     batch = extract([(1, "a"), (2, None), (3, "c"), (4, "d")])
     lock = threading.Lock()
     ops = batch.items[2][1]
-    ops[0] = (*ops[0][:2], {"text": lock}, *ops[0][3:])
+    ops[0] = ops[0]._replace(values={"text": lock})
     sent: Batch = pickle.loads(sendable(batch, extract))
     assert [item[0] for item in sent.items] == [1, 3]
     assert sent.needed == {("labels", ("id",)): {(1,), (3,)}}
-    assert [(k, kind) for k, kind, _ in sent.errors] == [(2, "missing"), (4, "plugin-bug")]
-    message = sent.errors[1][2]
+    assert [(e.key, e.kind) for e in sent.errors] == [(2, "missing"), (4, "plugin-bug")]
+    message = sent.errors[1].message
     assert "cannot take" in message and "labels-plugin 1.0" in message
 
 

@@ -19,9 +19,7 @@ from backfill_core.engine.planner import (
 )
 from backfill_core.errors import RecordError
 from backfill_core.extractor import Extractor
-
-Error = tuple[Any, str, str]
-"""(key, kind, message) of a source row that failed to extract."""
+from backfill_core.store.records import ErrorRecord
 
 
 @dataclass(slots=True)
@@ -31,7 +29,7 @@ class Batch:
     keys: list[Any]
     """The key of every source row, in order."""
     items: list[Extracted] = field(default_factory=list)
-    errors: list[Error] = field(default_factory=list)
+    errors: list[ErrorRecord] = field(default_factory=list)
     """Rows that failed to extract, in key order."""
     needed: dict[Target, set[tuple[Any, ...]]] = field(default_factory=dict)
     """The target rows whose current values planning needs."""
@@ -46,7 +44,7 @@ class Batch:
         """Put the errors back in the rows' order and gather what planning needs from the items
         (after items were taken out and their rows made errors)."""
         order = {k: i for i, k in enumerate(self.keys)}
-        self.errors.sort(key=lambda e: order[e[0]])
+        self.errors.sort(key=lambda e: order[e.key])
         self.needed = keys_needed(self.items)
         self.refs = refs_needed(self.items)
         self.parents = parents_needed(self.items)
@@ -58,7 +56,7 @@ class Extracts(NamedTuple):
     keys: list[Any]
     changes: list[tuple[Any, list[Fields]]]
     """(key, its changes as plain values) of each row that extracted."""
-    errors: list[Error]
+    errors: list[ErrorRecord]
     skips: list[tuple[Any, str]]
 
 
@@ -130,12 +128,14 @@ class Converter:
             out.parents = parents_needed(items)
         return out
 
-    def error(self, key: Any, e: Exception) -> Error:
+    def error(self, key: Any, e: Exception) -> ErrorRecord:
         """The record error of the row ``key`` whose extraction raised ``e``."""
         if isinstance(e, RecordError):
-            return key, e.kind, e.message
-        return (
+            return ErrorRecord(self.name, key, "record", e.kind, e.message)
+        return ErrorRecord(
+            self.name,
             key,
+            "record",
             "plugin-bug",
             f"extract raised {type(e).__name__}: {e} (a bug in {self.plugin or self.name}; "
             "report it to the plugin's authors)",

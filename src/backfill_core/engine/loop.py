@@ -19,7 +19,7 @@ from backfill_core.errors import BackfillError
 from backfill_core.store.connection import Connection, RowsRefused
 from backfill_core.store.database import Database
 from backfill_core.store.ledger import FAILED, INTERRUPTED, SUCCEEDED, Ledger, RunState
-from backfill_core.store.records import Delta, ErrorRecord, KeyRange
+from backfill_core.store.records import Delta, KeyRange
 
 CHECKPOINT_EVERY = 2.0
 """Seconds between checkpoints of batches that changed nothing (their rows are re-read on resume,
@@ -84,10 +84,8 @@ class BatchLoop:
                 # process, or on PostgreSQL by its own connection (SQLite's batch connection runs
                 # in this thread, so without a worker it is simply read next).
                 ahead = asyncio.ensure_future(anext(works, None))
-                delta = Delta(processed=len(work.batch.keys))
-                for key, kind, why in work.batch.errors:
-                    delta.record_errors += 1
-                    delta.errors.append(ErrorRecord(stats.name, key, "record", kind, why))
+                errors = work.batch.errors
+                delta = Delta(processed=len(work.batch.keys), record_errors=len(errors), errors=list(errors))
                 # A signal waits for the batch in flight: its writes, its checkpoint and the
                 # summary's counts then agree.
                 await _to_the_end(self._commit(work, delta, checkpoints, stats))

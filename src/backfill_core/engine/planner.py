@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from backfill_core.changes import ChildRows, Fields
+from backfill_core.store.records import Delta, ErrorRecord
 
 _EMPTY: Mapping[Any, Any] = {}
 
@@ -24,25 +25,35 @@ RefSpec = tuple[Target, Any, Mapping[str, Any]]
 Owned = tuple[KeyCols, tuple[tuple[tuple[Any, ...], Mapping[str, Any]], ...]]
 """A Children change as planning uses it: its parent's columns, and each row's key values (in
 the target's key order) with the row."""
-Op = tuple[
-    Target,
-    tuple[Any, ...],
-    Mapping[str, Any],
-    Mapping[str, Any],
-    tuple[RefSpec, ...],
-    bool,
-    bool,
-    Owned | None,
-]
-"""One change as planning uses it: (target, key values, values, defaults, references, is an Update,
-is independent, and for a Children change what it owns, with its parent's values as the key).
 
-The values leave out defaulted columns set to None (those keep what the row has). Plain tuples
-cost little to build and to send between processes, unlike the Change objects plugins return.
-"""
-Extracted = tuple[Any, list[Op], bool]
-"""What one source row produced: its key, its changes, and whether planning must check them
-(only an Update or a change with references can fail in planning)."""
+
+class Op(NamedTuple):
+    """One change as planning uses it. Plain values: cheap to build and to send between
+    processes, unlike the Change objects plugins return."""
+
+    target: Target
+    key: tuple[Any, ...]
+    """The key's values in the target's key order; for a Children change, its parent's values."""
+    values: Mapping[str, Any]
+    """Without the defaulted columns set to None (those keep what the row has)."""
+    defaults: Mapping[str, Any]
+    refs: tuple[RefSpec, ...]
+    is_update: bool
+    independent: bool
+    owned: Owned | None
+    """What a Children change owns; None for any other change."""
+
+
+class Extracted(NamedTuple):
+    """What one source row produced."""
+
+    key: Any
+    ops: list[Op]
+    checked: bool
+    """Whether planning must check the changes: only an Update or a change with references can
+    fail in planning."""
+
+
 Parents = tuple[Target, KeyCols]
 """A table's rows addressed by a key (the Target) and grouped by parent columns."""
 
@@ -67,9 +78,9 @@ def op(f: Fields, targets: Targets | None = None) -> Op:
         cols = tuple(sorted(key))
         target, key_values = (table, cols), tuple(key[c] for c in cols)
     if defaults is None:
-        return target, key_values, values, _EMPTY, refs, True, independent, None
+        return Op(target, key_values, values, _EMPTY, refs, True, independent, None)
     effective = _effective(values, defaults) if defaults else values
-    return target, key_values, effective, defaults, refs, False, independent, None
+    return Op(target, key_values, effective, defaults, refs, False, independent, None)
 
 
 def _owned(
@@ -81,7 +92,7 @@ def _owned(
     target = (table, cols)
     owned = tuple([(tuple([row[c] if c in row else parent[c] for c in cols]), row) for row in rows])
     parent_values = tuple([parent[c] for c in parent_cols])
-    return target, parent_values, _EMPTY, _EMPTY, refs, False, independent, (parent_cols, owned)
+    return Op(target, parent_values, _EMPTY, _EMPTY, refs, False, independent, (parent_cols, owned))
 
 
 def extracted(key: Any, changes: Iterable[Fields], targets: Targets | None = None) -> Extracted:
@@ -89,9 +100,9 @@ def extracted(key: Any, changes: Iterable[Fields], targets: Targets | None = Non
     targets = {} if targets is None else targets
     ops = [op(c, targets) for c in changes]
     for o in ops:
-        if o[4] or o[5]:
-            return key, ops, True
-    return key, ops, False
+        if o.refs or o.is_update:
+            return Extracted(key, ops, True)
+    return Extracted(key, ops, False)
 
 
 def parents_needed(batch: Iterable[Extracted]) -> dict[Parents, set[tuple[Any, ...]]]:
@@ -99,17 +110,10 @@ def parents_needed(batch: Iterable[Extracted]) -> dict[Parents, set[tuple[Any, .
     needed: dict[Parents, set[tuple[Any, ...]]] = {}
     for _, ops, _ in batch:
         for o in ops:
-            owned = o[7]
+            owned = o.owned
             if owned is not None:
-                needed.setdefault((o[0], owned[0]), set()).add(o[1])
+                needed.setdefault((o.target, owned[0]), set()).add(o.key)
     return needed
-
-
-@dataclass(slots=True)
-class Failure:
-    key: Any
-    kind: str
-    message: str
 
 
 @dataclass
@@ -127,17 +131,15 @@ class Writes:
 
 
 @dataclass
-class Plan:
-    writes: dict[Target, Writes]
-    inserted: int
-    updated: int
-    unchanged: int
-    failures: list[Failure]
-    samples: list[dict[str, Any]]
-    merged: dict[Target, dict[tuple[Any, ...], dict[str, Any] | None]]
+class Plan(Delta):
+    """A batch's writes, what they will do (its counts) and the source rows that fail in
+    planning (its ``errors``, record errors)."""
+
+    writes: dict[Target, Writes] = field(default_factory=dict)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    merged: dict[Target, dict[tuple[Any, ...], dict[str, Any] | None]] = field(default_factory=dict)
     """The resulting row of every target row inserted or updated (None: deleted), for a dry run's
     overlay; empty unless planned with keep_merged."""
-    deleted: int = 0
 
 
 def _target(targets: Targets, table: str, column: str) -> Target:
@@ -152,13 +154,13 @@ def keys_needed(batch: Iterable[Extracted]) -> dict[Target, set[tuple[Any, ...]]
     keys: set[tuple[Any, ...]] = set()
     for _, ops, _ in batch:
         for o in ops:
-            target = o[0]
+            target = o.target
             if target is not last:
                 last = target
                 keys = needed.get(target) or needed.setdefault(target, set())
-            owned = o[7]
+            owned = o.owned
             if owned is None:
-                keys.add(o[1])
+                keys.add(o.key)
             else:
                 keys.update(k for k, _ in owned[1])
     return needed
@@ -171,7 +173,7 @@ def refs_needed(batch: Iterable[Extracted]) -> dict[Target, tuple[set[str], set[
         if not checked:
             continue
         for o in ops:
-            for target, value, match in o[4]:
+            for target, value, match in o.refs:
                 found = needed.get(target)
                 if found is None:
                     found = needed[target] = (set(), set())
@@ -205,21 +207,23 @@ def plan_batch(
     *,
     sample_size: int = 0,
     keep_merged: bool = True,
+    extractor: str = "",
 ) -> Plan:
     """Decide the writes for ``batch``, applying its changes in order (the last one wins).
 
     ``children`` holds the key values of the rows now under each parent a Children change of the
     batch owns. ``keep_merged=False`` leaves ``Plan.merged`` empty; only a dry run's overlay needs it.
+    The plan's errors name ``extractor``.
     """
     entries: dict[Target, dict[tuple[Any, ...], Entry]] = {}
     owners: dict[Target, dict[tuple[KeyCols, tuple[Any, ...]], set[tuple[Any, ...]]]] = {}
-    failures: list[Failure] = []
+    failures: list[ErrorRecord] = []
     for source_key, ops, checked in batch:
         applied: Sequence[Op] = ops
         if checked:
             problem, applied = _check(ops, current, referenced, entries)
             if problem:
-                failures.append(Failure(source_key, *problem))
+                failures.append(ErrorRecord(extractor, source_key, "record", *problem))
         for target, key, new, defaults, _, _, _, owned in applied:
             rows = entries.get(target)
             if rows is None:
@@ -301,7 +305,7 @@ def _check(
                 kept.append(o)
             continue
         problems.append(problem)
-        if not o[6]:
+        if not o.independent:
             return problem, ()
         if kept is None:
             kept = list(ops[:i])
@@ -360,7 +364,7 @@ def _named(target: Target, value: Any) -> str:
 def _diff(
     entries: dict[Target, dict[tuple[Any, ...], Entry]],
     current: Mapping[Target, Mapping[tuple[Any, ...], Mapping[str, Any]]],
-    failures: list[Failure],
+    failures: list[ErrorRecord],
     sample_size: int,
     keep_merged: bool,
 ) -> Plan:
@@ -405,4 +409,13 @@ def _diff(
                 )
         inserted += len(inserts)
         updated += len(updates)
-    return Plan(writes, inserted, updated, unchanged, failures, samples, merged)
+    return Plan(
+        inserted=inserted,
+        updated=updated,
+        unchanged=unchanged,
+        record_errors=len(failures),
+        errors=failures,
+        writes=writes,
+        samples=samples,
+        merged=merged,
+    )

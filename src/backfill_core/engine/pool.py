@@ -35,7 +35,7 @@ from backfill_core.engine.collector import GC_THRESHOLD
 from backfill_core.engine.sources import Work, count_rows
 from backfill_core.errors import BackfillError
 from backfill_core.store.database import Database
-from backfill_core.store.records import KeyRange
+from backfill_core.store.records import ErrorRecord, KeyRange
 from backfill_core.store.sqlite import connect
 
 AHEAD = 2
@@ -288,8 +288,10 @@ def sendable(batch: Batch | Extracts, converter: Converter) -> bytes:
             pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
         except Exception as e:
             batch.errors.append(
-                (
+                ErrorRecord(
+                    converter.name,
                     item[0],
+                    "record",
                     "plugin-bug",
                     f"extract returned a value the engine cannot take ({type(e).__name__}: {e}); "
                     f"a bug in {converter.plugin or converter.name}: report it to the plugin's authors",
@@ -302,5 +304,5 @@ def sendable(batch: Batch | Extracts, converter: Converter) -> bytes:
         batch.settle()
     else:
         order = {k: i for i, k in enumerate(batch.keys)}
-        batch.errors.sort(key=lambda e: order[e[0]])
+        batch.errors.sort(key=lambda e: order[e.key])
     return pickle.dumps(batch, pickle.HIGHEST_PROTOCOL)

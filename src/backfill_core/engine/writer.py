@@ -63,7 +63,7 @@ class Writer:
         """
         plan = await self._plan(conn, batch.items, batch)
         await self._write(conn, plan)
-        self._count(plan, counts)
+        counts.add(plan)
         return [plan]
 
     async def isolate(self, conn: Connection, batch: Batch, counts: Delta) -> list[Plan]:
@@ -90,25 +90,16 @@ class Writer:
             if len(items) == 1:
                 counts.batch_errors += 1
                 counts.errors.append(
-                    ErrorRecord(self.extractor, items[0][0], "batch", "write", str(e).strip())
+                    ErrorRecord(self.extractor, items[0].key, "batch", "write", str(e).strip())
                 )
                 return []
             half = len(items) // 2
             first = await self._isolating(conn, items[:half], counts, None)
             return first + await self._isolating(conn, items[half:], counts, None)
-        self._count(plan, counts)
+        counts.add(plan)
         if self.overlay is not None:
             self.overlay.apply(plan.merged)
         return [plan]
-
-    def _count(self, plan: Plan, counts: Delta) -> None:
-        counts.inserted += plan.inserted
-        counts.updated += plan.updated
-        counts.deleted += plan.deleted
-        counts.unchanged += plan.unchanged
-        for f in plan.failures:
-            counts.record_errors += 1
-            counts.errors.append(ErrorRecord(self.extractor, f.key, "record", f.kind, f.message))
 
     async def _plan(self, conn: Connection, items: list[Extracted], whole: Batch | None) -> Plan:
         """Plan ``items`` against the rows they address and reference."""
@@ -122,6 +113,7 @@ class Writer:
             children,
             sample_size=self.sample_size,
             keep_merged=self.overlay is not None,
+            extractor=self.extractor,
         )
 
     async def _current(
