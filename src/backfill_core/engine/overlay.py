@@ -59,14 +59,15 @@ class Overlay:
         with db:  # one transaction, not one per row
             db.execute("BEGIN")
             for target, by_key in writes:
-                self._widen(target, by_key)
+                self._extend_span(target, by_key)
                 marks = ", ".join("?" * (len(target[1]) + 1))
                 db.executemany(
                     f"INSERT OR REPLACE INTO {self._table(target)} VALUES ({marks})",
                     [(*key, None if row is None else _pack(row)) for key, row in by_key.items()],
                 )
 
-    def _widen(self, target: Target, by_key: Mapping[tuple[Any, ...], Any]) -> None:
+    def _extend_span(self, target: Target, by_key: Mapping[tuple[Any, ...], Any]) -> None:
+        """Extend the span of keys remembered for ``target`` (lookups outside it skip the file)."""
         if target in self._spans and self._spans[target] is None:
             return
         try:

@@ -382,7 +382,6 @@ def _diff(
         for key, (new, defaults) in rows.items():
             found = existing.get(key)
             if found is None:
-                # zip without strict=: the keyword costs more than the zip (keys are of key_cols)
                 row = {**defaults, **dict(zip(key_cols, key)), **new}  # noqa: B905
                 inserts.append(row)
                 if keep_merged:
