@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 from backfill_core.changes import Fields, Skipped, checked, fields
 from backfill_core.engine.planner import (
     Extracted,
+    Op,
     Parents,
     Target,
     Targets,
@@ -39,6 +40,18 @@ class Batch:
     """The parents whose child rows Children changes own."""
     skips: list[tuple[Any, str]] = field(default_factory=list)
     """(key, kind) of each Skip the rows returned."""
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        # The items as plain tuples: a NamedTuple pickles through a Python call per object.
+        items = [(key, [tuple(o) for o in ops], checked) for key, ops, checked in self.items]
+        return self.keys, items, self.errors, self.needed, self.refs, self.parents, self.skips
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.keys, items, self.errors, self.needed, self.refs, self.parents, self.skips = state
+        new = tuple.__new__
+        self.items = [
+            new(Extracted, (key, [new(Op, o) for o in ops], checked)) for key, ops, checked in items
+        ]
 
     def settle(self) -> None:
         """Put the errors back in the rows' order and gather what planning needs from the items
