@@ -286,24 +286,42 @@ def test_a_signal_mid_run(target: Target, sig: signal.Signals) -> None:
 # -- an application holding the file ---------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("dry_run", "opens"),
+    [(False, "before"), (True, "before"), (True, "during")],
+    ids=["run", "dry-run", "dry-run, opened during it"],
+)
 def test_an_application_holding_the_wal_file_keeps_it(
-    copy_db: Callable[[str], Path], full_run_db: Path, tmp_path: Path
+    copy_db: Callable[[str], Path], full_run_db: Path, tmp_path: Path, dry_run: bool, opens: str
 ) -> None:
-    """The application's connection is open for the whole run and writes before, during and
-    after it: its WAL stays (it is the application's), and every row of it is there."""
+    """The application's connection is open until after the command exits, and writes while it
+    runs and after: its WAL stays (it is the application's), and every row of it is there. Opened
+    during a dry run, it finds the WAL files the dry run created, which must stay too."""
     path = copy_db("app.db")
-    app = sqlite3.connect(path, isolation_level=None, timeout=30)
-    try:
-        assert app.execute("PRAGMA journal_mode = WAL").fetchone() == ("wal",)
-        app.execute("CREATE TABLE app_notes (id INTEGER PRIMARY KEY, note TEXT NOT NULL)")
-        app.execute("INSERT INTO app_notes (note) VALUES ('before')")
-        target = Target("wal", str(path), tmp_path)
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA journal_mode = WAL").fetchone() == ("wal",)
+    con.close()
+    target = Target("wal", str(path), tmp_path)
+    notes: list[str] = []
+    app: sqlite3.Connection | None = None
 
-        stops = f"bug_attribution:committed:2,{AT_EXIT}"
-        proc = Spawned(target.job(), tmp_path / "out", {"BACKFILL_STOP_AT": stops})
+    def note(word: str) -> None:
+        assert app is not None
+        app.execute("CREATE TABLE IF NOT EXISTS app_notes (id INTEGER PRIMARY KEY, note TEXT NOT NULL)")
+        app.execute("INSERT INTO app_notes (note) VALUES (?)", (word,))
+        notes.append(word)
+
+    try:
+        if opens == "before":
+            app = sqlite3.connect(path, isolation_level=None, timeout=30)
+            note("before")
+        args = [*target.job(), *(["--dry-run"] if dry_run else [])]
+        proc = Spawned(args, tmp_path / "out", {"BACKFILL_STOP_AT": f"bug_attribution:committed:2,{AT_EXIT}"})
         try:
             proc.wait_stopped()
-            app.execute("INSERT INTO app_notes (note) VALUES ('during')")
+            if app is None:
+                app = sqlite3.connect(path, isolation_level=None, timeout=30)
+            note("during")
             proc.resume()
             proc.wait_stopped()
             assert children(proc.pid) == []
@@ -315,19 +333,22 @@ def test_an_application_holding_the_wal_file_keeps_it(
         assert done.returncode == 0, done.stderr
         assert _leftovers(path) == ["app.db-shm", "app.db-wal"]
 
-        app.execute("INSERT INTO app_notes (note) VALUES ('after')")
-        assert app.execute("SELECT note FROM app_notes ORDER BY id").fetchall() == [
-            ("before",),
-            ("during",),
-            ("after",),
-        ]
+        note("after")
+        assert app.execute("SELECT note FROM app_notes ORDER BY id").fetchall() == [(n,) for n in notes]
+        # Another connection sees them too: the WAL on disk is the one the application writes.
+        assert query(path, "SELECT note FROM app_notes ORDER BY id") == [(n,) for n in notes]
         assert app.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     finally:
-        app.close()
+        if app is not None:
+            app.close()
 
     assert _leftovers(path) == []  # the application closed last: SQLite removed them
-    assert query(path, "SELECT note FROM app_notes ORDER BY id") == [("before",), ("during",), ("after",)]
+    assert query(path, "SELECT note FROM app_notes ORDER BY id") == [(n,) for n in notes]
     features = "SELECT * FROM test_features ORDER BY id"
-    assert query(path, features) == query(full_run_db, features)
     bugs = "SELECT id, test_feature_id FROM bugs ORDER BY id"
-    assert query(path, bugs) == query(full_run_db, bugs)
+    if dry_run:
+        assert query(path, features) == []
+        assert query(path, "SELECT count(*) FROM bugs WHERE test_feature_id IS NOT NULL") == [(0,)]
+    else:
+        assert query(path, features) == query(full_run_db, features)
+        assert query(path, bugs) == query(full_run_db, bugs)
