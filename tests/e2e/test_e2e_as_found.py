@@ -254,6 +254,21 @@ def test_demo_leaves_only_its_database(cli: RunCli, tmp_path: Path) -> None:
 # -- every ending ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        lambda t: [*JOB, "-d", t.database, "--threshold", "coverage.nosuch=0.5"],
+        lambda t: ["errors", "99", "-d", t.database],
+    ],
+    ids=["run --threshold", "errors"],
+)
+def test_exit_2_found_once_the_database_is_open(target: Target, args: Callable[[Target], list[str]]) -> None:
+    done = run_to_exit(target, args(target))
+
+    assert done.returncode == 2, done.stderr
+    assert "Error: " in done.stderr
+
+
 def test_exit_1_over_the_error_rate(target: Target) -> None:
     done = run_to_exit(target, [*target.job(), "--max-error-rate", "0.001"])
 
