@@ -240,7 +240,7 @@ def test_a_dry_run_on_a_wal_file_leaves_it_byte_for_byte(
     assert path.read_bytes() == before
 
 
-def test_demo_leaves_only_its_database(cli: RunCli, tmp_path: Path) -> None:
+def test_demo_leaves_only_its_database(tmp_path: Path) -> None:
     path = tmp_path / "demo" / "demo.db"
     path.parent.mkdir()
     target = Target("delete", str(path), tmp_path)
@@ -249,6 +249,35 @@ def test_demo_leaves_only_its_database(cli: RunCli, tmp_path: Path) -> None:
 
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in path.parent.iterdir()) == ["demo.db"]
+
+
+def test_demo_rebuilds_an_earlier_demo_database_in_wal_mode(
+    copy_db: Callable[[str], Path], tmp_path: Path
+) -> None:
+    path = copy_db("demo.db")  # built by the same generator: a demo database
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA journal_mode = WAL")
+    con.close()
+
+    done = run_to_exit(Target("delete", str(path), tmp_path), ["demo", str(path), "--tests", "50", "-q"])
+
+    assert done.returncode == 0, done.stderr
+    assert query(path, "SELECT count(*) FROM tests") == [(50,)]
+
+
+def test_demo_refuses_another_wal_file_and_leaves_it_as_found(tmp_path: Path) -> None:
+    path = tmp_path / "theirs.db"
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA journal_mode = WAL")
+    con.execute("CREATE TABLE notes (note TEXT)")
+    con.close()
+    before = path.read_bytes()
+
+    done = run_to_exit(Target("wal", str(path), tmp_path), ["demo", str(path), "-q"])
+
+    assert done.returncode == 2, done.stderr
+    assert "is not a backfill demo database" in done.stderr
+    assert path.read_bytes() == before
 
 
 # -- every ending ----------------------------------------------------------------------------------
