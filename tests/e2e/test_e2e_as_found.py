@@ -15,6 +15,8 @@ import asyncio
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -263,6 +265,26 @@ def test_demo_rebuilds_an_earlier_demo_database_in_wal_mode(
 
     assert done.returncode == 0, done.stderr
     assert query(path, "SELECT count(*) FROM tests") == [(50,)]
+
+
+def test_demo_removes_the_wal_an_earlier_demo_database_was_left_with(
+    copy_db: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """A process exited without closing the earlier one: its WAL files go with it, else they
+    would sit beside the new file as if they were its own."""
+    path = copy_db("demo.db")
+    crashed = (
+        "import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('PRAGMA journal_mode = WAL'); "
+        "c.execute('CREATE TABLE junk (x)'); c.commit(); os._exit(0)"
+    )
+    subprocess.run([sys.executable, "-c", crashed, str(path)], check=True)
+    assert _leftovers(path) == ["demo.db-shm", "demo.db-wal"]
+
+    done = run_to_exit(Target("delete", str(path), tmp_path), ["demo", str(path), "--tests", "50", "-q"])
+
+    assert done.returncode == 0, done.stderr
+    assert query(path, "SELECT count(*) FROM tests") == [(50,)]
+    assert "junk" not in {name for (name,) in query(path, "SELECT name FROM sqlite_master")}
 
 
 def test_demo_refuses_another_wal_file_and_leaves_it_as_found(tmp_path: Path) -> None:
