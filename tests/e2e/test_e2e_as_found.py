@@ -103,6 +103,17 @@ def _header_mode(path: Path) -> int:
     return header[18]
 
 
+def _open_files(pid: int, path: Path) -> list[str]:
+    """The database file, its journal or WAL files, that process ``pid`` has open: a connection
+    not closed keeps at least the database file open."""
+    found = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        link = os.readlink(fd)
+        if link.startswith(str(path)):
+            found.append(link)
+    return found
+
+
 def _server_sockets(pid: int, port: int) -> list[str]:
     """The TCP connections process ``pid`` holds to ``port``, from /proc."""
     inodes = set()
@@ -137,6 +148,7 @@ def _check_left_as_found(target: Target, pid: int) -> None:
     assert children(pid) == [], "the extraction worker is still running"
     if target.is_sqlite:
         path = Path(target.database)
+        assert _open_files(pid, path) == []
         assert _leftovers(path) == [], f"{target.kind}: left behind"
         assert _header_mode(path) == HEADER_MODE[target.kind]
     else:
@@ -391,6 +403,7 @@ def test_an_application_holding_the_wal_file_keeps_it(
             proc.resume()
             proc.wait_stopped()
             assert children(proc.pid) == []
+            assert _open_files(proc.pid, path) == []
             assert _leftovers(path) == ["app.db-shm", "app.db-wal"]
             proc.resume()
             done = proc.wait()
