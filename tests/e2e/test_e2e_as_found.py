@@ -77,14 +77,18 @@ def target(
         with scratch_database(template_db) as url:
             yield Target("postgres", url, tmp_path)
         return
-    path = copy_db("cache.db")
+    yield _sqlite_target(request.param, copy_db("cache.db"), tmp_path)
+
+
+def _sqlite_target(mode: str, path: Path, folder: Path) -> Target:
+    """The SQLite file at ``path``, put in journal mode ``mode``."""
     con = sqlite3.connect(path)
     try:
-        assert con.execute(f"PRAGMA journal_mode = {request.param}").fetchone() == (request.param,)
+        assert con.execute(f"PRAGMA journal_mode = {mode}").fetchone() == (mode,)
     finally:
         con.close()
     assert _leftovers(path) == []
-    yield Target(request.param, str(path), tmp_path)
+    return Target(mode, str(path), folder)
 
 
 # -- what a stopped process left behind -------------------------------------------------------------
@@ -351,14 +355,36 @@ def test_exit_3_when_the_database_fails_mid_run(target: Target) -> None:
     assert "bugs" in done.stderr
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_mid_run(target: Target, sig: signal.Signals) -> None:
-    done = run_to_exit(
-        target, target.job(), first="bug_attribution:committed:2", then=lambda proc: proc.signal(sig)
-    )
+@pytest.mark.parametrize(
+    ("sig", "dry_run"),
+    [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGTERM, True)],
+    ids=["SIGTERM", "SIGINT", "SIGTERM, dry run"],
+)
+def test_a_signal_mid_run(target: Target, sig: signal.Signals, dry_run: bool) -> None:
+    args = [*target.job(), *(["--dry-run"] if dry_run else [])]
+
+    done = run_to_exit(target, args, first="bug_attribution:committed:2", then=lambda proc: proc.signal(sig))
 
     assert done.returncode == 128 + sig, done.stderr
     assert "interrupted" in done.stderr
+
+
+@pytest.mark.parametrize("mode", ["wal", "delete"])
+def test_exit_3_when_the_extraction_worker_dies(
+    copy_db: Callable[[str], Path], tmp_path: Path, mode: str
+) -> None:
+    """The worker (SQLite only) is killed mid-run: it cannot close its connection, this process
+    closes its own."""
+    target = _sqlite_target(mode, copy_db("cache.db"), tmp_path)
+
+    def kill_worker(proc: Spawned) -> None:
+        (worker,) = children(proc.pid)
+        os.kill(worker, signal.SIGKILL)
+
+    done = run_to_exit(target, target.job(), first="test_features:committed:2", then=kill_worker)
+
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "extraction worker" in done.stderr
 
 
 # -- an application holding the file ---------------------------------------------------------------
