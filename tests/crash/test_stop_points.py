@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from backfill_core.engine.stoppoints import StopPoint, stop_point
+from backfill_core.engine.stoppoints import StopPoint, stop_points, stops_at_exit
 from backfill_core.errors import UsageError
 from support.postgres import fetch, needs_server, scratch_database
 
@@ -65,13 +65,30 @@ def test_a_run_stops_where_asked_and_a_kill_there_is_resumed(
 def test_stop_point_spec() -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BACKFILL_STOP_AT", "test_features:written:3")
-        assert stop_point("test_features") == StopPoint("written", 3)
-        assert stop_point("bug_attribution") is None
+        assert stop_points("test_features") == [StopPoint("written", 3)]
+        assert stop_points("bug_attribution") == []
+        assert not stops_at_exit()
         mp.setenv("BACKFILL_STOP_AT", "test_features:started")
-        assert stop_point("test_features") == StopPoint("started", 1)
-        for bad in ("test_features", "test_features:halfway", "test_features:written:0", "x:committed:y"):
+        assert stop_points("test_features") == [StopPoint("started", 1)]
+        mp.setenv("BACKFILL_STOP_AT", "test_features:written:2, bug_attribution:committed,test_features:exit")
+        assert stop_points("test_features") == [StopPoint("written", 2)]
+        assert stop_points("bug_attribution") == [StopPoint("committed", 1)]
+        assert stops_at_exit()
+        mp.setenv("BACKFILL_STOP_AT", "*:exit")
+        assert stop_points("test_features") == []
+        assert stops_at_exit()
+        for bad in (
+            "test_features",
+            "test_features:halfway",
+            "test_features:written:0",
+            "x:committed:y",
+            "test_features:written:2,",
+            "test_features:exit,test_features:halfway",
+        ):
             mp.setenv("BACKFILL_STOP_AT", bad)
             with pytest.raises(UsageError, match="BACKFILL_STOP_AT"):
-                stop_point("test_features")
+                stop_points("test_features")
+            assert not stops_at_exit()
         mp.delenv("BACKFILL_STOP_AT")
-        assert stop_point("test_features") is None
+        assert stop_points("test_features") == []
+        assert not stops_at_exit()

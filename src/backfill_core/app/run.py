@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, closing, contextmanager
 from dataclasses import asdict, dataclass
 
 from sqlalchemy.engine import URL
@@ -82,7 +82,7 @@ async def run_backfill(
     # The worker is forked first, before any connection or temporary file exists for it to
     # inherit; the overlay keeps a dry run's would-be rows on disk.
     with _pool(url, options, converters) as pool, closing(Overlay()) as overlay:
-        async with Database(url, read_only=options.dry_run) as db:
+        async with Database(url, read_only=options.dry_run) as db, _closing_first(pool):
             converters = await _usable_extractors(db, registry, converters, explicit, skip)
             if not converters and left_out:
                 raise NothingToDo(
@@ -340,6 +340,18 @@ def _pool(url: URL, options: RunOptions, converters: list[Converter]) -> Iterato
         yield pool
     finally:
         pool.close()
+
+
+@asynccontextmanager
+async def _closing_first(pool: ExtractionPool | None) -> AsyncIterator[None]:
+    """End the worker, and its connection, before this process closes its own: on a WAL file the
+    connection that closes last checkpoints and removes the -wal and -shm files, and only one
+    that may write can."""
+    try:
+        yield
+    finally:
+        if pool is not None:
+            pool.close()
 
 
 def _pages(

@@ -13,7 +13,7 @@ from backfill_core.engine.options import NoProgress, Progress, ProgressFactory, 
 from backfill_core.engine.planner import Plan
 from backfill_core.engine.sources import Source, Work
 from backfill_core.engine.stats import ErrorLog, ExtractorStats
-from backfill_core.engine.stoppoints import stop_here, stop_point
+from backfill_core.engine.stoppoints import StopPoints
 from backfill_core.engine.writer import Writer
 from backfill_core.errors import BackfillError
 from backfill_core.store.connection import Connection, RowsRefused
@@ -48,7 +48,7 @@ class BatchLoop:
         self.errors = errors
         self.progress = progress or (lambda _name, _total: NoProgress())
         self.ledger = None if options.dry_run else ledger
-        self._stop_at = stop_point(writer.extractor)
+        self._stop_at = StopPoints(writer.extractor)
         self._batches = 0  # begun in this process
 
     async def run(
@@ -117,10 +117,7 @@ class BatchLoop:
 
     def _reached(self, point: str) -> None:
         """Stop the process here if BACKFILL_STOP_AT asks for this point (see stoppoints.py)."""
-        stop = self._stop_at
-        if stop is not None and stop.point == point and (point == "started" or stop.batch == self._batches):
-            self._stop_at = None
-            stop_here()
+        self._stop_at.reached(point, self._batches)
 
     async def _commit(
         self, work: Work, delta: Delta, checkpoints: Checkpoints | None, stats: ExtractorStats

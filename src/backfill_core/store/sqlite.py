@@ -14,6 +14,7 @@ connection waits up to the busy timeout for other writers, and write transaction
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -30,6 +31,7 @@ REFUSED = (sqlite3.IntegrityError, sqlite3.DataError, OverflowError)
 """The errors of rows SQLite will not take; OverflowError is the sqlite3 module refusing an
 integer beyond 64 bits."""
 JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
+WAL_FILES = ("-wal", "-shm")
 
 
 def uri(path: str, *, read_only: bool) -> str:
@@ -120,6 +122,8 @@ class SQLiteAdapter:
         self._writing: SQLiteConnection | None = None
         self._reading: SQLiteConnection | None = None
         self._journal_persisted = False
+        # Whether the WAL's files were there before this process opened the file (see close).
+        self._wal_found = any(os.path.exists(f"{path}{suffix}") for suffix in WAL_FILES)
 
     def engine(self, *, write: bool) -> AsyncEngine:
         """The aiosqlite engine for SQLAlchemy-level reads, or write transactions."""
@@ -190,6 +194,26 @@ class SQLiteAdapter:
             self._con = self._writing = self._reading = None
         for engine in (self._reader, self._writer):
             await engine.dispose()
+        if self.read_only and not self._wal_found:
+            self._remove_wal()
+
+    def _remove_wal(self) -> None:
+        """Have SQLite remove the -wal and -shm files that this read-only process made it create.
+
+        On a WAL file the connection that closes last checkpoints the WAL and removes both files,
+        but a read-only one cannot, so they would stay. A connection that may write, opened for one
+        read and closed, does it as SQLite always does: only when no other connection has the file
+        open (then the WAL holds nothing this process wrote, and the file is left byte for byte as
+        it was). Where the file cannot be written, they stay.
+        """
+        if not any(os.path.exists(f"{self.path}{suffix}") for suffix in WAL_FILES):
+            return
+        with contextlib.suppress(sqlite3.Error):
+            con = connect(self.path, read_only=False, timeout=self.timeout)
+            try:
+                con.execute("PRAGMA schema_version").fetchone()
+            finally:
+                con.close()
 
 
 def _sqlite_transactions(engine: AsyncEngine, begin: str) -> None:

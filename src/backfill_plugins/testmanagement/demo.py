@@ -30,7 +30,12 @@ def demo(ctx: click.Context, path: Path, tests: int, seed: int, quiet: bool, as_
     if path.exists():
         if not synthetic.is_demo_database(path):
             raise click.UsageError(f"{path} exists and is not a backfill demo database; choose another PATH")
-        path.unlink()
+        # Its journal or WAL files go with it: beside the new file they would be taken for its own.
+        for gone in (
+            path,
+            *(path.with_name(f"{path.name}{suffix}") for suffix in ("-journal", "-wal", "-shm")),
+        ):
+            gone.unlink(missing_ok=True)
     counts = synthetic.build(path, tests, seed=seed)
     click.echo(
         f"built {path}: {counts.tests} tests, {counts.bugs} bugs "

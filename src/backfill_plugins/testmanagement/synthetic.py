@@ -25,6 +25,7 @@ readable, and ``backfill demo`` rebuilds its file by deleting it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import random
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Table, create_engine
 from sqlalchemy.schema import CreateIndex, CreateTable
@@ -543,8 +545,13 @@ def _flush(conn: sqlite3.Connection, batch: dict[str, list[tuple[Any, ...]]]) ->
 
 
 def is_demo_database(path: Path) -> bool:
+    """Whether ``path`` is a database that ``build`` made. Read as an immutable file, so that the
+    file is left as found: a read-only connection to a WAL file would create its -wal and -shm
+    files and could not remove them."""
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{quote(str(path))}?mode=ro&immutable=1", uri=True)
+        ) as conn:
             return (
                 conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (MARKER_TABLE,)).fetchone()
                 is not None
