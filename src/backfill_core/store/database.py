@@ -248,9 +248,8 @@ class Database:
         state = getattr(getattr(error, "orig", None), "sqlstate", None) or getattr(error, "sqlstate", None)
         if is_decode_failure(getattr(error, "orig", None) or error):
             hint = (
-                f"a row read by {shorten(statement) or 'the statement'} holds TEXT that is not "
-                "valid UTF-8; correct or remove that value in the application's database (a "
-                "source row's bad text would be an invalid-encoding record error, not this)"
+                "a row it read holds TEXT that is not valid UTF-8; correct or remove that value, "
+                "then run the same command to resume (committed batches are kept)"
             )
         elif state == "3D000":  # invalid_catalog_name: the database in the URL is not on the server
             hint = (
@@ -279,10 +278,11 @@ class Database:
         elif "no such table" in lowered or "no such column" in lowered or "does not exist" in lowered:
             hint = "a table or column that a plugin reads or references is missing; run the migrations"
         elif statement:
-            hint = f"the statement that failed: {shorten(statement)}"
+            hint = "the database refused that statement; its message above says why"
         else:
             hint = "check that the database is reachable and the URL is right"
-        return DatabaseUnavailable(f"could not {action} {self.display_url}: {text.strip()} ({hint})")
+        failed = f", running `{shorten(statement)}`" if statement else ""
+        return DatabaseUnavailable(f"could not {action} {self.display_url}: {text.strip()}{failed} ({hint})")
 
 
 def shorten(statement: str, width: int = 300) -> str:
