@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import pickle
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -83,7 +83,7 @@ def test_undecodable_pickles_and_compares_by_its_bytes() -> None:
 
 
 @pytest.fixture
-def con(tmp_path: Path) -> sqlite3.Connection:
+def con(tmp_path: Path) -> Iterator[sqlite3.Connection]:
     path = tmp_path / "t.db"
     with sqlite3.connect(path) as c:
         c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b BLOB, c INTEGER)")
