@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import pickle
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from sqlalchemy import Select, column, func, select, table
 
 from backfill_core import (
     Extractor,
+    Metric,
     Registry,
     Row,
     RunOptions,
@@ -29,12 +31,14 @@ from backfill_core import (
     make_registry,
     resolve_url,
     run_backfill,
+    validate_only,
 )
 from backfill_core.engine.batch import INVALID_ENCODING, Converter, UndecodableKey
 from backfill_core.engine.stats import ErrorLog
-from backfill_core.errors import DatabaseUnavailable, RecordError
+from backfill_core.errors import DatabaseUnavailable, EnvironmentProblem, RecordError
 from backfill_core.store.database import Database
 from backfill_core.store.encoding import Salvaged, Undecodable, fetch_rows, is_decode_failure
+from backfill_core.validator import Validator
 
 FF, FE, C3 = b"\xff", b"\xfe", b"\xc3"
 
@@ -245,3 +249,48 @@ def test_a_strict_read_of_undecodable_text_says_so(tmp_path: Path) -> None:
     message = str(failed.value)
     assert "SELECT a FROM t" in message and "not valid UTF-8" in message
     assert "reachable" not in message
+
+
+# -- validators' queries over such rows -----------------------------------------------------------
+
+t = table("t", column("k"), column("a"))
+
+
+class Check(Validator):
+    name = "texts_check"
+    tables: ClassVar[dict[str, Sequence[str]]] = {"t": ("k", "a")}
+
+    def __init__(self, numerator: Select[Any]) -> None:
+        self.numerator = numerator
+
+    def metrics(self) -> list[Metric]:
+        count = select(func.count()).select_from(t)
+        return [Metric("counted", "rows", self.numerator, count, threshold=None)]
+
+
+def validate(path: Path, numerator: Select[Any]) -> RunReport:
+    class Checks:
+        @hookimpl
+        def register_validators(self, register: Callable[[Validator], None]) -> None:
+            register(Check(numerator))
+
+    report = RunReport(database=str(path))
+    asyncio.run(validate_only(make_registry(Checks()), [], resolve_url(str(path)), report))
+    return report
+
+
+def test_a_metric_counts_over_text_that_does_not_decode(tmp_path: Path) -> None:
+    path = text_keyed(tmp_path / "t.db", f"UPDATE t SET a = {bad('v', FF)} WHERE k = 'k020'")
+    report = validate(path, select(func.count()).select_from(t).where(t.c.a.like("v%")))
+    assert report.validation is not None
+    (result,) = report.validation
+    assert (result.numerator, result.denominator) == (40, 40)
+
+
+def test_a_metric_query_that_returns_such_text_names_the_validator(tmp_path: Path) -> None:
+    path = text_keyed(tmp_path / "t.db", f"UPDATE t SET a = {bad('v', FF)} WHERE k = 'k020'")
+    with pytest.raises(EnvironmentProblem) as ended:
+        validate(path, select(func.max(t.c.a)).where(t.c.k == "k020"))
+    message = str(ended.value)
+    assert "validator 'texts_check' could not compute 'counted'" in message
+    assert "not valid UTF-8, where a metric returns numbers" in message
