@@ -293,4 +293,4 @@ def test_a_metric_query_that_returns_such_text_names_the_validator(tmp_path: Pat
         validate(path, select(func.max(t.c.a)).where(t.c.k == "k020"))
     message = str(ended.value)
     assert "validator 'texts_check' could not compute 'counted'" in message
-    assert "not valid UTF-8, where a metric returns numbers" in message
+    assert "not valid UTF-8; a metric returns numbers" in message

@@ -135,7 +135,7 @@ async def run_validators(
             except (DBAPIError, CompileError) as e:
                 why = getattr(e, "orig", e)
                 if is_decode_failure(why):  # a metric counts over text; it need never return it
-                    why = f"{why}: its query returned TEXT that is not valid UTF-8, where a metric returns numbers"
+                    why = f"{why}: its query returned TEXT that is not valid UTF-8; a metric returns numbers"
                 raise EnvironmentProblem(
                     f"validator {v.name!r} could not compute {m.name!r}: {why} "
                     f"{_way_around(v, validators, command)}"
