@@ -35,6 +35,7 @@ from backfill_core import (
 )
 from backfill_core.engine.batch import INVALID_ENCODING, Converter, UndecodableKey
 from backfill_core.engine.stats import ErrorLog
+from backfill_core.engine.writer import UndecodableValue
 from backfill_core.errors import DatabaseUnavailable, EnvironmentProblem, RecordError
 from backfill_core.store.database import Database
 from backfill_core.store.encoding import Salvaged, Undecodable, fetch_rows, is_decode_failure
@@ -294,3 +295,16 @@ def test_a_metric_query_that_returns_such_text_names_the_validator(tmp_path: Pat
     message = str(ended.value)
     assert "validator 'texts_check' could not compute 'counted'" in message
     assert "not valid UTF-8; a metric returns numbers" in message
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
+def test_a_target_row_that_does_not_decode_ends_the_run_naming_its_key_and_column(
+    tmp_path: Path, dry_run: bool
+) -> None:
+    path = text_keyed(tmp_path / "t.db", f"INSERT INTO out VALUES ('k012', {bad('V', FF)})")
+    with pytest.raises(UndecodableValue) as ended:
+        run(path, worker=False, dry_run=dry_run)
+    message = str(ended.value)
+    assert "the row of 'out' where k = 'k012'" in message
+    assert "column 'a'" in message and "CAST(X'56FF' AS TEXT)" in message
+    assert ended.value.exit_code == 3

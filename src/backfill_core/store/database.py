@@ -249,7 +249,7 @@ class Database:
         if is_decode_failure(getattr(error, "orig", None) or error):
             hint = (
                 "a row it read holds TEXT that is not valid UTF-8; correct or remove that value, "
-                "then run the same command to resume (committed batches are kept)"
+                "then run the same command to resume; committed batches are kept"
             )
         elif state == "3D000":  # invalid_catalog_name: the database in the URL is not on the server
             hint = (
@@ -287,7 +287,7 @@ class Database:
 
 def shorten(statement: str, width: int = 300) -> str:
     """``statement`` on one line, cut to ``width`` characters, as a message shows it."""
-    line = " ".join(statement.split())
+    line = re.sub(r"\?(, \?)+", "?, …", " ".join(statement.split()))
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
