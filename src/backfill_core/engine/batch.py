@@ -115,6 +115,7 @@ class Converter:
         out = Extracts([r[self.key_index] for r in rows], [], [], [])
         extract, name, cols = self.extractor.extract, self.name, self.cols
         changed, errors, skips = out.changes, out.errors, out.skips
+        key = None
         keys: Sequence[Any] = out.keys
         salvaged = type(rows) is Salvaged
         if salvaged:
