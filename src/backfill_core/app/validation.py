@@ -15,6 +15,7 @@ from sqlalchemy.sql.operators import and_ as and_op
 
 from backfill_core.errors import EnvironmentProblem, UsageError
 from backfill_core.store.database import Database
+from backfill_core.store.encoding import is_decode_failure
 from backfill_core.store.ledger import Ledger
 from backfill_core.validator import Metric, MetricResult, Validator
 
@@ -132,8 +133,11 @@ async def run_validators(
             try:
                 return (await conn.execute(query.execution_options(backfill_ledger=ledger))).one()
             except (DBAPIError, CompileError) as e:
+                why = getattr(e, "orig", e)
+                if is_decode_failure(why):  # a metric counts over text; it need never return it
+                    why = f"{why}: its query returned TEXT that is not valid UTF-8; a metric returns numbers"
                 raise EnvironmentProblem(
-                    f"validator {v.name!r} could not compute {m.name!r}: {getattr(e, 'orig', e)} "
+                    f"validator {v.name!r} could not compute {m.name!r}: {why} "
                     f"{_way_around(v, validators, command)}"
                 ) from e
 

@@ -18,9 +18,17 @@ from backfill_core.engine.planner import (
     parents_needed,
     refs_needed,
 )
-from backfill_core.errors import RecordError
+from backfill_core.errors import EnvironmentProblem, RecordError
 from backfill_core.extractor import Extractor
+from backfill_core.store.encoding import Salvaged, Undecodable
 from backfill_core.store.records import ErrorRecord
+
+INVALID_ENCODING = "invalid-encoding"
+"""The kind of the record error of a source row holding text that is not UTF-8."""
+
+
+class UndecodableKey(EnvironmentProblem):
+    """A source row's key is text that cannot be decoded: the run cannot page past it."""
 
 
 @dataclass(slots=True)
@@ -98,13 +106,22 @@ class Converter:
         return self.convert(self.extract(rows))
 
     def extract(self, rows: Sequence[Sequence[Any]]) -> Extracts:
-        """Run ``extract`` over ``rows``: each row's changes as plain values, not yet checked."""
+        """Run ``extract`` over ``rows``: each row's changes as plain values, not yet checked.
+
+        A row holding text that could not be decoded (a page read again as ``Salvaged`` rows)
+        is an ``invalid-encoding`` record error and is not extracted; one whose key could not
+        be decoded ends the run (UndecodableKey).
+        """
         out = Extracts([r[self.key_index] for r in rows], [], [], [])
         extract, name, cols = self.extractor.extract, self.name, self.cols
         changed, errors, skips = out.changes, out.errors, out.skips
         key = None
+        keys: Sequence[Any] = out.keys
+        salvaged = type(rows) is Salvaged
+        if salvaged:
+            keys, rows = self._decodable(rows, errors)
         try:
-            for key, values in zip(out.keys, rows, strict=True):
+            for key, values in zip(keys, rows, strict=True):
                 try:
                     # rows are tuples of cols: zip's strict check would only cost time
                     changes = extract(dict(zip(cols, values)))  # noqa: B905
@@ -120,7 +137,50 @@ class Converter:
         except BaseException:
             self.stopped_at = key
             raise
+        if salvaged:
+            order = {k: i for i, k in enumerate(out.keys)}
+            errors.sort(key=lambda e: order[e.key])
         return out
+
+    def _decodable(
+        self, rows: Sequence[Sequence[Any]], errors: list[ErrorRecord]
+    ) -> tuple[list[Any], list[Sequence[Any]]]:
+        """The keys and rows of ``rows`` whose values all decoded; each other row becomes an
+        ``invalid-encoding`` record error naming its first undecodable column."""
+        keys, kept = [], []
+        table, cols, at = self.extractor.source_table, self.cols, self.key_index
+        for row in rows:
+            key = row[at]
+            if type(key) is Undecodable:
+                raise self.undecodable_key(key)
+            bad = next(((c, v) for c, v in zip(cols, row, strict=True) if type(v) is Undecodable), None)
+            if bad is None:
+                keys.append(key)
+                kept.append(row)
+                continue
+            column, value = bad
+            errors.append(
+                ErrorRecord(
+                    self.name,
+                    key,
+                    "record",
+                    INVALID_ENCODING,
+                    f"{value.describe(f'{table}.{column}')}; the row was left out. Correct the "
+                    f"text in the database, then run `backfill run {self.name} --retry-errors`",
+                )
+            )
+        return keys, kept
+
+    def undecodable_key(self, key: Undecodable) -> UndecodableKey:
+        """The run-ending error for a source row whose key is text that is not UTF-8."""
+        x = self.extractor
+        return UndecodableKey(
+            f"table {x.source_table!r} has a row whose key column {x.key!r} is text that is not "
+            f"valid UTF-8: {key!r} ({key.describe(f'{x.source_table}.{x.key}')}). Extractor "
+            f"{self.name!r} ({self.plugin or 'its plugin'}) reads the table in key order and "
+            f"cannot page past it: correct that key or delete the row (WHERE {x.key} = {key!r}), "
+            "then run the same command to resume; committed batches are kept"
+        )
 
     def convert(self, extracts: Extracts) -> Batch:
         """Check ``extracts``' changes against the declarations and convert them for planning; a

@@ -30,11 +30,12 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import util
 from typing import Any
 
-from backfill_core.engine.batch import Batch, Converter, Extracts
+from backfill_core.engine.batch import Batch, Converter, Extracts, UndecodableKey
 from backfill_core.engine.collector import GC_THRESHOLD
 from backfill_core.engine.sources import Work, count_rows
 from backfill_core.errors import BackfillError
 from backfill_core.store.database import Database
+from backfill_core.store.encoding import Undecodable, fetch_rows
 from backfill_core.store.records import ErrorRecord, KeyRange
 from backfill_core.store.sqlite import connect
 
@@ -111,7 +112,7 @@ class ExtractionPool:
             data = await page
         except BrokenProcessPool:
             raise self.died() from None
-        except sqlite3.Error:
+        except (sqlite3.Error, UndecodableKey):
             raise
         except Exception as e:
             self.close()
@@ -193,7 +194,9 @@ class PooledPages:
             x.extractor.source_table, x.extractor.key, self.size, after is not None, upto is not None
         )
         async with self.db.reading() as conn:
-            rows = await conn.fetch(stmt, [b for b in (after, upto) if b is not None])
+            rows = await conn.fetch_source(stmt, [b for b in (after, upto) if b is not None])
+        if rows and type(rows[0][0]) is Undecodable:
+            raise x.undecodable_key(rows[0][0])
         return rows[0][0] if rows else None
 
     def _read(self, after: Any, upto: Any) -> asyncio.Future[bytes]:
@@ -254,10 +257,12 @@ def _extract_page(extractor: str, sql: str, params: Sequence[Any], page: int) ->
         path, timeout = _database
         _connection = connect(path, read_only=True, timeout=timeout)
         util.Finalize(None, _connection.close, exitpriority=1)
-    rows = _connection.execute(sql, params).fetchall()
+    rows = fetch_rows(_connection, sql, params)
     converter = _converters[extractor]
     try:
         extracts = converter.extract(rows)
+    except UndecodableKey:
+        raise
     except BaseException:
         raise _ExtractorCrashed(_crash_report(converter)) from None
     if _taken is not None and _taken.value >= page:

@@ -71,7 +71,7 @@ class Pages:
                 )
                 params = [bound for bound in (last, upto) if bound is not None]
                 async with self.db.reading() as conn:
-                    rows = await conn.fetch(stmt, params)
+                    rows = await conn.fetch_source(stmt, params)
                 if not rows:
                     break
                 after, last = last, rows[-1][x.key_index]
@@ -102,7 +102,7 @@ class RetryKeys:
                 x.extractor.source_table, x.cols, (x.extractor.key,), len(padded), order_by=x.extractor.key
             )
             async with self.db.reading() as conn:
-                rows = await conn.fetch(stmt, padded)
+                rows = await conn.fetch_source(stmt, padded)
             if rows:
                 batch = x(rows)
                 found.update(batch.keys)

@@ -19,8 +19,10 @@ from backfill_core.engine.planner import (
     plan_batch,
     refs_needed,
 )
+from backfill_core.errors import EnvironmentProblem
 from backfill_core.store.connection import Connection, RowsRefused
 from backfill_core.store.database import Database
+from backfill_core.store.encoding import Salvaged, Undecodable
 from backfill_core.store.records import Delta, ErrorRecord
 
 IN_CHUNK = 5000
@@ -191,7 +193,9 @@ class Writer:
             padded = padded_in(chunk)
             params = [k[0] for k in padded] if len(key_cols) == 1 else [v for k in padded for v in k]
             stmt = self.db.statements.lookup(table, cols, key_cols, len(padded))
-            rows = await conn.fetch(stmt, params)
+            rows = await conn.fetch_source(stmt, params)
+            if type(rows) is Salvaged:
+                raise undecodable_value(table, cols, key_cols, rows, self.extractor)
             # rows are tuples of cols: zip's strict check would only cost time
             if len(at) == 1:
                 (i,) = at
@@ -241,3 +245,26 @@ def padded_in(values: list[Any]) -> list[Any]:
 def chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+class UndecodableValue(EnvironmentProblem):
+    """A row the batch must compare or check holds text that cannot be decoded."""
+
+
+def undecodable_value(
+    table: str, cols: tuple[str, ...], key_cols: tuple[str, ...], rows: Salvaged, extractor: str
+) -> UndecodableValue:
+    """The run-ending error for the first value of ``rows`` that is not UTF-8: its table, key
+    and column, and its bytes as SQL finds them."""
+    for row in rows:
+        for col, value in zip(cols, row, strict=True):
+            if type(value) is Undecodable:
+                key = ", ".join(f"{c} = {row[cols.index(c)]!r}" for c in key_cols)
+                return UndecodableValue(
+                    f"extractor {extractor!r} must read the row of {table!r} where {key}, and its "
+                    f"column {col!r} is text that is not valid UTF-8: {value!r} "
+                    f"({value.describe(f'{table}.{col}')}). Correct or clear that value "
+                    f"(UPDATE {table} SET {col} = … WHERE {key}), then run the same command to "
+                    "resume; committed batches are kept"
+                )
+    raise AssertionError("Salvaged rows without an Undecodable value")

@@ -8,7 +8,7 @@ the rows written are to blame, and as the run-ending
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -16,9 +16,13 @@ from sqlalchemy import exc
 
 from backfill_core.errors import DatabaseUnavailable
 
-Fatal = Callable[[BaseException, str], DatabaseUnavailable]
-"""The run-ending error for a driver's error and what was being done (``write to``), as
-:meth:`Database.fatal <backfill_core.store.database.Database.fatal>` words it."""
+
+class Fatal(Protocol):
+    """The run-ending error for a driver's error, what was being done (``write to``) and the
+    statement that failed, if any, as :meth:`Database.fatal
+    <backfill_core.store.database.Database.fatal>` words it."""
+
+    def __call__(self, error: BaseException, action: str, statement: str = "") -> DatabaseUnavailable: ...
 
 
 class RowsRefused(Exception):
@@ -38,6 +42,12 @@ class Connection(Protocol):
         """The rows of ``sql`` run with ``params``."""
         ...
 
+    async def fetch_source(self, sql: str, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
+        """The source rows of ``sql``, where a value that cannot be decoded as text does not fail
+        the read: on SQLite, such a page comes back as ``encoding.Salvaged`` rows holding
+        ``encoding.Undecodable`` values (PostgreSQL refuses such text on input)."""
+        ...
+
     async def execute(self, sql: str, params: Sequence[Any]) -> None:
         """Run ``sql`` once with ``params``."""
         ...
@@ -51,9 +61,11 @@ class Connection(Protocol):
         ...
 
 
-def translated(error: exc.DBAPIError | OverflowError, action: str, fatal: Fatal) -> Exception:
+def translated(
+    error: exc.DBAPIError | OverflowError, action: str, fatal: Fatal, statement: str = ""
+) -> Exception:
     """What an error SQLAlchemy (or its driver) raised becomes: RowsRefused when the rows are to
-    blame, else the run-ending error for ``action``."""
+    blame, else the run-ending error for ``action`` (running ``statement``, if given)."""
     if isinstance(error, exc.IntegrityError | exc.DataError | OverflowError):
         return RowsRefused(str(getattr(error, "orig", None) or error).strip())
-    return fatal(error, action)
+    return fatal(error, action, statement)

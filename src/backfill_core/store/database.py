@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from backfill_core.errors import DatabaseUnavailable, SchemaMissing
 from backfill_core.store.connection import Connection, RowsRefused, translated
+from backfill_core.store.encoding import is_decode_failure
 from backfill_core.store.postgres import PostgresAdapter
 from backfill_core.store.sqlite import SQLiteAdapter, hot_journal
 from backfill_core.store.statements import Statements
@@ -239,12 +240,18 @@ class Database:
         if self.dialect == "postgresql":
             await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": name})
 
-    def fatal(self, error: BaseException, action: str) -> DatabaseUnavailable:
-        """The run-ending error for a database failure that retrying a batch cannot fix."""
+    def fatal(self, error: BaseException, action: str, statement: str = "") -> DatabaseUnavailable:
+        """The run-ending error for a database failure that retrying a batch cannot fix, running
+        ``statement`` when one is known."""
         text = str(getattr(error, "orig", None) or error)
         lowered = text.lower()
         state = getattr(getattr(error, "orig", None), "sqlstate", None) or getattr(error, "sqlstate", None)
-        if state == "3D000":  # invalid_catalog_name: the database in the URL is not on the server
+        if is_decode_failure(getattr(error, "orig", None) or error):
+            hint = (
+                "a row it read holds TEXT that is not valid UTF-8; correct or remove that value, "
+                "then run the same command to resume; committed batches are kept"
+            )
+        elif state == "3D000":  # invalid_catalog_name: the database in the URL is not on the server
             hint = (
                 f"the database {self.url.database!r} named in the URL does not exist on that server; "
                 f"create it (`createdb {self.url.database}`) and the application's tables, or fix the URL"
@@ -270,9 +277,18 @@ class Database:
             hint = "the key columns of a plugin's Upsert need a PRIMARY KEY or UNIQUE constraint on them"
         elif "no such table" in lowered or "no such column" in lowered or "does not exist" in lowered:
             hint = "a table or column that a plugin reads or references is missing; run the migrations"
+        elif statement:
+            hint = "the database refused that statement; its message above says why"
         else:
             hint = "check that the database is reachable and the URL is right"
-        return DatabaseUnavailable(f"could not {action} {self.display_url}: {text.strip()} ({hint})")
+        failed = f", running `{shorten(statement)}`" if statement else ""
+        return DatabaseUnavailable(f"could not {action} {self.display_url}: {text.strip()}{failed} ({hint})")
+
+
+def shorten(statement: str, width: int = 300) -> str:
+    """``statement`` on one line, cut to ``width`` characters, as a message shows it."""
+    line = re.sub(r"\?(, \?)+", "?, …", " ".join(statement.split()))
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def _columns_of(sync_conn: SyncConnection, names: list[str]) -> dict[str, set[str] | None]:

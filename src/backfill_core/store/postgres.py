@@ -47,7 +47,12 @@ class PostgresConnection:
                     return (await self._conn.exec_driver_sql(array_sql, columns)).all()
             return (await self._conn.exec_driver_sql(sql, tuple(params))).all()
         except (exc.DBAPIError, OverflowError) as e:
-            raise translated(e, self._action, self._adapter.fatal) from e
+            raise translated(e, self._action, self._adapter.fatal, sql) from e
+
+    async def fetch_source(self, sql: str, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
+        """As :meth:`fetch`: PostgreSQL refuses text that is not valid in the database's encoding
+        on input, so every value it returns decodes."""
+        return await self.fetch(sql, params)
 
     async def execute(self, sql: str, params: Sequence[Any]) -> None:
         try:

@@ -26,6 +26,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from backfill_core.store.connection import Fatal, RowsRefused
+from backfill_core.store.encoding import fetch_rows
 
 REFUSED = (sqlite3.IntegrityError, sqlite3.DataError, OverflowError)
 """The errors of rows SQLite will not take; OverflowError is the sqlite3 module refusing an
@@ -64,10 +65,10 @@ class SQLiteConnection:
     def __init__(self, con: sqlite3.Connection, action: str, fatal: Fatal) -> None:
         self._con, self._action, self._fatal = con, action, fatal
 
-    def _translated(self, error: sqlite3.Error | OverflowError) -> Exception:
+    def _translated(self, error: sqlite3.Error | OverflowError, statement: str = "") -> Exception:
         if isinstance(error, REFUSED):
             return RowsRefused(str(error).strip())
-        return self._fatal(error, self._action)
+        return self._fatal(error, self._action, statement)
 
     def run(self, sql: str) -> None:
         """Run a statement without parameters (BEGIN, COMMIT, SAVEPOINT…)."""
@@ -80,7 +81,13 @@ class SQLiteConnection:
         try:
             return self._con.execute(sql, params).fetchall()
         except (sqlite3.Error, OverflowError) as e:
-            raise self._translated(e) from e
+            raise self._translated(e, sql) from e
+
+    async def fetch_source(self, sql: str, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
+        try:
+            return fetch_rows(self._con, sql, params)
+        except (sqlite3.Error, OverflowError) as e:
+            raise self._translated(e, sql) from e
 
     async def execute(self, sql: str, params: Sequence[Any]) -> None:
         try:
