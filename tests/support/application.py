@@ -376,9 +376,12 @@ async def play(database: str, log: Path, rate: float, seed: int) -> None:
             start = time.monotonic()
             error = None
             touched: tuple[list[int], list[int]] = ([], [])
+            began = committing = start
             try:
                 await db.begin()
+                began = time.monotonic()
                 touched = await ops[op]()
+                committing = time.monotonic()
                 await db.commit()
             except Exception as e:  # every failure is recorded, and the application goes on
                 error = f"{type(e).__name__}: {e}"
@@ -386,8 +389,17 @@ async def play(database: str, log: Path, rate: float, seed: int) -> None:
                     await db.rollback()
                 except Exception as again:
                     error += f" (and the rollback failed: {again})"
-            ms = (time.monotonic() - start) * 1000
-            line = {"op": op, "at": start, "ms": ms, "tests": touched[0], "bugs": touched[1], "error": error}
+            end = time.monotonic()
+            line = {
+                "op": op,
+                "at": start,
+                "ms": (end - start) * 1000,
+                "begin_ms": (began - start) * 1000,
+                "commit_ms": (end - committing) * 1000 if committing > began else 0.0,
+                "tests": touched[0],
+                "bugs": touched[1],
+                "error": error,
+            }
             out.write(json.dumps(line) + "\n")
             due = max(due + interval, time.monotonic() - interval)
             pause = due - time.monotonic()
@@ -404,6 +416,11 @@ class Write:
     op: str
     at: float
     ms: float
+    """From the start of the transaction to the end of its commit (or rollback)."""
+    begin_ms: float
+    """Of which waiting for the transaction to begin (SQLite's write lock: ``BEGIN IMMEDIATE``)."""
+    commit_ms: float
+    """Of which committing."""
     tests: tuple[int, ...]
     bugs: tuple[int, ...]
     error: str | None
@@ -450,7 +467,12 @@ class Application:
         out = []
         for line in lines:
             d = json.loads(line)
-            out.append(Write(d["op"], d["at"], d["ms"], tuple(d["tests"]), tuple(d["bugs"]), d["error"]))
+            out.append(
+                Write(
+                    *(d["op"], d["at"], d["ms"], d["begin_ms"], d["commit_ms"]),
+                    *(tuple(d["tests"]), tuple(d["bugs"]), d["error"]),
+                )
+            )
         return out
 
     def count(self) -> int:
