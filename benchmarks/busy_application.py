@@ -46,6 +46,8 @@ class Pair:
     beside: Latency
     alone: Latency
     backfill_seconds: float
+    slowest: Write
+    """The slowest write beside the backfill."""
 
 
 class Failed(Exception):
@@ -113,9 +115,11 @@ def alone(url: str, workdir: Path, rate: float, count: int) -> list[Write]:
 def measure_pair(kind: str, template: Path, workdir: Path, rate: float, extra: Sequence[str]) -> Pair:
     with fresh(kind, template, workdir, "beside") as url:
         during, seconds = beside(url, workdir, rate, extra)
+    if not during:
+        raise Failed("the application wrote nothing while the backfill ran: use a larger --tests")
     with fresh(kind, template, workdir, "alone") as url:
         quiet = alone(url, workdir, rate, max(len(during), WARM_UP))
-    return Pair(Latency.of(during), Latency.of(quiet), seconds)
+    return Pair(Latency.of(during), Latency.of(quiet), seconds, max(during, key=lambda w: w.ms))
 
 
 def _ratio(a: float, b: float) -> str:
@@ -130,6 +134,9 @@ def print_pairs(kind: str, pairs: Sequence[Pair]) -> None:
         for name, lat in (("beside", p.beside), ("alone", p.alone)):
             print(f"  {name:<12}{lat.writes:>8}{lat.median:>10.1f}{lat.p99:>10.1f}{lat.max:>10.1f}")
         b, a = p.beside, p.alone
+        print(
+            f"  slowest beside: {p.slowest.ms:.1f} ms, of which {p.slowest.begin_ms:.1f} ms waiting to begin"
+        )
         print(
             f"  {'beside/alone':<12}{'':>8}{_ratio(b.median, a.median):>10}"
             f"{_ratio(b.p99, a.p99):>10}{_ratio(b.max, a.max):>10}"

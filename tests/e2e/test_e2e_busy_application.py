@@ -191,6 +191,9 @@ def test_backfill_beside_a_busy_application(target: Target, tmp_path: Path) -> N
     assert len(expected_features) > 10_000
     assert target.rows(FEATURES) == expected_features
     assert target.rows(ATTRIBUTION) == expected_attribution
+    # The second run rewrote exactly the rows the first had left stale.
+    assert again["test_features"]["updated"] == len(set(after_first[0]) - set(expected_features))
+    assert again["bug_attribution"]["updated"] == len(set(after_first[1]) - set(expected_attribution))
 
     # The first run alone was exact on every row the application left alone.
     untouched = [r for r in expected_features if r[2] not in touched_tests]
