@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the tests that act on a live process (kills, signals, take-over, retry, the extraction
-# worker, an application writing beside a run) many times in a row, optionally beside CPU hogs, to show they do not depend on the
-# machine's speed. Not part of CI.
+# worker, an application writing beside a run) many times in a row, optionally beside CPU hogs,
+# to show they do not depend on the machine's speed. Not part of CI.
 #
 #   scripts/repeat-timing-tests.sh              # 20 rounds on an otherwise idle machine
 #   scripts/repeat-timing-tests.sh 20 4         # 20 rounds beside 4 busy processes
