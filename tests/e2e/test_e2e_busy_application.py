@@ -22,15 +22,17 @@ import json
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from backfill_plugins.testmanagement import synthetic
 from support.application import BUSY_TIMEOUT, Application, Latency, Write
+from support.builtin_job import Expected
 from support.cli import parse_json_output, run_cli, stats_by_name
 from support.postgres import SERVER, execute, fetch, needs_server, scratch_database
 from support.processes import Spawned
@@ -171,7 +173,14 @@ def test_backfill_beside_a_busy_application(target: Target, tmp_path: Path) -> N
     if isinstance(target, SqliteTarget):
         assert slowest.ms < BUSY_TIMEOUT * 1000
 
-    stats = stats_by_name(json.loads(finished.stdout))
+    check_settled(target, writes, json.loads(finished.stdout), tmp_path)
+
+
+def check_settled(target: Target, writes: list[Write], first: dict[str, Any], folder: Path) -> None:
+    """The tables after the first run (whose ``--json`` report is ``first``) and the application's
+    ``writes``: exact on every row the application left alone; after a second run, equal to a
+    fresh run on the final source rows, the second run having rewritten only the stale rows."""
+    stats = stats_by_name(first)
     assert stats["test_features"]["processed"] >= TESTS
     touched_tests, touched_bugs = _touched(writes)
     assert touched_tests and touched_bugs
@@ -186,7 +195,7 @@ def test_backfill_beside_a_busy_application(target: Target, tmp_path: Path) -> N
     )
     assert again["test_features"]["inserted"] == 0
 
-    with target.reference(tmp_path) as reference:
+    with target.reference(folder) as reference:
         expected_features, expected_attribution = reference.rows(FEATURES), reference.rows(ATTRIBUTION)
     assert len(expected_features) > 10_000
     assert target.rows(FEATURES) == expected_features
@@ -201,3 +210,88 @@ def test_backfill_beside_a_busy_application(target: Target, tmp_path: Path) -> N
     assert [r for r in after_first[1] if r[0] not in touched_bugs] == [
         r for r in expected_attribution if r[0] not in touched_bugs
     ]
+
+
+LOCK_TIMEOUT = 1
+"""``--lock-timeout`` in the test below, in seconds."""
+HELD = "UPDATE bugs SET status = 'held by the application' WHERE id = $1"
+
+
+def _held_bug(source: Path) -> tuple[int, int]:
+    """A bug that the run attributes, well into ``bug_attribution``'s run, and its test."""
+    bug = min(b for b in Expected(source).attribution if b > 10_000)
+    ((test,),) = query(source, "SELECT test_id FROM bugs WHERE id = ?", (bug,))
+    return bug, test
+
+
+@contextmanager
+def application_lock(url: str, sql: str, *args: object) -> Iterator[Callable[[], None]]:
+    """An application transaction that has run ``sql`` (holding its row locks) and stays open
+    until the ``commit`` it yields is called (rolled back on the way out otherwise)."""
+    loop = asyncio.new_event_loop()
+    conn = loop.run_until_complete(
+        asyncpg.connect(url, server_settings={"application_name": "application holding a lock"})
+    )
+    tx = conn.transaction()
+    open_ = True
+
+    def commit() -> None:
+        nonlocal open_
+        loop.run_until_complete(tx.commit())
+        open_ = False
+
+    try:
+        loop.run_until_complete(tx.start())
+        loop.run_until_complete(conn.execute(sql, *args))
+        yield commit
+    finally:
+        if open_:
+            loop.run_until_complete(tx.rollback())
+        loop.run_until_complete(conn.close())
+        loop.close()
+
+
+@pytest.mark.parametrize("target", [pytest.param("postgresql", marks=needs_server)], indirect=True)
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs issue 18's lock safety: --lock-timeout, lock retries and the `retrying` stop point "
+    "(today `run` refuses --lock-timeout with exit 2, and a batch that meets the application's row "
+    "lock waits as long as it is held, holding the locks of the rows it has changed)",
+)
+def test_postgresql_batch_meeting_a_long_application_lock_retries(
+    target: Target, source: Path, tmp_path: Path
+) -> None:
+    """An application transaction holds a row lock the run needs for longer than
+    ``--lock-timeout``: the run's batch gives up its locks and retries, the application's other
+    writes are never blocked longer than the lock timeout and a batch, and once the lock goes
+    the run finishes with correct tables."""
+    bug, test = _held_bug(source)
+    app = Application(target.url, tmp_path / "application.jsonl", spare=[test])
+    run: Spawned | None = None
+    try:
+        app.wait_writes(WRITES_BEFORE)
+        with application_lock(target.url, HELD, bug) as commit:
+            run = Spawned(
+                [*JOB, "-d", target.url, "--lock-timeout", str(LOCK_TIMEOUT)],
+                tmp_path / "run",
+                env={"BACKFILL_STOP_AT": "bug_attribution:retrying"},
+            )
+            run.wait_stopped()  # its batch met the lock, timed out and is about to retry
+            commit()
+        run.resume()
+        finished = run.wait()
+        assert finished.returncode == 0, finished.stderr
+        app.wait_writes(app.count() + WRITES_AFTER)
+        writes = app.stop()
+    finally:
+        if run is not None:
+            run.stop()
+        app.kill()
+
+    failed = [w for w in writes if w.error is not None]
+    assert failed == [], f"{len(failed)} of {len(writes)} application writes failed, first: {failed[:3]}"
+    slowest = max(writes, key=lambda w: w.ms)
+    print(f"\napplication: {Latency.of(writes)}; slowest: {slowest.op}, {slowest.ms:.0f} ms")
+    assert slowest.ms < (LOCK_TIMEOUT + 5) * 1000  # the lock timeout and one batch, loosely
+    assert target.rows(f"SELECT status FROM bugs WHERE id = {bug}") == [("held by the application",)]
+    check_settled(target, writes, json.loads(finished.stdout), tmp_path)

@@ -1,11 +1,12 @@
 """A process playing the test-management application: it writes steadily to the built-in job's
 tables beside a backfill, and records every write's latency and every failure.
 
-Run as a script (``python tests/support/application.py DATABASE LOG [--rate N] [--seed N]``) on a
-SQLite file (the application's way: WAL as the file has it, foreign keys off, a 5 s busy timeout,
-each write transaction begun with ``BEGIN IMMEDIATE``) or a ``postgresql://`` URL (asyncpg, one
-connection). Each write is one transaction doing what the application's sync does
-(``TestRepository``/``BugRepository`` in testio-mcp 0.4.0, see docs/builtin-job.md):
+Run as a script (``python tests/support/application.py DATABASE LOG [--rate N] [--seed N]
+[--spare TEST_ID]...``) on a SQLite file (the application's way: WAL as the file has it, foreign
+keys off, a 5 s busy timeout, each write transaction begun with ``BEGIN IMMEDIATE``) or a
+``postgresql://`` URL (asyncpg, one connection). Each write is one transaction doing what the
+application's sync does (``TestRepository``/``BugRepository`` in testio-mcp 0.4.0, see
+docs/builtin-job.md):
 
 * ``sync-test``: a test's JSON changes (a feature's title and flags, sometimes one more feature
   listed); ``tests.data`` is updated and every listed feature upserted into ``test_features``;
@@ -16,7 +17,8 @@ connection). Each write is one transaction doing what the application's sync doe
 
 Only tests whose listed features are all well formed are touched, and a bug is only attributed to
 a test feature the application wrote, so what it writes is what the backfill derives from the same
-source rows. It never removes a listed feature.
+source rows. It never removes a listed feature, and leaves the ``--spare`` tests and their bugs
+alone.
 
 Every write appends one JSON line to LOG (``op``, ``at`` on the system's monotonic clock,
 ``ms``, the ``tests`` and ``bugs`` it touched, ``error`` or null), flushed at once: the line
@@ -138,7 +140,9 @@ ON CONFLICT (id) DO UPDATE SET customer_id = excluded.customer_id, test_id = exc
 
 
 @dataclass
-class Test:
+class AppTest:
+    """A test as the application knows it: its JSON and its bugs."""
+
     id: int
     customer: int
     product: int
@@ -149,12 +153,14 @@ class Test:
 class App:
     """The application's state (what it knows of the cache) and its writes."""
 
-    def __init__(self, db: Db, rng: random.Random) -> None:
+    def __init__(self, db: Db, rng: random.Random, spare: frozenset[int] = frozenset()) -> None:
         self.db = db
         self.rng = rng
-        self.clean: list[Test] = []
+        self.spare = spare
+        """Tests it leaves alone, with their features and bugs."""
+        self.clean: list[AppTest] = []
         """Tests whose every listed feature is well formed: the ones it syncs."""
-        self.synced: list[Test] = []
+        self.synced: list[AppTest] = []
         """Tests whose features it has written: the ones whose bugs it writes."""
         self.synced_ids: set[int] = set()
         self.catalogue: dict[int, list[dict[str, Any]]] = {}
@@ -177,7 +183,7 @@ class App:
                 }
             )
         self.customer = dict(await self.db.fetch("SELECT id, customer_id FROM products"))
-        by_id: dict[int, Test] = {}
+        by_id: dict[int, AppTest] = {}
         top_feature = 0
         for tid, customer, product, data in await self.db.fetch(
             "SELECT id, customer_id, product_id, data FROM tests ORDER BY id"
@@ -194,11 +200,12 @@ class App:
             top_feature = max([top_feature, *(i for i in ids if type(i) is int)])
             known = {f["id"] for f in self.catalogue.get(product, [])}
             if (
-                listed
+                tid not in self.spare
+                and listed
                 and all(type(i) is int and i > 0 for i in ids)
                 and all(f.get("feature_id") in known and isinstance(f.get("title"), str) for f in listed)
             ):
-                by_id[tid] = Test(tid, customer, product, doc)
+                by_id[tid] = AppTest(tid, customer, product, doc)
         self.clean = list(by_id.values())
         for bid, tid in await self.db.fetch("SELECT id, test_id FROM bugs ORDER BY id"):
             self.next_bug = max(self.next_bug, bid + 1)
@@ -224,7 +231,7 @@ class App:
         self.next_feature += 1
         return listed
 
-    async def _write_features(self, test: Test) -> None:
+    async def _write_features(self, test: AppTest) -> None:
         """``_upsert_test_feature`` for every listed feature, in id order."""
         for f in sorted(test.doc["features"], key=lambda f: f["id"]):
             await self.db.execute(
@@ -234,7 +241,7 @@ class App:
                 *(bool(f.get(flag)) for flag in ("enable_default", "enable_content", "enable_visual")),
             )
 
-    def _synced(self, test: Test) -> None:
+    def _synced(self, test: AppTest) -> None:
         if test.id not in self.synced_ids:
             self.synced_ids.add(test.id)
             self.synced.append(test)
@@ -262,7 +269,9 @@ class App:
 
     async def new_test(self) -> tuple[list[int], list[int]]:
         product = self.rng.choice(sorted(self.catalogue))
-        test = Test(self.next_test, self.customer[product], product, {"id": self.next_test, "features": []})
+        test = AppTest(
+            self.next_test, self.customer[product], product, {"id": self.next_test, "features": []}
+        )
         self.next_test += 1
         for _ in range(self.rng.randint(1, 3)):
             listed = self._listed(product, {f["feature_id"] for f in test.doc["features"]})
@@ -283,7 +292,7 @@ class App:
         self._synced(test)
         return [test.id], []
 
-    def _attribution(self, test: Test) -> int | None:
+    def _attribution(self, test: AppTest) -> int | None:
         if self.rng.random() < 0.05:
             return None
         return int(self.rng.choice(test.doc["features"])["id"])
@@ -351,7 +360,7 @@ async def _connect(database: str) -> Db:
     return SqliteDb(database)
 
 
-async def play(database: str, log: Path, rate: float, seed: int) -> None:
+async def play(database: str, log: Path, rate: float, seed: int, spare: frozenset[int]) -> None:
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -360,7 +369,7 @@ async def play(database: str, log: Path, rate: float, seed: int) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     db = await _connect(database)
-    app = App(db, random.Random(seed))
+    app = App(db, random.Random(seed), spare)
     await app.load()
     ops = {
         "sync-test": app.sync_test,
@@ -449,11 +458,14 @@ class Latency:
 class Application:
     """The application process, started on ``database`` and logging to ``log``."""
 
-    def __init__(self, database: str, log: Path, *, rate: float = 100, seed: int = 1) -> None:
+    def __init__(
+        self, database: str, log: Path, *, rate: float = 100, seed: int = 1, spare: Sequence[int] = ()
+    ) -> None:
         self.log = log
         self._err = log.with_suffix(".stderr").open("w")
+        spared = [a for t in spare for a in ("--spare", str(t))]
         self.popen = subprocess.Popen(
-            [sys.executable, __file__, database, str(log), "--rate", str(rate), "--seed", str(seed)],
+            [sys.executable, __file__, database, str(log), "--rate", str(rate), "--seed", str(seed), *spared],
             stderr=self._err,
             stdin=subprocess.DEVNULL,
         )
@@ -515,8 +527,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("log", type=Path, help="file to append one JSON line per write to")
     parser.add_argument("--rate", type=float, default=100, help="writes per second (default 100)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--spare", type=int, action="append", default=[], help="a test id to leave alone, with its bugs"
+    )
     args = parser.parse_args(argv)
-    asyncio.run(play(args.database, args.log, args.rate, args.seed))
+    asyncio.run(play(args.database, args.log, args.rate, args.seed, frozenset(args.spare)))
 
 
 if __name__ == "__main__":
