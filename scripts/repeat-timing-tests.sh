@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the tests that act on a live process (kills, signals, take-over, retry, the extraction
-# worker) many times in a row, optionally beside CPU hogs, to show they do not depend on the
-# machine's speed. Not part of CI.
+# worker, an application writing beside a run) many times in a row, optionally beside CPU hogs,
+# to show they do not depend on the machine's speed. Not part of CI.
 #
 #   scripts/repeat-timing-tests.sh              # 20 rounds on an otherwise idle machine
 #   scripts/repeat-timing-tests.sh 20 4         # 20 rounds beside 4 busy processes
@@ -17,7 +17,8 @@ hogs="${2:-0}"
 logs="${REPEAT_LOGS:-/tmp/backfill-repeat}"
 pytest="${PYTEST:-$repo/.venv/bin/pytest}"
 export BACKFILL_TEST_POSTGRES_URL="${BACKFILL_TEST_POSTGRES_URL:-postgresql://postgres@127.0.0.1:5432/test}"
-tests=(tests/crash tests/e2e/test_e2e_interrupt.py tests/e2e/test_e2e_worker.py tests/e2e/test_e2e_as_found.py)
+tests=(tests/crash tests/e2e/test_e2e_interrupt.py tests/e2e/test_e2e_worker.py tests/e2e/test_e2e_as_found.py
+       tests/e2e/test_e2e_busy_application.py)
 mkdir -p "$logs"
 
 pids=()
