@@ -80,7 +80,7 @@ class BatchLoop:
             stats.total = await source.count()
             if self.ledger is not None and state is not None:
                 total = (state.processed + stats.total) if source.ranged else None
-                checkpoints = Checkpoints(self.ledger, state, total, state.batches)
+                checkpoints = Checkpoints(self.ledger, state, total)
             bar = self.progress(stats.name, stats.total)
             self._reached("started")
             while (work := await ahead) is not None:
@@ -149,7 +149,7 @@ class BatchLoop:
         size = work.size or len(work.batch.keys)
         held = self.sizer.committed(size, len(work.batch.keys), self._since)
         if checkpoints is not None:
-            checkpoints.batches.add(size, held)
+            checkpoints.run.batches.add(size, held)
         for plan in plans:
             room = self.options.sample_size - len(stats.samples)
             stats.samples += plan.samples[: max(room, 0)]
@@ -204,7 +204,7 @@ class BatchLoop:
                 "its last checkpoint could not be written to the ledger; run the same "
                 "command to resume and record it"
             )
-        await self.ledger.finish(state, status, message, checkpoints.batches if checkpoints else None)
+        await self.ledger.finish(state, status, message)
 
 
 class Folded(NamedTuple):
@@ -225,10 +225,8 @@ class Checkpoints:
     first batch of the next, as a range of their own.
     """
 
-    def __init__(self, ledger: Ledger, run: RunState, total: int | None, batches: BatchSizes) -> None:
+    def __init__(self, ledger: Ledger, run: RunState, total: int | None) -> None:
         self.ledger, self.run, self.total = ledger, run, total
-        self.batches = BatchSizes().plus(batches)
-        """The run's committed batches, those of earlier processes included."""
         self.folded = Folded(Delta(), None, time.monotonic())
 
     async def write(
@@ -255,7 +253,7 @@ class Checkpoints:
         if apart:
             await self.ledger.checkpoint(conn, self.run, folded.done, folded.delta)
             pending = delta
-        batches = self.batches.plus(BatchSizes({size: 1} if size else {}))
+        batches = self.run.batches.plus(BatchSizes({size: 1} if size else {}))
         await self.ledger.checkpoint(
             conn, self.run, span, pending, total=self.total, clear=clear, batches=batches
         )
@@ -276,7 +274,7 @@ class Checkpoints:
                     self.folded.done,
                     self.folded.delta,
                     total=self.total,
-                    batches=self.batches,
+                    batches=self.run.batches,
                 )
         except (RowsRefused, BackfillError):
             return False

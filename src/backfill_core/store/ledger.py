@@ -196,7 +196,8 @@ class RunState:
     ranged: bool = False
     """Whether ``backfill_ranges`` may hold ranges of the run above ``last_key``."""
     batches: BatchSizes = field(default_factory=BatchSizes)
-    """The batches the run had committed before this process took it up."""
+    """The run's committed batches, of every process that ran it (the batch loop adds this
+    process's once each has committed)."""
 
     def __post_init__(self) -> None:
         if not self.todo:
@@ -575,12 +576,10 @@ class Ledger:
             await conn.execute(set_low, [encode_key(new_low), run.id])
         run.last_key, run.ranged = new_low, bool(kept)
 
-    async def finish(
-        self, run: RunState, status: str, message: str | None = None, batches: BatchSizes | None = None
-    ) -> None:
-        """Mark the run ended, with its ``batches``' sizes and slowest write if given; best effort,
-        since the database may be what failed."""
-        sizes = {} if batches is None else {"batch_sizes": batches.encode(), "slowest_write": batches.slowest}
+    async def finish(self, run: RunState, status: str, message: str | None = None) -> None:
+        """Mark the run ended, with its batch sizes and slowest write; best effort, since the
+        database may be what failed."""
+        sizes = {"batch_sizes": run.batches.encode(), "slowest_write": run.batches.slowest}
         try:
             async with self.db.sqlalchemy(write=True) as conn:
                 await conn.execute(
