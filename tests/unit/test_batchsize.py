@@ -50,7 +50,7 @@ def test_a_slow_writer_shrinks_the_batches_to_the_target() -> None:
     clock = FakeClock()
     sizer = BatchSizer(2000, Target(0.5, 10, 20_000), clock)
     used = simulate(sizer, clock, overhead=0.01, per_row=0.01, batches=30)  # 2000 rows: 20 s
-    assert used[0] == (2000, pytest.approx(20.01))
+    assert used[0][0] == 2000 and used[0][1] == pytest.approx(20.01)
     assert [s for s, _ in used[:4]] == [2000, 1000, 500, 250]  # halved while far over the target
     assert all(0.4 <= held <= 0.6 for _, held in used[-10:]), used
     assert sizer.size in (49, 50)  # (0.5 - 0.01) / 0.01 rows; a shrink rounds up
@@ -87,7 +87,7 @@ def test_without_a_target_the_size_never_changes_and_the_batches_are_recorded() 
     sizer = BatchSizer(500, None, clock)
     used = simulate(sizer, clock, 0.5, 0.01, 5)
     assert [s for s, _ in used] == [500] * 5
-    assert sizer.used == BatchSizes({500: 5}, pytest.approx(5.5))
+    assert sizer.used.counts == {500: 5} and sizer.used.slowest == pytest.approx(5.5)
 
 
 def test_the_starting_size_is_brought_within_the_bounds() -> None:
