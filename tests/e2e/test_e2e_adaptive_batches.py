@@ -48,7 +48,7 @@ def run_json(cli: RunCli, db: Backend, *args: str) -> dict[str, Any]:
             "1",
         ]
     )
-    report = parse_json_output(proc)
+    report: dict[str, Any] = parse_json_output(proc)
     assert proc.returncode == 0 == report["exit_code"], proc.stderr
     return report
 
