@@ -36,7 +36,8 @@ def test_the_size_stays_in_bounds_and_moves_in_damped_steps(
         if held <= target.seconds or rows == 0:
             assert new >= size
         else:
-            assert new >= min(size / 2, size) and new <= size
+            assert new >= size / 2 or new == target.lowest
+            assert new < size or new == target.lowest
         size = new
 
 
@@ -66,9 +67,9 @@ def test_a_writer_slow_or_fast_is_brought_near_the_target(
         since = sizer.started()
         clock.now += overhead + per_row * size
         held = sizer.committed(size, size, since)
-    if ideal >= target.highest:
+    if ideal >= target.highest * 1.25:
         assert sizer.size == target.highest
-    elif ideal < 20:  # a few rows: a whole row is a large share of the time
-        assert abs(sizer.size - ideal) <= max(ideal * 0.3, 1.0)
+    elif ideal < 20:  # a few rows: a whole row is a large share of the time, so only this
+        assert held <= 1.5 * seconds or size == target.lowest, (size, held, ideal)
     else:
         assert 0.75 * seconds <= held <= 1.25 * seconds, (size, held, ideal)

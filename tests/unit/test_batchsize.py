@@ -103,6 +103,13 @@ def test_small_sizes_grow_by_one_row() -> None:
     assert sizes == [1, 2, 3, 4, 5, 6, 7]
 
 
+def test_a_small_batch_over_the_target_shrinks_by_a_row_at_least() -> None:
+    target = Target(1.0, 1, 100)
+    assert next_size(2, 2, 1.6, target) == 1
+    assert next_size(150, 150, 1.01, Target(1.0, 1, 1000)) == 149  # 148.5 rows: one row less
+    assert next_size(100, 100, 1.001, Target(1.0, 1, 1000)) == 99
+
+
 def test_an_empty_batch_changes_nothing() -> None:
     assert next_size(300, 0, 99.0, Target(1.0)) == 300
 

@@ -18,14 +18,14 @@ def batch_size_options(f: F) -> F:
     f = click.option(
         "--max-batch-size",
         type=click.IntRange(1, 100_000),
-        help="With --target-batch-seconds: the largest batch  "
-        f"[default: {DEFAULT_MAX_BATCH_SIZE}, or --batch-size if larger].",
+        help=f"With --target-batch-seconds: the largest batch (default {DEFAULT_MAX_BATCH_SIZE}, or "
+        "--batch-size if larger).",
     )(f)
     f = click.option(
         "--min-batch-size",
         type=click.IntRange(1, 100_000),
-        help="With --target-batch-seconds: the smallest batch  "
-        f"[default: {DEFAULT_MIN_BATCH_SIZE}, or --batch-size if smaller].",
+        help=f"With --target-batch-seconds: the smallest batch (default {DEFAULT_MIN_BATCH_SIZE}, or "
+        "--batch-size if smaller).",
     )(f)
     return click.option(
         "--target-batch-seconds",

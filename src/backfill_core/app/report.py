@@ -87,7 +87,8 @@ class RunReport:
                     kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(s.skipped.items()))
                     lines.append(f"  {s.name} skipped: {kinds}")
                 if s.batches.batches:
-                    lines.append(f"  {s.name} batches: {describe_batches(s.batches)}")
+                    held = "planning" if s.dry_run else "write"
+                    lines.append(f"  {s.name} batches: {describe_batches(s.batches, held)}")
                 if s.stopped:
                     lines.append(f"  {s.name} STOPPED: {s.stopped}")
                 verb = "would" if s.dry_run else "sample:"
@@ -125,11 +126,12 @@ class RunReport:
         return "\n".join(lines)
 
 
-def describe_batches(batches: BatchSizes) -> str:
-    """The sizes (min/median/max) and slowest write of ``batches``, for a summary line."""
+def describe_batches(batches: BatchSizes, held: str = "write") -> str:
+    """The sizes (min/median/max) and slowest ``held`` transaction of ``batches``, for a summary
+    line."""
     low, median, high = batches.summary() or (0, 0, 0)
     sizes = f"{low} rows" if low == high else f"{low}/{median}/{high} rows (min/median/max)"
-    return f"{batches.batches} of {sizes}, slowest write {batches.slowest:.3f}s"
+    return f"{batches.batches} of {sizes}, slowest {held} {batches.slowest:.3f}s"
 
 
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:

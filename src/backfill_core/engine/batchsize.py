@@ -73,16 +73,17 @@ def rounded(size: int, *, up: bool = False) -> int:
 
 def next_size(size: int, rows: int, held: float, target: Target) -> int:
     """The size of the next page, after a batch of ``rows`` rows held its locks ``held`` seconds
-    while pages were ``size`` rows."""
+    while pages were ``size`` rows: the rows that the batch's seconds per row fit in the target,
+    within the steps allowed; a batch over the target always shrinks the size."""
     if rows <= 0:
         return target.within(size)
     ideal = rows * target.seconds / held if held > 0 else math.inf
     if held > target.seconds:
         wanted = max(min(ideal, size), size * SHRINK)
-        return target.within(min(rounded(math.ceil(wanted), up=True), size))
+        return target.within(min(rounded(math.ceil(wanted), up=True), size - 1))
     grown = max(math.floor(size * GROWTH), size + 1)
     wanted = max(min(ideal, grown), size)
-    return target.within(max(rounded(math.floor(wanted)), size))
+    return target.within(max(rounded(math.floor(wanted + 0.5)), size))
 
 
 class BatchSizer:
