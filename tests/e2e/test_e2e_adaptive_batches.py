@@ -145,3 +145,25 @@ def test_a_ledger_without_the_batch_columns_is_read_and_then_gets_them(
     run_json(cli, db, "--restart", "--batch-size", "4")
     newer, _ = status_json(cli, db)
     assert (newer["batch_sizes"]["batches"], newer["batch_sizes"]["max"]) == (3, 4)
+
+
+def test_a_retry_of_errors_adapts_its_batches_too(cli: RunCli, make_db: MakeBackend) -> None:
+    db = make_db(ROWS)
+    run_json(cli, db, *FIXED)
+    before = contents(db)
+
+    (stats,) = run_json(
+        cli,
+        db,
+        "--retry-errors",
+        "--batch-size",
+        "1",
+        "--target-batch-seconds",
+        "3600",
+        "--max-batch-size",
+        "4",
+    )["extractors"]
+
+    assert stats["processed"] == 30 and stats["errors"] == 30  # the BROKEN tests, still broken
+    assert (stats["batch_sizes"]["min"], stats["batch_sizes"]["max"]) == (1, 4), stats
+    assert contents(db)[0] == before[0]

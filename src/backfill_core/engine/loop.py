@@ -146,10 +146,11 @@ class BatchLoop:
                     plans, delta = await self._attempt(work, delta, checkpoints, isolate=True)
         except RowsRefused as e:
             raise self.db.fatal(e, "write to") from e
-        size = work.size or len(work.batch.keys)
-        held = self.sizer.committed(size, len(work.batch.keys), self._since)
-        if checkpoints is not None:
-            checkpoints.run.batches.add(size, held)
+        size = _page_size(work)
+        if size:  # not the batch that only clears the errors of vanished keys
+            held = self.sizer.committed(size, len(work.batch.keys), self._since)
+            if checkpoints is not None:
+                checkpoints.run.batches.add(size, held)
         for plan in plans:
             room = self.options.sample_size - len(stats.samples)
             stats.samples += plan.samples[: max(room, 0)]
@@ -169,7 +170,7 @@ class BatchLoop:
             self._since = self.sizer.started()  # the transaction has begun: its locks are held
             write = self.writer.isolate if isolate else self.writer.write
             plans = await write(conn, work.batch, counts)
-            size = work.size or len(work.batch.keys)
+            size = _page_size(work)
             folded = (
                 await checkpoints.write(conn, counts, work.done, work.clear, size) if checkpoints else None
             )
@@ -291,6 +292,11 @@ async def _to_the_end(work: Coroutine[Any, Any, None]) -> None:
     except asyncio.CancelledError:
         await task
         raise
+
+
+def _page_size(work: Work) -> int:
+    """The size of the page ``work`` was read with (its rows where its source does not say)."""
+    return work.size or len(work.batch.keys)
 
 
 def _joined(first: KeyRange, then: KeyRange | None) -> KeyRange:
