@@ -5,9 +5,9 @@ A batch's write transaction is timed from when it has begun (on SQLite, ``BEGIN 
 taken the write lock) to when it has committed: the time its locks are held, not the read or
 the extraction. From each committed batch the controller estimates the seconds per source row
 and aims the next page at ``target`` seconds, in damped steps: at most x1.2 growth per batch
-(one row per batch below 5 rows), at most halving per batch when it took longer than the target, never outside
-``[lowest, highest]``. Sizes of 100 rows and more are rounded down to two significant digits,
-so that a run uses a few dozen sizes, not thousands.
+(one row per batch below 5 rows); after a batch over the target, a shrink by at least one row
+and at most by half; never outside ``[lowest, highest]``. Sizes of 100 rows and more are
+rounded to two significant digits, so that a run uses a few dozen sizes, not thousands.
 
 Pages are read ahead (by the extraction worker, or by the next read on PostgreSQL), so a new
 size applies to the next page read, a few batches after the one it was measured on.
