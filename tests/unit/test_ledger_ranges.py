@@ -453,6 +453,8 @@ def test_the_engine_commits_ranges_given_out_of_order_and_ends_with_one_mark(
     todo = ranges((12, 20), (None, 5), (25, None), (5, 12), (20, 25))
     asyncio.run(_out_of_order(db.url, todo, batch_size=4))
     assert db.feature_tests() == list(range(1, 31))
-    latest = db.rows("SELECT status, last_key, processed, total, inserted, unchanged FROM backfill_runs")[-1]
+    latest = db.rows(
+        "SELECT status, last_key, processed, total, inserted, unchanged FROM backfill_runs ORDER BY id"
+    )[-1]
     assert latest == ("succeeded", "30", 30, 30, 0 if again else 30, 30 if again else 0)
     assert db.rows("SELECT COUNT(*) FROM backfill_ranges") == [(0,)]

@@ -17,8 +17,9 @@ from typing import Any
 import click
 from sqlalchemy.engine import URL
 
+from backfill_core.app.batch_options import adaptive_batches, batch_size_options
 from backfill_core.app.progress import tqdm_progress
-from backfill_core.app.report import RunReport
+from backfill_core.app.report import RunReport, describe_batches
 from backfill_core.app.run import Skipped, run_backfill, validate_only
 from backfill_core.app.validation import parse_thresholds
 from backfill_core.engine.options import RunOptions
@@ -34,6 +35,7 @@ from backfill_core.plugins import (
 )
 from backfill_core.store.database import BUSY_TIMEOUT_ENV, DATABASE_ENV, Database, display, resolve_url
 from backfill_core.store.ledger import STALE_AFTER_ENV, Ledger, decode_key, run_summary
+from backfill_core.store.records import BatchSizes
 
 EPILOG = f"""
 \b
@@ -136,8 +138,10 @@ def threshold_option(f: Callable[..., Any]) -> Callable[..., Any]:
     type=click.IntRange(1, 100_000),
     default=500,
     show_default=True,
-    help="Source rows read, extracted and written per transaction.",
+    help="Source rows read, extracted and written per transaction (the starting size with "
+    "--target-batch-seconds).",
 )
+@batch_size_options
 @click.option(
     "--max-error-rate",
     type=Share(),
@@ -183,6 +187,9 @@ def run(
     retry_errors: bool,
     log_file: Path | None,
     worker: bool,
+    target_batch_seconds: float | None,
+    min_batch_size: int | None,
+    max_batch_size: int | None,
 ) -> None:
     """Run extractors NAMES (in dependency order), then validate.
 
@@ -204,6 +211,7 @@ def run(
         max_error_rate=max_error_rate,
         sample_size=5 if verbose else 0,
         worker=worker,
+        **adaptive_batches(target_batch_seconds, min_batch_size, max_batch_size),
     )
     skipped: list[Skipped] = []
     _execute(
@@ -344,6 +352,10 @@ def status(database: str | None, limit: int, as_json: bool) -> None:
     for r in runs:
         if r["message"]:
             click.echo(f"run {r['id']}: {r['message']}")
+    for r, row in zip(runs, rows, strict=True):
+        batches = BatchSizes.decode(row.batch_sizes, row.slowest_write)
+        if batches.batches:
+            click.echo(f"run {r['id']} batches: {describe_batches(batches)}")
 
 
 @cli.command()

@@ -10,6 +10,7 @@ from typing import Any
 
 from backfill_core.engine.stats import ErrorLog, ExtractorStats
 from backfill_core.errors import ExitCode
+from backfill_core.store.records import BatchSizes
 from backfill_core.validator import MetricResult
 
 
@@ -85,6 +86,9 @@ class RunReport:
                 if s.skipped:
                     kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(s.skipped.items()))
                     lines.append(f"  {s.name} skipped: {kinds}")
+                if s.batches.batches:
+                    held = "planning" if s.dry_run else "write"
+                    lines.append(f"  {s.name} batches: {describe_batches(s.batches, held)}")
                 if s.stopped:
                     lines.append(f"  {s.name} STOPPED: {s.stopped}")
                 verb = "would" if s.dry_run else "sample:"
@@ -120,6 +124,14 @@ class RunReport:
                 "every committed batch is checkpointed"
             )
         return "\n".join(lines)
+
+
+def describe_batches(batches: BatchSizes, held: str = "write") -> str:
+    """The sizes (min/median/max) and slowest ``held`` transaction of ``batches``, for a summary
+    line."""
+    low, median, high = batches.summary() or (0, 0, 0)
+    sizes = f"{low} rows" if low == high else f"{low}/{median}/{high} rows (min/median/max)"
+    return f"{batches.batches} of {sizes}, slowest {held} {batches.slowest:.3f}s"
 
 
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncGenerator, Coroutine
 from typing import Any, NamedTuple
 
+from backfill_core.engine.batchsize import BatchSizer, target_of
 from backfill_core.engine.collector import few_collections
 from backfill_core.engine.options import NoProgress, Progress, ProgressFactory, RunOptions
 from backfill_core.engine.planner import Plan
@@ -19,7 +20,7 @@ from backfill_core.errors import BackfillError
 from backfill_core.store.connection import Connection, RowsRefused
 from backfill_core.store.database import Database
 from backfill_core.store.ledger import FAILED, INTERRUPTED, SUCCEEDED, Ledger, RunState
-from backfill_core.store.records import Delta, KeyRange
+from backfill_core.store.records import BatchSizes, Delta, KeyRange
 
 CHECKPOINT_EVERY = 2.0
 """Seconds between checkpoints of batches that changed nothing (their rows are re-read on resume,
@@ -50,6 +51,8 @@ class BatchLoop:
         self.ledger = None if options.dry_run else ledger
         self._stop_at = StopPoints(writer.extractor)
         self._batches = 0  # begun in this process
+        self.sizer = BatchSizer(options.batch_size, target_of(options))
+        self._since = 0.0  # when the last batch's transaction began (sizer.started())
 
     async def run(
         self, source: Source, stats: ExtractorStats, state: RunState | None = None
@@ -65,6 +68,8 @@ class BatchLoop:
         stats.note = state.note if state else None
         status: str = FAILED
         message: str | None = "stopped by an unexpected error"
+        source.size = self.sizer.size
+        stats.batches = self.sizer.used
         works = source.batches()
         checkpoints: Checkpoints | None = None
         ahead: asyncio.Future[Work | None] | None = None
@@ -89,6 +94,7 @@ class BatchLoop:
                 # A signal waits for the batch in flight: its writes, its checkpoint and the
                 # summary's counts then agree.
                 await _to_the_end(self._commit(work, delta, checkpoints, stats))
+                source.size = self.sizer.size
                 self._reached("committed")
                 bar.update(len(work.batch.keys))
                 # Retrying known failures is not judged by how many still fail.
@@ -127,6 +133,7 @@ class BatchLoop:
         try:
             if self.options.dry_run:
                 async with self.db.reading() as conn:
+                    self._since = self.sizer.started()
                     plans = await self.writer.isolate(conn, work.batch, delta)
             else:
                 try:
@@ -136,6 +143,11 @@ class BatchLoop:
                     plans, delta = await self._attempt(work, delta, checkpoints, isolate=True)
         except RowsRefused as e:
             raise self.db.fatal(e, "write to") from e
+        size = _page_size(work)
+        if size:  # not the batch that only clears the errors of vanished keys
+            held = self.sizer.committed(size, len(work.batch.keys), self._since)
+            if checkpoints is not None:
+                checkpoints.run.batches.add(size, held)
         for plan in plans:
             room = self.options.sample_size - len(stats.samples)
             stats.samples += plan.samples[: max(room, 0)]
@@ -152,9 +164,13 @@ class BatchLoop:
         counts = Delta()
         counts.add(delta)
         async with self.db.writing() as conn:
+            self._since = self.sizer.started()  # the transaction has begun: its locks are held
             write = self.writer.isolate if isolate else self.writer.write
             plans = await write(conn, work.batch, counts)
-            folded = await checkpoints.write(conn, counts, work.done, work.clear) if checkpoints else None
+            size = _page_size(work)
+            folded = (
+                await checkpoints.write(conn, counts, work.done, work.clear, size) if checkpoints else None
+            )
             self._reached("written")
         if checkpoints is not None and folded is not None:
             checkpoints.adopt(folded)  # only now: a rolled-back transaction leaves them as they were
@@ -212,11 +228,17 @@ class Checkpoints:
         self.folded = Folded(Delta(), None, time.monotonic())
 
     async def write(
-        self, conn: Connection, delta: Delta, done: KeyRange | None, clear: tuple[int, list[Any]] | None
+        self,
+        conn: Connection,
+        delta: Delta,
+        done: KeyRange | None,
+        clear: tuple[int, list[Any]] | None,
+        size: int = 0,
     ) -> Folded:
-        """Record a batch (its counts ``delta`` and key range ``done``) in ``conn``'s transaction,
-        or fold it into the next checkpoint; what is folded then, for :meth:`adopt` once the
-        transaction commits."""
+        """Record a batch (its counts ``delta``, key range ``done`` and page ``size``) in
+        ``conn``'s transaction, or fold it into the next checkpoint; what is folded then, for
+        :meth:`adopt` once the transaction commits. The batch's write time is only known once it
+        has committed: the next checkpoint, or the run's end, records it."""
         folded = self.folded
         pending = Delta()
         pending.add(folded.delta)
@@ -229,7 +251,10 @@ class Checkpoints:
         if apart:
             await self.ledger.checkpoint(conn, self.run, folded.done, folded.delta)
             pending = delta
-        await self.ledger.checkpoint(conn, self.run, span, pending, total=self.total, clear=clear)
+        batches = self.run.batches.plus(BatchSizes({size: 1} if size else {}))
+        await self.ledger.checkpoint(
+            conn, self.run, span, pending, total=self.total, clear=clear, batches=batches
+        )
         return Folded(Delta(), None, time.monotonic())
 
     def adopt(self, folded: Folded) -> None:
@@ -242,7 +267,12 @@ class Checkpoints:
         try:
             async with db.writing() as conn:
                 await self.ledger.checkpoint(
-                    conn, self.run, self.folded.done, self.folded.delta, total=self.total
+                    conn,
+                    self.run,
+                    self.folded.done,
+                    self.folded.delta,
+                    total=self.total,
+                    batches=self.run.batches,
                 )
         except (RowsRefused, BackfillError):
             return False
@@ -259,6 +289,11 @@ async def _to_the_end(work: Coroutine[Any, Any, None]) -> None:
     except asyncio.CancelledError:
         await task
         raise
+
+
+def _page_size(work: Work) -> int:
+    """The size of the page ``work`` was read with (its rows where its source does not say)."""
+    return work.size or len(work.batch.keys)
 
 
 def _joined(first: KeyRange, then: KeyRange | None) -> KeyRange:

@@ -31,3 +31,8 @@ class RunOptions:
     sample_size: int = 0
     worker: bool = True
     """Extract in a worker process where one can run (see pool.py)."""
+    target_batch_seconds: float | None = None
+    """Adapt the batch size so that each write transaction takes about this long (batchsize.py);
+    ``batch_size`` is then the starting size."""
+    min_batch_size: int | None = None
+    max_batch_size: int | None = None

@@ -158,40 +158,42 @@ class PooledPages:
         return await count_rows(self.db, self.converter, self.todo)
 
     async def batches(self) -> AsyncGenerator[Work, None]:
-        flight: deque[tuple[asyncio.Future[bytes], KeyRange]] = deque()
+        flight: deque[tuple[asyncio.Future[bytes], KeyRange, int]] = deque()
         self.pool.taken.value = self._pages = 0
         try:
             for todo in self.todo:
                 after = todo.after
                 while True:
-                    end = await self._page_end(after, todo.upto)
+                    size = self.size  # the loop may change it between batches: this page keeps it
+                    end = await self._page_end(after, todo.upto, size)
                     if end is not None and end != todo.upto:
-                        flight.append((self._read(after, end), KeyRange(after, end)))
+                        flight.append((self._read(after, end, size), KeyRange(after, end), size))
                         after = end
                         while len(flight) > AHEAD:
                             yield await self._take(flight)
                         continue
                     # The rest of the range fits one page: read it once the pages before it are in.
-                    flight.append((self._read(after, todo.upto), KeyRange(after, todo.upto)))
+                    flight.append((self._read(after, todo.upto, size), KeyRange(after, todo.upto), size))
                     while len(flight) > 1:
                         yield await self._take(flight)
                     work = await self._take(flight)
                     if work.batch.keys or todo.upto is not None:
                         yield work
-                    if todo.upto is not None or len(work.batch.keys) < self.size:
+                    if todo.upto is not None or len(work.batch.keys) < size:
                         break
                     after = work.batch.keys[-1]  # rows were added at the end meanwhile: go on
         finally:
-            for page, _ in flight:  # not wanted any more; the worker finishes the one it is on
+            for page, _, _ in flight:  # not wanted any more; the worker finishes the one it is on
                 page.cancel()
                 with contextlib.suppress(BaseException):
                     await page
 
-    async def _page_end(self, after: Any, upto: Any) -> Any:
-        """The last key of the page after ``after`` (within ``upto``), if a whole page is left."""
+    async def _page_end(self, after: Any, upto: Any, size: int) -> Any:
+        """The last key of the page of ``size`` rows after ``after`` (within ``upto``), if a whole
+        page is left."""
         x = self.converter
         stmt = self.db.statements.boundary(
-            x.extractor.source_table, x.extractor.key, self.size, after is not None, upto is not None
+            x.extractor.source_table, x.extractor.key, size, after is not None, upto is not None
         )
         async with self.db.reading() as conn:
             rows = await conn.fetch_source(stmt, [b for b in (after, upto) if b is not None])
@@ -199,17 +201,17 @@ class PooledPages:
             raise x.undecodable_key(rows[0][0])
         return rows[0][0] if rows else None
 
-    def _read(self, after: Any, upto: Any) -> asyncio.Future[bytes]:
+    def _read(self, after: Any, upto: Any, size: int) -> asyncio.Future[bytes]:
         x = self.converter
-        limit = self.size if upto is None else None  # an open end: a page, and perhaps another
+        limit = size if upto is None else None  # an open end: a page, and perhaps another
         stmt = self.db.statements.page(
             x.extractor.source_table, x.cols, x.extractor.key, limit, after is not None, upto is not None
         )
         self._pages += 1
         return self.pool.submit(x.name, stmt, [b for b in (after, upto) if b is not None], self._pages - 1)
 
-    async def _take(self, flight: deque[tuple[asyncio.Future[bytes], KeyRange]]) -> Work:
-        page, span = flight[0]
+    async def _take(self, flight: deque[tuple[asyncio.Future[bytes], KeyRange, int]]) -> Work:
+        page, span, size = flight[0]
         try:
             batch = await self.pool.result(page, self.converter.name)
         except sqlite3.Error as e:
@@ -217,7 +219,7 @@ class PooledPages:
         flight.popleft()
         if span.upto is None:  # an open end: the page ends at its last row
             span = KeyRange(span.after, batch.keys[-1] if batch.keys else span.after)
-        return Work(batch, span)
+        return Work(batch, span, size=size)
 
 
 # -- the worker process ----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple, Protocol
 from sqlalchemy import ColumnClause, and_, column, func, or_, select, table, true
 
 from backfill_core.engine.batch import Batch, Converter
-from backfill_core.engine.writer import chunks, padded_in
+from backfill_core.engine.writer import padded_in
 from backfill_core.store.database import Database
 from backfill_core.store.records import KeyRange
 
@@ -26,10 +26,16 @@ class Work(NamedTuple):
     that are no range."""
     clear: tuple[int, list[Any]] | None = None
     """(run id, keys): the errors recorded for these keys in that run, cleared with the batch."""
+    size: int = 0
+    """The page size the batch was read with (0: unknown, its rows are counted instead)."""
 
 
 class Source(Protocol):
     """Where the batch loop takes its batches from."""
+
+    size: int
+    """The size of the next page read: the batch loop may change it between batches, and it
+    applies to the pages read from then on (pages already read ahead keep theirs)."""
 
     ranged: bool
     """Its batches cover key ranges of the source: their sum is the run's progress, recorded in
@@ -60,12 +66,13 @@ class Pages:
         for todo in self.todo:
             last, upto = todo.after, todo.upto
             while True:
+                size = self.size
                 # Rows with a NULL key cannot be paged by key; they are left out, as from the count.
                 stmt = self.db.statements.page(
                     x.extractor.source_table,
                     x.cols,
                     x.extractor.key,
-                    self.size,
+                    size,
                     last is not None,
                     upto is not None,
                 )
@@ -75,7 +82,7 @@ class Pages:
                 if not rows:
                     break
                 after, last = last, rows[-1][x.key_index]
-                yield Work(x(rows), KeyRange(after, last))
+                yield Work(x(rows), KeyRange(after, last), size=size)
 
 
 class RetryKeys:
@@ -96,7 +103,10 @@ class RetryKeys:
     async def batches(self) -> AsyncGenerator[Work, None]:
         x = self.converter
         found: set[Any] = set()
-        for chunk in chunks(list(self.keys), self.size):
+        keys, start = list(self.keys), 0
+        while start < len(keys):
+            size = self.size
+            chunk, start = keys[start : start + size], start + size
             padded = padded_in(chunk)
             stmt = self.db.statements.lookup(
                 x.extractor.source_table, x.cols, (x.extractor.key,), len(padded), order_by=x.extractor.key
@@ -106,7 +116,7 @@ class RetryKeys:
             if rows:
                 batch = x(rows)
                 found.update(batch.keys)
-                yield Work(batch, None, (self.run_id, batch.keys))
+                yield Work(batch, None, (self.run_id, batch.keys), size)
         vanished = [k for k in self.keys if k not in found]
         if vanished:
             yield Work(Batch([]), None, (self.run_id, vanished))

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from backfill_core.store.records import ROW_COUNTS, Delta, ErrorRecord
+from backfill_core.store.records import ROW_COUNTS, BatchSizes, Delta, ErrorRecord
 
 SHOWN_ERRORS = 10
 
@@ -56,6 +56,8 @@ class ExtractorStats:
     run_id: int | None = None
     note: str | None = None
     """How this run started: resumed, taken over, retrying errors, or skipped as already done."""
+    batches: BatchSizes = field(default_factory=BatchSizes)
+    """The page sizes of the batches committed in this process, and its slowest write transaction."""
 
     def add(self, delta: Delta) -> None:
         """Add a committed batch's counts and errors."""
@@ -93,6 +95,7 @@ class ExtractorStats:
             "error_rate": round(self.error_rate, 6),
             "skipped": dict(sorted(self.skipped.items())),
             "elapsed_seconds": round(self.elapsed, 3),
+            "batch_sizes": self.batches.to_dict(),
             "stopped": self.stopped,
             "samples": self.samples,
         }

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -46,7 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from backfill_core.errors import BackfillError, EnvironmentProblem
 from backfill_core.store.connection import Connection, RowsRefused
 from backfill_core.store.database import Database
-from backfill_core.store.records import COUNTS, Delta, KeyRange
+from backfill_core.store.records import COUNTS, BatchSizes, Delta, KeyRange
 
 RUNNING, SUCCEEDED, FAILED, INTERRUPTED = "running", "succeeded", "failed", "interrupted"
 RESUMABLE = {FAILED, INTERRUPTED}
@@ -76,7 +77,11 @@ runs = Table(
     Column("host", Text),
     Column("pid", Integer),
     Column("message", Text),
+    Column("batch_sizes", Text),
+    Column("slowest_write", Float),
 )
+"""``batch_sizes``: how many committed batches read pages of each size (``BatchSizes.encode``);
+``slowest_write``: the seconds the slowest of them held its write transaction."""
 Index("ix_backfill_runs_extractor", runs.c.extractor, runs.c.id)
 ranges = Table(
     "backfill_ranges",
@@ -190,6 +195,9 @@ class RunState:
     """The key ranges still to process, in key order; left empty, the keys after ``last_key``."""
     ranged: bool = False
     """Whether ``backfill_ranges`` may hold ranges of the run above ``last_key``."""
+    batches: BatchSizes = field(default_factory=BatchSizes)
+    """The run's committed batches, of every process that ran it (the batch loop adds this
+    process's once each has committed)."""
 
     def __post_init__(self) -> None:
         if not self.todo:
@@ -257,6 +265,7 @@ def run_summary(row: Any, host: str | None = None) -> dict[str, Any]:
         "pid": row.pid,
         "options": json.loads(row.options) if row.options else None,
         "message": row.message,
+        "batch_sizes": BatchSizes.decode(row.batch_sizes, row.slowest_write).to_dict(),
     }
 
 
@@ -425,6 +434,7 @@ class Ledger:
             note=note,
             todo=complement(last, done),
             ranged=ranged,
+            batches=BatchSizes.decode(latest.batch_sizes, latest.slowest_write),
         )
 
     async def _supersede(self, conn: AsyncConnection, dead: Sequence[int]) -> None:
@@ -490,12 +500,14 @@ class Ledger:
         *,
         total: int | None = None,
         clear: tuple[int, Sequence[Any]] | None = None,
+        batches: BatchSizes | None = None,
     ) -> None:
         """Record inside a batch's own transaction ``conn`` that the keys of ``done`` are
         committed (None: no progress to record), with ``delta``'s counts and errors.
 
         Ranges may be committed in any order; ``done.upto`` is a key. ``total`` sets the run's
-        total, and ``clear`` (a run and keys) deletes that run's recorded errors of those keys.
+        total, ``batches`` its batch sizes and slowest write, and ``clear`` (a run and keys)
+        deletes that run's recorded errors of those keys.
         ``run.last_key`` and ``run.ranged`` follow what is recorded; a range that extends the
         low-water mark of a run that recorded no range is one statement, the others read the
         ledger. If ``conn``'s transaction then rolls back, ``run`` is ahead of the ledger, so the
@@ -505,6 +517,7 @@ class Ledger:
             raise ValueError(f"a committed key range ends at a key, not at the end: {done}")
         extends = done is not None and not run.ranged and _same(done.after, run.last_key)
         assigned = ("heartbeat_at",) + ("last_key",) * extends + ("total",) * (total is not None)
+        assigned += ("batch_sizes", "slowest_write") * (batches is not None)
         params = [getattr(delta, name) for name in COUNTS]
         params.append(self._timestamp(now()))
         if extends:
@@ -512,6 +525,8 @@ class Ledger:
             params.append(encode_key(done.upto))
         if total is not None:
             params.append(total)
+        if batches is not None:
+            params += [batches.encode(), batches.slowest]
         params.append(run.id)
         # Driver-level SQL: this runs with every batch, and SQLAlchemy's statement handling would
         # cost more than the writes themselves.
@@ -562,13 +577,15 @@ class Ledger:
         run.last_key, run.ranged = new_low, bool(kept)
 
     async def finish(self, run: RunState, status: str, message: str | None = None) -> None:
-        """Mark the run ended; best effort, since the database may be what failed."""
+        """Mark the run ended, with its batch sizes and slowest write; best effort, since the
+        database may be what failed."""
+        sizes = {"batch_sizes": run.batches.encode(), "slowest_write": run.batches.slowest}
         try:
             async with self.db.sqlalchemy(write=True) as conn:
                 await conn.execute(
                     update(runs)
                     .where(runs.c.id == run.id)
-                    .values(status=status, message=message, finished_at=now(), heartbeat_at=now())
+                    .values(status=status, message=message, finished_at=now(), heartbeat_at=now(), **sizes)
                 )
         except (RowsRefused, BackfillError):
             pass  # the run stays 'running'; its dead pid or stale heartbeat lets the next run take over

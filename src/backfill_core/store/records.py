@@ -1,7 +1,8 @@
-"""What the ledger records of a run: its counts and its error records."""
+"""What the ledger records of a run: its counts, its error records and its batch sizes."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,3 +67,63 @@ class KeyRange:
 
     after: Any = None
     upto: Any = None
+
+
+@dataclass
+class BatchSizes:
+    """The sizes of a run's committed batches (how many batches read pages of each size) and its
+    slowest write transaction, in seconds."""
+
+    counts: dict[int, int] = field(default_factory=dict)
+    slowest: float = 0.0
+
+    def add(self, size: int, held: float | None = None) -> None:
+        """Count a batch of ``size``; ``held``: how long its write transaction held its locks."""
+        self.counts[size] = self.counts.get(size, 0) + 1
+        if held is not None and held > self.slowest:
+            self.slowest = held
+
+    def plus(self, other: BatchSizes) -> BatchSizes:
+        """These batches and ``other``'s."""
+        both = BatchSizes(dict(self.counts), max(self.slowest, other.slowest))
+        for size, n in other.counts.items():
+            both.counts[size] = both.counts.get(size, 0) + n
+        return both
+
+    @property
+    def batches(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> tuple[int, int, int] | None:
+        """(min, median, max) of the sizes, the median being the lower one; None without batches."""
+        if not self.counts:
+            return None
+        sizes = sorted(self.counts)
+        middle, seen = (self.batches - 1) // 2, 0
+        median = sizes[-1]
+        for size in sizes:
+            seen += self.counts[size]
+            if seen > middle:
+                median = size
+                break
+        return sizes[0], median, sizes[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        low, median, high = self.summary() or (None, None, None)
+        return {
+            "batches": self.batches,
+            "min": low,
+            "median": median,
+            "max": high,
+            "slowest_write_seconds": round(self.slowest, 3),
+        }
+
+    def encode(self) -> str:
+        """The counts as the ledger stores them: a JSON object from size to batches."""
+        return json.dumps({str(size): n for size, n in sorted(self.counts.items())}, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, counts: Any, slowest: Any) -> BatchSizes:
+        """What ``encode`` stored (NULL, or 0 from a ledger that lacks the columns: none)."""
+        decoded = json.loads(counts) if isinstance(counts, str) and counts else {}
+        return cls({int(size): int(n) for size, n in decoded.items()}, float(slowest or 0.0))
