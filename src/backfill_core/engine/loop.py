@@ -11,12 +11,13 @@ from typing import Any, NamedTuple
 from backfill_core.engine.collector import few_collections
 from backfill_core.engine.options import NoProgress, Progress, ProgressFactory, RunOptions
 from backfill_core.engine.planner import Plan
+from backfill_core.engine.retry import Backoff, with_retries
 from backfill_core.engine.sources import Source, Work
 from backfill_core.engine.stats import ErrorLog, ExtractorStats
 from backfill_core.engine.stoppoints import stop_here, stop_point
 from backfill_core.engine.writer import Writer
 from backfill_core.errors import BackfillError
-from backfill_core.store.connection import Connection, RowsRefused
+from backfill_core.store.connection import Connection, LockConflict, RowsRefused
 from backfill_core.store.database import Database
 from backfill_core.store.ledger import FAILED, INTERRUPTED, SUCCEEDED, Ledger, RunState
 from backfill_core.store.records import Delta, KeyRange
@@ -50,12 +51,14 @@ class BatchLoop:
         self.ledger = None if options.dry_run else ledger
         self._stop_at = stop_point(writer.extractor)
         self._batches = 0  # begun in this process
+        self._backoff = Backoff(options.lock_retries)
+        self._unrecorded_retries = 0  # of a batch whose checkpoint has not committed
 
     async def run(
         self, source: Source, stats: ExtractorStats, state: RunState | None = None
     ) -> ExtractorStats:
         """Commit ``source``'s batches into ``stats`` (and into the ledger's run ``state``)."""
-        with few_collections():
+        with few_collections(), self.db.named(f"backfill:{self.writer.extractor}"):
             await self._run(source, stats, state)
         return stats
 
@@ -87,8 +90,8 @@ class BatchLoop:
                 errors = work.batch.errors
                 delta = Delta(processed=len(work.batch.keys), record_errors=len(errors), errors=list(errors))
                 # A signal waits for the batch in flight: its writes, its checkpoint and the
-                # summary's counts then agree.
-                await _to_the_end(self._commit(work, delta, checkpoints, stats))
+                # summary's counts then agree. Between tries after a lock conflict, it does not.
+                await self._commit_retrying(work, delta, checkpoints, stats)
                 self._reached("committed")
                 bar.update(len(work.batch.keys))
                 # Retrying known failures is not judged by how many still fail.
@@ -122,6 +125,27 @@ class BatchLoop:
             self._stop_at = None
             stop_here()
 
+    async def _commit_retrying(
+        self, work: Work, delta: Delta, checkpoints: Checkpoints | None, stats: ExtractorStats
+    ) -> None:
+        """:meth:`_commit`, tried again after a lock conflict (see retry.py); the retries are
+        counted in ``stats`` and in the checkpoint of the batch when it commits."""
+
+        def attempt(retries: int) -> Coroutine[Any, Any, None]:
+            delta.lock_retries = retries
+            return _to_the_end(self._commit(work, delta, checkpoints, stats))
+
+        def conflicted(_error: LockConflict, _retry: int) -> None:
+            stats.lock_retries += 1
+            self._unrecorded_retries += 1
+            self._reached("retrying")
+
+        keys = work.batch.keys
+        name = self.writer.extractor
+        what = f"{name}: the batch of keys {keys[0]!r} to {keys[-1]!r}" if keys else f"{name}: a batch"
+        await with_retries(attempt, self._backoff, conflicted=conflicted, what=what)
+        self._unrecorded_retries = 0  # in the checkpoint now, or folded into the next one
+
     async def _commit(
         self, work: Work, delta: Delta, checkpoints: Checkpoints | None, stats: ExtractorStats
     ) -> None:
@@ -154,7 +178,7 @@ class BatchLoop:
         """One write transaction for the batch; what it did is added to a copy of ``delta``."""
         counts = Delta()
         counts.add(delta)
-        async with self.db.writing() as conn:
+        async with self.db.writing(lock_timeout=self.options.lock_timeout) as conn:
             write = self.writer.isolate if isolate else self.writer.write
             plans = await write(conn, work.batch, counts)
             folded = await checkpoints.write(conn, counts, work.done, work.clear) if checkpoints else None
@@ -189,7 +213,7 @@ class BatchLoop:
                 "its last checkpoint could not be written to the ledger; run the same "
                 "command to resume and record it"
             )
-        await self.ledger.finish(state, status, message)
+        await self.ledger.finish(state, status, message, lock_retries=self._unrecorded_retries)
 
 
 class Folded(NamedTuple):

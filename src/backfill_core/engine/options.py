@@ -31,3 +31,7 @@ class RunOptions:
     sample_size: int = 0
     worker: bool = True
     """Extract in a worker process where one can run (see pool.py)."""
+    lock_timeout: float = 5.0
+    """Seconds a batch's transaction waits for a lock on PostgreSQL (``lock_timeout``; 0: no limit)."""
+    lock_retries: int = 5
+    """Times a batch that gave way to another transaction's lock is tried again (see retry.py)."""

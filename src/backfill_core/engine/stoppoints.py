@@ -6,7 +6,9 @@
 * ``started``: the run is recorded in the ledger and its rows counted; no batch is written yet
   (``N`` is ignored);
 * ``written``: batch ``N``'s writes and checkpoint are in its transaction, not yet committed;
-* ``committed``: batch ``N`` and its checkpoint are committed.
+* ``committed``: batch ``N`` and its checkpoint are committed;
+* ``retrying``: batch ``N``'s transaction gave way to another's lock and was rolled back; the
+  batch is about to wait and be tried again (the first time only).
 
 A test waits for the process to be stopped, then kills or signals it and sends SIGCONT: the
 moment is chosen by what the run has done, not by how fast the machine is. Nothing else reads
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from backfill_core.errors import UsageError
 
 STOP_AT_ENV = "BACKFILL_STOP_AT"
-POINTS = ("started", "written", "committed")
+POINTS = ("started", "written", "committed", "retrying")
 
 
 @dataclass(frozen=True)

@@ -248,6 +248,7 @@ def run_summary(row: Any, host: str | None = None) -> dict[str, Any]:
         "record_errors": row.record_errors,
         "batch_errors": row.batch_errors,
         "errors": row.record_errors + row.batch_errors,
+        "lock_retries": row.lock_retries,
         "rows_per_second": row.processed / seconds,
         "last_key": decode_key(row.last_key),
         "started_at": row.started_at,
@@ -561,15 +562,22 @@ class Ledger:
             await conn.execute(set_low, [encode_key(new_low), run.id])
         run.last_key, run.ranged = new_low, bool(kept)
 
-    async def finish(self, run: RunState, status: str, message: str | None = None) -> None:
-        """Mark the run ended; best effort, since the database may be what failed."""
+    async def finish(
+        self, run: RunState, status: str, message: str | None = None, *, lock_retries: int = 0
+    ) -> None:
+        """Mark the run ended, adding the ``lock_retries`` of a batch that never committed; best
+        effort, since the database may be what failed."""
         try:
             async with self.db.sqlalchemy(write=True) as conn:
-                await conn.execute(
-                    update(runs)
-                    .where(runs.c.id == run.id)
-                    .values(status=status, message=message, finished_at=now(), heartbeat_at=now())
-                )
+                ended: dict[str, Any] = {
+                    "status": status,
+                    "message": message,
+                    "finished_at": now(),
+                    "heartbeat_at": now(),
+                }
+                if lock_retries:
+                    ended["lock_retries"] = runs.c.lock_retries + lock_retries
+                await conn.execute(update(runs).where(runs.c.id == run.id).values(**ended))
         except (RowsRefused, BackfillError):
             pass  # the run stays 'running'; its dead pid or stale heartbeat lets the next run take over
 

@@ -24,12 +24,23 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from backfill_core.store.connection import Fatal, RowsRefused
+from backfill_core.store.connection import Fatal, LockConflict, RowsRefused
 
 REFUSED = (sqlite3.IntegrityError, sqlite3.DataError, OverflowError)
 """The errors of rows SQLite will not take; OverflowError is the sqlite3 module refusing an
 integer beyond 64 bits."""
 JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
+BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+"""The result codes (primary, as ``& 0xFF`` gives them) of a statement that gave way to another
+connection's lock, here only once the busy timeout has passed."""
+
+
+def is_locked(error: BaseException) -> bool:
+    """Whether ``error`` is SQLite's ``database is locked`` (or ``… table is locked``)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in BUSY
+    return isinstance(error, sqlite3.OperationalError) and "is locked" in str(error)
 
 
 def uri(path: str, *, read_only: bool) -> str:
@@ -65,6 +76,8 @@ class SQLiteConnection:
     def _translated(self, error: sqlite3.Error | OverflowError) -> Exception:
         if isinstance(error, REFUSED):
             return RowsRefused(str(error).strip())
+        if is_locked(error):
+            return LockConflict(str(self._fatal(error, self._action)), "database is locked")
         return self._fatal(error, self._action)
 
     def run(self, sql: str) -> None:
@@ -126,8 +139,9 @@ class SQLiteAdapter:
         return self._writer if write else self._reader
 
     @asynccontextmanager
-    async def writing(self) -> AsyncIterator[SQLiteConnection]:
-        """One write transaction (``BEGIN IMMEDIATE``): committed on success, else rolled back."""
+    async def writing(self, *, lock_timeout: float | None = None) -> AsyncIterator[SQLiteConnection]:
+        """One write transaction (``BEGIN IMMEDIATE``): committed on success, else rolled back.
+        A lock is waited for up to the busy timeout; ``lock_timeout`` is PostgreSQL's."""
         self._open()
         assert self._writing is not None
         async with self._transaction(self._writing, "BEGIN IMMEDIATE") as conn:
