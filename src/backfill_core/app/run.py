@@ -121,7 +121,7 @@ async def run_backfill(
                     stats.note = f"already completed in run {done[x.name]} of this command"
                     announce(f"{x.name}: {stats.note}")
                     continue
-                loop = BatchLoop(db, writer, options, report.errors, progress, ledger)
+                loop = BatchLoop(db, writer, options, report.errors, progress, ledger, announce)
                 if ledger is None:
                     await loop.run(_pages(db, pool, x, [KeyRange()], options), stats)
                 elif retry_errors:

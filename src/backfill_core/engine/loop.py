@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from typing import Any, NamedTuple
 
 from backfill_core.engine.collector import few_collections
@@ -42,8 +42,10 @@ class BatchLoop:
         errors: ErrorLog,
         progress: ProgressFactory | None = None,
         ledger: Ledger | None = None,
+        announce: Callable[[str], object] = lambda _line: None,
     ) -> None:
         self.db = db
+        self.announce = announce
         self.writer = writer
         self.options = options
         self.errors = errors
@@ -135,14 +137,19 @@ class BatchLoop:
             delta.lock_retries = retries
             return _to_the_end(self._commit(work, delta, checkpoints, stats))
 
-        def conflicted(_error: LockConflict, _retry: int) -> None:
-            stats.lock_retries += 1
-            self._unrecorded_retries += 1
-            self._reached("retrying")
-
         keys = work.batch.keys
         name = self.writer.extractor
         what = f"{name}: the batch of keys {keys[0]!r} to {keys[-1]!r}" if keys else f"{name}: a batch"
+
+        def conflicted(error: LockConflict, retry: int, delay: float) -> None:
+            stats.lock_retries += 1
+            self._unrecorded_retries += 1
+            self.announce(
+                f"{what} gave way to another transaction's lock ({error.cause}) and was rolled back; "
+                f"lock retry {retry} of {self._backoff.retries} in {delay:.2f}s"
+            )
+            self._reached("retrying")
+
         await with_retries(attempt, self._backoff, conflicted=conflicted, what=what)
         self._unrecorded_retries = 0  # in the checkpoint now, or folded into the next one
 

@@ -43,13 +43,14 @@ async def with_retries(
     attempt: Callable[[int], Awaitable[T]],
     backoff: Backoff,
     *,
-    conflicted: Callable[[LockConflict, int], object],
+    conflicted: Callable[[LockConflict, int, float], object],
     what: str,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
 ) -> T:
     """``attempt(retries)``, tried again after each LockConflict, up to ``backoff.retries`` times.
 
-    ``conflicted(error, n)`` is told of each conflict before the ``n``-th retry waits. When the
+    ``conflicted(error, n, delay)`` is told of each conflict before the ``n``-th retry waits
+    ``delay`` seconds. When the
     retries are spent, DatabaseUnavailable ends the run with a message saying which lock, where
     (``what``: ``test_features: the batch of keys after 500``) and what to do. A signal during a
     wait ends it at once: no transaction is open then.
@@ -62,8 +63,9 @@ async def with_retries(
             if retries >= backoff.retries:
                 raise gave_up(e, what, retries) from e
             retries += 1
-            conflicted(e, retries)
-            await sleep(backoff.delay(retries))
+            delay = backoff.delay(retries)
+            conflicted(e, retries, delay)
+            await sleep(delay)
 
 
 def gave_up(error: LockConflict, what: str, retries: int) -> DatabaseUnavailable:
