@@ -237,7 +237,7 @@ def test_a_lock_met_while_isolating_refused_rows_is_retried_never_recorded_as_a_
     cmd = [*RUN, "--lock-retries", "1", "--max-error-rate", "1", "-d", db.url]
     first = run_cli(cmd)
     assert first.returncode == 3, first.stderr
-    assert "gave way to another transaction's lock on 2 tries, the last a lock timeout" in first.stderr
+    assert "gave way to another transaction's lock on 2 tries (the last: lock timeout)" in first.stderr
     assert _ledger(db) == [("failed", 0, 0, 0, 1)]
     assert db.rows("SELECT COUNT(*) FROM backfill_errors") == [(0,)]
     holder.release()

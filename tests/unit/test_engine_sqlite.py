@@ -180,10 +180,10 @@ def _cancelled_while_closing(db: Path, names: Sequence[str], monkeypatch: pytest
 
     async def finish(
         self: Ledger, state: RunState, status: str, message: str | None = None, *, lock_retries: int = 0
-    ) -> None:
+    ) -> bool:
         running[0].cancel()
         await asyncio.sleep(0)  # where the cancellation lands if this runs in the cancelled task
-        await real_finish(self, state, status, message, lock_retries=lock_retries)
+        return await real_finish(self, state, status, message, lock_retries=lock_retries)
 
     options = RunOptions(max_error_rate=1.0)
     report = RunReport(database=str(db), dry_run=False, errors=ErrorLog(keep=100_000))

@@ -223,6 +223,6 @@ def test_spent_retries_end_the_run_saying_which_lock_and_what_to_do(retries: int
     tries = f"on {retries + 1} tries" if retries else "on its only try (--lock-retries 0)"
     batch = "test_features: the batch of keys 1 to 10"
     assert f"{batch} gave way to another transaction's lock {tries}" in message
-    assert "the last a lock timeout: could not write to db: canceling statement due to lock" in message
+    assert "(the last: lock timeout): could not write to db: canceling statement due to lock" in message
     assert "none of its rows is recorded as failed" in message
     assert "run the same command to resume" in message and "--lock-retries" in message

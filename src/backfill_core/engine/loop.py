@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from typing import Any, NamedTuple
 
 from backfill_core.engine.collector import few_collections
 from backfill_core.engine.options import NoProgress, Progress, ProgressFactory, RunOptions
 from backfill_core.engine.planner import Plan
-from backfill_core.engine.retry import Backoff, with_retries
+from backfill_core.engine.retry import Backoff, retried, retry_line, with_retries
 from backfill_core.engine.sources import Source, Work
 from backfill_core.engine.stats import ErrorLog, ExtractorStats
 from backfill_core.engine.stoppoints import stop_here, stop_point
@@ -144,10 +144,7 @@ class BatchLoop:
         def conflicted(error: LockConflict, retry: int, delay: float) -> None:
             stats.lock_retries += 1
             self._unrecorded_retries += 1
-            self.announce(
-                f"{what} gave way to another transaction's lock ({error.cause}) and was rolled back; "
-                f"lock retry {retry} of {self._backoff.retries} in {delay:.2f}s"
-            )
+            self.announce(retry_line(what, error, retry, self._backoff.retries, delay))
             self._reached("retrying")
 
         await with_retries(attempt, self._backoff, conflicted=conflicted, what=what)
@@ -194,6 +191,19 @@ class BatchLoop:
             checkpoints.adopt(folded)  # only now: a rolled-back transaction leaves them as they were
         return plans, counts
 
+    async def _to_ledger(self, work: Callable[[], Awaitable[bool]], what: str) -> bool:
+        """``work``, a write to the ledger, tried again after a lock conflict as a batch is;
+        False if it failed."""
+        try:
+            return await retried(
+                work,
+                self.options.lock_retries,
+                what=f"{self.writer.extractor}: {what}",
+                announce=self.announce,
+            )
+        except BackfillError:
+            return False
+
     async def _wind_up(
         self,
         ahead: asyncio.Future[Work | None] | None,
@@ -212,7 +222,10 @@ class BatchLoop:
         await works.aclose()
         if self.ledger is None or state is None:
             return
-        if checkpoints is not None and not await checkpoints.flush(self.db) and status == SUCCEEDED:
+        flushed = checkpoints is None or await self._to_ledger(
+            lambda: checkpoints.flush(self.db), "the checkpoint of its last batches"
+        )
+        if not flushed and status == SUCCEEDED:
             # Its data is written, but not the ledger's record of its last batches and the
             # errors they found: resuming reads those batches again and records them.
             status = FAILED
@@ -220,7 +233,10 @@ class BatchLoop:
                 "its last checkpoint could not be written to the ledger; run the same "
                 "command to resume and record it"
             )
-        await self.ledger.finish(state, status, message, lock_retries=self._unrecorded_retries)
+        ledger, retries = self.ledger, self._unrecorded_retries
+        await self._to_ledger(
+            lambda: ledger.finish(state, status, message, lock_retries=retries), "recording how its run ended"
+        )
 
 
 class Folded(NamedTuple):
@@ -270,7 +286,8 @@ class Checkpoints:
         self.folded = folded
 
     async def flush(self, db: Database) -> bool:
-        """Checkpoint the batches folded into no checkpoint yet; False if that failed."""
+        """Checkpoint the batches folded into no checkpoint yet; False if that failed, and
+        LockConflict if another transaction's lock is to blame (trying again may succeed)."""
         if not self.folded.delta:
             return True
         try:
@@ -278,6 +295,8 @@ class Checkpoints:
                 await self.ledger.checkpoint(
                     conn, self.run, self.folded.done, self.folded.delta, total=self.total
                 )
+        except LockConflict:
+            raise
         except (RowsRefused, BackfillError):
             return False
         self.folded = Folded(Delta(), None, time.monotonic())

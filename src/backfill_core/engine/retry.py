@@ -68,11 +68,31 @@ async def with_retries(
             await sleep(delay)
 
 
+async def retried(
+    work: Callable[[], Awaitable[T]], retries: int, *, what: str, announce: Callable[[str], object]
+) -> T:
+    """``work`` (one transaction, such as starting a run in the ledger), tried again after a lock
+    conflict as a batch is, each retry announced."""
+
+    def conflicted(error: LockConflict, retry: int, delay: float) -> None:
+        announce(retry_line(what, error, retry, retries, delay))
+
+    return await with_retries(lambda _: work(), Backoff(retries), conflicted=conflicted, what=what)
+
+
+def retry_line(what: str, error: LockConflict, retry: int, retries: int, delay: float) -> str:
+    """The line on stderr saying that ``what`` is tried again."""
+    return (
+        f"{what} gave way to another transaction's lock ({error.cause}) and was rolled back; "
+        f"lock retry {retry} of {retries} in {delay:.2f}s"
+    )
+
+
 def gave_up(error: LockConflict, what: str, retries: int) -> DatabaseUnavailable:
     """The run-ending error once ``what`` lost to a lock on its last try (after ``retries``)."""
     tries = f"{retries + 1} tries" if retries else "its only try (--lock-retries 0)"
     return DatabaseUnavailable(
-        f"{what} gave way to another transaction's lock on {tries}, the last a {error.cause}: {error}. "
+        f"{what} gave way to another transaction's lock on {tries} (the last: {error.cause}): {error}. "
         "The batches committed before it are kept, and none of its rows is recorded as failed. "
         "Find the transaction holding the lock (on PostgreSQL: pg_stat_activity rows whose "
         "wait_event_type is 'Lock', and pg_blocking_pids()), end it or wait for it, then run the same "

@@ -17,7 +17,7 @@ from sqlalchemy.engine import URL, Connection as SyncConnection, Dialect, make_u
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from backfill_core.errors import DatabaseUnavailable, SchemaMissing
-from backfill_core.store.connection import Connection, RowsRefused, translated
+from backfill_core.store.connection import Connection, RowsRefused
 from backfill_core.store.postgres import CONFLICTS, PostgresAdapter, statement_timeout
 from backfill_core.store.sqlite import SQLiteAdapter, hot_journal
 from backfill_core.store.statements import Statements
@@ -228,15 +228,17 @@ class Database:
     async def sqlalchemy(self, *, write: bool = False) -> AsyncIterator[AsyncConnection]:
         """A SQLAlchemy connection for Core statements and schema inspection: with ``write``, in
         one write transaction, committed on success and rolled back on any exception; else for
-        reads, its transaction rolled back at the end."""
-        engine = self._open_adapter().engine(write=write)
+        reads, its transaction rolled back at the end. A transaction that gives way to another's
+        lock raises LockConflict, which a caller may try again."""
+        adapter = self._open_adapter()
+        engine = adapter.engine(write=write)
         action = "write to" if write else "read from"
         opened = engine.begin() if write else engine.connect()
         try:
             async with opened as conn:
                 yield conn
         except exc.DBAPIError as e:
-            raise translated(e, action, self.fatal) from e
+            raise adapter.translated(e, action) from e
 
     async def check_schema(self, needed: Mapping[str, Iterable[str]]) -> None:
         """Raise SchemaMissing naming the first table or column of ``needed`` that does not exist."""

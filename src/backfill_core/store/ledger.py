@@ -44,7 +44,7 @@ from sqlalchemy.engine import Connection as SyncConnection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backfill_core.errors import BackfillError, EnvironmentProblem
-from backfill_core.store.connection import Connection, RowsRefused
+from backfill_core.store.connection import Connection, LockConflict, RowsRefused
 from backfill_core.store.database import Database
 from backfill_core.store.records import COUNTS, Delta, KeyRange
 
@@ -564,9 +564,10 @@ class Ledger:
 
     async def finish(
         self, run: RunState, status: str, message: str | None = None, *, lock_retries: int = 0
-    ) -> None:
+    ) -> bool:
         """Mark the run ended, adding the ``lock_retries`` of a batch that never committed; best
-        effort, since the database may be what failed."""
+        effort, since the database may be what failed: True if it was recorded. LockConflict if
+        another transaction's lock is to blame (trying again may succeed)."""
         try:
             async with self.db.sqlalchemy(write=True) as conn:
                 ended: dict[str, Any] = {
@@ -578,8 +579,13 @@ class Ledger:
                 if lock_retries:
                     ended["lock_retries"] = runs.c.lock_retries + lock_retries
                 await conn.execute(update(runs).where(runs.c.id == run.id).values(**ended))
+        except LockConflict:
+            raise
         except (RowsRefused, BackfillError):
-            pass  # the run stays 'running'; its dead pid or stale heartbeat lets the next run take over
+            return (
+                False  # the run stays 'running'; its dead pid or stale heartbeat lets the next run take over
+            )
+        return True
 
     # -- reading, for status, errors and --retry-errors ------------------------------------------
 

@@ -163,6 +163,10 @@ class PostgresAdapter:
         except exc.DBAPIError as e:
             raise _translated(e, "read from", self.fatal) from e
 
+    def translated(self, error: exc.DBAPIError, action: str) -> Exception:
+        """What an error of SQLAlchemy-level work becomes (see ``Database.sqlalchemy``)."""
+        return _translated(error, action, self.fatal)
+
     async def array_types(self, conn: AsyncConnection, table: str) -> Mapping[str, str]:
         """The array type of each column of ``table`` (see ARRAY_TYPES), read once per run."""
         found = self._array_type_cache.get(table)

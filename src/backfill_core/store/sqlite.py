@@ -20,11 +20,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from backfill_core.store.connection import Fatal, LockConflict, RowsRefused
+from backfill_core.store.connection import Fatal, LockConflict, RowsRefused, translated
 
 REFUSED = (sqlite3.IntegrityError, sqlite3.DataError, OverflowError)
 """The errors of rows SQLite will not take; OverflowError is the sqlite3 module refusing an
@@ -35,7 +35,7 @@ BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 connection's lock, here only once the busy timeout has passed."""
 
 
-def is_locked(error: BaseException) -> bool:
+def is_locked(error: BaseException | None) -> bool:
     """Whether ``error`` is SQLite's ``database is locked`` (or ``… table is locked``)."""
     code = getattr(error, "sqlite_errorcode", None)
     if code is not None:
@@ -137,6 +137,12 @@ class SQLiteAdapter:
     def engine(self, *, write: bool) -> AsyncEngine:
         """The aiosqlite engine for SQLAlchemy-level reads, or write transactions."""
         return self._writer if write else self._reader
+
+    def translated(self, error: exc.DBAPIError, action: str) -> Exception:
+        """What an error of SQLAlchemy-level work (the aiosqlite engines) becomes."""
+        if is_locked(error.orig):
+            return LockConflict(str(self._fatal(error, action)), "database is locked")
+        return translated(error, action, self._fatal)
 
     @asynccontextmanager
     async def writing(self, *, lock_timeout: float | None = None) -> AsyncIterator[SQLiteConnection]:
