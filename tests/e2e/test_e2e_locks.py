@@ -176,6 +176,33 @@ def test_spent_lock_retries_stop_the_run_resumable_with_no_row_recorded_as_faile
     assert _ledger(db)[0][:4] == ("succeeded", TESTS, 0, 0)
 
 
+def test_the_ledgers_own_writes_wait_out_a_lock_between_two_extractors(
+    tmp_path: Path, spawn: Callable[..., Spawned], holder_of: Callable[[Backend], Holder]
+) -> None:
+    """SQLite only: its lock is the whole file's, so the ledger's writes meet it too (on
+    PostgreSQL they touch only backfill's own rows). Taken once test_features' last batch has
+    committed, the lock meets the record of how its run ended; that, and bug_attribution's start,
+    are tried again, and both runs end recorded as succeeded."""
+    with backends("sqlite", tmp_path) as make:
+        db = make([GOOD] * TESTS)
+    holder = holder_of(db)
+    cmd = ["run", "test_features", "bug_attribution", *RUN[2:], "--lock-retries", "100", "-d", db.url]
+    proc = spawn(cmd, {**QUICK, "BACKFILL_STOP_AT": f"test_features:committed:{TESTS // BATCH}"})
+    proc.wait_stopped()
+    holder.take()
+    proc.resume()
+    assert wait_for(_retrying(proc), proc), proc.err_path.read_text()
+    holder.release()
+    done = proc.wait()
+    assert done.returncode == 0, done.stderr
+    assert "test_features: recording how its run ended gave way to another transaction's lock" in done.stderr
+    assert db.rows("SELECT extractor, status FROM backfill_runs ORDER BY id") == [
+        ("test_features", "succeeded"),
+        ("bug_attribution", "succeeded"),
+    ]
+    assert db.feature_tests() == list(range(1, TESTS + 1))
+
+
 # -- PostgreSQL only: what pg_stat_activity shows, and conflicts SQLite cannot have -----------------
 # (SQLite's one lock is the whole file's, taken by BEGIN IMMEDIATE before a batch reads anything:
 # a batch there never meets a lock half-way, in the row isolation path or in a deadlock.)
