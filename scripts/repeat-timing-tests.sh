@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the tests that act on a live process (kills, signals, take-over, retry, the extraction
+# Run the tests that act on a live process (kills, signals, take-over, retry, locks, the extraction
 # worker) many times in a row, optionally beside CPU hogs, to show they do not depend on the
 # machine's speed. Not part of CI.
 #
@@ -17,7 +17,7 @@ hogs="${2:-0}"
 logs="${REPEAT_LOGS:-/tmp/backfill-repeat}"
 pytest="${PYTEST:-$repo/.venv/bin/pytest}"
 export BACKFILL_TEST_POSTGRES_URL="${BACKFILL_TEST_POSTGRES_URL:-postgresql://postgres@127.0.0.1:5432/test}"
-tests=(tests/crash tests/e2e/test_e2e_interrupt.py tests/e2e/test_e2e_worker.py)
+tests=(tests/crash tests/e2e/test_e2e_interrupt.py tests/e2e/test_e2e_worker.py tests/e2e/test_e2e_locks.py)
 mkdir -p "$logs"
 
 pids=()
