@@ -238,8 +238,7 @@ def test_stopped_while_retrying_the_run_holds_no_lock_and_shows_its_name(
     proc.wait_stopped()
     activity = _activity(db)
     assert ("backfill:test_features", "idle", "Client") in activity, activity
-    assert not [a for a in activity if a[0].startswith("backfill") and a[2] == "Lock"], activity
-    assert db.rows("SELECT COUNT(*) FROM pg_locks WHERE NOT granted") == [(0,)]
+    assert not [a for a in activity if a[2] == "Lock"], activity  # nothing on this database waits
     assert db.feature_tests() == list(range(1, BATCH + 1))  # the first batch is committed
     holder.release()
     proc.resume()
