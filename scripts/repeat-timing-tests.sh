@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the tests that act on a live process (kills, signals, take-over, retry, the extraction
+# Run the tests that act on a live process (kills, signals, take-over, retry, locks, the extraction
 # worker, an application writing beside a run) many times in a row, optionally beside CPU hogs,
 # to show they do not depend on the machine's speed. Not part of CI.
 #
@@ -18,7 +18,8 @@ logs="${REPEAT_LOGS:-/tmp/backfill-repeat}"
 pytest="${PYTEST:-$repo/.venv/bin/pytest}"
 export BACKFILL_TEST_POSTGRES_URL="${BACKFILL_TEST_POSTGRES_URL:-postgresql://postgres@127.0.0.1:5432/test}"
 tests=(tests/crash tests/e2e/test_e2e_interrupt.py tests/e2e/test_e2e_worker.py tests/e2e/test_e2e_as_found.py
-       tests/e2e/test_e2e_busy_application.py)
+       tests/e2e/test_e2e_busy_application.py
+       tests/e2e/test_e2e_locks.py)
 mkdir -p "$logs"
 
 pids=()

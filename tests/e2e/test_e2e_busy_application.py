@@ -252,12 +252,6 @@ def application_lock(url: str, sql: str, *args: object) -> Iterator[Callable[[],
 
 
 @pytest.mark.parametrize("target", [pytest.param("postgresql", marks=needs_server)], indirect=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs issue 18's lock safety: --lock-timeout, lock retries and the `retrying` stop point "
-    "(today `run` refuses --lock-timeout with exit 2, and a batch that meets the application's row "
-    "lock waits as long as it is held, holding the locks of the rows it has changed)",
-)
 def test_postgresql_batch_meeting_a_long_application_lock_retries(
     target: Target, source: Path, tmp_path: Path
 ) -> None:

@@ -178,10 +178,12 @@ def _cancelled_while_closing(db: Path, names: Sequence[str], monkeypatch: pytest
     real_finish = Ledger.finish
     running: list[asyncio.Future[RunReport]] = []
 
-    async def finish(self: Ledger, state: RunState, status: str, message: str | None = None) -> None:
+    async def finish(
+        self: Ledger, state: RunState, status: str, message: str | None = None, *, lock_retries: int = 0
+    ) -> bool:
         running[0].cancel()
         await asyncio.sleep(0)  # where the cancellation lands if this runs in the cancelled task
-        await real_finish(self, state, status, message)
+        return await real_finish(self, state, status, message, lock_retries=lock_retries)
 
     options = RunOptions(max_error_rate=1.0)
     report = RunReport(database=str(db), dry_run=False, errors=ErrorLog(keep=100_000))

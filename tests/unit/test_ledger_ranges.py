@@ -395,6 +395,7 @@ def test_a_ledger_of_the_previous_schema_is_migrated_in_place_and_resumed(make_d
     db.execute(FAILED_RUN)
     (before,) = _status(db)
     assert (before["status"], before["last_key"], before["processed"]) == ("failed", 4, 4)
+    assert before["lock_retries"] == 0  # a column the old ledger lacks, read as 0
     assert "backfill_ranges" not in db.tables()
 
     report, _ = run(db, dry_run=True)
@@ -409,6 +410,7 @@ def test_a_ledger_of_the_previous_schema_is_migrated_in_place_and_resumed(make_d
     assert db.rows("SELECT id, status, last_key, processed FROM backfill_runs") == [
         (1, "succeeded", "10", 10)
     ]
+    assert db.rows("SELECT lock_retries FROM backfill_runs") == [(0,)]  # the column added in place
     assert db.feature_tests() == list(range(5, 11))  # the rows after the old checkpoint
     (after,) = _status(db)
     assert (after["status"], after["last_key"], after["processed"]) == ("succeeded", 10, 10)

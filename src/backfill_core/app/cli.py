@@ -169,6 +169,24 @@ def threshold_option(f: Callable[..., Any]) -> Callable[..., Any]:
     help="Read and extract the next batches in a worker process while this one writes "
     "(SQLite on Linux with 2+ CPUs; otherwise extraction runs in the main process).",
 )
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(0, 3600),
+    default=RunOptions.lock_timeout,
+    show_default=True,
+    metavar="SECONDS",
+    help="PostgreSQL: how long a batch waits for a row another transaction holds before it is rolled "
+    "back and tried again (0: no limit). SQLite waits BACKFILL_BUSY_TIMEOUT instead.",
+)
+@click.option(
+    "--lock-retries",
+    type=click.IntRange(0, 100),
+    default=RunOptions.lock_retries,
+    show_default=True,
+    metavar="N",
+    help="Times a batch that lost to another transaction's lock (timeout, deadlock, serialization "
+    "failure, SQLite's 'database is locked') is tried again before the run stops (exit 3, resumable).",
+)
 @click.pass_obj
 def run(
     registry: Registry,
@@ -190,6 +208,8 @@ def run(
     target_batch_seconds: float | None,
     min_batch_size: int | None,
     max_batch_size: int | None,
+    lock_timeout: float,
+    lock_retries: int,
 ) -> None:
     """Run extractors NAMES (in dependency order), then validate.
 
@@ -212,6 +232,8 @@ def run(
         sample_size=5 if verbose else 0,
         worker=worker,
         **adaptive_batches(target_batch_seconds, min_batch_size, max_batch_size),
+        lock_timeout=lock_timeout,
+        lock_retries=lock_retries,
     )
     skipped: list[Skipped] = []
     _execute(

@@ -83,6 +83,11 @@ class RunReport:
                 if s.errors:
                     kinds = ", ".join(f"{tier}/{kind}: {n}" for (tier, kind), n in sorted(s.errors.items()))
                     lines.append(f"  {s.name} errors: {kinds}")
+                if s.lock_retries:
+                    lines.append(
+                        f"  {s.name}: {s.lock_retries} lock retries (a batch gave way to another "
+                        "transaction's lock, was rolled back and tried again)"
+                    )
                 if s.skipped:
                     kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(s.skipped.items()))
                     lines.append(f"  {s.name} skipped: {kinds}")

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, closing, contextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 
 from sqlalchemy.engine import URL
 
@@ -17,6 +18,7 @@ from backfill_core.engine.loop import BatchLoop
 from backfill_core.engine.options import ProgressFactory, RunOptions
 from backfill_core.engine.overlay import Overlay
 from backfill_core.engine.pool import ExtractionPool, can_run
+from backfill_core.engine.retry import retried
 from backfill_core.engine.sources import Pages, RetryKeys, Source
 from backfill_core.engine.stats import ExtractorStats
 from backfill_core.engine.writer import Writer
@@ -105,7 +107,7 @@ async def run_backfill(
             done: dict[str, int] = {}
             invocation = uuid.uuid4().hex
             if ledger is not None:
-                await ledger.ensure()
+                await retried(ledger.ensure, options.lock_retries, what="the ledger", announce=announce)
                 previous = await ledger.latest_of(ran)
                 if previous is not None and not restart and not retry_errors and previous.plan == plan:
                     # An unfinished command is resumed: one whose newest run ended early, or
@@ -121,7 +123,7 @@ async def run_backfill(
                     stats.note = f"already completed in run {done[x.name]} of this command"
                     announce(f"{x.name}: {stats.note}")
                     continue
-                loop = BatchLoop(db, writer, options, report.errors, progress, ledger)
+                loop = BatchLoop(db, writer, options, report.errors, progress, ledger, announce)
                 if ledger is None:
                     await loop.run(_pages(db, pool, x, [KeyRange()], options), stats)
                 elif retry_errors:
@@ -131,15 +133,21 @@ async def run_backfill(
                     if retry is not None:
                         await loop.run(*retry)
                 else:
-                    state = await ledger.begin(
-                        x.name,
-                        plugin=x.plugin,
-                        version=_version(registry, x.name),
-                        invocation=invocation,
-                        plan=plan,
-                        options=_options(options),
-                        restart=restart,
-                        depends_on=x.extractor.depends_on,
+                    state = await retried(
+                        partial(
+                            ledger.begin,
+                            x.name,
+                            plugin=x.plugin,
+                            version=_version(registry, x.name),
+                            invocation=invocation,
+                            plan=plan,
+                            options=_options(options),
+                            restart=restart,
+                            depends_on=x.extractor.depends_on,
+                        ),
+                        options.lock_retries,
+                        what=f"{x.name}: starting its run in the ledger",
+                        announce=announce,
                     )
                     if state.note:
                         announce(state.note)

@@ -155,13 +155,14 @@ async def run_validators(
         )
         return MetricResult(v.name, m.name, m.description, int(num or 0), int(den or 0), threshold)
 
-    tasks = [asyncio.ensure_future(compute(v, m)) for v, m in selected(validators, ran)]
-    try:
-        return list(await asyncio.gather(*tasks))
-    finally:  # after a failure, stop the other metrics before the database closes
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    with db.named("backfill:validate"):  # as pg_stat_activity shows the metric queries
+        tasks = [asyncio.ensure_future(compute(v, m)) for v, m in selected(validators, ran)]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:  # after a failure, stop the other metrics before the database closes
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _way_around(v: Validator, validators: Sequence[Validator], command: str) -> str:

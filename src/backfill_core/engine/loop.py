@@ -5,19 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from typing import Any, NamedTuple
 
 from backfill_core.engine.batchsize import BatchSizer, target_of
 from backfill_core.engine.collector import few_collections
 from backfill_core.engine.options import NoProgress, Progress, ProgressFactory, RunOptions
 from backfill_core.engine.planner import Plan
+from backfill_core.engine.retry import Backoff, retried, retry_line, with_retries
 from backfill_core.engine.sources import Source, Work
 from backfill_core.engine.stats import ErrorLog, ExtractorStats
 from backfill_core.engine.stoppoints import StopPoints
 from backfill_core.engine.writer import Writer
 from backfill_core.errors import BackfillError
-from backfill_core.store.connection import Connection, RowsRefused
+from backfill_core.store.connection import Connection, LockConflict, RowsRefused
 from backfill_core.store.database import Database
 from backfill_core.store.ledger import FAILED, INTERRUPTED, SUCCEEDED, Ledger, RunState
 from backfill_core.store.records import BatchSizes, Delta, KeyRange
@@ -42,8 +43,10 @@ class BatchLoop:
         errors: ErrorLog,
         progress: ProgressFactory | None = None,
         ledger: Ledger | None = None,
+        announce: Callable[[str], object] = lambda _line: None,
     ) -> None:
         self.db = db
+        self.announce = announce
         self.writer = writer
         self.options = options
         self.errors = errors
@@ -53,12 +56,14 @@ class BatchLoop:
         self._batches = 0  # begun in this process
         self.sizer = BatchSizer(options.batch_size, target_of(options))
         self._since = 0.0  # when the last batch's transaction began (sizer.started())
+        self._backoff = Backoff(options.lock_retries)
+        self._unrecorded_retries = 0  # of a batch whose checkpoint has not committed
 
     async def run(
         self, source: Source, stats: ExtractorStats, state: RunState | None = None
     ) -> ExtractorStats:
         """Commit ``source``'s batches into ``stats`` (and into the ledger's run ``state``)."""
-        with few_collections():
+        with few_collections(), self.db.named(f"backfill:{self.writer.extractor}"):
             await self._run(source, stats, state)
         return stats
 
@@ -92,8 +97,8 @@ class BatchLoop:
                 errors = work.batch.errors
                 delta = Delta(processed=len(work.batch.keys), record_errors=len(errors), errors=list(errors))
                 # A signal waits for the batch in flight: its writes, its checkpoint and the
-                # summary's counts then agree.
-                await _to_the_end(self._commit(work, delta, checkpoints, stats))
+                # summary's counts then agree. Between tries after a lock conflict, it does not.
+                await self._commit_retrying(work, delta, checkpoints, stats)
                 source.size = self.sizer.size
                 self._reached("committed")
                 bar.update(len(work.batch.keys))
@@ -124,6 +129,29 @@ class BatchLoop:
     def _reached(self, point: str) -> None:
         """Stop the process here if BACKFILL_STOP_AT asks for this point (see stoppoints.py)."""
         self._stop_at.reached(point, self._batches)
+
+    async def _commit_retrying(
+        self, work: Work, delta: Delta, checkpoints: Checkpoints | None, stats: ExtractorStats
+    ) -> None:
+        """:meth:`_commit`, tried again after a lock conflict (see retry.py); the retries are
+        counted in ``stats`` and in the checkpoint of the batch when it commits."""
+
+        def attempt(retries: int) -> Coroutine[Any, Any, None]:
+            delta.lock_retries = retries
+            return _to_the_end(self._commit(work, delta, checkpoints, stats))
+
+        keys = work.batch.keys
+        name = self.writer.extractor
+        what = f"{name}: the batch of keys {keys[0]!r} to {keys[-1]!r}" if keys else f"{name}: a batch"
+
+        def conflicted(error: LockConflict, retry: int, delay: float) -> None:
+            stats.lock_retries += 1
+            self._unrecorded_retries += 1
+            self.announce(retry_line(what, error, retry, self._backoff.retries, delay))
+            self._reached("retrying")
+
+        await with_retries(attempt, self._backoff, conflicted=conflicted, what=what)
+        self._unrecorded_retries = 0  # in the checkpoint now, or folded into the next one
 
     async def _commit(
         self, work: Work, delta: Delta, checkpoints: Checkpoints | None, stats: ExtractorStats
@@ -163,7 +191,7 @@ class BatchLoop:
         """One write transaction for the batch; what it did is added to a copy of ``delta``."""
         counts = Delta()
         counts.add(delta)
-        async with self.db.writing() as conn:
+        async with self.db.writing(lock_timeout=self.options.lock_timeout) as conn:
             self._since = self.sizer.started()  # the transaction has begun: its locks are held
             write = self.writer.isolate if isolate else self.writer.write
             plans = await write(conn, work.batch, counts)
@@ -175,6 +203,19 @@ class BatchLoop:
         if checkpoints is not None and folded is not None:
             checkpoints.adopt(folded)  # only now: a rolled-back transaction leaves them as they were
         return plans, counts
+
+    async def _to_ledger(self, work: Callable[[], Awaitable[bool]], what: str) -> bool:
+        """``work``, a write to the ledger, tried again after a lock conflict as a batch is;
+        False if it failed."""
+        try:
+            return await retried(
+                work,
+                self.options.lock_retries,
+                what=f"{self.writer.extractor}: {what}",
+                announce=self.announce,
+            )
+        except BackfillError:
+            return False
 
     async def _wind_up(
         self,
@@ -194,7 +235,10 @@ class BatchLoop:
         await works.aclose()
         if self.ledger is None or state is None:
             return
-        if checkpoints is not None and not await checkpoints.flush(self.db) and status == SUCCEEDED:
+        flushed = checkpoints is None or await self._to_ledger(
+            lambda: checkpoints.flush(self.db), "the checkpoint of its last batches"
+        )
+        if not flushed and status == SUCCEEDED:
             # Its data is written, but not the ledger's record of its last batches and the
             # errors they found: resuming reads those batches again and records them.
             status = FAILED
@@ -202,7 +246,10 @@ class BatchLoop:
                 "its last checkpoint could not be written to the ledger; run the same "
                 "command to resume and record it"
             )
-        await self.ledger.finish(state, status, message)
+        ledger, retries = self.ledger, self._unrecorded_retries
+        await self._to_ledger(
+            lambda: ledger.finish(state, status, message, lock_retries=retries), "recording how its run ended"
+        )
 
 
 class Folded(NamedTuple):
@@ -261,7 +308,8 @@ class Checkpoints:
         self.folded = folded
 
     async def flush(self, db: Database) -> bool:
-        """Checkpoint the batches folded into no checkpoint yet; False if that failed."""
+        """Checkpoint the batches folded into no checkpoint yet; False if that failed, and
+        LockConflict if another transaction's lock is to blame (trying again may succeed)."""
         if not self.folded.delta:
             return True
         try:
@@ -274,6 +322,8 @@ class Checkpoints:
                     total=self.total,
                     batches=self.run.batches,
                 )
+        except LockConflict:
+            raise
         except (RowsRefused, BackfillError):
             return False
         self.folded = Folded(Delta(), None, time.monotonic())

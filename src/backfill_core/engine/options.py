@@ -36,3 +36,7 @@ class RunOptions:
     ``batch_size`` is then the starting size."""
     min_batch_size: int | None = None
     max_batch_size: int | None = None
+    lock_timeout: float = 5.0
+    """Seconds a batch's transaction waits for a lock on PostgreSQL (``lock_timeout``; 0: no limit)."""
+    lock_retries: int = 5
+    """Times a batch that gave way to another transaction's lock is tried again (see retry.py)."""

@@ -53,6 +53,8 @@ class ExtractorStats:
     elapsed: float = 0.0
     stopped: str | None = None
     samples: list[dict[str, Any]] = field(default_factory=list)
+    lock_retries: int = 0
+    """Times a batch gave way to another transaction's lock and was tried again."""
     run_id: int | None = None
     note: str | None = None
     """How this run started: resumed, taken over, retrying errors, or skipped as already done."""
@@ -94,6 +96,7 @@ class ExtractorStats:
             "errors_by_tier": tiers,
             "error_rate": round(self.error_rate, 6),
             "skipped": dict(sorted(self.skipped.items())),
+            "lock_retries": self.lock_retries,
             "elapsed_seconds": round(self.elapsed, 3),
             "batch_sizes": self.batches.to_dict(),
             "stopped": self.stopped,

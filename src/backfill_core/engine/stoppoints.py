@@ -7,6 +7,8 @@
   (``N`` is ignored);
 * ``written``: batch ``N``'s writes and checkpoint are in its transaction, not yet committed;
 * ``committed``: batch ``N`` and its checkpoint are committed;
+* ``retrying``: batch ``N``'s transaction gave way to another's lock and was rolled back; the
+  batch is about to wait and be tried again (the first time only);
 * ``exit``: the command (any command, whatever ``EXTRACTOR`` says; ``N`` is ignored) has closed
   every connection and file and is about to exit with its exit code.
 
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from backfill_core.errors import UsageError
 
 STOP_AT_ENV = "BACKFILL_STOP_AT"
-POINTS = ("started", "written", "committed")
+POINTS = ("started", "written", "committed", "retrying")
 EXIT = "exit"
 """The point every command reaches just before its process exits."""
 

@@ -2,8 +2,8 @@
 
 Each database has its adapter (``sqlite.py``, ``postgres.py``) that owns its driver's details and
 hands out a :class:`Connection`; a driver's error leaves the adapter as :class:`RowsRefused` when
-the rows written are to blame, and as the run-ending
-:class:`~backfill_core.errors.DatabaseUnavailable` otherwise.
+the rows written are to blame, as :class:`LockConflict` when another transaction's lock is, and as
+the run-ending :class:`~backfill_core.errors.DatabaseUnavailable` otherwise.
 """
 
 from __future__ import annotations
@@ -33,6 +33,17 @@ class RowsRefused(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class LockConflict(DatabaseUnavailable):
+    """The transaction gave way to another's lock: a lock timeout, a deadlock or a serialization
+    failure on PostgreSQL, ``database is locked`` past the busy timeout on SQLite. The transaction
+    is rolled back; the same work may succeed when tried again. ``cause`` names the conflict
+    (``lock timeout``); the message is the run-ending one, for when it is not tried again."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class Connection(Protocol):

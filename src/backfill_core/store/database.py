@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +17,9 @@ from sqlalchemy.engine import URL, Connection as SyncConnection, Dialect, make_u
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from backfill_core.errors import DatabaseUnavailable, SchemaMissing
-from backfill_core.store.connection import Connection, RowsRefused, translated
+from backfill_core.store.connection import Connection, RowsRefused
 from backfill_core.store.encoding import is_decode_failure
-from backfill_core.store.postgres import PostgresAdapter
+from backfill_core.store.postgres import CONFLICTS, PostgresAdapter, statement_timeout
 from backfill_core.store.sqlite import SQLiteAdapter, hot_journal
 from backfill_core.store.statements import Statements
 
@@ -27,6 +27,8 @@ DATABASE_ENV = "BACKFILL_DATABASE_URL"
 BUSY_TIMEOUT_ENV = "BACKFILL_BUSY_TIMEOUT"
 DEFAULT_DATABASE = Path("~/.testio-mcp/cache.db")
 DEFAULT_BUSY_TIMEOUT = 10.0
+APPLICATION_NAME = "backfill"
+"""What ``pg_stat_activity`` shows for a backfill connection doing nothing more specific."""
 ASYNC_DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
     "postgresql": "postgresql+asyncpg",
@@ -114,12 +116,31 @@ class Database:
     written are to blame, else as DatabaseUnavailable (see :meth:`fatal`).
     """
 
-    def __init__(self, url: URL, *, read_only: bool = False) -> None:
+    def __init__(
+        self, url: URL, *, read_only: bool = False, application_name: str = APPLICATION_NAME
+    ) -> None:
         self.url = url
         self.read_only = read_only
         self.is_sqlite = url.get_backend_name() == "sqlite"
         self._adapter: SQLiteAdapter | PostgresAdapter | None = None
         self._statements: Statements | None = None
+        self._application_name = application_name
+
+    @contextmanager
+    def named(self, application_name: str) -> Iterator[None]:
+        """Within the block, this process's PostgreSQL connections show ``application_name``
+        (``backfill:test_features``) in ``pg_stat_activity``; SQLite has no such thing."""
+        before = self._application_name
+        self._set_name(application_name)
+        try:
+            yield
+        finally:
+            self._set_name(before)
+
+    def _set_name(self, application_name: str) -> None:
+        self._application_name = application_name
+        if isinstance(self._adapter, PostgresAdapter):
+            self._adapter.application_name = application_name
 
     @property
     def dialect(self) -> str:
@@ -182,15 +203,23 @@ class Database:
             ) from None
         except exc.ArgumentError as e:
             raise DatabaseUnavailable(f"cannot use database URL {self.display_url}: {e}") from None
-        return PostgresAdapter(engine, read_only=self.read_only, fatal=self.fatal)
+        return PostgresAdapter(
+            engine, read_only=self.read_only, fatal=self.fatal, application_name=self._application_name
+        )
 
     def _open_adapter(self) -> SQLiteAdapter | PostgresAdapter:
         assert self._adapter is not None, "database is not open"
         return self._adapter
 
-    def writing(self) -> AbstractAsyncContextManager[Connection]:
-        """One write transaction for a batch: committed on success, rolled back on any exception."""
-        return self._open_adapter().writing()
+    def writing(self, *, lock_timeout: float | None = None) -> AbstractAsyncContextManager[Connection]:
+        """One write transaction for a batch: committed on success, rolled back on any exception.
+
+        With ``lock_timeout`` (seconds, 0 for none), PostgreSQL bounds the transaction's lock waits
+        and its statements (``SET LOCAL lock_timeout`` and ``statement_timeout``); SQLite waits
+        for a lock up to its busy timeout either way. A transaction that gives way to another's
+        lock raises LockConflict.
+        """
+        return self._open_adapter().writing(lock_timeout=lock_timeout)
 
     def reading(self) -> AbstractAsyncContextManager[Connection]:
         """One read transaction for a batch's reads (a page, or a dry run's planning)."""
@@ -200,15 +229,17 @@ class Database:
     async def sqlalchemy(self, *, write: bool = False) -> AsyncIterator[AsyncConnection]:
         """A SQLAlchemy connection for Core statements and schema inspection: with ``write``, in
         one write transaction, committed on success and rolled back on any exception; else for
-        reads, its transaction rolled back at the end."""
-        engine = self._open_adapter().engine(write=write)
+        reads, its transaction rolled back at the end. A transaction that gives way to another's
+        lock raises LockConflict, which a caller may try again."""
+        adapter = self._open_adapter()
+        engine = adapter.engine(write=write)
         action = "write to" if write else "read from"
         opened = engine.begin() if write else engine.connect()
         try:
             async with opened as conn:
                 yield conn
         except exc.DBAPIError as e:
-            raise translated(e, action, self.fatal) from e
+            raise adapter.translated(e, action) from e
 
     async def check_schema(self, needed: Mapping[str, Iterable[str]]) -> None:
         """Raise SchemaMissing naming the first table or column of ``needed`` that does not exist."""
@@ -258,6 +289,17 @@ class Database:
             )
         elif state == "28000" and "role" in lowered:  # the URL's user is not on the server
             hint = "the user named in the URL does not exist on that server; fix the URL or create the role"
+        elif state in CONFLICTS:
+            hint = (
+                f"a {CONFLICTS[state]}: another transaction holds locks this one needs; "
+                "pg_stat_activity and pg_locks show which"
+            )
+        elif state == "57014" and "statement timeout" in lowered:
+            hint = (
+                "a statement of the batch ran longer than the statement timeout "
+                f"({statement_timeout(0):g}s, or twice --lock-timeout); the server is overloaded or "
+                "the batch too big: lower --batch-size"
+            )
         elif "locked" in lowered:
             hint = (
                 f"another process held a lock for more than {busy_timeout():g}s; retry when it "

@@ -45,7 +45,7 @@ from sqlalchemy.engine import Connection as SyncConnection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backfill_core.errors import BackfillError, EnvironmentProblem
-from backfill_core.store.connection import Connection, RowsRefused
+from backfill_core.store.connection import Connection, LockConflict, RowsRefused
 from backfill_core.store.database import Database
 from backfill_core.store.records import COUNTS, BatchSizes, Delta, KeyRange
 
@@ -256,6 +256,7 @@ def run_summary(row: Any, host: str | None = None) -> dict[str, Any]:
         "record_errors": row.record_errors,
         "batch_errors": row.batch_errors,
         "errors": row.record_errors + row.batch_errors,
+        "lock_retries": row.lock_retries,
         "rows_per_second": row.processed / seconds,
         "last_key": decode_key(row.last_key),
         "started_at": row.started_at,
@@ -576,19 +577,33 @@ class Ledger:
             await conn.execute(set_low, [encode_key(new_low), run.id])
         run.last_key, run.ranged = new_low, bool(kept)
 
-    async def finish(self, run: RunState, status: str, message: str | None = None) -> None:
-        """Mark the run ended, with its batch sizes and slowest write; best effort, since the
-        database may be what failed."""
-        sizes = {"batch_sizes": run.batches.encode(), "slowest_write": run.batches.slowest}
+    async def finish(
+        self, run: RunState, status: str, message: str | None = None, *, lock_retries: int = 0
+    ) -> bool:
+        """Mark the run ended, with its batch sizes and slowest write, adding the ``lock_retries``
+        of a batch that never committed; best effort, since the database may be what failed: True
+        if it was recorded. LockConflict if another transaction's lock is to blame (trying again
+        may succeed)."""
         try:
             async with self.db.sqlalchemy(write=True) as conn:
-                await conn.execute(
-                    update(runs)
-                    .where(runs.c.id == run.id)
-                    .values(status=status, message=message, finished_at=now(), heartbeat_at=now(), **sizes)
-                )
+                ended: dict[str, Any] = {
+                    "status": status,
+                    "message": message,
+                    "finished_at": now(),
+                    "heartbeat_at": now(),
+                    "batch_sizes": run.batches.encode(),
+                    "slowest_write": run.batches.slowest,
+                }
+                if lock_retries:
+                    ended["lock_retries"] = runs.c.lock_retries + lock_retries
+                await conn.execute(update(runs).where(runs.c.id == run.id).values(**ended))
+        except LockConflict:
+            raise
         except (RowsRefused, BackfillError):
-            pass  # the run stays 'running'; its dead pid or stale heartbeat lets the next run take over
+            return (
+                False  # the run stays 'running'; its dead pid or stale heartbeat lets the next run take over
+            )
+        return True
 
     # -- reading, for status, errors and --retry-errors ------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -9,7 +11,7 @@ from typing import Any
 from sqlalchemy import event, exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from backfill_core.store.connection import Fatal, translated
+from backfill_core.store.connection import Fatal, LockConflict, translated
 from backfill_core.store.statements import KeyLookup, Statements
 
 ARRAY_TYPES = """
@@ -21,6 +23,37 @@ WHERE a.attrelid = CAST($1 AS regclass) AND a.attnum > 0 AND NOT a.attisdropped 
 of its values, as SQL names it (``integer[]``). A type modifier of -1 names the type without one,
 in a form SQL reads back as such (``bpchar[]``, not ``character[]``, which is
 ``character(1)[]``), so that a cast to it never cuts a value short or rounds it."""
+
+
+CONFLICTS = {"55P03": "lock timeout", "40P01": "deadlock", "40001": "serialization failure"}
+"""The SQLSTATEs of a transaction that gave way to another's lock, and what each is called."""
+STATEMENT_TIMEOUT = 300.0
+"""Seconds a statement of a batch may run (``statement_timeout``), or twice the lock timeout if
+that is longer: far beyond any healthy batch's statement (at most 5,000 keys looked up, or one
+batch's rows written), so that it only ends a statement the server cannot get through."""
+TIMEOUTS = "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)"
+NAMED = "SELECT set_config('application_name', $1, false)"
+
+
+def statement_timeout(lock_timeout: float) -> float:
+    """The ``statement_timeout`` of a batch whose ``lock_timeout`` is ``lock_timeout`` seconds."""
+    return max(STATEMENT_TIMEOUT, 2 * lock_timeout)
+
+
+def milliseconds(seconds: float) -> str:
+    """``seconds`` as a PostgreSQL setting in whole milliseconds, rounded up: a positive timeout
+    never becomes 0, which PostgreSQL reads as no timeout at all."""
+    return f"{math.ceil(seconds * 1000)}ms"
+
+
+def _translated(
+    error: exc.DBAPIError | OverflowError, action: str, fatal: Fatal, statement: str = ""
+) -> Exception:
+    """``translated``, and LockConflict for a transaction that gave way to another's lock."""
+    cause = CONFLICTS.get(getattr(getattr(error, "orig", None), "sqlstate", None) or "")
+    if cause is not None:
+        return LockConflict(str(fatal(error, action, statement)), cause)
+    return translated(error, action, fatal, statement)
 
 
 class PostgresConnection:
@@ -47,7 +80,7 @@ class PostgresConnection:
                     return (await self._conn.exec_driver_sql(array_sql, columns)).all()
             return (await self._conn.exec_driver_sql(sql, tuple(params))).all()
         except (exc.DBAPIError, OverflowError) as e:
-            raise translated(e, self._action, self._adapter.fatal, sql) from e
+            raise _translated(e, self._action, self._adapter.fatal, sql) from e
 
     async def fetch_source(self, sql: str, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
         """As :meth:`fetch`: PostgreSQL refuses text that is not valid in the database's encoding
@@ -58,13 +91,13 @@ class PostgresConnection:
         try:
             await self._conn.exec_driver_sql(sql, tuple(params))
         except (exc.DBAPIError, OverflowError) as e:
-            raise translated(e, self._action, self._adapter.fatal) from e
+            raise _translated(e, self._action, self._adapter.fatal) from e
 
     async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         try:
             await self._conn.exec_driver_sql(sql, [tuple(r) for r in rows])
         except (exc.DBAPIError, OverflowError) as e:
-            raise translated(e, self._action, self._adapter.fatal) from e
+            raise _translated(e, self._action, self._adapter.fatal) from e
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
@@ -72,21 +105,38 @@ class PostgresConnection:
             async with self._conn.begin_nested():
                 yield
         except exc.DBAPIError as e:  # of the savepoint's own statements: the block's are translated
-            raise translated(e, self._action, self._adapter.fatal) from e
+            raise _translated(e, self._action, self._adapter.fatal) from e
 
 
 class PostgresAdapter:
     """A PostgreSQL database through ``engine`` (SQLAlchemy on asyncpg); read-only when asked."""
 
-    def __init__(self, engine: AsyncEngine, *, read_only: bool, fatal: Fatal) -> None:
+    def __init__(self, engine: AsyncEngine, *, read_only: bool, fatal: Fatal, application_name: str) -> None:
         self._engine = engine
         self.fatal = fatal
+        self.application_name = application_name
+        """What ``pg_stat_activity`` shows for this process's connections: each takes it on
+        when it is next checked out of the pool."""
         self._statements: Statements | None = None
         self._array_type_cache: dict[str, dict[str, str]] = {}
         if read_only:
             event.listen(
                 engine.sync_engine, "begin", lambda conn: conn.exec_driver_sql("SET TRANSACTION READ ONLY")
             )
+        event.listen(engine.sync_engine.pool, "checkout", self._name)
+
+    def _name(self, dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        """Give a connection being checked out this process's application_name, if it has another.
+
+        Set for the session, outside any transaction, so a rollback does not undo it; a
+        connection that cannot take it fails its first statement instead, with a message.
+        """
+        name = self.application_name
+        if record.info.get("application_name") == name:
+            return
+        with contextlib.suppress(Exception):
+            dbapi_connection.run_async(lambda raw: raw.execute(NAMED, name))
+            record.info["application_name"] = name
 
     def engine(self, *, write: bool) -> AsyncEngine:
         """The engine, for SQLAlchemy-level work; one serves reads and writes alike."""
@@ -99,13 +149,17 @@ class PostgresAdapter:
         return self._statements
 
     @asynccontextmanager
-    async def writing(self) -> AsyncIterator[PostgresConnection]:
-        """One write transaction: committed on success, else rolled back."""
+    async def writing(self, *, lock_timeout: float | None = None) -> AsyncIterator[PostgresConnection]:
+        """One write transaction: committed on success, else rolled back. With ``lock_timeout``
+        (seconds; 0: none), a batch's: its lock waits and statements are bounded (``SET LOCAL``)."""
         try:
             async with self._engine.begin() as conn:
+                if lock_timeout is not None:
+                    bounds = (milliseconds(lock_timeout), milliseconds(statement_timeout(lock_timeout)))
+                    await conn.exec_driver_sql(TIMEOUTS, bounds)
                 yield PostgresConnection(conn, self, "write to")
         except exc.DBAPIError as e:  # of connecting, beginning or committing
-            raise translated(e, "write to", self.fatal) from e
+            raise _translated(e, "write to", self.fatal) from e
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[PostgresConnection]:
@@ -114,7 +168,11 @@ class PostgresAdapter:
             async with self._engine.connect() as conn:
                 yield PostgresConnection(conn, self, "read from")
         except exc.DBAPIError as e:
-            raise translated(e, "read from", self.fatal) from e
+            raise _translated(e, "read from", self.fatal) from e
+
+    def translated(self, error: exc.DBAPIError, action: str) -> Exception:
+        """What an error of SQLAlchemy-level work becomes (see ``Database.sqlalchemy``)."""
+        return _translated(error, action, self.fatal)
 
     async def array_types(self, conn: AsyncConnection, table: str) -> Mapping[str, str]:
         """The array type of each column of ``table`` (see ARRAY_TYPES), read once per run."""

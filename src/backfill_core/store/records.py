@@ -8,8 +8,9 @@ from typing import Any
 
 ROW_COUNTS = ("processed", "inserted", "updated", "deleted", "unchanged")
 """Source rows processed, and target rows by what was done to them."""
-COUNTS = (*ROW_COUNTS, "record_errors", "batch_errors")
-"""What a run counts: its rows, and its errors by tier."""
+COUNTS = (*ROW_COUNTS, "record_errors", "batch_errors", "lock_retries")
+"""What a run counts: its rows, its errors by tier, and the times a batch gave way to another
+transaction's lock and was tried again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,7 @@ class Delta:
     unchanged: int = 0
     record_errors: int = 0
     batch_errors: int = 0
+    lock_retries: int = 0
     errors: list[ErrorRecord] = field(default_factory=list)
 
     def add(self, other: Delta) -> None:

@@ -21,11 +21,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from backfill_core.store.connection import Fatal, RowsRefused
+from backfill_core.store.connection import Fatal, LockConflict, RowsRefused, translated
 from backfill_core.store.encoding import fetch_rows
 
 REFUSED = (sqlite3.IntegrityError, sqlite3.DataError, OverflowError)
@@ -33,6 +33,17 @@ REFUSED = (sqlite3.IntegrityError, sqlite3.DataError, OverflowError)
 integer beyond 64 bits."""
 JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
 WAL_FILES = ("-wal", "-shm")
+BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+"""The result codes (primary, as ``& 0xFF`` gives them) of a statement that gave way to another
+connection's lock, here only once the busy timeout has passed."""
+
+
+def is_locked(error: BaseException | None) -> bool:
+    """Whether ``error`` is SQLite's ``database is locked`` (or ``… table is locked``)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in BUSY
+    return isinstance(error, sqlite3.OperationalError) and "is locked" in str(error)
 
 
 def uri(path: str, *, read_only: bool) -> str:
@@ -68,6 +79,8 @@ class SQLiteConnection:
     def _translated(self, error: sqlite3.Error | OverflowError, statement: str = "") -> Exception:
         if isinstance(error, REFUSED):
             return RowsRefused(str(error).strip())
+        if is_locked(error):
+            return LockConflict(str(self._fatal(error, self._action, statement)), "database is locked")
         return self._fatal(error, self._action, statement)
 
     def run(self, sql: str) -> None:
@@ -136,9 +149,16 @@ class SQLiteAdapter:
         """The aiosqlite engine for SQLAlchemy-level reads, or write transactions."""
         return self._writer if write else self._reader
 
+    def translated(self, error: exc.DBAPIError, action: str) -> Exception:
+        """What an error of SQLAlchemy-level work (the aiosqlite engines) becomes."""
+        if is_locked(error.orig):
+            return LockConflict(str(self._fatal(error, action)), "database is locked")
+        return translated(error, action, self._fatal)
+
     @asynccontextmanager
-    async def writing(self) -> AsyncIterator[SQLiteConnection]:
-        """One write transaction (``BEGIN IMMEDIATE``): committed on success, else rolled back."""
+    async def writing(self, *, lock_timeout: float | None = None) -> AsyncIterator[SQLiteConnection]:
+        """One write transaction (``BEGIN IMMEDIATE``): committed on success, else rolled back.
+        A lock is waited for up to the busy timeout; ``lock_timeout`` is PostgreSQL's."""
         self._open()
         assert self._writing is not None
         async with self._transaction(self._writing, "BEGIN IMMEDIATE") as conn:
