@@ -217,11 +217,13 @@ LOCK_TIMEOUT = 1
 HELD = "UPDATE bugs SET status = 'held by the application' WHERE id = $1"
 
 
-def _held_bug(source: Path) -> tuple[int, int]:
-    """A bug that the run attributes, well into ``bug_attribution``'s run, and its test."""
+def _held_bug(source: Path) -> tuple[int, int, int]:
+    """A bug that the run attributes, well into ``bug_attribution``'s run, its test, and the
+    number of the batch (of the default 500 rows) that holds it."""
     bug = min(b for b in Expected(source).attribution if b > 10_000)
     ((test,),) = query(source, "SELECT test_id FROM bugs WHERE id = ?", (bug,))
-    return bug, test
+    ((before,),) = query(source, "SELECT count(*) FROM bugs WHERE id <= ?", (bug,))
+    return bug, test, (before - 1) // 500 + 1
 
 
 @contextmanager
@@ -259,7 +261,7 @@ def test_postgresql_batch_meeting_a_long_application_lock_retries(
     ``--lock-timeout``: the run's batch gives up its locks and retries, the application's other
     writes are never blocked longer than the lock timeout and a batch, and once the lock goes
     the run finishes with correct tables."""
-    bug, test = _held_bug(source)
+    bug, test, batch = _held_bug(source)
     app = Application(target.url, tmp_path / "application.jsonl", spare=[test])
     run: Spawned | None = None
     try:
@@ -268,7 +270,7 @@ def test_postgresql_batch_meeting_a_long_application_lock_retries(
             run = Spawned(
                 [*JOB, "-d", target.url, "--lock-timeout", str(LOCK_TIMEOUT)],
                 tmp_path / "run",
-                env={"BACKFILL_STOP_AT": "bug_attribution:retrying"},
+                env={"BACKFILL_STOP_AT": f"bug_attribution:retrying:{batch}"},
             )
             run.wait_stopped()  # its batch met the lock, timed out and is about to retry
             commit()
