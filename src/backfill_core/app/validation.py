@@ -11,7 +11,7 @@ from sqlalchemy import ColumnElement, Select, and_, case, func
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import CompileError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql.elements import BooleanClauseList
+from sqlalchemy.sql.elements import BooleanClauseList, ClauseElement
 from sqlalchemy.sql.operators import and_ as and_op
 
 from backfill_core.errors import EnvironmentProblem, UsageError
@@ -107,7 +107,7 @@ async def check_compiles(
     if helper is not None:
         async with db.sqlalchemy() as conn:
             try:
-                await _create_helper(conn)
+                await conn.exec_driver_sql(SAFE_JSONB_FUNCTION)
             except DBAPIError as e:
                 v, m = helper
                 raise EnvironmentProblem(
@@ -116,9 +116,11 @@ async def check_compiles(
                 ) from None
 
 
-async def _create_helper(conn: AsyncConnection) -> None:
-    """Create SAFE_JSONB in ``conn``'s transaction (it goes when that transaction ends)."""
-    await conn.exec_driver_sql(SAFE_JSONB_FUNCTION)
+async def prepare(conn: AsyncConnection, query: ClauseElement) -> None:
+    """Create in ``conn``'s transaction what ``query`` needs on this server (SAFE_JSONB on
+    PostgreSQL before 16, gone when the transaction ends); nothing elsewhere."""
+    if needs_safe_jsonb(str(query.compile(dialect=conn.dialect))):
+        await conn.exec_driver_sql(SAFE_JSONB_FUNCTION)
 
 
 def _helper_problem(e: DBAPIError, db: Database) -> str:
@@ -164,14 +166,13 @@ async def run_validators(
     async def row(v: Validator, m: Metric, query: Select[Any] | Select[Any, Any]) -> Any:
         async with slots, db.sqlalchemy() as conn:
             try:
-                if needs_safe_jsonb(str(query.compile(dialect=db.sa_dialect))):
-                    try:
-                        await _create_helper(conn)
-                    except DBAPIError as e:
-                        raise EnvironmentProblem(
-                            f"validator {v.name!r} could not compute {m.name!r}: {_helper_problem(e, db)} "
-                            f"{_way_around(v, validators, command)}"
-                        ) from e
+                await prepare(conn, query)
+            except DBAPIError as e:
+                raise EnvironmentProblem(
+                    f"validator {v.name!r} could not compute {m.name!r}: {_helper_problem(e, db)} "
+                    f"{_way_around(v, validators, command)}"
+                ) from e
+            try:
                 return (await conn.execute(query.execution_options(backfill_ledger=ledger))).one()
             except (DBAPIError, CompileError) as e:
                 raise EnvironmentProblem(

@@ -49,11 +49,12 @@ _SQLITE_LISTED = """(SELECT t.id AS test_id, CAST(json_extract(f.value, '$.id') 
   AND coalesce(json_extract(f.value, '$.feature_id'), 0) NOT IN (0, '')) AS listed_features"""
 # PostgreSQL gives each listed feature's id and its truth as SQLite's CAST(... AS INTEGER) and
 # NOT IN (0, '') do for every JSON type: numbers truncated, true 1, false 0, text by its leading
-# integer (after whitespace; none is 0), arrays and objects 0; and no cast that could fail.
-_POSTGRES_INTEGER = r"""CASE jsonb_typeof({v}) WHEN 'number' THEN trunc(({v})::numeric)
+# integer (after whitespace; none is 0), arrays and objects 0, all within 64 bits; and no cast
+# that could fail.
+_POSTGRES_INTEGER = r"""least(greatest(CASE jsonb_typeof({v}) WHEN 'number' THEN trunc(({v})::numeric)
     WHEN 'boolean' THEN CASE WHEN ({v})::boolean THEN 1 ELSE 0 END
     WHEN 'string' THEN coalesce(substring({v} #>> '{{}}' FROM '^[ \t\n\f\v\r]*([+-]?[0-9]+)')::numeric, 0)
-    ELSE 0 END"""
+    ELSE 0 END, -9223372036854775808), 9223372036854775807)"""
 _POSTGRES_TRUE = """CASE jsonb_typeof({v}) WHEN 'number' THEN ({v})::numeric <> 0
     WHEN 'boolean' THEN ({v})::boolean WHEN 'string' THEN {v} #>> '{{}}' <> ''
     WHEN 'null' THEN false ELSE {v} IS NOT NULL END"""
