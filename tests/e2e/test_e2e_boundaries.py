@@ -4,9 +4,7 @@ file and on a scratch PostgreSQL database (when BACKFILL_TEST_POSTGRES_URL is se
 * ``--max-error-rate R``: exit 1 when *more* than R of the rows failed, exit 0 at R or under
   (the default R is 0.05);
 * ``--threshold NAME=VALUE`` and the default threshold: a metric passes when its value is at
-  least the threshold (docs/plugins.md, docs/architecture.md), so exactly at it passes (on
-  PostgreSQL only from version 16, which the coverage metrics need; older servers are pinned
-  to refuse with exit 3 instead);
+  least the threshold (docs/plugins.md, docs/architecture.md), so exactly at it passes;
 * ``--batch-size``: 1 to 100000 accepted, anything else a usage error (exit 2) that writes
   nothing; likewise ``--max-error-rate`` outside 0 to 1 and the other ranged options;
 * the exit codes 0, 1, 2 and 3, each with the JSON ``exit_code`` agreeing. (130 and 143 are
@@ -18,7 +16,6 @@ exactly 5%, 19 covered tests in 20 exactly 95%.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +24,6 @@ import pytest
 
 from support.backends import BROKEN, EMPTY, GOOD, KINDS, Backend, MakeBackend, backends
 from support.cli import RunCli, parse_json_output
-from support.postgres import SERVER, fetch
 
 
 @pytest.fixture(params=KINDS)
@@ -171,7 +167,6 @@ def test_a_metric_passes_at_its_threshold_and_fails_above_it(
     cli: RunCli, make_db: MakeBackend, empty: int, args: list[str], passed: bool
 ) -> None:
     db = make_db(layout(good=20 - empty, empty=empty))
-    needs_metrics_on(db)
 
     code, report = run_json(cli, db, *args)
 
@@ -185,7 +180,6 @@ def test_the_text_summary_shows_pass_at_the_threshold_and_fail_above(
     cli: RunCli, make_db: MakeBackend
 ) -> None:
     db = make_db(layout(good=19, empty=1))
-    needs_metrics_on(db)
 
     at = cli(["run", "test_features", "-d", db.url, "-q"])
     above = cli(["validate", "coverage", "-d", db.url, "--threshold", "coverage.tests_with_features=96%"])
@@ -194,37 +188,6 @@ def test_the_text_summary_shows_pass_at_the_threshold_and_fail_above(
     assert "  pass  coverage.tests_with_features = 95.0% [19/20] (threshold 95%)" in at.stdout
     assert above.returncode == 1, above.stdout + above.stderr
     assert "  FAIL  coverage.tests_with_features = 95.0% [19/20] (threshold 96%)" in above.stdout
-
-
-def test_metrics_this_postgresql_cannot_compute_exit_3_before_anything_is_written(
-    cli: RunCli, make_db: MakeBackend
-) -> None:
-    """docs/cli.md, exit 3: a validator query that cannot be compiled, such as JSON functions on
-    PostgreSQL older than 16, is found before the run writes."""
-    db = make_db(layout(good=3))
-    if db.kind == "sqlite" or _server_version() >= 160000:
-        pytest.skip("every metric can be computed here; the refusal needs PostgreSQL older than 16")
-    before = _contents(db)
-
-    proc = cli(["run", "test_features", "-d", db.url, "-q", "--json"])
-
-    assert proc.returncode == 3, proc.stdout + proc.stderr
-    assert parse_json_output(proc)["exit_code"] == 3
-    assert "needs PostgreSQL 16 or later" in proc.stderr
-    assert "`backfill run --no-validate` skips validation" in proc.stderr
-    assert _contents(db) == before
-
-
-def needs_metrics_on(db: Backend) -> None:
-    """Skip on a PostgreSQL server that cannot compute the coverage metrics (older than 16)."""
-    if db.kind == "postgresql" and _server_version() < 160000:
-        pytest.skip("the coverage metrics read JSON text in a way that needs PostgreSQL 16")
-
-
-def _server_version() -> int:
-    assert SERVER
-    ((version,),) = asyncio.run(fetch(SERVER, "SELECT current_setting('server_version_num')::int"))
-    return int(version)
 
 
 # -- ranged options: the edges accepted, the values past them refused ----------------------------

@@ -22,9 +22,9 @@ from typing import Any, Protocol, TypeVar
 import pytest
 
 from backfill_core.store.database import display, resolve_url
-from support.backends import GOOD, KINDS, Backend, PostgresBackend, SqliteBackend, backends
+from support.backends import KINDS, Backend, PostgresBackend, SqliteBackend
 from support.cli import BACKFILL, RunCli, make_env, parse_json_output, plugin_env
-from support.postgres import SERVER, empty_database, execute, fetch, needs_server
+from support.postgres import SERVER, empty_database, execute, needs_server
 from support.processes import wait_until_stopped
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -448,7 +448,7 @@ def test_a_threshold_for_an_informational_metric_says_so(
     assert "backfill_runs" not in db.tables()  # refused before the ledger was created
 
 
-# -- PostgreSQL only: a missing database, and validate on a server older than 16 ----------------------
+# -- PostgreSQL only: a missing database -----------------------------------------------------------
 
 
 @postgres_only
@@ -466,22 +466,3 @@ def test_a_postgresql_database_that_does_not_exist_is_named_as_such(cli: RunCli,
         "(`createdb backfill_no_such_database`) and the application's tables, or fix the URL)"
     ) in proc.stderr
     assert "run the migrations" not in proc.stderr
-
-
-@postgres_only
-def test_validate_on_postgresql_15_suggests_what_validate_can_do(cli: RunCli, tmp_path: Path) -> None:
-    ((version,),) = asyncio.run(fetch(SERVER or "", "SELECT current_setting('server_version_num')::int"))
-    if int(version) >= 160000:
-        pytest.skip("every metric can be computed here; the refusal needs PostgreSQL older than 16")
-    with backends("postgresql", tmp_path) as make:
-        db = make([GOOD] * 3)
-
-        proc = cli(["validate", "-d", db.url])
-
-    assert proc.returncode == 3, proc.stdout + proc.stderr
-    assert "needs PostgreSQL 16 or later" in proc.stderr
-    assert "--no-validate" not in proc.stderr
-    assert (
-        "(leave 'coverage' out: `backfill validate NAME...` validates only the validators named)"
-        in proc.stderr
-    )

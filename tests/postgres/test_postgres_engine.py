@@ -101,10 +101,9 @@ def test_postgres_missing_table_is_exit_3(pg_url: str) -> None:
 
 
 def test_postgres_fused_metric_counts_match_separate_queries(pg_url: str) -> None:
-    """A numerator and its denominator in one scan give the counts the two queries give (the
-    JSON metric needs PostgreSQL 16, so on older servers it is computed apart, and not here)."""
+    """A numerator and its denominator in one scan give the counts the two queries give."""
     from backfill_core import Database, resolve_url
-    from backfill_core.app.validation import fused
+    from backfill_core.app.validation import fused, prepare
     from backfill_plugins.testmanagement.validators import CoverageValidator
 
     assert _run("run", "test_features", "bug_attribution", "-d", pg_url, "--no-validate").returncode == 0
@@ -114,17 +113,15 @@ def test_postgres_fused_metric_counts_match_separate_queries(pg_url: str) -> Non
         async with Database(resolve_url(pg_url)) as db, db.sqlalchemy() as conn:
             for m in CoverageValidator().metrics():
                 both = fused(m, db.sa_dialect)
-                if both is None:
-                    assert m.name in ("bugs_attributed", "features_accounted")
-                    assert db.sa_dialect.server_version_info is not None
-                    assert db.sa_dialect.server_version_info < (16,)
-                    continue
+                assert both is not None, m.name
+                for q in (m.numerator, m.denominator, both):
+                    await prepare(conn, q)
                 apart = tuple([(await conn.execute(q)).scalar_one() for q in (m.numerator, m.denominator)])
                 out.append((m.name, tuple((await conn.execute(both)).one()), apart))
         return out
 
     results = asyncio.run(go())
-    assert len(results) >= 3
+    assert len(results) == 5
     for name, together, apart in results:
         assert together == apart, name
         assert apart[1] > 0, name

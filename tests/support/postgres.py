@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from sqlalchemy.engine import make_url
 
 SERVER = os.environ.get("BACKFILL_TEST_POSTGRES_URL")
 needs_server = [
@@ -165,3 +166,24 @@ def scratch_database(source: Path) -> Iterator[str]:
     with empty_database() as url:
         asyncio.run(_load(url, source))
         yield url
+
+
+@contextmanager
+def application_role(url: str, grants: str = "", *, temporary: bool = True) -> Iterator[str]:
+    """``url`` as a new login role with only the rights an application's user is given: what
+    PUBLIC has (CONNECT, and TEMPORARY unless ``temporary`` is False: then it is revoked from
+    PUBLIC on this database), no CREATE on the database or on schema ``public`` (PostgreSQL 15's
+    default), and ``grants``, SQL run on that database in which ``{role}`` names the role.
+    The role is dropped on exit."""
+    role = f"backfill_app_{uuid.uuid4().hex[:12]}"
+    setup = f"CREATE ROLE {role} LOGIN; REVOKE CREATE ON SCHEMA public FROM PUBLIC; " + grants.format(
+        role=role
+    )
+    if not temporary:
+        database = url.rsplit("/", 1)[1]
+        setup += f'; REVOKE TEMPORARY ON DATABASE "{database}" FROM PUBLIC'
+    asyncio.run(execute(url, setup))
+    try:
+        yield make_url(url).set(username=role, password=None).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(execute(url, f"DROP OWNED BY {role}; DROP ROLE {role}"))

@@ -214,10 +214,6 @@ class StepsDatabase:
         text = json.dumps(data).replace("'", "''")
         self.db.execute(f"UPDATE bugs SET raw_data = '{text}' WHERE id = {bug_id}")
 
-    def json_value_works(self) -> bool:
-        """Whether the validators can run: SQLite, or PostgreSQL 16 or later (json_value)."""
-        return self.db.kind == "sqlite" or int(self.db.scalar("SHOW server_version_num")) >= 160000
-
 
 @pytest.fixture(scope="module")
 def steps_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -246,8 +242,7 @@ def test_bug_steps_follows_the_json_as_it_changes(site: Path, steps_db: StepsDat
     deleting what the lists left out and counting it (dry run, summary, --json, ledger); a third
     run changes nothing."""
     database = ["-d", steps_db.db.url]
-    validate = steps_db.json_value_works()
-    run = ["run", "bug_steps", *database, "-q", *([] if validate else ["--no-validate"])]
+    run = ["run", "bug_steps", *database, "-q"]
 
     ddl = backfill(site, "example-ddl")
     assert ddl.returncode == 0, ddl.stderr
@@ -263,11 +258,10 @@ def test_bug_steps_follows_the_json_as_it_changes(site: Path, steps_db: StepsDat
     assert counts["inserted"] == len(expected) > 250 and counts["deleted"] == 0
     assert stats["errors_by_tier"] == {"record": errors}
     assert steps_db.steps() == expected
-    if validate:
-        assert [(m["metric"], m["passed"]) for m in report["validation"]] == [
-            ("bugs_with_steps", True),
-            ("empty_steps_cleared", True),
-        ]
+    assert [(m["metric"], m["passed"]) for m in report["validation"]] == [
+        ("bugs_with_steps", True),
+        ("empty_steps_cleared", True),
+    ]
 
     # Edit bugs with three or more steps.
     long: list[tuple[int, dict[str, Any]]] = []
@@ -312,8 +306,7 @@ def test_bug_steps_follows_the_json_as_it_changes(site: Path, steps_db: StepsDat
     assert steps_db.steps() == expected
     ledger = steps_db.db.rows("SELECT inserted, updated, deleted FROM backfill_runs ORDER BY id")
     assert ledger[-1] == (counts["inserted"], counts["updated"], counts["deleted"])
-    if validate:
-        assert "pass  steps_coverage.empty_steps_cleared = 100.0% [1/1]" in second.stdout
+    assert "pass  steps_coverage.empty_steps_cleared = 100.0% [1/1]" in second.stdout
 
     third = backfill(site, *run, "--json")
     assert third.returncode == 0, third.stderr

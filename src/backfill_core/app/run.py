@@ -103,7 +103,7 @@ async def run_backfill(
                 writers.append(await _writer(db, x, options, overlay))
             check_thresholds(validators, thresholds or {}, ran, _validators_of(left_out))
             if not options.dry_run:  # a dry run does not validate
-                check_compiles(db, validators, ran)
+                await check_compiles(db, validators, ran)
             done: dict[str, int] = {}
             invocation = uuid.uuid4().hex
             if ledger is not None:

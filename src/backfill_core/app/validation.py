@@ -10,10 +10,12 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, case, func
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import CompileError, DBAPIError
-from sqlalchemy.sql.elements import BooleanClauseList
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import BooleanClauseList, ClauseElement
 from sqlalchemy.sql.operators import and_ as and_op
 
 from backfill_core.errors import EnvironmentProblem, UsageError
+from backfill_core.sql import SAFE_JSONB, SAFE_JSONB_FUNCTION, needs_safe_jsonb
 from backfill_core.store.database import Database
 from backfill_core.store.encoding import is_decode_failure
 from backfill_core.store.ledger import Ledger
@@ -87,17 +89,51 @@ def check_thresholds(
     raise UsageError("--threshold " + "; ".join(parts))
 
 
-def check_compiles(db: Database, validators: Sequence[Validator], ran: Collection[str] | None = None) -> None:
-    """Compile every metric query for this database before anything is written."""
+async def check_compiles(
+    db: Database, validators: Sequence[Validator], ran: Collection[str] | None = None
+) -> None:
+    """Compile every metric query for this database before anything is written, and create (in
+    a transaction rolled back) the helper function a query needs on this server, if any."""
+    helper: tuple[Validator, Metric] | None = None
     for v, m in selected(validators, ran):
         try:
             for query in (m.numerator, m.denominator):
-                query.compile(dialect=db.sa_dialect)
+                if needs_safe_jsonb(str(query.compile(dialect=db.sa_dialect))):
+                    helper = helper or (v, m)
         except CompileError as e:
             raise EnvironmentProblem(
                 f"validator {v.name!r} cannot compute {m.name!r} on {db.display_url}: {e} "
                 "(`backfill run --no-validate` skips validation)"
             ) from None
+    if helper is not None:
+        async with db.sqlalchemy() as conn:
+            try:
+                await conn.exec_driver_sql(SAFE_JSONB_FUNCTION)
+            except DBAPIError as e:
+                v, m = helper
+                raise EnvironmentProblem(
+                    f"validator {v.name!r} cannot compute {m.name!r} on {db.display_url}: "
+                    f"{_helper_problem(e, db)} (`backfill run --no-validate` skips validation)"
+                ) from None
+
+
+async def prepare(conn: AsyncConnection, query: ClauseElement) -> None:
+    """Create in ``conn``'s transaction what ``query`` needs on this server (SAFE_JSONB on
+    PostgreSQL before 16, gone when the transaction ends); nothing elsewhere."""
+    if needs_safe_jsonb(str(query.compile(dialect=conn.dialect))):
+        await conn.exec_driver_sql(SAFE_JSONB_FUNCTION)
+
+
+def _helper_problem(e: DBAPIError, db: Database) -> str:
+    """Why SAFE_JSONB could not be created, and what the operator can do about it."""
+    name = db.url.database or "DATABASE"
+    user = db.url.username or "USER"
+    return (
+        f"before PostgreSQL 16, reading JSON text safely needs a temporary function ({SAFE_JSONB}), "
+        f"which this connection could not create: {str(getattr(e, 'orig', e)).strip()} (the user "
+        f'needs the TEMPORARY right on the database, GRANT TEMPORARY ON DATABASE "{name}" TO "{user}", '
+        "and a transaction that is not read-only; or use PostgreSQL 16 or later)"
+    )
 
 
 async def run_validators(
@@ -130,6 +166,13 @@ async def run_validators(
 
     async def row(v: Validator, m: Metric, query: Select[Any] | Select[Any, Any]) -> Any:
         async with slots, db.sqlalchemy() as conn:
+            try:
+                await prepare(conn, query)
+            except DBAPIError as e:
+                raise EnvironmentProblem(
+                    f"validator {v.name!r} could not compute {m.name!r}: {_helper_problem(e, db)} "
+                    f"{_way_around(v, validators, command)}"
+                ) from e
             try:
                 return (await conn.execute(query.execution_options(backfill_ledger=ledger))).one()
             except (DBAPIError, CompileError) as e:

@@ -9,7 +9,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from backfill_core import Metric, Validator
-from backfill_core.sql import json_value, require_input_validation
+from backfill_core.sql import json_value, safe_jsonb
 
 tests = table("tests", column("id"))
 features = table("test_features", column("id"), column("test_id"), column("customer_id"))
@@ -22,8 +22,8 @@ def _count(t: FromClause, *where: ColumnElement[Any]) -> Select[Any]:
 
 class _Listed(TableClause):
     """The features ``tests.data`` lists with an ``id`` and a ``feature_id`` (those the
-    application writes), one row each: ``test_id`` and the feature's ``id`` (as text on
-    PostgreSQL)."""
+    application writes), one row each: ``test_id`` and the feature's ``id``, as SQLite's CAST
+    to INTEGER makes it of any JSON value."""
 
     inherit_cache = True
 
@@ -47,13 +47,24 @@ _SQLITE_LISTED = """(SELECT t.id AS test_id, CAST(json_extract(f.value, '$.id') 
   WHERE f.type = 'object'
   AND coalesce(json_extract(f.value, '$.id'), 0) NOT IN (0, '')
   AND coalesce(json_extract(f.value, '$.feature_id'), 0) NOT IN (0, '')) AS listed_features"""
-_POSTGRES_LISTED = """(SELECT t.id AS test_id, f.value ->> 'id' AS id
-  FROM tests AS t CROSS JOIN LATERAL jsonb_array_elements(
-    CASE WHEN pg_input_is_valid(t.data, 'jsonb') AND jsonb_typeof(t.data::jsonb -> 'features') = 'array'
-    THEN t.data::jsonb -> 'features' ELSE '[]'::jsonb END) AS f(value)
+# PostgreSQL gives each listed feature's id and its truth as SQLite's CAST(... AS INTEGER) and
+# NOT IN (0, '') do for every JSON type: numbers truncated, true 1, false 0, text by its leading
+# integer (after whitespace; none is 0), arrays and objects 0, all within 64 bits; and no cast
+# that could fail.
+_POSTGRES_INTEGER = r"""least(greatest(CASE jsonb_typeof({v}) WHEN 'number' THEN trunc(({v})::numeric)
+    WHEN 'boolean' THEN CASE WHEN ({v})::boolean THEN 1 ELSE 0 END
+    WHEN 'string' THEN coalesce(substring({v} #>> '{{}}' FROM '^[ \t\n\f\v\r]*([+-]?[0-9]+)')::numeric, 0)
+    ELSE 0 END, -9223372036854775808), 9223372036854775807)"""
+_POSTGRES_TRUE = """CASE jsonb_typeof({v}) WHEN 'number' THEN ({v})::numeric <> 0
+    WHEN 'boolean' THEN ({v})::boolean WHEN 'string' THEN {v} #>> '{{}}' <> ''
+    WHEN 'null' THEN false ELSE {v} IS NOT NULL END"""
+# strict: the elements of "features" when it is an array, else (silently) none.
+_POSTGRES_LISTED = """(SELECT t.id AS test_id, {id} AS id
+  FROM tests AS t
+  CROSS JOIN LATERAL jsonb_path_query({data}, 'strict $.features[*]', '{{}}', true) AS f(value)
   WHERE jsonb_typeof(f.value) = 'object'
-  AND coalesce(f.value ->> 'id', '0') NOT IN ('0', '', 'false')
-  AND coalesce(f.value ->> 'feature_id', '0') NOT IN ('0', '', 'false')) AS listed_features"""
+  AND {id_true}
+  AND {feature_id_true}) AS listed_features"""
 _FAILED = """ OR listed_features.test_id IN (SELECT CAST(e.key AS INTEGER) FROM backfill_errors AS e
     JOIN backfill_runs AS r ON r.id = e.run_id WHERE r.extractor = 'test_features')"""
 
@@ -65,16 +76,17 @@ def _listed_sqlite(element: _Listed, compiler: SQLCompiler, **kw: Any) -> str:
 
 @compiles(_Listed, "postgresql")
 def _listed_postgresql(element: _Listed, compiler: SQLCompiler, **kw: Any) -> str:
-    require_input_validation(compiler)
-    return _POSTGRES_LISTED
+    return _POSTGRES_LISTED.format(
+        id=_POSTGRES_INTEGER.format(v="(f.value -> 'id')"),
+        data=safe_jsonb(compiler, "t.data"),
+        id_true=_POSTGRES_TRUE.format(v="(f.value -> 'id')"),
+        feature_id_true=_POSTGRES_TRUE.format(v="(f.value -> 'feature_id')"),
+    )
 
 
 @compiles(_Accounted)
 def _accounted(element: _Accounted, compiler: SQLCompiler, **kw: Any) -> str:
-    # PostgreSQL compares the id as text: a cast of a malformed id would fail the query.
-    written = "listed_features.id IN (SELECT {} FROM test_features)".format(
-        "id" if compiler.dialect.name == "sqlite" else "id::text"
-    )
+    written = "listed_features.id IN (SELECT id FROM test_features)"
     failed = _FAILED if compiler.execution_options.get("backfill_ledger", False) else ""
     return f"({written}{failed})"
 
