@@ -31,3 +31,9 @@ class RunOptions:
     sample_size: int = 0
     worker: bool = True
     """Extract in a worker process where one can run (see pool.py)."""
+    max_rows_per_second: float | None = None
+    """Source rows per second at most (None: no limit); see throttle.py."""
+    sleep_between_batches: float = 0.0
+    """Seconds to wait before each batch after the first."""
+    max_replica_lag: float | None = None
+    """Read by the built-in replica-lag throttle (backfill_plugins.replicalag)."""
