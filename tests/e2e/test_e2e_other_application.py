@@ -337,7 +337,7 @@ def test_disabling_a_plugin_that_is_not_there_is_refused_by_the_option(cli: RunC
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert (
         "Invalid value for --disable-plugin: no installed plugin is named 'testmanagment' "
-        "(installed: testmanagement, orphan, shop)"
+        "(installed: testmanagement, throttles, orphan, shop)"
     ) in proc.stderr
     assert proc.stdout == ""
 
@@ -348,7 +348,7 @@ def test_disabling_an_unknown_plugin_by_environment_warns(cli: RunCli, shop_site
     assert proc.returncode == 0
     assert proc.stderr.splitlines() == [
         "backfill: BACKFILL_DISABLE_PLUGINS names no installed plugin: 'testmanagment' "
-        "(installed: testmanagement, orphan, shop)"
+        "(installed: testmanagement, throttles, orphan, shop)"
     ]
 
 

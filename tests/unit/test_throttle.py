@@ -1,0 +1,192 @@
+"""The brakes between batches (engine/throttle.py): ``--max-rows-per-second``,
+``--sleep-between-batches`` and the plugins' throttles (the ``register_throttles`` hook), through
+the real engine (``run_backfill``) on a SQLite file and on a scratch PostgreSQL database.
+
+Durations are only bounded below: a run of N rows at R rows per second cannot end sooner than
+N / R seconds, however fast or loaded the machine is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backfill_core import RunOptions, RunReport, hookimpl, make_registry, resolve_url, run_backfill
+from backfill_core.engine.stats import ErrorLog
+from backfill_core.engine.throttle import ThrottleFailed
+from backfill_core.throttle import DatabaseView, Throttle, Wait
+from backfill_plugins.testmanagement import plugin
+from support.backends import GOOD, KINDS, Backend, MakeBackend, backends
+
+
+@pytest.fixture(params=KINDS)
+def make_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeBackend]:
+    with backends(request.param, tmp_path) as make:
+        yield make
+
+
+def run(db: Backend, options: RunOptions, *plugins: object) -> tuple[RunReport, list[str], float]:
+    """Run test_features; the report, the lines announced and the seconds the run took."""
+    said: list[str] = []
+    report = RunReport(database=db.url, errors=ErrorLog(keep=100))
+    registry = make_registry(plugin, *plugins)
+    started = time.monotonic()
+    asyncio.run(
+        run_backfill(
+            registry,
+            ["test_features"],
+            resolve_url(db.url),
+            options,
+            report,
+            validate=False,
+            announce=said.append,
+        )
+    )
+    return report, said, time.monotonic() - started
+
+
+def test_max_rows_per_second_is_a_lower_bound_on_the_run_time(make_db: MakeBackend) -> None:
+    rows, rate = 300, 500.0
+    db = make_db([GOOD] * rows)
+
+    report, said, seconds = run(db, RunOptions(batch_size=50, max_rows_per_second=rate))
+
+    assert seconds >= rows / rate * 0.9
+    assert report.extractors[0].processed == rows
+    assert db.feature_tests() == list(range(1, rows + 1))
+    assert said.count("test_features: waiting: at most 500 rows/s (--max-rows-per-second)") == 1
+
+
+def test_sleep_between_batches_waits_before_every_batch_but_the_first(make_db: MakeBackend) -> None:
+    db = make_db([GOOD] * 300)
+
+    report, said, seconds = run(db, RunOptions(batch_size=100, sleep_between_batches=0.25))
+
+    assert seconds >= 2 * 0.25 * 0.9  # three batches: two sleeps
+    assert report.extractors[0].processed == 300
+    assert db.feature_tests() == list(range(1, 301))
+    assert said.count("test_features: waiting: 0.25s between batches (--sleep-between-batches)") == 1
+
+
+def test_without_brakes_nothing_waits(make_db: MakeBackend) -> None:
+    db = make_db([GOOD] * 100)
+
+    _, said, _ = run(db, RunOptions(batch_size=10))
+
+    assert not [line for line in said if "waiting" in line]
+
+
+class Gate(Throttle):
+    """Asks to wait on its first ``closed`` checks, then lets every batch go; it reads the
+    database through its view each time."""
+
+    name = "gate"
+
+    def __init__(self, closed: int) -> None:
+        self.closed = closed
+        self.seen: list[tuple[str, str, int, Any]] = []
+
+    async def check(self, db: DatabaseView) -> Wait | None:
+        ((tests,),) = await db.fetch(
+            "SELECT count(*) FROM tests WHERE customer_id = :customer", {"customer": 7}
+        )
+        self.seen.append((db.kind, db.extractor, tests, db.options["batch_size"]))
+        if len(self.seen) <= self.closed:
+            return Wait(0.2, f"gate closed ({len(self.seen)} of {self.closed})")
+        return None
+
+
+def throttle_plugin(throttle: Throttle) -> object:
+    class GatePlugin:
+        @hookimpl
+        def register_throttles(self, register: Callable[[Throttle], None]) -> None:
+            register(throttle)
+
+    return GatePlugin()
+
+
+def test_a_plugin_throttle_makes_the_run_wait_then_lets_it_go(make_db: MakeBackend) -> None:
+    db = make_db([GOOD] * 30)
+    gate = Gate(closed=2)
+
+    report, said, seconds = run(db, RunOptions(batch_size=10), throttle_plugin(gate))
+
+    assert seconds >= 2 * 0.2 * 0.9
+    # Asked before every batch, and again after each wait: 2 closed answers, then 3 batches go.
+    assert gate.seen == [(db.kind, "test_features", 30, 10)] * 5
+    assert [line for line in said if "gate" in line] == [
+        "test_features: waiting: gate closed (1 of 2) (throttle 'gate')",
+        "test_features: waiting: gate closed (2 of 2) (throttle 'gate')",
+        "test_features: throttle 'gate' lets the run go on",
+    ]
+    assert report.extractors[0].processed == 30
+    assert db.feature_tests() == list(range(1, 31))
+
+
+class Broken(Throttle):
+    name = "broken_gate"
+
+    async def check(self, db: DatabaseView) -> Wait | None:
+        raise RuntimeError("lost its connection to the monitoring system")
+
+
+class Wrong(Throttle):
+    name = "wrong_gate"
+
+    async def check(self, db: DatabaseView) -> Wait | None:
+        return 5  # type: ignore[return-value]  # a plugin's bug, on purpose
+
+
+@pytest.mark.parametrize(
+    ("throttle", "shown"),
+    [
+        (Broken(), "RuntimeError: lost its connection to the monitoring system"),
+        (Wrong(), "answered 5; a throttle returns None or Wait(seconds >= 0, reason)"),
+    ],
+    ids=["raises", "answers-nonsense"],
+)
+def test_a_failing_throttle_stops_the_run_before_a_write_and_names_the_plugin(
+    make_db: MakeBackend, throttle: Throttle, shown: str
+) -> None:
+    db = make_db([GOOD] * 20)
+
+    with pytest.raises(ThrottleFailed) as failed:
+        run(db, RunOptions(batch_size=10), throttle_plugin(throttle))
+
+    message = str(failed.value)
+    assert f"throttle {throttle.name!r} (plugin GatePlugin)" in message
+    assert shown in message
+    assert "--disable-plugin GatePlugin" in message and "run the same command to resume" in message
+    assert db.runs() == [(1, "test_features", "failed", 0, 0)]
+    assert db.feature_tests() == []
+
+    report, _, _ = run(db, RunOptions(batch_size=10))  # without it, the same command resumes the run
+
+    assert report.extractors[0].run_id == 1
+    assert db.feature_tests() == list(range(1, 21))
+
+
+@pytest.mark.parametrize(
+    ("registered", "shown"),
+    [
+        (object(), "which is not a Throttle instance"),
+        (type("Nameless", (Throttle,), {})(), "it has no name"),
+    ],
+    ids=["not-a-throttle", "nameless"],
+)
+def test_register_throttles_refuses_what_is_not_a_named_throttle(registered: Any, shown: str) -> None:
+    class Bad:
+        @hookimpl
+        def register_throttles(self, register: Callable[[Any], None]) -> None:
+            register(registered)
+
+    registry = make_registry(plugin, Bad())
+
+    info = next(p for p in registry.plugins if p.name == "Bad")
+    assert info.status == "error" and info.error is not None and shown in info.error
+    assert registry.throttles() == []
