@@ -18,7 +18,7 @@ import pytest
 
 from backfill_core import RunOptions, RunReport, hookimpl, make_registry, resolve_url, run_backfill
 from backfill_core.engine.stats import ErrorLog
-from backfill_core.engine.throttle import ThrottleFailed
+from backfill_core.engine.throttle import Brakes, ThrottleFailed
 from backfill_core.throttle import DatabaseView, Throttle, Wait
 from backfill_plugins.testmanagement import plugin
 from support.backends import GOOD, KINDS, Backend, MakeBackend, backends
@@ -190,3 +190,51 @@ def test_register_throttles_refuses_what_is_not_a_named_throttle(registered: Any
     info = next(p for p in registry.plugins if p.name == "Bad")
     assert info.status == "error" and info.error is not None and shown in info.error
     assert registry.throttles() == []
+
+
+class FakeTime:
+    """A clock that only moves when the brakes sleep."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.naps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.naps.append(seconds)
+        self.now += seconds
+
+
+def brakes(options: RunOptions, fake: FakeTime) -> Brakes:
+    made = Brakes(None, options, clock=fake.clock, sleep=fake.sleep)  # type: ignore[arg-type]  # no database needed
+    made.begin("x", None)
+    return made
+
+
+def test_the_rate_is_paid_before_each_batch_and_naps_never_exceed_a_second() -> None:
+    fake = FakeTime()
+    paced = brakes(RunOptions(max_rows_per_second=20), fake)
+
+    asyncio.run(paced.before(50))  # 50 rows at 20 rows/s: 2.5 s before the first batch
+    assert fake.now == 2.5 and max(fake.naps) <= 1.0
+    fake.now += 0.2  # the batch took 0.2 s, which counts towards the next one's wait
+    asyncio.run(paced.before(10))
+    assert fake.now == pytest.approx(3.0)  # 60 rows at 20 rows/s
+    fake.now += 1.0  # a slow batch: the next one is already due
+    asyncio.run(paced.before(10))
+
+    assert fake.now == pytest.approx(4.0)
+
+
+def test_sleep_between_batches_skips_the_first_and_counts_from_the_call() -> None:
+    fake = FakeTime()
+    paced = brakes(RunOptions(sleep_between_batches=1.5), fake)
+
+    asyncio.run(paced.before(10))
+    assert fake.now == 0.0
+    asyncio.run(paced.before(10))
+    asyncio.run(paced.before(10))
+
+    assert fake.now == 3.0

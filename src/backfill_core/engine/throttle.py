@@ -157,7 +157,7 @@ class Brakes:
             if due <= now:
                 break
             self._show(reason)
-            await self._nap(min(due - now, CONTROL_EVERY), f"waiting: {reason}")
+            await self._nap(min(due - now, CONTROL_EVERY), f"waiting: {reason}", since=entered)
         self._paced += rows
         await self._going_on()
 
@@ -212,11 +212,9 @@ class Brakes:
             f"`backfill resume {name}`. Ctrl-C still interrupts"
         )
         self._show("paused")
-        self._touched_at = -math.inf  # the pause is acknowledged in the ledger at once
-        while held is not None:
-            await self._nap(
-                CONTROL_EVERY, f"paused by `backfill pause {name}`; `backfill resume {name}` lifts it"
-            )
+        while held is not None:  # acknowledged in the ledger at once
+            message = f"paused by `backfill pause {name}`; `backfill resume {name}` lifts it"
+            await self._nap(CONTROL_EVERY, message, since=-math.inf)
             held = self.paused_by()
         self._announce(f"{self.extractor}: resumed")
         self._said = None
@@ -230,10 +228,14 @@ class Brakes:
         self._set = await self.controls.of(self._targets())
         self._polled_at = self._clock()
 
-    async def _nap(self, seconds: float, message: str) -> None:
-        """Sleep, keep the run's heartbeat and message fresh, then read the controls again."""
-        waiting = self.controls is not None and self.run_id is not None
-        if waiting and (self._clock() - self._touched_at >= HEARTBEAT_EVERY or message != self._message):
+    async def _nap(self, seconds: float, message: str, *, since: float) -> None:
+        """Sleep, then read the controls again. A wait that began at ``since`` and has lasted
+        HEARTBEAT_EVERY keeps the run's heartbeat fresh and its message saying why it waits
+        (short waits write nothing)."""
+        now = self._clock()
+        recorded = self.controls is not None and self.run_id is not None
+        stale = now - self._touched_at >= HEARTBEAT_EVERY or message != self._message
+        if recorded and now - since >= HEARTBEAT_EVERY and stale:
             await self._touch(message)
         await self._sleep(seconds)
         if self.controls is not None and self.run_id is not None:
