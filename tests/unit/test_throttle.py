@@ -18,10 +18,13 @@ import pytest
 
 from backfill_core import RunOptions, RunReport, hookimpl, make_registry, resolve_url, run_backfill
 from backfill_core.engine.stats import ErrorLog
-from backfill_core.engine.throttle import Brakes, ThrottleFailed
+from backfill_core.engine.throttle import Brakes, ThrottleFailed, View
+from backfill_core.store.database import Database
 from backfill_core.throttle import DatabaseView, Throttle, Wait
 from backfill_plugins.testmanagement import plugin
+from backfill_plugins.throttles import ReplicaLag
 from support.backends import GOOD, KINDS, Backend, MakeBackend, backends
+from support.postgres import empty_database, needs_server
 
 
 @pytest.fixture(params=KINDS)
@@ -238,3 +241,65 @@ def test_sleep_between_batches_skips_the_first_and_counts_from_the_call() -> Non
     asyncio.run(paced.before(10))
 
     assert fake.now == 3.0
+
+
+def on_postgres(test: Callable[..., None]) -> Callable[..., None]:
+    """Marked as a PostgreSQL test, skipped without the server."""
+    for mark in needs_server:
+        test = mark(test)
+    return test
+
+
+class Replicas(ReplicaLag):
+    """The built-in throttle over replicas given as rows of the same shape as its query's, read
+    from the real server (which has none of its own)."""
+
+    def __init__(self, rows: str) -> None:
+        self.query = rows
+
+
+async def check_lag(url: str, throttle: Throttle, limit: float | None) -> tuple[Wait | None, list[str]]:
+    noted: list[str] = []
+    async with Database(resolve_url(url)) as db:
+        view = View(db, {"max_replica_lag": limit}, "test_features", noted.append)
+        return await throttle.check(view), noted
+
+
+REPLICAS = "SELECT 'db2', '10.0.0.2', 7.5::float8, true UNION ALL SELECT '', '10.0.0.3', 1.0::float8, true"
+
+
+@pytest.mark.parametrize(
+    ("limit", "waits"),
+    [
+        (5.0, Wait(2.5, "replica db2 replays 7.5s behind, over --max-replica-lag 5")),
+        (7.2, Wait(0.5, "replica db2 replays 7.5s behind, over --max-replica-lag 7.2")),  # at least 0.5 s
+        (0.0, Wait(7.5, "replica db2 replays 7.5s behind, over --max-replica-lag 0")),
+        (7.5, None),  # at the limit: go
+        (None, None),  # not asked for
+    ],
+)
+@on_postgres
+def test_replica_lag_waits_while_the_most_lagging_replica_is_over_the_limit(
+    limit: float | None, waits: Wait | None
+) -> None:
+    with empty_database() as url:
+        assert asyncio.run(check_lag(url, Replicas(REPLICAS), limit)) == (waits, [])
+        # The real query, on a server without replicas: a note, no wait.
+        wait, noted = asyncio.run(check_lag(url, ReplicaLag(), limit))
+    assert wait is None
+    assert noted == ([] if limit is None else [NO_REPLICAS])
+
+
+NO_REPLICAS = "--max-replica-lag: the server has no replicas (pg_stat_replication is empty); not throttling"
+
+
+@on_postgres
+def test_replica_lag_refuses_to_guess_when_the_role_cannot_see_the_lag() -> None:
+    hidden = Replicas("SELECT 'db2', '', 0::float8, false")  # what a role without pg_monitor reads
+    with empty_database() as url:
+        wait, noted = asyncio.run(check_lag(url, hidden, 1.0))
+    assert wait is None
+    assert noted == [
+        "--max-replica-lag: this role cannot read replay_lag in pg_stat_replication (grant it pg_monitor "
+        "or pg_read_all_stats); not throttling"
+    ]
