@@ -194,6 +194,8 @@ def test_throttle_from_another_process_changes_a_running_runs_rate(
     assert "test_features: waiting: at most 2 rows/s (--max-rows-per-second)" in done.stderr
     assert "test_features: waiting: at most 40 rows/s (set by `backfill throttle 1`)" in done.stderr
     assert db.feature_tests() == list(range(1, ROWS + 1))
+    shown = cli_ok("status", "-d", db.url).splitlines()
+    assert "run 1: --max-rows-per-second 40 rows/s set by `backfill throttle 1`" in shown
     cleared = cli_ok("throttle", "1", "--clear", "-d", db.url)
     assert "--max-rows-per-second 40 rows/s -> its command line's" in cleared
     assert status_of(db)["controls"] == []

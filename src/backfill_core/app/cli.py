@@ -370,6 +370,8 @@ def status(database: str | None, limit: int, as_json: bool) -> None:
     for r in runs:
         if r["message"]:
             click.echo(f"run {r['id']}: {r['message']}")
+        for line in control.lines(r):
+            click.echo(line)
 
 
 @cli.command()

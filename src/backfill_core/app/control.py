@@ -163,6 +163,21 @@ async def recent(ledger: Ledger, limit: int) -> tuple[list[Any], list[Control]]:
     return await ledger.recent(limit), await Controls(ledger.db).all()
 
 
+def lines(summary: dict[str, Any]) -> list[str]:
+    """What ``status`` prints under its table about the controls of a run shown by :func:`shown`."""
+    out = []
+    for c in summary["controls"]:
+        settings = [
+            f"{_option(name)} {_setting(name, value)}"
+            for name in ("max_rows_per_second", "sleep_between_batches")
+            if (value := c[name]) is not None
+        ]
+        if settings:
+            how = f"`backfill throttle {c['target'].partition(':')[2]}`"
+            out.append(f"run {summary['id']}: {', '.join(settings)} set by {how}")
+    return out
+
+
 def shown(summary: dict[str, Any], controls: list[Control]) -> dict[str, Any]:
     """A run as ``status`` shows it: a running run that a pause holds is ``paused``; its controls
     are listed under ``controls``."""
