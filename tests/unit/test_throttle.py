@@ -303,3 +303,25 @@ def test_replica_lag_refuses_to_guess_when_the_role_cannot_see_the_lag() -> None
         "--max-replica-lag: this role cannot read replay_lag in pg_stat_replication (grant it pg_monitor "
         "or pg_read_all_stats); not throttling"
     ]
+
+
+def test_a_throttle_is_asked_again_once_its_wait_is_over_in_naps_of_a_second() -> None:
+    fake = FakeTime()
+    asked_at: list[float] = []
+
+    class Twice(Throttle):
+        name = "twice"
+
+        async def check(self, db: DatabaseView) -> Wait | None:
+            asked_at.append(fake.now)
+            return Wait(2.5, "busy") if len(asked_at) <= 2 else None
+
+    said: list[str] = []
+    paced = Brakes(None, RunOptions(), [("p", Twice())], said.append, clock=fake.clock, sleep=fake.sleep)  # type: ignore[arg-type]
+    paced.begin("x", None)
+
+    asyncio.run(paced.before(10))
+
+    assert asked_at == [0.0, 2.5, 5.0]
+    assert fake.naps == [1.0, 1.0, 0.5] * 2
+    assert said == ["x: waiting: busy (throttle 'twice')", "x: throttle 'twice' lets the run go on"]

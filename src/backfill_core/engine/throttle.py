@@ -99,6 +99,8 @@ class Brakes:
         self._set: dict[str, Control] = {}
         self._said: str | None = None
         self._asking: set[str] = set()
+        self._held: tuple[float, str] | None = None
+        """Until when (clock) and why the throttles last asked the run to wait."""
         self._touched_at = -math.inf
         self._message: str | None = None
 
@@ -150,10 +152,12 @@ class Brakes:
                 paced = self._origin + (self._paced + rows) / rate
                 if paced > due:
                     due, reason = paced, f"at most {rate:g} rows/s ({rate_from})"
-            asked = await self._ask()
+            if self._held is None or self._held[0] <= self._clock():  # asked again once a wait is over
+                asked = await self._ask()
+                self._held = None if asked is None else (self._clock() + asked.seconds, asked.reason)
             now = self._clock()
-            if asked is not None and now + asked.seconds > due:
-                due, reason = now + asked.seconds, asked.reason
+            if self._held is not None and self._held[0] > due:
+                due, reason = self._held
             if due <= now:
                 break
             self._show(reason)
