@@ -19,7 +19,9 @@ import pytest
 from backfill_core import RunOptions, RunReport, hookimpl, make_registry, resolve_url, run_backfill
 from backfill_core.engine.stats import ErrorLog
 from backfill_core.engine.throttle import Brakes, ThrottleFailed, View
+from backfill_core.store.controls import Controls, extractor_target
 from backfill_core.store.database import Database
+from backfill_core.store.ledger import Ledger
 from backfill_core.throttle import DatabaseView, Throttle, Wait
 from backfill_plugins.testmanagement import plugin
 from backfill_plugins.throttles import ReplicaLag
@@ -325,3 +327,54 @@ def test_a_throttle_is_asked_again_once_its_wait_is_over_in_naps_of_a_second() -
     assert asked_at == [0.0, 2.5, 5.0]
     assert fake.naps == [1.0, 1.0, 0.5] * 2
     assert said == ["x: waiting: busy (throttle 'twice')", "x: throttle 'twice' lets the run go on"]
+
+
+class Bar:
+    """A progress bar that keeps what it was told to show after the count."""
+
+    def __init__(self) -> None:
+        self.postfixes: list[str] = []
+
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def set_postfix_str(self, s: str) -> None:
+        self.postfixes.append(s)
+
+
+async def paused_then_resumed(url: str) -> tuple[list[str], list[str], list[float]]:
+    """A run's brakes held by a pause on its extractor, which is lifted during the first nap."""
+    fake = FakeTime()
+    said: list[str] = []
+    bar = Bar()
+    async with Database(resolve_url(url)) as db:
+        await Ledger(db).ensure()
+        controls = Controls(db)
+        await controls.change(extractor_target("test_features"), paused=True)
+
+        async def nap(seconds: float) -> None:
+            await fake.sleep(seconds)
+            if len(fake.naps) == 2:
+                await controls.change(extractor_target("test_features"), paused=False)
+
+        paced = Brakes(db, RunOptions(), (), said.append, controls, clock=fake.clock, sleep=nap)
+        paced.begin("test_features", 1, bar)
+        await paced.before(10)
+    return bar.postfixes, said, fake.naps
+
+
+def test_a_paused_run_shows_paused_on_its_bar_until_resumed(make_db: MakeBackend) -> None:
+    db = make_db([GOOD])
+
+    postfixes, said, naps = asyncio.run(paused_then_resumed(db.url))
+
+    assert postfixes == ["paused", ""]
+    assert said == [
+        "test_features: paused (`backfill pause test_features` holds every run of test_features); "
+        "waiting until `backfill resume test_features`. Ctrl-C still interrupts",
+        "test_features: resumed",
+    ]
+    assert naps == [1.0, 1.0]  # the controls are read again after each nap
