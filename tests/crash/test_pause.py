@@ -201,6 +201,18 @@ def test_throttle_from_another_process_changes_a_running_runs_rate(
     assert status_of(db)["controls"] == []
 
 
+@pytest.mark.parametrize("command", [["pause"], ["throttle", "--max-rows-per-second", "5"]])
+def test_a_finished_run_is_left_alone(make_db: MakeBackend, command: list[str]) -> None:
+    db = make_db([GOOD] * 3)
+    cli_ok("run", "test_features", "-d", db.url, "--no-validate", "-q")
+
+    said = cli_ok(command[0], "1", *command[1:], "-d", db.url)
+
+    assert said.startswith("run 1 of test_features (succeeded) has finished; nothing changed")
+    assert f"`backfill {command[0]} test_features` acts on the running and next runs" in said
+    assert db.scalar("SELECT count(*) FROM backfill_controls") == 0
+
+
 @pytest.mark.parametrize(
     "args",
     [

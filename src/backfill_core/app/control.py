@@ -14,7 +14,7 @@ import click
 from backfill_core.errors import UsageError
 from backfill_core.plugins import Registry
 from backfill_core.store.controls import Control, Controls, extractor_target, run_target
-from backfill_core.store.ledger import RUNNING, Ledger
+from backfill_core.store.ledger import RUNNING, SUCCEEDED, Ledger
 
 
 class NonNegative(click.FloatRange):
@@ -64,8 +64,21 @@ async def target(ledger: Ledger, registry: Registry, spec: str) -> Target:
     return Target(extractor_target(spec), spec, spec, spec)
 
 
+def _finished(found: Target, command: str) -> str | None:
+    """What to say instead of controlling a run that has succeeded, and so never runs again."""
+    if found.run is None or found.run.status != SUCCEEDED:
+        return None
+    return (
+        f"{found.label} has finished; nothing changed (`backfill {command} {found.extractor}` "
+        f"acts on the running and next runs of {found.extractor})"
+    )
+
+
 async def pause(ledger: Ledger, registry: Registry, spec: str) -> str:
     found = await target(ledger, registry, spec)
+    finished = _finished(found, "pause")
+    if finished is not None:
+        return finished
     before, _ = await Controls(ledger.db).change(found.key, paused=True)
     if before.paused:
         return f"{found.label} was already paused ({_since(before)}); nothing changed"
@@ -113,6 +126,9 @@ async def throttle(
     clear: bool,
 ) -> str:
     found = await target(ledger, registry, spec)
+    finished = _finished(found, "throttle")
+    if finished is not None and not clear:
+        return finished
     if clear:
         fields: dict[str, float | None] = {"max_rows_per_second": None, "sleep_between_batches": None}
     else:
