@@ -176,8 +176,9 @@ def threshold_option(f: Callable[..., Any]) -> Callable[..., Any]:
     "--sleep-between-batches",
     type=NonNegative(),
     default=0,
+    show_default=True,
     metavar="SECONDS",
-    help="Wait SECONDS before each batch after the first.  [default: 0]",
+    help="Wait SECONDS before each batch after the first.",
 )
 @click.option(
     "--max-replica-lag",
