@@ -36,4 +36,4 @@ class RunOptions:
     sleep_between_batches: float = 0.0
     """Seconds to wait before each batch after the first."""
     max_replica_lag: float | None = None
-    """Read by the built-in replica-lag throttle (backfill_plugins.replicalag)."""
+    """Read by the built-in replica_lag throttle (backfill_plugins.throttles)."""
