@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     import click
 
     from backfill_core.extractor import Extractor
+    from backfill_core.throttle import Throttle
     from backfill_core.validator import Validator
 
 PROJECT = "backfill"
@@ -26,6 +27,11 @@ def register_extractors(register: Callable[[Extractor], None]) -> None:
 @hookspec
 def register_validators(register: Callable[[Validator], None]) -> None:
     """Register validators by calling ``register(validator)`` once for each."""
+
+
+@hookspec
+def register_throttles(register: Callable[[Throttle], None]) -> None:
+    """Register throttles, asked before each batch whether to wait, by calling ``register(throttle)``."""
 
 
 @hookspec

@@ -19,6 +19,7 @@ import pluggy
 from backfill_core import hookspecs
 from backfill_core.errors import BackfillError, PluginUnavailable, UsageError
 from backfill_core.extractor import Extractor
+from backfill_core.throttle import Throttle
 from backfill_core.validator import Validator
 
 ENTRY_POINT_GROUP = "backfill"
@@ -50,6 +51,7 @@ class PluginInfo:
     error: str | None = None
     extractors: list[str] = field(default_factory=list)
     validators: list[str] = field(default_factory=list)
+    throttles: list[str] = field(default_factory=list)
     commands: bool = False
     conflicts: list[str] = field(default_factory=list)
     """Names this plugin registers that another plugin registers too; both are disabled."""
@@ -79,6 +81,7 @@ class PluginInfo:
             "error": self.error,
             "extractors": self.extractors,
             "validators": self.validators,
+            "throttles": self.throttles,
             "commands": self.commands,
             "conflicts": self.conflicts,
             "problems": self.problems,
@@ -97,6 +100,8 @@ class Registry:
         self.owner: dict[tuple[str, str], PluginInfo] = {}
         self.conflicts: dict[tuple[str, str], list[PluginInfo]] = {}
         self._provided: dict[str, tuple[list[Extractor], list[Validator]]] = {}
+        self._throttles: dict[str, list[Throttle]] = {}
+        """The throttles each loaded plugin registered, by PluginInfo.key, in loading order."""
         """What each loaded plugin registered, by PluginInfo.key: for rebuilding after disable."""
         self._excluded_by: dict[str, str] = {}
         """PluginInfo.key -> the setting that left the plugin out (an env var or --disable-plugin)."""
@@ -159,6 +164,8 @@ class Registry:
             if self.pm.has_plugin(info.key):
                 self.pm.unregister(name=info.key)
             self._provided.pop(info.key, None)
+            self._throttles.pop(info.key, None)
+            info.throttles = []
             info.commands = False
             self._leave_out(info, source)
         if chosen:
@@ -215,12 +222,15 @@ class Registry:
         try:
             extractors = self._collect(info, "register_extractors", Extractor, plugin)
             validators = self._collect(info, "register_validators", Validator, plugin)
+            throttles = self._collect(info, "register_throttles", Throttle, plugin)
         except Exception as exc:
             self.pm.unregister(plugin)
             return self._failed(info, exc)
         info.commands = bool(_impls(self.pm, "register_commands", plugin))
         self.plugins.append(info)
         self._provided[info.key] = (extractors, validators)
+        self._throttles[info.key] = throttles
+        info.throttles = [t.name for t in throttles]
         for kind, items, table in (
             ("extractor", extractors, self.extractors),
             ("validator", validators, self.validators),
@@ -256,7 +266,9 @@ class Registry:
             if not isinstance(item, kind):
                 raise TypeError(f"{hook} registered {item!r}, which is not a {kind.__name__} instance")
             problems = item.declaration_problems() if isinstance(item, Extractor) else []
-            if not isinstance(getattr(item, "name", None), str):
+            if not isinstance(getattr(item, "name", None), str) or (
+                isinstance(item, Throttle) and not item.name
+            ):
                 problems.append("it has no name")
             if problems:
                 raise TypeError(f"{hook} registered {item!r}: " + "; ".join(problems))
@@ -384,6 +396,11 @@ class Registry:
                 f"{plugin} to fix its depends_on, or leave that plugin out ({DISABLE_PLUGINS_ENV}={plugin})"
             )
         return error
+
+    def throttles(self) -> list[tuple[str, Throttle]]:
+        """The loaded plugins' throttles, each with its plugin's name, in loading order."""
+        by_key = {p.key: p.name for p in self.plugins}
+        return [(by_key[key], t) for key, found in self._throttles.items() for t in found]
 
     def validators_for(self, extractor_names: Iterable[str]) -> list[Validator]:
         ran = set(extractor_names)

@@ -244,10 +244,10 @@ def test_nothing_registered_to_run_or_validate_is_a_usage_error(cli: RunCli, mak
     from: exit 2, before the database is opened, naming the plugins and their status."""
     db = make_shop()
 
-    validate = cli(["--disable-plugin", "testmanagement", "validate", "-d", db.url])
-    run = cli(["--disable-plugin", "testmanagement", "run", "--all", "-d", db.url, "-q"])
+    validate = cli(["--disable-plugin", "testmanagement,throttles", "validate", "-d", db.url])
+    run = cli(["--disable-plugin", "testmanagement,throttles", "run", "--all", "-d", db.url, "-q"])
 
-    plugins = "(plugins: testmanagement (disabled); see `backfill list-plugins`)"
+    plugins = "(plugins: testmanagement (disabled), throttles (disabled); see `backfill list-plugins`)"
     assert validate.returncode == 2, validate.stdout + validate.stderr
     assert f"Error: nothing to validate: no plugin provides a validator {plugins}" in validate.stderr
     assert run.returncode == 2, run.stdout + run.stderr
@@ -337,7 +337,7 @@ def test_disabling_a_plugin_that_is_not_there_is_refused_by_the_option(cli: RunC
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert (
         "Invalid value for --disable-plugin: no installed plugin is named 'testmanagment' "
-        "(installed: testmanagement, orphan, shop)"
+        "(installed: testmanagement, throttles, orphan, shop)"
     ) in proc.stderr
     assert proc.stdout == ""
 
@@ -348,7 +348,7 @@ def test_disabling_an_unknown_plugin_by_environment_warns(cli: RunCli, shop_site
     assert proc.returncode == 0
     assert proc.stderr.splitlines() == [
         "backfill: BACKFILL_DISABLE_PLUGINS names no installed plugin: 'testmanagment' "
-        "(installed: testmanagement, orphan, shop)"
+        "(installed: testmanagement, throttles, orphan, shop)"
     ]
 
 

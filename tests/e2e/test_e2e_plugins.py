@@ -42,8 +42,9 @@ def test_list_plugins_shows_the_broken_one_beside_the_good_ones(cli: RunCli, plu
 
     assert proc.returncode == 0, proc.stderr
     rows = _rows(proc.stdout)
-    assert set(rows) == {"testmanagement", "broken", "good_extra"}
+    assert set(rows) == {"testmanagement", "throttles", "broken", "good_extra"}
     assert rows["testmanagement"][3] == "ok"
+    assert rows["throttles"][3:] == ["ok", "throttle:replica_lag"]
     assert rows["good_extra"][1:4] == [GOOD_DIST, GOOD_VERSION, "ok"]
     assert f"extractor:{GOOD_EXTRACTOR}" in proc.stdout
     assert rows["broken"][1:4] == [BROKEN_DIST, BROKEN_VERSION, "error"]
@@ -56,7 +57,7 @@ def test_list_plugins_json(cli: RunCli, plugin_site: Path) -> None:
 
     assert proc.returncode == 0, proc.stderr
     plugins = {p["name"]: p for p in parse_json_output(proc)}
-    assert set(plugins) == {"testmanagement", "broken", "good_extra"}
+    assert set(plugins) == {"testmanagement", "throttles", "broken", "good_extra"}
     assert plugins["broken"] == {
         "name": "broken",
         "distribution": BROKEN_DIST,
@@ -66,6 +67,7 @@ def test_list_plugins_json(cli: RunCli, plugin_site: Path) -> None:
         "error": BROKEN_EXC,
         "extractors": [],
         "validators": [],
+        "throttles": [],
         "commands": False,
         "conflicts": [],
         "problems": [],
@@ -75,6 +77,7 @@ def test_list_plugins_json(cli: RunCli, plugin_site: Path) -> None:
     assert plugins["good_extra"]["extractors"] == [GOOD_EXTRACTOR]
     assert plugins["testmanagement"]["status"] == "ok"
     assert plugins["testmanagement"]["extractors"] == ["test_features", "bug_attribution"]
+    assert (plugins["throttles"]["status"], plugins["throttles"]["throttles"]) == ("ok", ["replica_lag"])
     _assert_one_broken_line(proc.stderr)
 
 
@@ -150,11 +153,17 @@ def test_load_plugins_empty_loads_only_the_builtins(cli: RunCli, plugin_site: Pa
     assert text.returncode == 0
     assert {name: cols[3] for name, cols in _rows(text.stdout).items()} == {
         "testmanagement": "ok",
+        "throttles": "ok",
         "broken": "disabled",
         "good_extra": "disabled",
     }
     statuses = {p["name"]: p["status"] for p in parse_json_output(as_json)}
-    assert statuses == {"testmanagement": "ok", "broken": "disabled", "good_extra": "disabled"}
+    assert statuses == {
+        "testmanagement": "ok",
+        "throttles": "ok",
+        "broken": "disabled",
+        "good_extra": "disabled",
+    }
     assert text.stderr == as_json.stderr == ""
 
 
@@ -168,7 +177,7 @@ def test_load_plugins_selects_a_distribution(cli: RunCli, plugin_site: Path, sel
 
     assert proc.returncode == 0, proc.stderr
     plugins = {p["name"]: p["status"] for p in json.loads(proc.stdout)}
-    assert plugins == {"testmanagement": "ok", "good_extra": "ok", "broken": "disabled"}
+    assert plugins == {"testmanagement": "ok", "throttles": "ok", "good_extra": "ok", "broken": "disabled"}
     assert proc.stderr == ""
 
 
@@ -180,7 +189,7 @@ def test_load_plugins_allows_spaces_after_commas(cli: RunCli, plugin_site: Path)
 
     assert proc.returncode == 0, proc.stderr
     loaded = [p["name"] for p in json.loads(proc.stdout) if p["status"] == "ok"]
-    assert loaded == ["testmanagement", "good_extra"]
+    assert loaded == ["testmanagement", "throttles", "good_extra"]
 
 
 def test_without_the_fixture_packages_only_the_builtins_exist(cli: RunCli) -> None:
@@ -188,5 +197,5 @@ def test_without_the_fixture_packages_only_the_builtins_exist(cli: RunCli) -> No
     proc = cli(["list-plugins", "--json"])
 
     assert proc.returncode == 0
-    assert [p["name"] for p in parse_json_output(proc)] == ["testmanagement"]
+    assert [p["name"] for p in parse_json_output(proc)] == ["testmanagement", "throttles"]
     assert proc.stderr == ""

@@ -416,7 +416,7 @@ def test_discover_with_empty_allow_list_loads_the_builtin_plugin(monkeypatch: py
     warn = io.StringIO()
     registry = Registry.discover(warn=warn)
     check_builtin(registry)
-    assert [p.name for p in registry.plugins] == ["testmanagement"]  # third-party ones skipped
+    assert [p.name for p in registry.plugins] == ["testmanagement", "throttles"]  # third-party ones skipped
     assert warn.getvalue() == ""
 
 
@@ -585,7 +585,7 @@ def test_discover_leaves_out_what_backfill_disable_plugins_names(
     assert (fake.status, fake.error) == ("disabled", "named in BACKFILL_DISABLE_PLUGINS")
     assert "unit_fake_one" not in registry.extractors
     assert module not in sys.modules  # never imported
-    unknown = "'other' (installed: testmanagement, fakeplug)"
+    unknown = "'other' (installed: testmanagement, throttles, fakeplug)"
     said = f"backfill: BACKFILL_DISABLE_PLUGINS names no installed plugin: {unknown}\n"
     expected = said if "other" in selector else ""
     assert warn.getvalue() == expected
@@ -603,13 +603,23 @@ def test_the_builtin_plugin_can_be_left_out(monkeypatch: pytest.MonkeyPatch) -> 
         (by_env, "named in BACKFILL_DISABLE_PLUGINS"),
         (by_option, "named by --disable-plugin"),
     ):
-        (builtin,) = registry.plugins
+        builtin = next(p for p in registry.plugins if p.name == "testmanagement")
         assert (builtin.name, builtin.status, builtin.error) == ("testmanagement", "disabled", reason)
         assert registry.extractors == {} and registry.validators == {}
         assert registry.pm.hook.register_commands.get_hookimpls() == []
     with pytest.raises(UsageError) as info:
         by_env.extractor("test_features")
     assert "BACKFILL_DISABLE_PLUGINS left out testmanagement (backfill)" in str(info.value)
+    # By entry-point name only that plugin; by distribution name every built-in one.
+    assert [(p.name, p.status) for p in by_env.plugins] == [
+        ("testmanagement", "disabled"),
+        ("throttles", "ok"),
+    ]
+    assert [(p.name, p.status) for p in by_option.plugins] == [
+        ("testmanagement", "disabled"),
+        ("throttles", "disabled"),
+    ]
+    assert by_option.throttles() == [] and [t.name for _, t in by_env.throttles()] == ["replica_lag"]
 
 
 def test_disable_plugin_names_are_read_before_the_command() -> None:

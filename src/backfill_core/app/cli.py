@@ -17,7 +17,9 @@ from typing import Any
 import click
 from sqlalchemy.engine import URL
 
+from backfill_core.app import control
 from backfill_core.app.batch_options import adaptive_batches, batch_size_options
+from backfill_core.app.control import NonNegative
 from backfill_core.app.progress import tqdm_progress
 from backfill_core.app.report import RunReport, describe_batches
 from backfill_core.app.run import Skipped, run_backfill, validate_only
@@ -187,6 +189,26 @@ def threshold_option(f: Callable[..., Any]) -> Callable[..., Any]:
     help="Times a batch that lost to another transaction's lock (timeout, deadlock, serialization "
     "failure, SQLite's 'database is locked') is tried again before the run stops (exit 3, resumable).",
 )
+@click.option(
+    "--max-rows-per-second",
+    type=NonNegative(above_zero=True),
+    metavar="R",
+    help="Process at most R source rows per second (`backfill throttle` changes it while running).",
+)
+@click.option(
+    "--sleep-between-batches",
+    type=NonNegative(),
+    default=0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Wait SECONDS before each batch after the first.",
+)
+@click.option(
+    "--max-replica-lag",
+    type=NonNegative(),
+    metavar="SECONDS",
+    help="PostgreSQL: wait while a replica replays more than SECONDS behind (pg_stat_replication).",
+)
 @click.pass_obj
 def run(
     registry: Registry,
@@ -210,6 +232,9 @@ def run(
     max_batch_size: int | None,
     lock_timeout: float,
     lock_retries: int,
+    max_rows_per_second: float | None,
+    sleep_between_batches: float,
+    max_replica_lag: float | None,
 ) -> None:
     """Run extractors NAMES (in dependency order), then validate.
 
@@ -234,6 +259,9 @@ def run(
         **adaptive_batches(target_batch_seconds, min_batch_size, max_batch_size),
         lock_timeout=lock_timeout,
         lock_retries=lock_retries,
+        max_rows_per_second=max_rows_per_second,
+        sleep_between_batches=sleep_between_batches,
+        max_replica_lag=max_replica_lag,
     )
     skipped: list[Skipped] = []
     _execute(
@@ -327,8 +355,8 @@ def validate(
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of runs.")
 def status(database: str | None, limit: int, as_json: bool) -> None:
     """Show each extractor's latest runs from the ledger: status, progress, rate, errors."""
-    rows = _ledger_call(database, as_json, lambda ledger: ledger.recent(limit))
-    runs = [run_summary(r, socket.gethostname()) for r in rows]
+    rows, controls = _ledger_call(database, as_json, lambda ledger: control.recent(ledger, limit))
+    runs = [control.shown(run_summary(r, socket.gethostname()), controls) for r in rows]
     if as_json:
         click.echo(json.dumps(runs, indent=2, default=str))
         return
@@ -374,6 +402,8 @@ def status(database: str | None, limit: int, as_json: bool) -> None:
     for r in runs:
         if r["message"]:
             click.echo(f"run {r['id']}: {r['message']}")
+        for line in control.lines(r):
+            click.echo(line)
     for r, row in zip(runs, rows, strict=True):
         batches = BatchSizes.decode(row.batch_sizes, row.slowest_write)
         if batches.batches:
@@ -428,6 +458,72 @@ def _ledger_call(
         _fail(e, as_json)
 
 
+@cli.command()
+@click.argument("spec", metavar="RUN|NAME")
+@database_option
+@click.pass_obj
+def pause(registry: Registry, spec: str, database: str | None) -> None:
+    """Pause run RUN, or every run of extractor NAME (current and next), from any host.
+
+    Running processes finish the batch in flight, then wait until `backfill resume`; Ctrl-C and
+    SIGTERM still interrupt them.
+    """
+    click.echo(_ledger_call(database, False, lambda ledger: control.pause(ledger, registry, spec)))
+
+
+@cli.command()
+@click.argument("spec", metavar="RUN|NAME")
+@database_option
+@click.pass_obj
+def resume(registry: Registry, spec: str, database: str | None) -> None:
+    """Lift a pause that `backfill pause RUN|NAME` set.
+
+    This does not restart an interrupted run: run the same `backfill run` command again for that.
+    """
+    click.echo(_ledger_call(database, False, lambda ledger: control.resume(ledger, registry, spec)))
+
+
+@cli.command()
+@click.argument("spec", metavar="RUN|NAME")
+@database_option
+@click.option(
+    "--max-rows-per-second",
+    type=NonNegative(),
+    metavar="R",
+    help="At most R source rows per second (0: no limit).",
+)
+@click.option(
+    "--sleep-between-batches", type=NonNegative(), metavar="SECONDS", help="Wait SECONDS before each batch."
+)
+@click.option("--clear", is_flag=True, help="Go back to the settings of the run's own command line.")
+@click.pass_obj
+def throttle(
+    registry: Registry,
+    spec: str,
+    database: str | None,
+    max_rows_per_second: float | None,
+    sleep_between_batches: float | None,
+    clear: bool,
+) -> None:
+    """Change the rate of run RUN, or of every run of extractor NAME, while it runs."""
+    if clear == (max_rows_per_second is not None or sleep_between_batches is not None):
+        raise click.UsageError("give --max-rows-per-second and/or --sleep-between-batches, or --clear alone")
+    click.echo(
+        _ledger_call(
+            database,
+            False,
+            lambda ledger: control.throttle(
+                ledger,
+                registry,
+                spec,
+                max_rows_per_second=max_rows_per_second,
+                sleep_between_batches=sleep_between_batches,
+                clear=clear,
+            ),
+        )
+    )
+
+
 @cli.command("list-plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 @click.pass_obj
@@ -439,6 +535,7 @@ def list_plugins(registry: Registry, as_json: bool) -> None:
     rows = [("name", "version", "status", "provides")]
     for p in registry.plugins:
         provides = [f"extractor:{n}" for n in p.extractors] + [f"validator:{n}" for n in p.validators]
+        provides += [f"throttle:{n}" for n in p.throttles]
         if p.commands:
             provides.append("commands")
         if p.conflicts:

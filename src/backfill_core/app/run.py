@@ -21,9 +21,11 @@ from backfill_core.engine.pool import ExtractionPool, can_run
 from backfill_core.engine.retry import retried
 from backfill_core.engine.sources import Pages, RetryKeys, Source
 from backfill_core.engine.stats import ExtractorStats
+from backfill_core.engine.throttle import Brakes
 from backfill_core.engine.writer import Writer
 from backfill_core.errors import NothingToDo
 from backfill_core.plugins import DISABLE_PLUGINS_ENV, Registry
+from backfill_core.store.controls import Controls
 from backfill_core.store.database import Database, busy_timeout
 from backfill_core.store.ledger import SUCCEEDED, Ledger, RunState
 from backfill_core.store.records import KeyRange
@@ -106,6 +108,9 @@ async def run_backfill(
                 await check_compiles(db, validators, ran)
             done: dict[str, int] = {}
             invocation = uuid.uuid4().hex
+            brakes = Brakes(
+                db, options, registry.throttles(), announce, None if ledger is None else Controls(db)
+            )
             if ledger is not None:
                 await retried(ledger.ensure, options.lock_retries, what="the ledger", announce=announce)
                 previous = await ledger.latest_of(ran)
@@ -123,7 +128,7 @@ async def run_backfill(
                     stats.note = f"already completed in run {done[x.name]} of this command"
                     announce(f"{x.name}: {stats.note}")
                     continue
-                loop = BatchLoop(db, writer, options, report.errors, progress, ledger, announce)
+                loop = BatchLoop(db, writer, options, report.errors, progress, ledger, announce, brakes)
                 if ledger is None:
                     await loop.run(_pages(db, pool, x, [KeyRange()], options), stats)
                 elif retry_errors:

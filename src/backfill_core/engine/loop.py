@@ -16,6 +16,7 @@ from backfill_core.engine.retry import Backoff, retried, retry_line, with_retrie
 from backfill_core.engine.sources import Source, Work
 from backfill_core.engine.stats import ErrorLog, ExtractorStats
 from backfill_core.engine.stoppoints import StopPoints
+from backfill_core.engine.throttle import Brakes
 from backfill_core.engine.writer import Writer
 from backfill_core.errors import BackfillError
 from backfill_core.store.connection import Connection, LockConflict, RowsRefused
@@ -44,6 +45,7 @@ class BatchLoop:
         progress: ProgressFactory | None = None,
         ledger: Ledger | None = None,
         announce: Callable[[str], object] = lambda _line: None,
+        brakes: Brakes | None = None,
     ) -> None:
         self.db = db
         self.announce = announce
@@ -52,6 +54,7 @@ class BatchLoop:
         self.errors = errors
         self.progress = progress or (lambda _name, _total: NoProgress())
         self.ledger = None if options.dry_run else ledger
+        self.brakes = brakes
         self._stop_at = StopPoints(writer.extractor)
         self._batches = 0  # begun in this process
         self.sizer = BatchSizer(options.batch_size, target_of(options))
@@ -87,6 +90,8 @@ class BatchLoop:
                 total = (state.processed + stats.total) if source.ranged else None
                 checkpoints = Checkpoints(self.ledger, state, total)
             bar = self.progress(stats.name, stats.total)
+            if self.brakes is not None:
+                self.brakes.begin(stats.name, stats.run_id if self.ledger is not None else None, bar)
             self._reached("started")
             while (work := await ahead) is not None:
                 self._batches += 1
@@ -96,6 +101,8 @@ class BatchLoop:
                 ahead = asyncio.ensure_future(anext(works, None))
                 errors = work.batch.errors
                 delta = Delta(processed=len(work.batch.keys), record_errors=len(errors), errors=list(errors))
+                if self.brakes is not None:  # rate, sleep, throttles, pause: before the batch, not in it
+                    await self.brakes.before(len(work.batch.keys))
                 # A signal waits for the batch in flight: its writes, its checkpoint and the
                 # summary's counts then agree. Between tries after a lock conflict, it does not.
                 await self._commit_retrying(work, delta, checkpoints, stats)

@@ -40,3 +40,9 @@ class RunOptions:
     """Seconds a batch's transaction waits for a lock on PostgreSQL (``lock_timeout``; 0: no limit)."""
     lock_retries: int = 5
     """Times a batch that gave way to another transaction's lock is tried again (see retry.py)."""
+    max_rows_per_second: float | None = None
+    """Source rows per second at most (None: no limit); see throttle.py."""
+    sleep_between_batches: float = 0.0
+    """Seconds to wait before each batch after the first."""
+    max_replica_lag: float | None = None
+    """Read by the built-in replica_lag throttle (backfill_plugins.throttles)."""
