@@ -1,6 +1,6 @@
 """Fixtures for the crash-safety tests of the run ledger (issue 3): the ``crash`` toolbox
-(tests/support/crash.py) and the databases, built once per session with the synthetic generator
-and copied per test."""
+(tests/support/crash.py), the databases, built once per session with the synthetic generator
+and copied per test (``crash.database(kind, ...)``), and ``kind``, each database in turn."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from support.backends import KINDS
 from support.builtin_job import after_run, build_template
 from support.consistency import BOTH, Reference
 from support.crash import Crash
@@ -24,6 +25,12 @@ def crash(tmp_path: Path) -> Iterator[Crash]:
     helper = Crash(tmp_path)
     yield helper
     helper.cleanup()
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    """ "sqlite" or "postgresql": the test runs once on each (the latter needs the test server)."""
+    return str(request.param)
 
 
 def _build(factory: pytest.TempPathFactory, name: str, tests: int) -> Path:
