@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from support.backends import KINDS
+from support.backends import KINDS, Backend, SqliteBackend, no_validate
 from support.builtin_job import after_run, build_template
 from support.consistency import BOTH, Reference
 from support.crash import Crash
@@ -80,3 +80,15 @@ def small_with_ledger(tmp_path_factory: pytest.TempPathFactory, small_template: 
     """The small template after one real ``backfill run test_features`` (so the ledger exists)."""
     path = tmp_path_factory.mktemp("small-ledger") / "ledger.db"
     return after_run(small_template, path, ["run", "test_features", "-d", path, "-q"])
+
+
+@pytest.fixture
+def with_ledger(kind: str, crash: Crash, request: pytest.FixtureRequest) -> Backend:
+    """A private copy of ``small_with_ledger`` on SQLite; on PostgreSQL the small template after
+    the same real run."""
+    if kind == "sqlite":
+        return SqliteBackend(crash.copy(request.getfixturevalue("small_with_ledger"), "ledger.db"))
+    db = crash.database(kind, request.getfixturevalue("small_template"), "ledger.db")
+    proc = crash.run_cli(["run", "test_features", "-d", db.url, "-q", *no_validate(db)])
+    assert proc.returncode == 0, proc.stderr
+    return db
