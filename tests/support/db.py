@@ -80,6 +80,31 @@ def execute(where: Where, sql: str, params: Sequence[Any] = ()) -> None:
     asyncio.run(_fetch(where.url, sql, params))
 
 
+async def _execute_many(url: str, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.executemany(dollar(sql), rows)
+    finally:
+        await conn.close()
+
+
+def execute_many(where: Where, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """One write statement for each of ``rows``, committed together."""
+    path = sqlite_path(where)
+    if path is not None:
+        import sqlite3
+
+        conn = sqlite3.connect(path)
+        try:
+            with conn:
+                conn.executemany(sql, rows)
+        finally:
+            conn.close()
+        return
+    assert isinstance(where, Backend)
+    asyncio.run(_execute_many(where.url, sql, rows))
+
+
 def table_names(where: Where) -> set[str]:
     path = sqlite_path(where)
     if path is not None:
