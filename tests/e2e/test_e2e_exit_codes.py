@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from support.backends import Backend, needs_metrics, no_validate
-from support.builtin_job import Expected, features_by_test, snapshot
+from support.backends import Backend, builtin_backend, needs_metrics, no_validate
+from support.builtin_job import Expected, attributions, features_by_test, snapshot
 from support.cli import RunCli, parse_json_output, stats_by_name
 from support.db import fingerprint, scalar
 from support.postgres import SERVER
+from support.processes import Spawned, wait_for
 from support.sqlite import sha256
 
 BOTH = ["run", "test_features", "bug_attribution"]
@@ -226,7 +227,7 @@ def test_missing_column_exits_3_before_anything_is_written(
     assert scalar(db, "SELECT count(*) FROM test_features") == 0
 
 
-# SQLite only: its database lock and busy timeout; PostgreSQL waits on row locks, without a timeout.
+# SQLite only: its database lock and busy timeout; PostgreSQL has no such timeout (its test is below).
 @pytest.mark.parametrize("lock", ["EXCLUSIVE", "IMMEDIATE"])
 def test_locked_database_exits_3_without_partial_writes(cli: RunCli, fresh_db: Path, lock: str) -> None:
     """EXCLUSIVE blocks even reading the schema; IMMEDIATE lets the run read and plan, then
@@ -246,6 +247,75 @@ def test_locked_database_exits_3_without_partial_writes(cli: RunCli, fresh_db: P
     assert "BACKFILL_BUSY_TIMEOUT" in proc.stderr
     assert sha256(fresh_db) == digest
     assert snapshot(fresh_db) == before
+
+
+HOLD_LOCK = """
+import asyncio, sys
+
+import asyncpg
+
+
+async def hold(url: str, statement: str) -> None:
+    conn = await asyncpg.connect(url)
+    async with conn.transaction():
+        await conn.execute(statement)
+        print("locked", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    await conn.close()
+
+
+asyncio.run(hold(sys.argv[1], sys.argv[2]))
+"""
+"""``python -c HOLD_LOCK URL STATEMENT``: runs STATEMENT in a transaction, prints "locked", and
+commits once a line arrives on stdin."""
+
+LOCKS = {
+    "table": "LOCK TABLE test_features IN ACCESS EXCLUSIVE MODE",
+    "row": "SELECT id FROM bugs ORDER BY id LIMIT 1 FOR UPDATE",
+}
+
+WAITING = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+)
+"""How many sessions of this database wait on a lock."""
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not SERVER, reason="set BACKFILL_TEST_POSTGRES_URL to run the PostgreSQL tests")
+@pytest.mark.parametrize("lock", list(LOCKS))
+def test_a_locked_postgresql_table_or_row_is_waited_for_and_nothing_is_lost(
+    template_db: Path, tmp_path: Path, lock: str
+) -> None:
+    """The PostgreSQL counterpart of the test above: PostgreSQL has no busy timeout, so the run
+    waits on another transaction's lock (a whole table that it writes, or one row that it
+    updates) with no bug attributed meanwhile, and ends as a full run once the lock is released."""
+    with builtin_backend("postgresql", template_db, tmp_path / "unused") as db:
+        expected = Expected(db)
+        run: Spawned | None = None
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_LOCK, db.url, LOCKS[lock]],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+            run = Spawned([*BOTH, "-d", db.url, "--quiet", *no_validate(db)], tmp_path / "procs")
+            try:
+                assert wait_for(lambda: db.scalar(WAITING) == 1, run), run.wait().stderr
+                assert db.scalar("SELECT count(*) FROM bugs WHERE test_feature_id IS NOT NULL") == 0
+            finally:
+                holder.communicate("release\n", timeout=60)
+            done = run.wait()
+        finally:
+            if run is not None:
+                run.stop()
+            if holder.poll() is None:
+                holder.kill()
+                holder.wait()
+        assert done.returncode == 0, done.stderr
+        assert features_by_test(db) == expected.features
+        assert attributions(db) == expected.attribution
 
 
 # -- leaving: the command skips interpreter teardown, not what exit must do -------------------------
