@@ -9,11 +9,12 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from support.backends import Backend, builtin_backend, needs_metrics, no_validate
+from support.backends import KINDS, Backend, builtin_backend, needs_metrics, no_validate
 from support.builtin_job import Expected, attributions, features_by_test, snapshot
 from support.cli import RunCli, parse_json_output, stats_by_name
 from support.db import fingerprint, scalar
@@ -22,6 +23,18 @@ from support.processes import Spawned, wait_for
 from support.sqlite import sha256
 
 BOTH = ["run", "test_features", "bug_attribution"]
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def untouched_db(
+    request: pytest.FixtureRequest, template_db: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Backend]:
+    """One database of each kind for the tests here that must write nothing (each checks that it
+    did not), so that they do not each pay for a scratch database."""
+    folder = tmp_path_factory.mktemp("untouched")
+    with builtin_backend(request.param, template_db, folder / "untouched.db") as backend:
+        yield backend
+
 
 # -- 1: validation failed, or the run stopped -------------------------------------------------------
 
@@ -115,8 +128,9 @@ def test_max_error_rate_zero_json(cli: RunCli, db: Backend) -> None:
     ],
 )
 def test_usage_errors_exit_2_and_write_nothing(
-    cli: RunCli, db: Backend, args: list[str], message: str
+    cli: RunCli, untouched_db: Backend, args: list[str], message: str
 ) -> None:
+    db = untouched_db
     digest = fingerprint(db)
 
     proc = cli([*args, "-d", db.url, "--quiet"] if args[0] == "run" else [*args, "-d", db.url])
@@ -126,16 +140,19 @@ def test_usage_errors_exit_2_and_write_nothing(
     assert fingerprint(db) == digest
 
 
-def test_unknown_extractor_lists_the_available_ones(cli: RunCli, db: Backend) -> None:
-    proc = cli(["run", "no_such_extractor", "-d", db.url])
+def test_unknown_extractor_lists_the_available_ones(cli: RunCli, untouched_db: Backend) -> None:
+    proc = cli(["run", "no_such_extractor", "-d", untouched_db.url])
 
     assert proc.returncode == 2
     assert "available: bug_attribution, test_features" in proc.stderr
 
 
-def test_threshold_naming_no_metric_is_rejected_before_anything_is_written(cli: RunCli, db: Backend) -> None:
+def test_threshold_naming_no_metric_is_rejected_before_anything_is_written(
+    cli: RunCli, untouched_db: Backend
+) -> None:
     """A misspelt --threshold is a usage error (exit 2): it must be caught before the run
     writes, not after the whole backfill has been committed."""
+    db = untouched_db
     digest = fingerprint(db)
 
     proc = cli([*BOTH, "-d", db.url, "--quiet", "--threshold", "coverag=0.9"])
