@@ -244,7 +244,7 @@ def test_missing_column_exits_3_before_anything_is_written(
     assert scalar(db, "SELECT count(*) FROM test_features") == 0
 
 
-# SQLite only: its database lock and busy timeout; PostgreSQL has no such timeout (its test is below).
+# SQLite only: its database lock and busy timeout; a locked table or row on PostgreSQL is below.
 @pytest.mark.parametrize("lock", ["EXCLUSIVE", "IMMEDIATE"])
 def test_locked_database_exits_3_without_partial_writes(cli: RunCli, fresh_db: Path, lock: str) -> None:
     """EXCLUSIVE blocks even reading the schema; IMMEDIATE lets the run read and plan, then
@@ -303,9 +303,9 @@ WAITING = (
 def test_a_locked_postgresql_table_or_row_is_waited_for_and_nothing_is_lost(
     template_db: Path, tmp_path: Path, lock: str
 ) -> None:
-    """The PostgreSQL counterpart of the test above: PostgreSQL has no busy timeout, so the run
-    waits on another transaction's lock (a whole table that it writes, or one row that it
-    updates) with no bug attributed meanwhile, and ends as a full run once the lock is released."""
+    """The PostgreSQL counterpart of the test above: the run waits on another transaction's lock
+    (a whole table that it writes, or one row that it updates) with no bug attributed meanwhile,
+    and ends as a full run once the lock is released."""
     with builtin_backend("postgresql", template_db, tmp_path / "unused") as db:
         expected = Expected(db)
         run: Spawned | None = None
