@@ -1,6 +1,6 @@
 """Fixtures for the crash-safety tests of the run ledger (issue 3): the ``crash`` toolbox
-(tests/support/crash.py) and the databases, built once per session with the synthetic generator
-and copied per test."""
+(tests/support/crash.py), the databases, built once per session with the synthetic generator
+and copied per test (``crash.database(kind, ...)``), and ``kind``, each database in turn."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from support.backends import KINDS, Backend, SqliteBackend, no_validate
 from support.builtin_job import after_run, build_template
 from support.consistency import BOTH, Reference
 from support.crash import Crash
@@ -24,6 +25,12 @@ def crash(tmp_path: Path) -> Iterator[Crash]:
     helper = Crash(tmp_path)
     yield helper
     helper.cleanup()
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    """ "sqlite" or "postgresql": the test runs once on each (the latter needs the test server)."""
+    return str(request.param)
 
 
 def _build(factory: pytest.TempPathFactory, name: str, tests: int) -> Path:
@@ -73,3 +80,15 @@ def small_with_ledger(tmp_path_factory: pytest.TempPathFactory, small_template: 
     """The small template after one real ``backfill run test_features`` (so the ledger exists)."""
     path = tmp_path_factory.mktemp("small-ledger") / "ledger.db"
     return after_run(small_template, path, ["run", "test_features", "-d", path, "-q"])
+
+
+@pytest.fixture
+def with_ledger(kind: str, crash: Crash, request: pytest.FixtureRequest) -> Backend:
+    """A private copy of ``small_with_ledger`` on SQLite; on PostgreSQL the small template after
+    the same real run."""
+    if kind == "sqlite":
+        return SqliteBackend(crash.copy(request.getfixturevalue("small_with_ledger"), "ledger.db"))
+    db = crash.database(kind, request.getfixturevalue("small_template"), "ledger.db")
+    proc = crash.run_cli(["run", "test_features", "-d", db.url, "-q", *no_validate(db)])
+    assert proc.returncode == 0, proc.stderr
+    return db

@@ -1,5 +1,6 @@
 """SIGKILL a real run of both extractors again and again, then let it finish: the result must be
-exactly what one uninterrupted run produces, and the ledger must account for every row once."""
+exactly what one uninterrupted run produces, and the ledger must account for every row once; on
+a SQLite file and on a scratch PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from support.backends import no_validate
+
 if TYPE_CHECKING:
     from support.consistency import Reference
     from support.crash import Crash
+    from support.db import Where
 
 KILL_PLAN = ("early", "test_features", "test_features", "early", "bug_attribution", "bug_attribution")
 """Where each SIGKILL lands: 'early' is the start of whichever extractor the run does first (its
@@ -23,7 +27,7 @@ aimed on any machine, fast or slow."""
 BATCH = 100
 
 
-def _remaining(crash: Crash, path: Path, extractor: str) -> int:
+def _remaining(crash: Crash, path: Where, extractor: str) -> int:
     """The source rows the next run of ``extractor`` reads: after its checkpoint, if it has one."""
     source = {"test_features": "tests", "bug_attribution": "bugs"}[extractor]
     mine = [r for r in crash.runs(path) if r["extractor"] == extractor and r["retry_of"] is None]
@@ -35,7 +39,7 @@ def _remaining(crash: Crash, path: Path, extractor: str) -> int:
     return int(crash.scalar(path, f"SELECT COUNT(*) FROM {source} WHERE id > ?", (last,)))
 
 
-def _aim(crash: Crash, path: Path, phase: str, rng: random.Random) -> tuple[str, str]:
+def _aim(crash: Crash, path: Where, phase: str, rng: random.Random) -> tuple[str, str]:
     """The extractor a kill aims at, and the BACKFILL_STOP_AT spec that holds the run there."""
     if phase == "early":
         target = "test_features" if _remaining(crash, path, "test_features") else "bug_attribution"
@@ -73,7 +77,7 @@ def _expected_notes(ledger: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
-def test_kill_and_resume(crash: Crash, medium_template: Path, medium_reference: Reference) -> None:
+def test_kill_and_resume(kind: str, crash: Crash, medium_template: Path, medium_reference: Reference) -> None:
     seed, rng = crash.seeded()
     ref = medium_reference
     ref_runs = {r["extractor"]: r for r in crash.runs(ref.path)}
@@ -81,8 +85,8 @@ def test_kill_and_resume(crash: Crash, medium_template: Path, medium_reference: 
         name: sorted(e["key"] for e in crash.errors_of(ref.path, r["id"])) for name, r in ref_runs.items()
     }
 
-    path = crash.copy(medium_template, "killed.db")
-    cmd = ["run", *crash.BOTH, "-d", path, "-q", "--json", "--batch-size", str(BATCH)]
+    path = crash.database(kind, medium_template, "killed.db")
+    cmd = ["run", *crash.BOTH, "-d", path.url, "-q", "--json", "--batch-size", str(BATCH), *no_validate(path)]
     stderrs: list[str] = []
     expected: list[str] = []
     for i, phase in enumerate(KILL_PLAN):

@@ -1,33 +1,20 @@
 """--retry-errors reprocesses only the keys recorded as failed, as a new run, and keeps the error
-records truthful: fixed keys leave the ledger, keys that still fail stay recorded somewhere."""
+records truthful: fixed keys leave the ledger, keys that still fail stay recorded somewhere. On a
+SQLite file and on a scratch PostgreSQL database."""
 
 from __future__ import annotations
 
 import json
 import signal
-import sqlite3
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from support.backends import Backend, no_validate
+from support.db import execute, execute_many
 
 if TYPE_CHECKING:
     from support.consistency import Reference
     from support.crash import Crash
-
-
-def _execute(
-    path: Path, sql: str, params: Sequence[Any] | list[Sequence[Any]] = (), many: bool = False
-) -> None:
-    """Edit the source data the way an operator would fix it: a plain sqlite3 connection."""
-    conn = sqlite3.connect(path)
-    try:
-        with conn:
-            if many:
-                conn.executemany(sql, params)
-            else:
-                conn.execute(sql, params)
-    finally:
-        conn.close()
 
 
 def _fixed_data(key: int, feature_id: int, product_feature: int) -> str:
@@ -36,21 +23,21 @@ def _fixed_data(key: int, feature_id: int, product_feature: int) -> str:
     return json.dumps({"id": key, "features": [feature]})
 
 
-def _errors_json(crash: Crash, path: Path, run_id: int) -> list[dict[str, Any]]:
-    proc = crash.run_cli(["errors", str(run_id), "-d", path, "--json"])
+def _errors_json(crash: Crash, path: Backend, run_id: int) -> list[dict[str, Any]]:
+    proc = crash.run_cli(["errors", str(run_id), "-d", path.url, "--json"])
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)  # type: ignore[no-any-return]
 
 
-def _status(crash: Crash, path: Path) -> dict[int, dict[str, Any]]:
-    proc = crash.run_cli(["status", "-d", path, "--json", "--limit", "50"])
+def _status(crash: Crash, path: Backend) -> dict[int, dict[str, Any]]:
+    proc = crash.run_cli(["status", "-d", path.url, "--json", "--limit", "50"])
     assert proc.returncode == 0, proc.stderr
     return {r["id"]: r for r in json.loads(proc.stdout)}
 
 
-def test_retry_errors_after_fixing_bad_rows(crash: Crash, small_template: Path) -> None:
-    path = crash.copy(small_template, "cache.db")
-    first = crash.run_cli(["run", *crash.BOTH, "-d", path, "-q"])
+def test_retry_errors_after_fixing_bad_rows(kind: str, crash: Crash, small_template: Path) -> None:
+    path = crash.database(kind, small_template, "cache.db")
+    first = crash.run_cli(["run", *crash.BOTH, "-d", path.url, "-q", *no_validate(path)])
     assert first.returncode == 0, first.stderr
     old = next(r for r in _status(crash, path).values() if r["extractor"] == "test_features")
     failed = _errors_json(crash, path, old["id"])
@@ -61,18 +48,19 @@ def test_retry_errors_after_fixing_bad_rows(crash: Crash, small_template: Path) 
     first_id = crash.scalar(path, "SELECT MAX(id) FROM test_features") + 1000
     new_ids = {key: first_id + i for i, key in enumerate(fixed)}
     known = crash.scalar(path, "SELECT MIN(id) FROM features")
-    _execute(
+    execute_many(
         path,
         "UPDATE tests SET data = ? WHERE id = ?",
         [(_fixed_data(key, fid, known), key) for key, fid in new_ids.items()],
-        many=True,
     )
     features_before = crash.scalar(path, "SELECT COUNT(*) FROM test_features")
     # A test refused one unknown feature (integrity) still has its other features written.
     rows_of = "SELECT id, test_id, title FROM test_features WHERE test_id = ? ORDER BY id"
     written_before = {key: crash.query(path, rows_of, (key,)) for key in keys}
 
-    retry = crash.run_cli(["run", "test_features", "--retry-errors", "-d", path, "-q"])
+    retry = crash.run_cli(
+        ["run", "test_features", "--retry-errors", "-d", path.url, "-q", *no_validate(path)]
+    )
     assert retry.returncode == 0, retry.stderr
     runs = _status(crash, path)
     new = max(runs.values(), key=lambda r: r["id"])
@@ -101,19 +89,21 @@ def test_retry_errors_after_fixing_bad_rows(crash: Crash, small_template: Path) 
     assert runs[old["id"]]["status"] == "succeeded"
 
 
-def _all_broken(crash: Crash, template: Path) -> tuple[Path, list[tuple[int, str]], int]:
+def _all_broken(crash: Crash, kind: str, template: Path) -> tuple[Backend, list[tuple[int, str]], int]:
     """A copy in which every test's JSON is broken, after a run that recorded every test as failed."""
-    path = crash.copy(template, "cache.db")
+    path = crash.database(kind, template, "cache.db")
     original = crash.query(path, "SELECT id, data FROM tests ORDER BY id")
-    _execute(path, "UPDATE tests SET data = 'x' || data")
-    proc = crash.run_cli(["run", "test_features", "-d", path, "-q", "--max-error-rate", "1", "--no-validate"])
+    execute(path, "UPDATE tests SET data = 'x' || data")
+    proc = crash.run_cli(
+        ["run", "test_features", "-d", path.url, "-q", "--max-error-rate", "1", "--no-validate"]
+    )
     assert proc.returncode == 0, proc.stderr
     (run,) = crash.runs(path)
     assert run["record_errors"] == len(original), run
     return path, original, run["id"]
 
 
-def _failing_keys(crash: Crash, path: Path) -> set[Any]:
+def _failing_keys(crash: Crash, path: Backend | Path) -> set[Any]:
     """Every key some test_features run still records as failed."""
     return {
         json.loads(k)
@@ -126,14 +116,14 @@ def _failing_keys(crash: Crash, path: Path) -> set[Any]:
 
 
 def test_interrupted_retry_resumes_with_the_same_command(
-    crash: Crash, small_template: Path, small_reference: Reference
+    kind: str, crash: Crash, small_template: Path, small_reference: Reference
 ) -> None:
     """SIGINT stops a --retry-errors run and says "run the same command again to resume"; doing
     so must still reprocess every key the original run recorded as failed."""
-    path, original, first = _all_broken(crash, small_template)
-    _execute(path, "UPDATE tests SET data = ? WHERE id = ?", [(d, i) for i, d in original], many=True)
+    path, original, first = _all_broken(crash, kind, small_template)
+    execute_many(path, "UPDATE tests SET data = ? WHERE id = ?", [(d, i) for i, d in original])
 
-    cmd = ["run", "test_features", "--retry-errors", "-d", path, "-q", "--batch-size", "1"]
+    cmd = ["run", "test_features", "--retry-errors", "-d", path.url, "-q", "--batch-size", "1"]
     cmd += ["--max-error-rate", "1", "--no-validate"]
     _seed, rng = crash.seeded()
     # Held still at a seeded batch of the retry (one key each), then signalled: mid-way on any
@@ -169,15 +159,15 @@ def test_interrupted_retry_resumes_with_the_same_command(
 
 
 def test_retry_of_keys_that_still_fail_re_records_them_under_the_new_run(
-    crash: Crash, small_template: Path
+    kind: str, crash: Crash, small_template: Path
 ) -> None:
     """Nothing fixed: every retried key fails again, and is recorded once, under the new run."""
-    path, original, first = _all_broken(crash, small_template)  # and left broken
+    path, original, first = _all_broken(crash, kind, small_template)  # and left broken
     every_key = {i for i, _ in original}
 
     proc = crash.run_cli(
         [
-            *("run", "test_features", "--retry-errors", "-d", path, "-q", "--batch-size", "7"),
+            *("run", "test_features", "--retry-errors", "-d", path.url, "-q", "--batch-size", "7"),
             *("--max-error-rate", "1", "--no-validate"),
         ]
     )

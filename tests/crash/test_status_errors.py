@@ -1,27 +1,27 @@
-"""`backfill status` and `backfill errors` read the ledger; a dry run never creates it."""
+"""`backfill status` and `backfill errors` read the ledger; a dry run never creates it. On a SQLite
+file and on a scratch PostgreSQL database."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import signal
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from support.backends import Backend, no_validate
+from support.db import fingerprint, sqlite_path
+
 if TYPE_CHECKING:
     from support.consistency import Reference
     from support.crash import Crash
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def test_dry_run_creates_no_ledger(crash: Crash, small_template: Path) -> None:
-    path = crash.copy(small_template, "cache.db")
-    digest = _sha256(path)
-    tests = crash.scalar(path, "SELECT COUNT(*) FROM tests")
+def test_dry_run_creates_no_ledger(kind: str, crash: Crash, small_template: Path) -> None:
+    db = crash.database(kind, small_template, "cache.db")
+    path = db.url
+    digest = fingerprint(db)
+    tests = crash.scalar(db, "SELECT COUNT(*) FROM tests")
 
     proc = crash.run_cli(["run", *crash.BOTH, "-d", path, "--dry-run", "-q", "--json"])
     assert proc.returncode == 0, proc.stderr
@@ -30,10 +30,10 @@ def test_dry_run_creates_no_ledger(crash: Crash, small_template: Path) -> None:
     assert report["extractors"][0]["processed"] == tests
     assert all(x["run_id"] is None for x in report["extractors"]), report["extractors"]
 
-    names = crash.table_names(path)
+    names = crash.table_names(db)
     assert "backfill_runs" not in names and "backfill_errors" not in names, names
-    assert _sha256(path) == digest, "a dry run changed the database file"
-    assert not Path(f"{path}-journal").exists()
+    assert fingerprint(db) == digest, "a dry run changed the database"
+    assert kind != "sqlite" or not Path(f"{path}-journal").exists()
 
     status = crash.run_cli(["status", "-d", path])
     assert status.returncode == 0, status.stderr
@@ -43,13 +43,13 @@ def test_dry_run_creates_no_ledger(crash: Crash, small_template: Path) -> None:
     assert json.loads(as_json.stdout) == []
     missing = crash.run_cli(["errors", "1", "-d", path])
     assert missing.returncode == 2, missing.stderr
-    assert _sha256(path) == digest, "status or errors changed the database file"
-    assert "backfill_runs" not in crash.table_names(path)
+    assert fingerprint(db) == digest, "status or errors changed the database"
+    assert "backfill_runs" not in crash.table_names(db)
 
 
-def test_dry_run_neither_records_nor_takes_over(crash: Crash, small_with_ledger: Path) -> None:
+def test_dry_run_neither_records_nor_takes_over(crash: Crash, with_ledger: Backend) -> None:
     """With a ledger present, and a dead run in it, a dry run still writes nothing at all."""
-    path = crash.copy(small_with_ledger, "cache.db")
+    path = with_ledger
     dead = crash.insert_fake_run(
         path,
         extractor="test_features",
@@ -59,17 +59,24 @@ def test_dry_run_neither_records_nor_takes_over(crash: Crash, small_with_ledger:
         plan="test_features",
     )
     before = crash.runs(path)
-    digest = _sha256(path)
-    proc = crash.run_cli(["run", "test_features", "-d", path, "--dry-run", "-q"])
+    digest = fingerprint(path)
+    proc = crash.run_cli(["run", "test_features", "-d", path.url, "--dry-run", "-q"])
     assert proc.returncode == 0, proc.stderr
     assert "taking over" not in proc.stderr and "resuming" not in proc.stderr, proc.stderr
-    assert _sha256(path) == digest, "a dry run changed the database file"
+    assert fingerprint(path) == digest, "a dry run changed the database"
     assert crash.runs(path) == before
     assert before[-1]["id"] == dead and before[-1]["status"] == "running"
 
 
-def test_status_json_after_a_complete_run(crash: Crash, small_reference: Reference) -> None:
-    path = small_reference.path  # read-only file: status and errors must only read
+def test_status_json_after_a_complete_run(
+    kind: str, crash: Crash, small_template: Path, small_reference: Reference
+) -> None:
+    path: Path | str = small_reference.path  # read-only file: status and errors must only read
+    if kind != "sqlite":
+        db = crash.database(kind, small_template, "complete.db")
+        done = crash.run_cli(["run", *crash.BOTH, "-d", db.url, "-q", *no_validate(db)])
+        assert done.returncode == 0, done.stderr
+        path = db.url
     proc = crash.run_cli(["status", "-d", path, "--json"])
     assert proc.returncode == 0, proc.stderr
     listed = json.loads(proc.stdout)
@@ -108,22 +115,26 @@ def test_status_json_after_a_complete_run(crash: Crash, small_reference: Referen
     assert missing_json.returncode == 2, missing_json.stderr
 
 
-def test_status_and_errors_work_right_after_a_crash(crash: Crash, medium_template: Path) -> None:
-    """SIGKILL lands while a batch is being written to the file, leaving a hot rollback journal
+def test_status_and_errors_work_right_after_a_crash(kind: str, crash: Crash, medium_template: Path) -> None:
+    """SIGKILL lands while a batch is being written, on SQLite leaving a hot rollback journal
     beside the database: `backfill status` and `backfill errors` are what a user runs next, and
     must still work."""
-    path = crash.copy(medium_template, "cache.db")
-    cmd = ["run", *crash.BOTH, "-d", path, "-q", "--batch-size", "4000"]
+    db = crash.database(kind, medium_template, "cache.db")
+    file = sqlite_path(db)
+    path = db.url
+    cmd = ["run", *crash.BOTH, "-d", path, "-q", "--batch-size", "4000", *no_validate(db)]
     # A batch of 4,000 bugs changes more pages than SQLite's page cache holds, so SQLite syncs the
     # journal and writes pages to the database before the commit: stopped once the second such
     # batch is written, the run has a hot journal beside the file, which the kill leaves behind.
     proc = crash.spawn(cmd, env={"BACKFILL_STOP_AT": "bug_attribution:written:2"})
     proc.wait_stopped()
-    assert crash.journal_is_hot(path), "the batch spilled nothing to the file: no hot journal to test"
+    if file is not None:  # SQLite only: the journal a killed writer leaves beside the file
+        assert crash.journal_is_hot(file), "the batch spilled nothing to the file: no hot journal to test"
     proc.signal(signal.SIGKILL)
     assert proc.wait().returncode == -signal.SIGKILL
-    assert crash.journal_is_hot(path)
-    expected = crash.runs(crash.readable(path))  # what the ledger says once the journal is rolled back
+    if file is not None:
+        assert crash.journal_is_hot(file)
+    expected = crash.runs(crash.readable(db))  # what the ledger says once the journal is rolled back
     dead = expected[-1]
     assert dead["status"] == "running" and dead["extractor"] == "bug_attribution", dead
     assert dead["processed"] == 4000, dead  # the first batch committed, the second rolled back

@@ -1,4 +1,6 @@
-"""A 'running' run whose owner is dead or silent is taken over; a live one is never run twice."""
+"""A 'running' run whose owner is dead or silent is taken over; a live one is never run twice. On a
+SQLite file and on a scratch PostgreSQL database (the stand-in for a live ``backfill`` process waits
+on a SQLite file of its own either way: only its process matters)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from support.backends import Backend, no_validate
+from support.db import sqlite_path
 
 if TYPE_CHECKING:
     from support.crash import Crash
@@ -36,7 +41,7 @@ CASES: dict[str, tuple[str, str | int, int, str | None, bool]] = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_running_row_is_taken_over_only_when_dead_or_stale(
-    case: str, crash: Crash, small_template: Path, small_with_ledger: Path
+    case: str, crash: Crash, small_template: Path, with_ledger: Backend
 ) -> None:
     host, owner, age, stale_after, taken_over = CASES[case]
     host = socket.gethostname() if host == "HOST" else host
@@ -53,12 +58,12 @@ def test_running_row_is_taken_over_only_when_dead_or_stale(
         else:
             assert isinstance(owner, int)
             pid = owner
-        _check_takeover(crash, small_with_ledger, case, host, pid, age, stale_after, taken_over)
+        _check_takeover(crash, with_ledger, case, host, pid, age, stale_after, taken_over)
 
 
 def _check_takeover(
     crash: Crash,
-    template: Path,
+    path: Backend,
     case: str,
     host: str,
     pid: int,
@@ -66,7 +71,6 @@ def _check_takeover(
     stale_after: str | None,
     taken_over: bool,
 ) -> None:
-    path = crash.copy(template, "cache.db")
     tests = crash.scalar(path, "SELECT COUNT(*) FROM tests")
     halfway = 150
     done_before = crash.scalar(path, "SELECT COUNT(*) FROM tests WHERE id <= ?", (halfway,))
@@ -85,7 +89,7 @@ def _check_takeover(
     features_before = crash.features(path)
 
     env = {"BACKFILL_STALE_AFTER": stale_after}
-    proc = crash.run_cli(["run", "test_features", "-d", path, "-q"], env=env)
+    proc = crash.run_cli(["run", "test_features", "-d", path.url, "-q", *no_validate(path)], env=env)
 
     after = {r["id"]: r for r in crash.runs(path)}
     if taken_over:
@@ -108,21 +112,22 @@ def _check_takeover(
         assert list(after.values()) == before, "a refused run changed the ledger"
 
 
-def test_second_run_of_a_live_extractor_is_refused(crash: Crash, small_template: Path) -> None:
-    path = crash.copy(small_template, "cache.db")
+def test_second_run_of_a_live_extractor_is_refused(kind: str, crash: Crash, small_template: Path) -> None:
+    path = crash.database(kind, small_template, "cache.db")
     _seed, rng = crash.seeded()
     # The first run is held mid-way, however fast the machine: it stops itself after committing a
     # batch (of 60), alive and holding no lock.
     stop_at = f"test_features:committed:{rng.randint(1, 59)}"
     first = crash.spawn(
-        ["run", "test_features", "-d", path, "-q", "--batch-size", "5"], env={"BACKFILL_STOP_AT": stop_at}
+        ["run", "test_features", "-d", path.url, "-q", "--batch-size", "5", *no_validate(path)],
+        env={"BACKFILL_STOP_AT": stop_at},
     )
     first.wait_stopped()
     (owner,) = crash.runs(path)
     assert owner["status"] == "running" and owner["processed"] > 0, owner
     try:
         for extra in ([], ["--restart"], ["--retry-errors"]):
-            second = crash.run_cli(["run", "test_features", "-d", path, "-q", *extra])
+            second = crash.run_cli(["run", "test_features", "-d", path.url, "-q", *extra, *no_validate(path)])
             assert first.alive(), f"the first run ended while {extra} was tried; the test proves nothing"
             assert second.returncode == 3, (extra, second.stderr)
             assert "already running" in second.stderr, (extra, second.stderr)
@@ -140,9 +145,9 @@ def test_second_run_of_a_live_extractor_is_refused(crash: Crash, small_template:
 
 
 def test_dependent_extractor_waits_for_a_live_run_of_its_dependency(
-    crash: Crash, small_with_ledger: Path
+    crash: Crash, with_ledger: Backend, small_with_ledger: Path
 ) -> None:
-    path = crash.copy(small_with_ledger, "cache.db")
+    path = with_ledger
     with crash.live_backfill(small_with_ledger) as pid:
         fake = crash.insert_fake_run(
             path,
@@ -156,20 +161,35 @@ def test_dependent_extractor_waits_for_a_live_run_of_its_dependency(
             total=300,
         )
         before = crash.runs(path)
-        proc = crash.run_cli(["run", "bug_attribution", "-d", path, "-q"])
+        proc = crash.run_cli(["run", "bug_attribution", "-d", path.url, "-q", *no_validate(path)])
 
     assert proc.returncode == 3, proc.stderr
     assert f"bug_attribution depends on test_features, which run {fake} is still filling" in proc.stderr
     assert crash.runs(path) == before, "a refused run changed the ledger"
 
 
-def test_a_run_recorded_with_this_process_pid_is_dead(crash: Crash, small_with_ledger: Path) -> None:
+def test_a_run_recorded_with_this_process_pid_is_dead(crash: Crash, with_ledger: Backend) -> None:
     """A container restarted with the same hostname: the dead run's pid is the new process's."""
-    path = crash.copy(small_with_ledger, "cache.db")
-    script = (
-        "import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
-        "c.execute('UPDATE backfill_runs SET pid = ? WHERE id = ?', (os.getpid(), int(sys.argv[2])));"
-        "c.commit(); c.close(); sys.argv = ['backfill', 'run', 'test_features', '-d', sys.argv[1], '-q'];"
+    path = with_ledger
+    if sqlite_path(path) is not None:
+        own_pid = (
+            "import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+            "c.execute('UPDATE backfill_runs SET pid = ? WHERE id = ?', (os.getpid(), int(sys.argv[2])));"
+            "c.commit(); c.close();"
+        )
+    else:
+        own_pid = (
+            "import asyncio, asyncpg, os, sys\n"
+            "async def own():\n"
+            "    c = await asyncpg.connect(sys.argv[1])\n"
+            "    await c.execute('UPDATE backfill_runs SET pid = $1 WHERE id = $2',\n"
+            "                    os.getpid(), int(sys.argv[2]))\n"
+            "    await c.close()\n"
+            "asyncio.run(own())\n"
+        )
+    script = own_pid + (
+        "import sys; sys.argv = ['backfill', 'run', 'test_features', '-d', sys.argv[1], '-q', "
+        f"*{no_validate(path)!r}];"
         "from backfill_core.app.cli import main; main()"
     )
     fake = crash.insert_fake_run(
@@ -184,7 +204,7 @@ def test_a_run_recorded_with_this_process_pid_is_dead(crash: Crash, small_with_l
         total=300,
     )
     proc = subprocess.run(
-        [sys.executable, "-c", script, str(path), str(fake)],
+        [sys.executable, "-c", script, path.url, str(fake)],
         capture_output=True,
         text=True,
         env=crash.make_env(),
@@ -194,10 +214,8 @@ def test_a_run_recorded_with_this_process_pid_is_dead(crash: Crash, small_with_l
     assert f"taking over run {fake} of test_features" in proc.stderr
 
 
-def test_status_shows_a_running_run_whose_process_is_gone_as_dead(
-    crash: Crash, small_with_ledger: Path
-) -> None:
-    path = crash.copy(small_with_ledger, "cache.db")
+def test_status_shows_a_running_run_whose_process_is_gone_as_dead(crash: Crash, with_ledger: Backend) -> None:
+    path = with_ledger
     fake = crash.insert_fake_run(
         path,
         extractor="test_features",
@@ -209,7 +227,7 @@ def test_status_shows_a_running_run_whose_process_is_gone_as_dead(
         processed=150,
         total=300,
     )
-    proc = crash.run_cli(["status", "-d", path, "--json"])
+    proc = crash.run_cli(["status", "-d", path.url, "--json"])
     assert proc.returncode == 0, proc.stderr
     shown = {r["id"]: r["status"] for r in json.loads(proc.stdout)}
     assert shown[fake] == "dead", shown

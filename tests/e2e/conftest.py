@@ -1,18 +1,20 @@
-"""Shared fixtures for the end-to-end tests: the real ``backfill`` script, real SQLite files,
-real installed plugin packages.
+"""Shared fixtures for the end-to-end tests: the real ``backfill`` script, real SQLite files and
+scratch PostgreSQL databases, real installed plugin packages.
 
 Every test runs the console script as a subprocess with an explicit environment. Databases
-are built once per session with the synthetic generator and copied per test.
+are built once per session with the synthetic generator and copied per test (on PostgreSQL, loaded
+into a scratch database per test).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from support.backends import KINDS, Backend, builtin_backend
 from support.builtin_job import after_run, build_template, writable_copy
 from support.cli import BACKFILL, RunCli, run_cli
 from support.plugins import install_plugins
@@ -45,6 +47,14 @@ def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fresh_db(template_db: Path, tmp_path: Path) -> Path:
     """A private, writable copy of the small template database."""
     return writable_copy(template_db, tmp_path / "cache.db")
+
+
+@pytest.fixture(params=KINDS)
+def db(request: pytest.FixtureRequest, template_db: Path, tmp_path: Path) -> Iterator[Backend]:
+    """The small template as this run of the test's database: a private SQLite copy, or a scratch
+    PostgreSQL database holding the same rows; ``db.url`` is what ``--database`` takes."""
+    with builtin_backend(request.param, template_db, tmp_path / "cache.db") as backend:
+        yield backend
 
 
 @pytest.fixture

@@ -1,4 +1,7 @@
-"""``backfill demo``: builds a synthetic database, backfills it, and never clobbers other files."""
+"""``backfill demo``: builds a synthetic database, backfills it, and never clobbers other files.
+
+SQLite only: ``backfill demo`` builds a SQLite file.
+"""
 
 from __future__ import annotations
 

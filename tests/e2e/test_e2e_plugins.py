@@ -1,7 +1,8 @@
 """Real plugin packages, installed with pip and found through the ``backfill`` entry-point
 group: a broken one beside working ones.
 
-The fixture packages live in tests/plugins/. ``backfill-broken-plugin`` imports a module that
+The runs are shown on a SQLite file and on a scratch PostgreSQL database. The fixture packages
+live in tests/plugins/. ``backfill-broken-plugin`` imports a module that
 does not exist; ``backfill-good-extra-plugin`` registers the ``extra_status_upper`` extractor.
 """
 
@@ -12,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from support.backends import Backend, no_validate
 from support.cli import RunCli, parse_json_output, plugin_env
-from support.sqlite import query, scalar, sha256
+from support.db import fingerprint, query, scalar
 
 BROKEN_DIST, BROKEN_VERSION = "backfill-broken-plugin", "0.3.1"
 BROKEN_EP = "broken = backfill_broken_plugin"
@@ -82,10 +84,10 @@ def test_list_plugins_json(cli: RunCli, plugin_site: Path) -> None:
 
 
 def test_builtin_extractor_still_runs_beside_the_broken_plugin(
-    cli: RunCli, plugin_site: Path, fresh_db: Path
+    cli: RunCli, plugin_site: Path, db: Backend
 ) -> None:
     proc = cli(
-        ["run", "test_features", "-d", fresh_db, "--quiet", "--json", "--no-validate"],
+        ["run", "test_features", "-d", db.url, "--quiet", "--json", "--no-validate"],
         env=plugin_env(plugin_site),
     )
 
@@ -93,32 +95,35 @@ def test_builtin_extractor_still_runs_beside_the_broken_plugin(
     _assert_one_broken_line(proc.stderr)
     stats = parse_json_output(proc)["extractors"][0]
     assert stats["plugin"] == "testmanagement (backfill 0.1.0)"
-    assert stats["inserted"] == scalar(fresh_db, "SELECT count(*) FROM test_features") > 0
+    assert stats["inserted"] == scalar(db, "SELECT count(*) FROM test_features") > 0
 
 
 def test_good_plugin_extractor_runs_beside_the_broken_plugin(
-    cli: RunCli, plugin_site: Path, fresh_db: Path
+    cli: RunCli, plugin_site: Path, db: Backend
 ) -> None:
-    statuses = {s for (s,) in query(fresh_db, "SELECT DISTINCT status FROM tests")}
+    statuses = {s for (s,) in query(db, "SELECT DISTINCT status FROM tests")}
     assert "archived" in statuses and all(s == s.lower() for s in statuses)
 
-    proc = cli(["run", GOOD_EXTRACTOR, "-d", fresh_db, "--quiet", "--json"], env=plugin_env(plugin_site))
+    proc = cli(
+        ["run", GOOD_EXTRACTOR, "-d", db.url, "--quiet", "--json", *no_validate(db)],
+        env=plugin_env(plugin_site),
+    )
 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     stats = parse_json_output(proc)["extractors"][0]
     assert stats["plugin"] == f"good_extra ({GOOD_DIST} {GOOD_VERSION})"
-    n_tests = scalar(fresh_db, "SELECT count(*) FROM tests")
+    n_tests = scalar(db, "SELECT count(*) FROM tests")
     assert stats["updated"] == n_tests
-    upper = {s for (s,) in query(fresh_db, "SELECT DISTINCT status FROM tests")}
+    upper = {s for (s,) in query(db, "SELECT DISTINCT status FROM tests")}
     assert upper == {s.upper() for s in statuses}
 
 
 def test_extractor_only_the_broken_plugin_could_provide_exits_3(
-    cli: RunCli, plugin_site: Path, fresh_db: Path
+    cli: RunCli, plugin_site: Path, db: Backend
 ) -> None:
-    digest = sha256(fresh_db)
+    digest = fingerprint(db)
 
-    proc = cli(["run", "broken_feature_counts", "-d", fresh_db, "--quiet"], env=plugin_env(plugin_site))
+    proc = cli(["run", "broken_feature_counts", "-d", db.url, "--quiet"], env=plugin_env(plugin_site))
 
     assert proc.returncode == 3, proc.stdout + proc.stderr
     error = [line for line in proc.stderr.splitlines() if line.startswith("backfill: error:")]
@@ -127,14 +132,14 @@ def test_extractor_only_the_broken_plugin_could_provide_exits_3(
     assert "failed to load" in error[0]
     assert BROKEN_DIST in error[0]
     assert BROKEN_EXC in error[0]
-    assert sha256(fresh_db) == digest
+    assert fingerprint(db) == digest
 
 
 def test_same_extractor_without_the_broken_plugin_is_a_usage_error(
-    cli: RunCli, plugin_site: Path, fresh_db: Path
+    cli: RunCli, plugin_site: Path, db: Backend
 ) -> None:
     proc = cli(
-        ["run", "broken_feature_counts", "-d", fresh_db, "--quiet"],
+        ["run", "broken_feature_counts", "-d", db.url, "--quiet"],
         env=plugin_env(plugin_site, {"BACKFILL_LOAD_PLUGINS": ""}),
     )
 

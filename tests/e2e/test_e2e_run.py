@@ -1,5 +1,5 @@
-"""``backfill run`` and ``backfill validate`` on real SQLite files: order, counts, idempotence,
-dry runs, malformed rows and the error log."""
+"""``backfill run`` and ``backfill validate`` on a real SQLite file and on a scratch PostgreSQL
+database: order, counts, idempotence, dry runs, malformed rows and the error log."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from support.backends import Backend, needs_metrics, no_validate
 from support.builtin_job import Expected, attributions, features_by_test, snapshot
 from support.cli import RunCli, parse_json_output, stats_by_name
-from support.sqlite import query, scalar, sha256
+from support.db import fingerprint, query, scalar
 
 BOTH_REVERSED = ["run", "bug_attribution", "test_features"]
 
@@ -25,20 +26,20 @@ def _line_index(text: str, prefix: str) -> int:
 # -- 2. run: dependency order, counts, idempotence --------------------------------------------------
 
 
-def test_run_reversed_names_runs_dependency_first(cli: RunCli, fresh_db: Path) -> None:
-    proc = cli([*BOTH_REVERSED, "-d", fresh_db, "--quiet"])
+def test_run_reversed_names_runs_dependency_first(cli: RunCli, db: Backend) -> None:
+    proc = cli([*BOTH_REVERSED, "-d", db.url, "--quiet", *no_validate(db)])
 
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert _line_index(out, "test_features ") < _line_index(out, "bug_attribution ")
     assert "validation:" in out
     assert "FAIL" not in out
-    assert scalar(fresh_db, "SELECT count(*) FROM test_features") > 0
+    assert scalar(db, "SELECT count(*) FROM test_features") > 0
 
 
-def test_run_json_is_one_document_whose_counts_match_the_database(cli: RunCli, fresh_db: Path) -> None:
-    expected = Expected(fresh_db)
-    proc = cli([*BOTH_REVERSED, "-d", fresh_db, "--quiet", "--json"])
+def test_run_json_is_one_document_whose_counts_match_the_database(cli: RunCli, db: Backend) -> None:
+    expected = Expected(db)
+    proc = cli([*BOTH_REVERSED, "-d", db.url, "--quiet", "--json", *no_validate(db)])
 
     assert proc.returncode == 0, proc.stderr
     report = parse_json_output(proc)
@@ -49,10 +50,10 @@ def test_run_json_is_one_document_whose_counts_match_the_database(cli: RunCli, f
     stats = stats_by_name(report)
 
     tf, ba = stats["test_features"], stats["bug_attribution"]
-    n_tests = scalar(fresh_db, "SELECT count(*) FROM tests")
-    n_bugs = scalar(fresh_db, "SELECT count(*) FROM bugs")
-    n_features = scalar(fresh_db, "SELECT count(*) FROM test_features")
-    n_attributed = scalar(fresh_db, "SELECT count(*) FROM bugs WHERE test_feature_id IS NOT NULL")
+    n_tests = scalar(db, "SELECT count(*) FROM tests")
+    n_bugs = scalar(db, "SELECT count(*) FROM bugs")
+    n_features = scalar(db, "SELECT count(*) FROM test_features")
+    n_attributed = scalar(db, "SELECT count(*) FROM bugs WHERE test_feature_id IS NOT NULL")
     assert tf["processed"] == tf["total"] == n_tests
     assert ba["processed"] == ba["total"] == n_bugs
     assert tf["inserted"] == n_features == expected.feature_rows
@@ -61,21 +62,30 @@ def test_run_json_is_one_document_whose_counts_match_the_database(cli: RunCli, f
     assert ba["updated"] == n_attributed == len(expected.attribution)
     assert ba["updated"] + ba["unchanged"] + ba["errors"] == n_bugs  # one Update per bug
 
+
+def test_run_json_metrics_match_the_database(cli: RunCli, db: Backend) -> None:
+    needs_metrics(db)
+    proc = cli([*BOTH_REVERSED, "-d", db.url, "--quiet", "--json"])
+
+    assert proc.returncode == 0, proc.stderr
+    report = parse_json_output(proc)
+    n_tests = scalar(db, "SELECT count(*) FROM tests")
+    n_attributed = scalar(db, "SELECT count(*) FROM bugs WHERE test_feature_id IS NOT NULL")
     metrics = {m["metric"]: m for m in report["validation"]}
     assert metrics["tests_with_features"]["numerator"] == scalar(
-        fresh_db, "SELECT count(DISTINCT test_id) FROM test_features"
+        db, "SELECT count(DISTINCT test_id) FROM test_features"
     )
     assert metrics["tests_with_features"]["denominator"] == n_tests
     assert metrics["bugs_attributed_all"]["numerator"] == n_attributed
     assert all(m["passed"] for m in report["validation"])
 
 
-def test_second_run_changes_nothing(cli: RunCli, fresh_db: Path) -> None:
-    first = cli([*BOTH_REVERSED, "-d", fresh_db, "--quiet", "--json"])
+def test_second_run_changes_nothing(cli: RunCli, db: Backend) -> None:
+    first = cli([*BOTH_REVERSED, "-d", db.url, "--quiet", "--json", *no_validate(db)])
     assert first.returncode == 0, first.stderr
-    before = snapshot(fresh_db)
+    before = snapshot(db)
 
-    second = cli([*BOTH_REVERSED, "-d", fresh_db, "--quiet", "--json"])
+    second = cli([*BOTH_REVERSED, "-d", db.url, "--quiet", "--json", *no_validate(db)])
 
     assert second.returncode == 0, second.stderr
     one, two = stats_by_name(parse_json_output(first)), stats_by_name(parse_json_output(second))
@@ -84,20 +94,21 @@ def test_second_run_changes_nothing(cli: RunCli, fresh_db: Path) -> None:
         assert two[name]["updated"] == 0, name
         assert two[name]["errors_by_tier"] == one[name]["errors_by_tier"], name
         assert two[name]["unchanged"] == one[name]["inserted"] + one[name]["updated"] + one[name]["unchanged"]
-    assert snapshot(fresh_db) == before
+    assert snapshot(db) == before
 
 
-def test_running_one_extractor_is_not_failed_by_metrics_of_another(cli: RunCli, fresh_db: Path) -> None:
+def test_running_one_extractor_is_not_failed_by_metrics_of_another(cli: RunCli, db: Backend) -> None:
     """``backfill run test_features`` on a fresh database: test_features itself succeeds.
 
     The coverage validator covers both extractors; its bug metrics can only pass once
     bug_attribution has run, which was not asked for. The run must not exit 1 for them.
     """
-    proc = cli(["run", "test_features", "-d", fresh_db, "--quiet", "--json"])
+    needs_metrics(db)
+    proc = cli(["run", "test_features", "-d", db.url, "--quiet", "--json"])
 
     report = parse_json_output(proc)
     assert [s["extractor"] for s in report["extractors"]] == ["test_features"]
-    assert scalar(fresh_db, "SELECT count(*) FROM test_features") == report["extractors"][0]["inserted"] > 0
+    assert scalar(db, "SELECT count(*) FROM test_features") == report["extractors"][0]["inserted"] > 0
     failed = [m["metric"] for m in report["validation"] or [] if not m["passed"]]
     assert (proc.returncode, failed) == (0, []), report["validation"]
 
@@ -106,21 +117,19 @@ def test_running_one_extractor_is_not_failed_by_metrics_of_another(cli: RunCli, 
 
 
 @pytest.mark.parametrize("batch_size", ["500", "7"])
-def test_dry_run_writes_nothing_and_predicts_the_real_run(
-    cli: RunCli, fresh_db: Path, batch_size: str
-) -> None:
-    digest = sha256(fresh_db)
-    args = [*BOTH_REVERSED, "-d", fresh_db, "--quiet", "--json", "--batch-size", batch_size]
+def test_dry_run_writes_nothing_and_predicts_the_real_run(cli: RunCli, db: Backend, batch_size: str) -> None:
+    digest = fingerprint(db)
+    args = [*BOTH_REVERSED, "-d", db.url, "--quiet", "--json", "--batch-size", batch_size]
 
     dry = cli([*args, "--dry-run"])
 
     assert dry.returncode == 0, dry.stderr
-    assert sha256(fresh_db) == digest
+    assert fingerprint(db) == digest
     dry_report = parse_json_output(dry)
     assert dry_report["dry_run"] is True
     assert dry_report["validation_skipped"] == "dry run"
 
-    real = cli(args)
+    real = cli([*args, *no_validate(db)])
 
     assert real.returncode == 0, real.stderr
     predicted, actual = stats_by_name(dry_report), stats_by_name(parse_json_output(real))
@@ -130,18 +139,18 @@ def test_dry_run_writes_nothing_and_predicts_the_real_run(
 
 
 def test_dry_run_of_both_extractors_sees_the_features_it_would_insert(
-    cli: RunCli, fresh_db: Path, tmp_path: Path
+    cli: RunCli, db: Backend, tmp_path: Path
 ) -> None:
     """bug_attribution must check its references against the features test_features would
     insert, not report every bug of a fresh database as an integrity error."""
-    expected = Expected(fresh_db)
+    expected = Expected(db)
     log = tmp_path / "dry-errors.jsonl"
 
     proc = cli(
         [
             *BOTH_REVERSED,
             "-d",
-            fresh_db,
+            db.url,
             "--quiet",
             "--json",
             "--dry-run",
@@ -165,16 +174,16 @@ def test_dry_run_of_both_extractors_sees_the_features_it_would_insert(
     assert not integrity_keys & set(expected.attribution)
 
 
-def test_dry_run_verbose_shows_samples_that_the_real_run_then_writes(cli: RunCli, fresh_db: Path) -> None:
-    digest = sha256(fresh_db)
-    args = [*BOTH_REVERSED, "-d", fresh_db, "--quiet", "--dry-run", "--verbose"]
+def test_dry_run_verbose_shows_samples_that_the_real_run_then_writes(cli: RunCli, db: Backend) -> None:
+    digest = fingerprint(db)
+    args = [*BOTH_REVERSED, "-d", db.url, "--quiet", "--dry-run", "--verbose"]
 
     text = cli(args)
     as_json = cli([*args, "--json"])
 
     assert text.returncode == 0, text.stderr
     assert as_json.returncode == 0, as_json.stderr
-    assert sha256(fresh_db) == digest
+    assert fingerprint(db) == digest
     assert "dry run: nothing written" in text.stdout
     assert "would insert" in text.stdout
     assert "test_features would {" in text.stdout
@@ -185,24 +194,24 @@ def test_dry_run_verbose_shows_samples_that_the_real_run_then_writes(cli: RunCli
     assert 0 < len(inserts) <= 5
     assert 0 < len(updates) <= 5
 
-    real = cli([*BOTH_REVERSED, "-d", fresh_db, "--quiet"])
+    real = cli([*BOTH_REVERSED, "-d", db.url, "--quiet", *no_validate(db)])
 
     assert real.returncode == 0, real.stderr
     for sample in inserts:
         assert sample["action"] == "insert"
         row = sample["row"]
         columns = sorted(row)
-        stored = dict(zip(columns, _one_row(fresh_db, "test_features", columns, row["id"]), strict=True))
+        stored = dict(zip(columns, _one_row(db, "test_features", columns, row["id"]), strict=True))
         assert stored == row
     for sample in updates:
         assert sample["action"] == "update"
         ((old, new),) = sample["changes"].values()
         assert old is None
-        assert _one_row(fresh_db, "bugs", ["test_feature_id"], sample["key"]["id"]) == (new,)
+        assert _one_row(db, "bugs", ["test_feature_id"], sample["key"]["id"]) == (new,)
 
 
-def _one_row(path: Path, table: str, columns: list[str], key: int) -> tuple[object, ...]:
-    rows = query(path, f"SELECT {', '.join(columns)} FROM {table} WHERE id = ?", (key,))
+def _one_row(db: Backend, table: str, columns: list[str], key: int) -> tuple[object, ...]:
+    rows = query(db, f"SELECT {', '.join(columns)} FROM {table} WHERE id = ?", (key,))
     assert len(rows) == 1, (table, key)
     return rows[0]
 
@@ -211,13 +220,13 @@ def _one_row(path: Path, table: str, columns: list[str], key: int) -> tuple[obje
 
 
 def test_malformed_rows_are_counted_by_kind_and_the_rest_land(
-    cli: RunCli, fresh_db: Path, tmp_path: Path
+    cli: RunCli, db: Backend, tmp_path: Path
 ) -> None:
-    expected = Expected(fresh_db)
+    expected = Expected(db)
     assert expected.test_errors and expected.bug_errors, "the synthetic data should be messy"
     log = tmp_path / "errors.jsonl"
 
-    proc = cli([*BOTH_REVERSED, "-d", fresh_db, "--quiet", "--json", "--log-file", log])
+    proc = cli([*BOTH_REVERSED, "-d", db.url, "--quiet", "--json", "--log-file", log, *no_validate(db)])
 
     assert proc.returncode == 0, proc.stderr
     report = parse_json_output(proc)
@@ -229,8 +238,8 @@ def test_malformed_rows_are_counted_by_kind_and_the_rest_land(
     assert report["errors_log"] == str(log)
 
     # everything else landed, exactly
-    assert features_by_test(fresh_db) == expected.features
-    assert attributions(fresh_db) == expected.attribution
+    assert features_by_test(db) == expected.features
+    assert attributions(db) == expected.attribution
 
     records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
     assert len(records) == report["errors_total"]
@@ -245,9 +254,9 @@ def test_malformed_rows_are_counted_by_kind_and_the_rest_land(
     }
 
 
-def test_log_file_is_appended_to(cli: RunCli, fresh_db: Path, tmp_path: Path) -> None:
+def test_log_file_is_appended_to(cli: RunCli, db: Backend, tmp_path: Path) -> None:
     log = tmp_path / "errors.jsonl"
-    args = ["run", "test_features", "-d", fresh_db, "--quiet", "--json", "--no-validate", "--log-file", log]
+    args = ["run", "test_features", "-d", db.url, "--quiet", "--json", "--no-validate", "--log-file", log]
 
     first = cli(args)
     second = cli(args)
@@ -260,10 +269,10 @@ def test_log_file_is_appended_to(cli: RunCli, fresh_db: Path, tmp_path: Path) ->
     assert len(log.read_text(encoding="utf-8").splitlines()) == 2 * total
 
 
-def test_text_summary_lists_error_kinds(cli: RunCli, fresh_db: Path) -> None:
-    expected = Expected(fresh_db)
+def test_text_summary_lists_error_kinds(cli: RunCli, db: Backend) -> None:
+    expected = Expected(db)
 
-    proc = cli([*BOTH_REVERSED, "-d", fresh_db, "--quiet"])
+    proc = cli([*BOTH_REVERSED, "-d", db.url, "--quiet", *no_validate(db)])
 
     assert proc.returncode == 0, proc.stderr
     for name in ("test_features", "bug_attribution"):
@@ -277,28 +286,30 @@ def test_text_summary_lists_error_kinds(cli: RunCli, fresh_db: Path) -> None:
 # -- 8. validate ------------------------------------------------------------------------------------
 
 
-def test_validate_after_a_run_passes_and_prints_the_metrics(cli: RunCli, fresh_db: Path) -> None:
-    assert cli([*BOTH_REVERSED, "-d", fresh_db, "--quiet"]).returncode == 0
-    digest = sha256(fresh_db)
+def test_validate_after_a_run_passes_and_prints_the_metrics(cli: RunCli, db: Backend) -> None:
+    needs_metrics(db)
+    assert cli([*BOTH_REVERSED, "-d", db.url, "--quiet"]).returncode == 0
+    digest = fingerprint(db)
 
-    proc = cli(["validate", "-d", fresh_db])
+    proc = cli(["validate", "-d", db.url])
 
     assert proc.returncode == 0, proc.stderr
     for metric in ("tests_with_features", "bugs_attributed", "bugs_attributed_all", "features_with_customer"):
         assert f"coverage.{metric} = " in proc.stdout
     assert "FAIL" not in proc.stdout
-    assert sha256(fresh_db) == digest  # validate only reads
+    assert fingerprint(db) == digest  # validate only reads
 
-    as_json = parse_json_output(cli(["validate", "-d", fresh_db, "--json"]))
+    as_json = parse_json_output(cli(["validate", "-d", db.url, "--json"]))
     assert as_json["exit_code"] == 0
     assert {m["metric"] for m in as_json["validation"]} >= {"tests_with_features", "bugs_attributed"}
 
 
-def test_validate_before_any_run_fails(cli: RunCli, fresh_db: Path) -> None:
-    digest = sha256(fresh_db)
+def test_validate_before_any_run_fails(cli: RunCli, db: Backend) -> None:
+    needs_metrics(db)
+    digest = fingerprint(db)
 
-    proc = cli(["validate", "-d", fresh_db])
+    proc = cli(["validate", "-d", db.url])
 
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAIL  coverage.tests_with_features = 0.0%" in proc.stdout
-    assert sha256(fresh_db) == digest
+    assert fingerprint(db) == digest

@@ -3,6 +3,9 @@ what happens when the worker or the engine dies.
 
 The probe plugin (tests/plugins/backfill-probe-plugin) records the pid of the process that
 extracted each row, and returns a value that cannot be pickled for every tenth test.
+
+SQLite only, but for the last test: a run on PostgreSQL has no worker (extraction runs in the
+engine's process), which that test shows.
 """
 
 from __future__ import annotations
@@ -16,7 +19,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from support.backends import builtin_backend, no_validate
 from support.cli import BACKFILL, RunCli, make_env, parse_json_output, plugin_env
+from support.postgres import needs_server
 from support.processes import children, running, wait_until_stopped
 from support.sqlite import query
 
@@ -158,3 +165,16 @@ def test_worker_does_not_outlive_a_killed_engine(copy_big: Callable[[str], Path]
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert _wait_for(lambda: not running(worker), timeout=60), f"worker {worker} outlived its engine"
+
+
+@pytest.mark.parametrize("kind", [pytest.param("postgresql", marks=needs_server)])
+def test_on_postgresql_extraction_runs_in_the_engines_process(
+    kind: str, template_db: Path, tmp_path: Path, probe_site: Path
+) -> None:
+    with builtin_backend(kind, template_db, tmp_path / "unused") as db:
+        db.execute("CREATE TABLE probe (id INTEGER PRIMARY KEY, pid INTEGER, note TEXT)")
+        args = ["run", "probe_pid", "-d", db.url, "-q", "--batch-size", "50", *no_validate(db)]
+        proc = _spawn(args, plugin_env(probe_site))
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        assert db.rows("SELECT DISTINCT pid FROM probe") == [(proc.pid,)]

@@ -5,6 +5,7 @@ the ``conftest.py`` files. ``tests`` is on pytest's ``pythonpath``, so a test im
 - ``cli``: the real ``backfill`` console script run as a subprocess, its environment and output.
 - ``processes``: background ``backfill`` processes, their stop points and their children.
 - ``sqlite``: read-only reads of SQLite files.
+- ``db``: reads and hand-made writes on a SQLite file or a ``Backend`` of either kind.
 - ``ledger``: the run ledger (``backfill_runs``, ``backfill_errors``) read and written by hand.
 - ``postgres``: scratch databases on the PostgreSQL test server.
 - ``backends``: one small database built alike on SQLite or PostgreSQL.

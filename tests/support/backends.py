@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from support.postgres import empty_database, execute, fetch, needs_server
+from support.postgres import SERVER, empty_database, execute, fetch, needs_server, scratch_database
 from support.sqlite import query
 
 SCHEMA = """
@@ -184,3 +185,40 @@ def backends(kind: str, folder: Path) -> Iterator[MakeBackend]:
             return PostgresBackend(kind, stack.enter_context(postgres_database(tests)))
 
         yield make
+
+
+@contextmanager
+def builtin_backend(kind: str, template: Path, path: Path) -> Iterator[Backend]:
+    """The built-in job's synthetic ``template`` as a database of ``kind``: a writable copy at
+    ``path``, or a scratch PostgreSQL database holding the same rows (dropped on exit)."""
+    if kind == "sqlite":
+        shutil.copy(template, path)
+        path.chmod(0o644)
+        yield SqliteBackend(path)
+        return
+    with scratch_database(template) as url:
+        yield PostgresBackend(kind, url)
+
+
+def server_version() -> int:
+    """The test server's ``server_version_num`` (150004 for 15.4)."""
+    assert SERVER, "BACKFILL_TEST_POSTGRES_URL is not set"
+    ((version,),) = asyncio.run(fetch(SERVER, "SELECT current_setting('server_version_num')::int"))
+    return int(version)
+
+
+def computes_metrics(db: Backend) -> bool:
+    """Whether the built-in job's validator runs on ``db``: its coverage metrics read JSON text in
+    a way that needs PostgreSQL 16 (a run there without ``--no-validate`` exits 3 up front)."""
+    return db.kind == "sqlite" or server_version() >= 160000
+
+
+def no_validate(db: Backend) -> list[str]:
+    """``--no-validate`` where the validator cannot run, for tests whose subject is not validation."""
+    return [] if computes_metrics(db) else ["--no-validate"]
+
+
+def needs_metrics(db: Backend) -> None:
+    """Skip a test whose subject is validation where the validator cannot run."""
+    if not computes_metrics(db):
+        pytest.skip("the coverage metrics read JSON text in a way that needs PostgreSQL 16")

@@ -1,5 +1,6 @@
 """The built-in job's synthetic SQLite databases: built, copied, run once; their tables read
-back; and ``Expected``, what a correct run must make of them."""
+back (from a SQLite file or either kind of ``Backend``); and ``Expected``, what a correct run must
+make of them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from backfill_plugins.testmanagement import synthetic
 from support.cli import run_cli
-from support.sqlite import query, table_rows
+from support.db import Where, query, table_rows
 
 
 def build_db(path: Path, tests: int, seed: int = 1) -> Path:
@@ -48,19 +49,19 @@ DATA_TABLES = ("tests", "test_features", "bugs")
 """The application's tables: what a backfill may change (backfill's own bookkeeping aside)."""
 
 
-def snapshot(path: Path, tables: tuple[str, ...] = DATA_TABLES) -> dict[str, list[tuple[Any, ...]]]:
+def snapshot(path: Where, tables: tuple[str, ...] = DATA_TABLES) -> dict[str, list[tuple[Any, ...]]]:
     """Full contents of the application's tables."""
     return {name: table_rows(path, name) for name in tables}
 
 
-def features(path: Path, up_to_test: int | None = None) -> list[tuple[Any, ...]]:
+def features(path: Where, up_to_test: int | None = None) -> list[tuple[Any, ...]]:
     """All columns of test_features, by id (only the features of tests <= ``up_to_test``)."""
     if up_to_test is None:
         return query(path, "SELECT * FROM test_features ORDER BY id")
     return query(path, "SELECT * FROM test_features WHERE test_id <= ? ORDER BY id", (up_to_test,))
 
 
-def features_by_test(path: Path) -> dict[int, set[int]]:
+def features_by_test(path: Where) -> dict[int, set[int]]:
     """test_id -> the ids of its rows in test_features."""
     out: dict[int, set[int]] = {}
     for test_id, feature_id in query(path, "SELECT test_id, id FROM test_features"):
@@ -68,12 +69,12 @@ def features_by_test(path: Path) -> dict[int, set[int]]:
     return out
 
 
-def attribution_column(path: Path) -> list[tuple[int, int | None]]:
+def attribution_column(path: Where) -> list[tuple[int, int | None]]:
     """(id, test_feature_id) of every bug, by id."""
     return [(r[0], r[1]) for r in query(path, "SELECT id, test_feature_id FROM bugs ORDER BY id")]
 
 
-def attributions(path: Path) -> dict[int, int]:
+def attributions(path: Where) -> dict[int, int]:
     """bug id -> test_feature_id, for the bugs that have one."""
     return dict(query(path, "SELECT id, test_feature_id FROM bugs WHERE test_feature_id IS NOT NULL"))
 
@@ -91,7 +92,7 @@ class Expected:
     test, so the oracle never guesses.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Where) -> None:
         self.features: dict[int, set[int]] = {}
         """test_id -> feature ids, for tests that have features."""
         self.test_errors: dict[int, str] = {}

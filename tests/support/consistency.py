@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from support.builtin_job import attribution_column, features
+from support.db import Where, scalar
 from support.ledger import decode_key, errors_of, runs
-from support.sqlite import scalar
 
 BOTH = ("test_features", "bug_attribution")
 """The built-in job's extractors, in the order they run."""
@@ -32,7 +32,7 @@ class Reference:
         return self
 
 
-def check_consistent(path: Path, ref: Reference, where: str = "") -> None:
+def check_consistent(path: Where, ref: Reference, where: str = "") -> None:
     """The data agrees exactly with the ledger's checkpoints, whatever point a run died at.
 
     * test_features holds exactly the reference features of the tests up to the furthest
@@ -81,7 +81,7 @@ def check_consistent(path: Path, ref: Reference, where: str = "") -> None:
         check_run_counts(path, r, where)
 
 
-def check_run_counts(path: Path, r: Mapping[str, Any], where: str = "") -> None:
+def check_run_counts(path: Where, r: Mapping[str, Any], where: str = "") -> None:
     """A (non-retry) run's processed count matches its checkpoint key, and its recorded errors
     match its error counts with no key recorded twice."""
     source = {"test_features": "tests", "bug_attribution": "bugs"}[r["extractor"]]
@@ -102,7 +102,7 @@ def check_run_counts(path: Path, r: Mapping[str, Any], where: str = "") -> None:
     assert len(set(recorded)) == len(recorded), f"{where}: run {r['id']} recorded a key twice"
 
 
-def check_equal_to_reference(path: Path, ref: Reference, where: str = "") -> None:
+def check_equal_to_reference(path: Where, ref: Reference, where: str = "") -> None:
     have = features(path)
     assert len(have) == len(ref.features), (
         f"{where}: {len(have)} test_features rows, want {len(ref.features)}"

@@ -1,8 +1,8 @@
 """The crash-safety tests' toolbox: every helper they use, as one ``Crash`` object handed out by
 the ``crash`` fixture (tests/crash/conftest.py), which also ends the processes a test spawned.
 
-Everything works on real SQLite files and runs the real ``backfill`` console script as a
-subprocess with an explicit copy of the environment.
+Everything works on real SQLite files or scratch PostgreSQL databases (``Crash.database``) and
+runs the real ``backfill`` console script as a subprocess with an explicit copy of the environment.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import random
 import shutil
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from support.backends import Backend, builtin_backend
 from support.builtin_job import attribution_column, features, writable_copy
 from support.cli import BACKFILL, Env, make_env, run_cli
 from support.consistency import (
@@ -25,9 +26,10 @@ from support.consistency import (
     check_equal_to_reference,
     check_run_counts,
 )
+from support.db import Where, query, scalar, sqlite_path, table_names
 from support.ledger import decode_key, errors_of, insert_fake_run, runs, utc_now
 from support.processes import Spawned, dead_pid, wait_for
-from support.sqlite import journal_is_hot, query, scalar, table_names
+from support.sqlite import journal_is_hot
 
 
 def seeded() -> tuple[int, random.Random]:
@@ -69,12 +71,24 @@ class Crash:
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
         self._spawned: list[Spawned] = []
+        self._databases = ExitStack()
 
     def copy(self, template: Path, name: str) -> Path:
         """A private, writable copy of a template database in this test's tmp dir."""
         return writable_copy(template, self.tmp_path / name)
 
-    def readable(self, path: Path) -> Path:
+    def database(self, kind: str, template: Path, name: str) -> Backend:
+        """A private copy of a template database: a SQLite file in this test's tmp dir, or a
+        scratch PostgreSQL database dropped when the test ends."""
+        return self._databases.enter_context(builtin_backend(kind, template, self.tmp_path / name))
+
+    def readable(self, where: Where) -> Where:
+        """``readable_file(path)`` for a SQLite file; ``where`` itself on PostgreSQL, whose server
+        rolls a killed writer's transaction back on its own."""
+        path = sqlite_path(where)
+        return where if path is None else self.readable_file(path)
+
+    def readable_file(self, path: Path) -> Path:
         """``path``, or, if a killed writer left a hot journal beside it, a recovered copy.
 
         A read-only connection cannot roll a hot journal back, and rolling back the file itself
@@ -122,3 +136,4 @@ class Crash:
     def cleanup(self) -> None:
         for proc in self._spawned:
             proc.stop()
+        self._databases.close()

@@ -1,4 +1,7 @@
-"""The built-in extractors through the testing kit's property checks, as any plugin's would be."""
+"""The built-in extractors through the testing kit's property checks, as any plugin's would be.
+
+SQLite only: the kit builds and checks its own SQLite files.
+"""
 
 from __future__ import annotations
 

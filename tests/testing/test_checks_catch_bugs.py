@@ -1,5 +1,8 @@
 """Each property check fails on an extractor broken in the way it exists to catch, with a
-message naming the extractor and the row; and passes on a correct one."""
+message naming the extractor and the row; and passes on a correct one.
+
+SQLite only: the kit builds and checks its own SQLite files.
+"""
 
 from __future__ import annotations
 

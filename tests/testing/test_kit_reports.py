@@ -1,4 +1,7 @@
-"""The testing kit says what its generated rows did, and lets them fill every required column."""
+"""The testing kit says what its generated rows did, and lets them fill every required column.
+
+SQLite only: the kit builds and checks its own SQLite files.
+"""
 
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ an extractor that changes its row in a way that gives the same result twice pass
 test schema refused were dropped until nothing was left to test and a non-idempotent extractor
 passed, a dry run was not asked to predict skips, an unpicklable change was reported as
 non-deterministic, and a payload with infinity crashed inside the JSON encoder.
+
+SQLite only: the kit builds and checks its own SQLite files.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The pytest plugin's fixtures, as a plugin author uses them (they need no import)."""
+"""The pytest plugin's fixtures, as a plugin author uses them (they need no import).
+
+SQLite only: ``backfill_database`` builds a SQLite file.
+"""
 
 from __future__ import annotations
 
