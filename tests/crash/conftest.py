@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from support.backends import KINDS, Backend, SqliteBackend, no_validate
+from support.backends import KINDS, Backend, SqliteBackend
 from support.builtin_job import after_run, build_template
 from support.consistency import BOTH, Reference
 from support.crash import Crash
@@ -89,6 +89,6 @@ def with_ledger(kind: str, crash: Crash, request: pytest.FixtureRequest) -> Back
     if kind == "sqlite":
         return SqliteBackend(crash.copy(request.getfixturevalue("small_with_ledger"), "ledger.db"))
     db = crash.database(kind, request.getfixturevalue("small_template"), "ledger.db")
-    proc = crash.run_cli(["run", "test_features", "-d", db.url, "-q", *no_validate(db)])
+    proc = crash.run_cli(["run", "test_features", "-d", db.url, "-q"])
     assert proc.returncode == 0, proc.stderr
     return db

@@ -10,8 +10,6 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from support.backends import no_validate
-
 if TYPE_CHECKING:
     from support.consistency import Reference
     from support.crash import Crash
@@ -86,7 +84,7 @@ def test_kill_and_resume(kind: str, crash: Crash, medium_template: Path, medium_
     }
 
     path = crash.database(kind, medium_template, "killed.db")
-    cmd = ["run", *crash.BOTH, "-d", path.url, "-q", "--json", "--batch-size", str(BATCH), *no_validate(path)]
+    cmd = ["run", *crash.BOTH, "-d", path.url, "-q", "--json", "--batch-size", str(BATCH)]
     stderrs: list[str] = []
     expected: list[str] = []
     for i, phase in enumerate(KILL_PLAN):

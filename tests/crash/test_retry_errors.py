@@ -9,7 +9,7 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from support.backends import Backend, no_validate
+from support.backends import Backend
 from support.db import execute, execute_many
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ def _status(crash: Crash, path: Backend) -> dict[int, dict[str, Any]]:
 
 def test_retry_errors_after_fixing_bad_rows(kind: str, crash: Crash, small_template: Path) -> None:
     path = crash.database(kind, small_template, "cache.db")
-    first = crash.run_cli(["run", *crash.BOTH, "-d", path.url, "-q", *no_validate(path)])
+    first = crash.run_cli(["run", *crash.BOTH, "-d", path.url, "-q"])
     assert first.returncode == 0, first.stderr
     old = next(r for r in _status(crash, path).values() if r["extractor"] == "test_features")
     failed = _errors_json(crash, path, old["id"])
@@ -58,9 +58,7 @@ def test_retry_errors_after_fixing_bad_rows(kind: str, crash: Crash, small_templ
     rows_of = "SELECT id, test_id, title FROM test_features WHERE test_id = ? ORDER BY id"
     written_before = {key: crash.query(path, rows_of, (key,)) for key in keys}
 
-    retry = crash.run_cli(
-        ["run", "test_features", "--retry-errors", "-d", path.url, "-q", *no_validate(path)]
-    )
+    retry = crash.run_cli(["run", "test_features", "--retry-errors", "-d", path.url, "-q"])
     assert retry.returncode == 0, retry.stderr
     runs = _status(crash, path)
     new = max(runs.values(), key=lambda r: r["id"])

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from support.backends import Backend, no_validate
+from support.backends import Backend
 from support.consistency import Reference
 from support.db import sqlite_path
 
@@ -57,7 +57,6 @@ def _start_and_stop(crash: Crash, start: Start, sig: int, extra: tuple[str, ...]
     )
     print(f"stopping at {spec}")
     cmd = ["run", *crash.BOTH, "-d", path.url, "-q", "--batch-size", "10", "--max-error-rate", "0.5", *extra]
-    cmd += no_validate(path)
     proc = crash.spawn(cmd, env={"BACKFILL_STOP_AT": spec})
     proc.wait_stopped()
     try:
@@ -139,9 +138,7 @@ def test_restart_after_interruption_starts_over(how: str, crash: Crash, start: S
     source = "tests" if stopped["extractor"] == "test_features" else "bugs"
     assert stopped["processed"] < crash.scalar(readable, f"SELECT COUNT(*) FROM {source}"), stopped
 
-    again = crash.run_cli(
-        ["run", *crash.BOTH, "-d", path.url, "-q", "--restart", "--json", *no_validate(path)]
-    )
+    again = crash.run_cli(["run", *crash.BOTH, "-d", path.url, "-q", "--restart", "--json"])
     assert again.returncode == 0, again.stderr
     assert "resuming run" not in again.stderr and "taking over run" not in again.stderr, again.stderr
     report = json.loads(again.stdout)

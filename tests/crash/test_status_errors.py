@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from support.backends import Backend, no_validate
+from support.backends import Backend
 from support.db import fingerprint, sqlite_path
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def test_status_json_after_a_complete_run(
     path: Path | str = small_reference.path  # read-only file: status and errors must only read
     if kind != "sqlite":
         db = crash.database(kind, small_template, "complete.db")
-        done = crash.run_cli(["run", *crash.BOTH, "-d", db.url, "-q", *no_validate(db)])
+        done = crash.run_cli(["run", *crash.BOTH, "-d", db.url, "-q"])
         assert done.returncode == 0, done.stderr
         path = db.url
     proc = crash.run_cli(["status", "-d", path, "--json"])
@@ -122,7 +122,7 @@ def test_status_and_errors_work_right_after_a_crash(kind: str, crash: Crash, med
     db = crash.database(kind, medium_template, "cache.db")
     file = sqlite_path(db)
     path = db.url
-    cmd = ["run", *crash.BOTH, "-d", path, "-q", "--batch-size", "4000", *no_validate(db)]
+    cmd = ["run", *crash.BOTH, "-d", path, "-q", "--batch-size", "4000"]
     # A batch of 4,000 bugs changes more pages than SQLite's page cache holds, so SQLite syncs the
     # journal and writes pages to the database before the commit: stopped once the second such
     # batch is written, the run has a hot journal beside the file, which the kill leaves behind.

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from support.backends import Backend, no_validate
+from support.backends import Backend
 from support.db import sqlite_path
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ def _check_takeover(
     features_before = crash.features(path)
 
     env = {"BACKFILL_STALE_AFTER": stale_after}
-    proc = crash.run_cli(["run", "test_features", "-d", path.url, "-q", *no_validate(path)], env=env)
+    proc = crash.run_cli(["run", "test_features", "-d", path.url, "-q"], env=env)
 
     after = {r["id"]: r for r in crash.runs(path)}
     if taken_over:
@@ -119,7 +119,7 @@ def test_second_run_of_a_live_extractor_is_refused(kind: str, crash: Crash, smal
     # batch (of 60), alive and holding no lock.
     stop_at = f"test_features:committed:{rng.randint(1, 59)}"
     first = crash.spawn(
-        ["run", "test_features", "-d", path.url, "-q", "--batch-size", "5", *no_validate(path)],
+        ["run", "test_features", "-d", path.url, "-q", "--batch-size", "5"],
         env={"BACKFILL_STOP_AT": stop_at},
     )
     first.wait_stopped()
@@ -127,7 +127,7 @@ def test_second_run_of_a_live_extractor_is_refused(kind: str, crash: Crash, smal
     assert owner["status"] == "running" and owner["processed"] > 0, owner
     try:
         for extra in ([], ["--restart"], ["--retry-errors"]):
-            second = crash.run_cli(["run", "test_features", "-d", path.url, "-q", *extra, *no_validate(path)])
+            second = crash.run_cli(["run", "test_features", "-d", path.url, "-q", *extra])
             assert first.alive(), f"the first run ended while {extra} was tried; the test proves nothing"
             assert second.returncode == 3, (extra, second.stderr)
             assert "already running" in second.stderr, (extra, second.stderr)
@@ -161,7 +161,7 @@ def test_dependent_extractor_waits_for_a_live_run_of_its_dependency(
             total=300,
         )
         before = crash.runs(path)
-        proc = crash.run_cli(["run", "bug_attribution", "-d", path.url, "-q", *no_validate(path)])
+        proc = crash.run_cli(["run", "bug_attribution", "-d", path.url, "-q"])
 
     assert proc.returncode == 3, proc.stderr
     assert f"bug_attribution depends on test_features, which run {fake} is still filling" in proc.stderr
@@ -188,8 +188,7 @@ def test_a_run_recorded_with_this_process_pid_is_dead(crash: Crash, with_ledger:
             "asyncio.run(own())\n"
         )
     script = own_pid + (
-        "import sys; sys.argv = ['backfill', 'run', 'test_features', '-d', sys.argv[1], '-q', "
-        f"*{no_validate(path)!r}];"
+        "import sys; sys.argv = ['backfill', 'run', 'test_features', '-d', sys.argv[1], '-q'];"
         "from backfill_core.app.cli import main; main()"
     )
     fake = crash.insert_fake_run(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from support.backends import KINDS, Backend, builtin_backend, needs_metrics, no_validate
+from support.backends import KINDS, Backend, builtin_backend
 from support.builtin_job import Expected, attributions, features_by_test, snapshot
 from support.cli import RunCli, parse_json_output, stats_by_name
 from support.db import fingerprint, scalar
@@ -40,7 +40,6 @@ def untouched_db(
 
 
 def test_threshold_above_coverage_fails_validation(cli: RunCli, db: Backend) -> None:
-    needs_metrics(db)
     proc = cli([*BOTH, "-d", db.url, "--quiet", "--threshold", "coverage=1.0"])
 
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -58,7 +57,6 @@ def test_threshold_above_coverage_fails_validation(cli: RunCli, db: Backend) -> 
 
 
 def test_threshold_for_one_metric_only(cli: RunCli, db: Backend) -> None:
-    needs_metrics(db)
     proc = cli([*BOTH, "-d", db.url, "--quiet", "--json", "--threshold", "coverage.bugs_attributed=1"])
 
     assert proc.returncode == 1
@@ -71,9 +69,7 @@ def test_max_error_rate_zero_stops_the_run(cli: RunCli, db: Backend) -> None:
     first_bad = min(expected.test_errors)
     assert first_bad <= 50, "the first batch should hold a malformed test"
 
-    proc = cli(
-        [*BOTH, "-d", db.url, "--quiet", "--max-error-rate", "0", "--batch-size", "50", *no_validate(db)]
-    )
+    proc = cli([*BOTH, "-d", db.url, "--quiet", "--max-error-rate", "0", "--batch-size", "50"])
 
     assert proc.returncode == 1, proc.stdout + proc.stderr
     stopped = [line for line in proc.stdout.splitlines() if "STOPPED" in line]
@@ -88,7 +84,7 @@ def test_max_error_rate_zero_stops_the_run(cli: RunCli, db: Backend) -> None:
 
 
 def test_max_error_rate_zero_json(cli: RunCli, db: Backend) -> None:
-    args = ["--max-error-rate", "0", "--batch-size", "50", *no_validate(db)]
+    args = ["--max-error-rate", "0", "--batch-size", "50"]
     proc = cli([*BOTH, "-d", db.url, "--quiet", "--json", *args])
 
     assert proc.returncode == 1
@@ -317,7 +313,7 @@ def test_a_locked_postgresql_table_or_row_is_waited_for_and_nothing_is_lost(
         )
         try:
             assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
-            run = Spawned([*BOTH, "-d", db.url, "--quiet", *no_validate(db)], tmp_path / "procs")
+            run = Spawned([*BOTH, "-d", db.url, "--quiet"], tmp_path / "procs")
             try:
                 assert wait_for(lambda: db.scalar(WAITING) == 1, run), run.wait().stderr
                 assert db.scalar("SELECT count(*) FROM bugs WHERE test_feature_id IS NOT NULL") == 0

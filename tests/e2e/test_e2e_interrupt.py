@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from support.backends import KINDS, Backend, builtin_backend, no_validate
+from support.backends import KINDS, Backend, builtin_backend
 from support.builtin_job import attributions, features_by_test, snapshot
 from support.cli import BACKFILL, make_env, run_cli
 from support.db import Where, query, sqlite_path
@@ -48,9 +48,7 @@ def databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[
     with ExitStack() as stack:
         db = stack.enter_context(builtin_backend(kind, template, tmp_path / "db"))
         full = stack.enter_context(builtin_backend(kind, template, tmp_path / "full"))
-        done = run_cli(
-            ["run", "test_features", "bug_attribution", "-d", full.url, "--quiet", *no_validate(full)]
-        )
+        done = run_cli(["run", "test_features", "bug_attribution", "-d", full.url, "--quiet"])
         assert done.returncode == 0, done.stderr
         yield db, full
 
@@ -58,7 +56,7 @@ def databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[
 @pytest.mark.parametrize("phase", ["test_features", "bug_attribution"])
 def test_sigint_exits_130_and_keeps_only_whole_batches(databases: tuple[Backend, Where], phase: str) -> None:
     db, big_full_run_db = databases
-    args = [str(BACKFILL), *COMMAND, "-d", db.url, *no_validate(db)]
+    args = [str(BACKFILL), *COMMAND, "-d", db.url]
     env = make_env({"BACKFILL_STOP_AT": f"{phase}:committed:3"})
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

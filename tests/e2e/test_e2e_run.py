@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from support.backends import Backend, needs_metrics, no_validate
+from support.backends import Backend
 from support.builtin_job import Expected, attributions, features_by_test, snapshot
 from support.cli import RunCli, parse_json_output, stats_by_name
 from support.db import fingerprint, query, scalar
@@ -27,7 +27,7 @@ def _line_index(text: str, prefix: str) -> int:
 
 
 def test_run_reversed_names_runs_dependency_first(cli: RunCli, db: Backend) -> None:
-    proc = cli([*BOTH_REVERSED, "-d", db.url, "--quiet", *no_validate(db)])
+    proc = cli([*BOTH_REVERSED, "-d", db.url, "--quiet"])
 
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
@@ -39,7 +39,7 @@ def test_run_reversed_names_runs_dependency_first(cli: RunCli, db: Backend) -> N
 
 def test_run_json_is_one_document_whose_counts_match_the_database(cli: RunCli, db: Backend) -> None:
     expected = Expected(db)
-    proc = cli([*BOTH_REVERSED, "-d", db.url, "--quiet", "--json", *no_validate(db)])
+    proc = cli([*BOTH_REVERSED, "-d", db.url, "--quiet", "--json"])
 
     assert proc.returncode == 0, proc.stderr
     report = parse_json_output(proc)
@@ -64,7 +64,6 @@ def test_run_json_is_one_document_whose_counts_match_the_database(cli: RunCli, d
 
 
 def test_run_json_metrics_match_the_database(cli: RunCli, db: Backend) -> None:
-    needs_metrics(db)
     proc = cli([*BOTH_REVERSED, "-d", db.url, "--quiet", "--json"])
 
     assert proc.returncode == 0, proc.stderr
@@ -81,11 +80,11 @@ def test_run_json_metrics_match_the_database(cli: RunCli, db: Backend) -> None:
 
 
 def test_second_run_changes_nothing(cli: RunCli, db: Backend) -> None:
-    first = cli([*BOTH_REVERSED, "-d", db.url, "--quiet", "--json", *no_validate(db)])
+    first = cli([*BOTH_REVERSED, "-d", db.url, "--quiet", "--json"])
     assert first.returncode == 0, first.stderr
     before = snapshot(db)
 
-    second = cli([*BOTH_REVERSED, "-d", db.url, "--quiet", "--json", *no_validate(db)])
+    second = cli([*BOTH_REVERSED, "-d", db.url, "--quiet", "--json"])
 
     assert second.returncode == 0, second.stderr
     one, two = stats_by_name(parse_json_output(first)), stats_by_name(parse_json_output(second))
@@ -103,7 +102,6 @@ def test_running_one_extractor_is_not_failed_by_metrics_of_another(cli: RunCli, 
     The coverage validator covers both extractors; its bug metrics can only pass once
     bug_attribution has run, which was not asked for. The run must not exit 1 for them.
     """
-    needs_metrics(db)
     proc = cli(["run", "test_features", "-d", db.url, "--quiet", "--json"])
 
     report = parse_json_output(proc)
@@ -129,7 +127,7 @@ def test_dry_run_writes_nothing_and_predicts_the_real_run(cli: RunCli, db: Backe
     assert dry_report["dry_run"] is True
     assert dry_report["validation_skipped"] == "dry run"
 
-    real = cli([*args, *no_validate(db)])
+    real = cli([*args])
 
     assert real.returncode == 0, real.stderr
     predicted, actual = stats_by_name(dry_report), stats_by_name(parse_json_output(real))
@@ -194,7 +192,7 @@ def test_dry_run_verbose_shows_samples_that_the_real_run_then_writes(cli: RunCli
     assert 0 < len(inserts) <= 5
     assert 0 < len(updates) <= 5
 
-    real = cli([*BOTH_REVERSED, "-d", db.url, "--quiet", *no_validate(db)])
+    real = cli([*BOTH_REVERSED, "-d", db.url, "--quiet"])
 
     assert real.returncode == 0, real.stderr
     for sample in inserts:
@@ -226,7 +224,7 @@ def test_malformed_rows_are_counted_by_kind_and_the_rest_land(
     assert expected.test_errors and expected.bug_errors, "the synthetic data should be messy"
     log = tmp_path / "errors.jsonl"
 
-    proc = cli([*BOTH_REVERSED, "-d", db.url, "--quiet", "--json", "--log-file", log, *no_validate(db)])
+    proc = cli([*BOTH_REVERSED, "-d", db.url, "--quiet", "--json", "--log-file", log])
 
     assert proc.returncode == 0, proc.stderr
     report = parse_json_output(proc)
@@ -272,7 +270,7 @@ def test_log_file_is_appended_to(cli: RunCli, db: Backend, tmp_path: Path) -> No
 def test_text_summary_lists_error_kinds(cli: RunCli, db: Backend) -> None:
     expected = Expected(db)
 
-    proc = cli([*BOTH_REVERSED, "-d", db.url, "--quiet", *no_validate(db)])
+    proc = cli([*BOTH_REVERSED, "-d", db.url, "--quiet"])
 
     assert proc.returncode == 0, proc.stderr
     for name in ("test_features", "bug_attribution"):
@@ -287,7 +285,6 @@ def test_text_summary_lists_error_kinds(cli: RunCli, db: Backend) -> None:
 
 
 def test_validate_after_a_run_passes_and_prints_the_metrics(cli: RunCli, db: Backend) -> None:
-    needs_metrics(db)
     assert cli([*BOTH_REVERSED, "-d", db.url, "--quiet"]).returncode == 0
     digest = fingerprint(db)
 
@@ -305,7 +302,6 @@ def test_validate_after_a_run_passes_and_prints_the_metrics(cli: RunCli, db: Bac
 
 
 def test_validate_before_any_run_fails(cli: RunCli, db: Backend) -> None:
-    needs_metrics(db)
     digest = fingerprint(db)
 
     proc = cli(["validate", "-d", db.url])

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from support.backends import builtin_backend, no_validate
+from support.backends import builtin_backend
 from support.cli import BACKFILL, RunCli, make_env, parse_json_output, plugin_env
 from support.postgres import needs_server
 from support.processes import children, running, wait_until_stopped
@@ -173,7 +173,7 @@ def test_on_postgresql_extraction_runs_in_the_engines_process(
 ) -> None:
     with builtin_backend(kind, template_db, tmp_path / "unused") as db:
         db.execute("CREATE TABLE probe (id INTEGER PRIMARY KEY, pid INTEGER, note TEXT)")
-        args = ["run", "probe_pid", "-d", db.url, "-q", "--batch-size", "50", *no_validate(db)]
+        args = ["run", "probe_pid", "-d", db.url, "-q", "--batch-size", "50"]
         proc = _spawn(args, plugin_env(probe_site))
         _, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 0, stderr

@@ -205,20 +205,3 @@ def server_version() -> int:
     assert SERVER, "BACKFILL_TEST_POSTGRES_URL is not set"
     ((version,),) = asyncio.run(fetch(SERVER, "SELECT current_setting('server_version_num')::int"))
     return int(version)
-
-
-def computes_metrics(db: Backend) -> bool:
-    """Whether the built-in job's validator runs on ``db``: its coverage metrics read JSON text in
-    a way that needs PostgreSQL 16 (a run there without ``--no-validate`` exits 3 up front)."""
-    return db.kind == "sqlite" or server_version() >= 160000
-
-
-def no_validate(db: Backend) -> list[str]:
-    """``--no-validate`` where the validator cannot run, for tests whose subject is not validation."""
-    return [] if computes_metrics(db) else ["--no-validate"]
-
-
-def needs_metrics(db: Backend) -> None:
-    """Skip a test whose subject is validation where the validator cannot run."""
-    if not computes_metrics(db):
-        pytest.skip("the coverage metrics read JSON text in a way that needs PostgreSQL 16")

@@ -108,11 +108,11 @@ async def run_backfill(
                 await check_compiles(db, validators, ran)
             done: dict[str, int] = {}
             invocation = uuid.uuid4().hex
-            brakes = Brakes(
-                db, options, registry.throttles(), announce, None if ledger is None else Controls(db)
-            )
-            if ledger is not None:
+            controls = None if ledger is None else Controls(db)
+            brakes = Brakes(db, options, registry.throttles(), announce, controls)
+            if ledger is not None and controls is not None:
                 await retried(ledger.ensure, options.lock_retries, what="the ledger", announce=announce)
+                await retried(controls.ensure, options.lock_retries, what="the controls", announce=announce)
                 previous = await ledger.latest_of(ran)
                 if previous is not None and not restart and not retry_errors and previous.plan == plan:
                     # An unfinished command is resumed: one whose newest run ended early, or

@@ -13,6 +13,7 @@ signal ends it at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -24,7 +25,7 @@ from sqlalchemy import text
 
 from backfill_core.engine.options import NoProgress, Progress, RunOptions
 from backfill_core.errors import BackfillError, EnvironmentProblem
-from backfill_core.store.connection import RowsRefused
+from backfill_core.store.connection import LockConflict, RowsRefused
 from backfill_core.store.controls import Control, Controls, extractor_target, run_target
 from backfill_core.store.database import Database
 from backfill_core.throttle import Throttle, Wait
@@ -85,7 +86,6 @@ class Brakes:
         self._announce, self._clock, self._sleep = announce, clock, sleep
         self._options = MappingProxyType(asdict(options))
         self._noted: set[str] = set()
-        self._ensured = False
         self.begin("", None)
 
     def begin(self, extractor: str, run_id: int | None, bar: Progress | None = None) -> None:
@@ -226,10 +226,8 @@ class Brakes:
 
     async def _read(self) -> None:
         assert self.controls is not None
-        if not self._ensured:
-            await self.controls.ensure()
-            self._ensured = True
-        self._set = await self.controls.of(self._targets())
+        with contextlib.suppress(LockConflict):  # the last settings hold until the next poll
+            self._set = await self.controls.of(self._targets())
         self._polled_at = self._clock()
 
     async def _nap(self, seconds: float, message: str, *, since: float) -> None:
