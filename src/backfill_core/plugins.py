@@ -100,9 +100,9 @@ class Registry:
         self.owner: dict[tuple[str, str], PluginInfo] = {}
         self.conflicts: dict[tuple[str, str], list[PluginInfo]] = {}
         self._provided: dict[str, tuple[list[Extractor], list[Validator]]] = {}
+        """What each loaded plugin registered, by PluginInfo.key: for rebuilding after disable."""
         self._throttles: dict[str, list[Throttle]] = {}
         """The throttles each loaded plugin registered, by PluginInfo.key, in loading order."""
-        """What each loaded plugin registered, by PluginInfo.key: for rebuilding after disable."""
         self._excluded_by: dict[str, str] = {}
         """PluginInfo.key -> the setting that left the plugin out (an env var or --disable-plugin)."""
         self._warn = warn

@@ -9,6 +9,7 @@ N / R seconds, however fast or loaded the machine is.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -147,13 +148,21 @@ class Wrong(Throttle):
         return 5  # type: ignore[return-value]  # a plugin's bug, on purpose
 
 
+class Forever(Throttle):
+    name = "forever_gate"
+
+    async def check(self, db: DatabaseView) -> Wait | None:
+        return Wait(math.inf, "never")  # would hold the run until a signal
+
+
 @pytest.mark.parametrize(
     ("throttle", "shown"),
     [
         (Broken(), "RuntimeError: lost its connection to the monitoring system"),
         (Wrong(), "answered 5; a throttle returns None or Wait(seconds >= 0, reason)"),
+        (Forever(), "answered Wait(seconds=inf, reason='never'); a throttle returns None or Wait("),
     ],
-    ids=["raises", "answers-nonsense"],
+    ids=["raises", "answers-nonsense", "waits-forever"],
 )
 def test_a_failing_throttle_stops_the_run_before_a_write_and_names_the_plugin(
     make_db: MakeBackend, throttle: Throttle, shown: str
@@ -231,6 +240,19 @@ def test_the_rate_is_paid_before_each_batch_and_naps_never_exceed_a_second() -> 
     asyncio.run(paced.before(10))
 
     assert fake.now == pytest.approx(4.0)
+
+
+def test_time_unused_since_the_last_batch_earns_no_burst() -> None:
+    fake = FakeTime()
+    paced = brakes(RunOptions(max_rows_per_second=20), fake)
+    asyncio.run(paced.before(10))  # 0.5 s
+    fake.now += 10.0  # a long throttle wait, or a stalled batch
+
+    started = fake.now
+    for _ in range(3):
+        asyncio.run(paced.before(10))
+
+    assert fake.now - started == pytest.approx(1.0)  # the first goes at once, the next two pace
 
 
 def test_sleep_between_batches_skips_the_first_and_counts_from_the_call() -> None:

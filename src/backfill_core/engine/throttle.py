@@ -149,6 +149,9 @@ class Brakes:
             pause, pause_from = self.pause_between()
             due, reason = entered + (0.0 if first else pause), f"{pause:g}s between batches ({pause_from})"
             if rate is not None:
+                # Time not used since the last batch (a throttle's wait, a slow batch) earns at
+                # most one batch's credit: no burst once the wait is over.
+                self._origin = max(self._origin, self._clock() - (self._paced + rows) / rate)
                 paced = self._origin + (self._paced + rows) / rate
                 if paced > due:
                     due, reason = paced, f"at most {rate:g} rows/s ({rate_from})"
@@ -181,11 +184,13 @@ class Brakes:
                     "command to resume"
                 ) from e
             if wait is not None and not (
-                isinstance(wait, Wait) and isinstance(wait.seconds, int | float) and wait.seconds >= 0
+                isinstance(wait, Wait)
+                and isinstance(wait.seconds, int | float)
+                and 0 <= wait.seconds < math.inf
             ):
                 raise ThrottleFailed(
                     f"{label} answered {wait!r}; a throttle returns None or "
-                    "Wait(seconds >= 0, reason). Fix or disable the plugin "
+                    "Wait(seconds >= 0, reason), the seconds finite. Fix or disable the plugin "
                     f"(--disable-plugin {plugin}), then run the same command to resume"
                 )
             if wait is None or wait.seconds == 0:
