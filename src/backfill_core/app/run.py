@@ -289,15 +289,21 @@ async def _retry(
     unfinished_retry = latest.retry_of is not None and latest.status != SUCCEEDED
     original = latest.retry_of if unfinished_retry else latest.id
     keys = await ledger.error_keys(original)
-    state = await ledger.begin(
-        name,
-        plugin=converter.plugin,
-        version=version,
-        invocation=invocation,
-        plan="retry",
-        options={**_options(options), "retry_errors": True},
-        restart=False,
-        retry_of=original,
+    state = await retried(
+        partial(
+            ledger.begin,
+            name,
+            plugin=converter.plugin,
+            version=version,
+            invocation=invocation,
+            plan="retry",
+            options={**_options(options), "retry_errors": True},
+            restart=False,
+            retry_of=original,
+        ),
+        options.lock_retries,
+        what=f"{name}: starting its retry run",
+        announce=announce,
     )
     if state.resumed:
         announce(f"{name}: resuming retry run {state.id} over {len(keys)} failed keys of run {original}")

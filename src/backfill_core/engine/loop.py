@@ -61,6 +61,7 @@ class BatchLoop:
         self._since = 0.0  # when the last batch's transaction began (sizer.started())
         self._backoff = Backoff(options.lock_retries)
         self._unrecorded_retries = 0  # of a batch whose checkpoint has not committed
+        self._gave_way = False  # a batch's lock retries were spent: the ledger's writes try once
 
     async def run(
         self, source: Source, stats: ExtractorStats, state: RunState | None = None
@@ -157,7 +158,19 @@ class BatchLoop:
             self.announce(retry_line(what, error, retry, self._backoff.retries, delay))
             self._reached("retrying")
 
-        await with_retries(attempt, self._backoff, conflicted=conflicted, what=what)
+        async def waiting() -> None:
+            # Keeps the run alive to other hosts however long its retries wait (a touch on SQLite
+            # would wait for the very lock the batch gave way to).
+            controls = self.brakes.controls if self.brakes is not None else None
+            if controls is not None and stats.run_id is not None and not self.db.is_sqlite:
+                with contextlib.suppress(BackfillError):
+                    await controls.touch(stats.run_id, f"waiting for a lock: {what}")
+
+        try:
+            await with_retries(attempt, self._backoff, conflicted=conflicted, what=what, waiting=waiting)
+        except BackfillError as e:
+            self._gave_way = isinstance(e.__cause__, LockConflict)
+            raise
         self._unrecorded_retries = 0  # in the checkpoint now, or folded into the next one
 
     async def _commit(
@@ -212,12 +225,13 @@ class BatchLoop:
         return plans, counts
 
     async def _to_ledger(self, work: Callable[[], Awaitable[bool]], what: str) -> bool:
-        """``work``, a write to the ledger, tried again after a lock conflict as a batch is;
-        False if it failed."""
+        """``work``, a write to the ledger, tried again after a lock conflict as a batch is (but
+        tried once when a batch's retries were spent: the run has given up, and a signal would
+        wait for the backoff); False if it failed."""
         try:
             return await retried(
                 work,
-                self.options.lock_retries,
+                0 if self._gave_way else self.options.lock_retries,
                 what=f"{self.writer.extractor}: {what}",
                 announce=self.announce,
             )

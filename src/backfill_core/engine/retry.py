@@ -46,11 +46,12 @@ async def with_retries(
     conflicted: Callable[[LockConflict, int, float], object],
     what: str,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    waiting: Callable[[], Awaitable[object]] | None = None,
 ) -> T:
     """``attempt(retries)``, tried again after each LockConflict, up to ``backoff.retries`` times.
 
     ``conflicted(error, n, delay)`` is told of each conflict before the ``n``-th retry waits
-    ``delay`` seconds. When the
+    ``delay`` seconds, and ``waiting()`` is awaited as the wait begins. When the
     retries are spent, DatabaseUnavailable ends the run with a message saying which lock, where
     (``what``: ``test_features: the batch of keys after 500``) and what to do. A signal during a
     wait ends it at once: no transaction is open then.
@@ -65,6 +66,8 @@ async def with_retries(
             retries += 1
             delay = backoff.delay(retries)
             conflicted(e, retries, delay)
+            if waiting is not None:
+                await waiting()
             await sleep(delay)
 
 
