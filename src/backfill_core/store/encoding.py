@@ -91,13 +91,3 @@ def fetch_rows(con: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list
         return Salvaged(con.execute(sql, params).fetchall())
     finally:
         con.text_factory = factory
-
-
-def undecodable_in(rows: Salvaged) -> list[tuple[int, list[tuple[int, Undecodable]]]]:
-    """(row index, [(column index, value)…]) of each row of ``rows`` holding an Undecodable value."""
-    found = []
-    for i, row in enumerate(rows):
-        bad = [(j, v) for j, v in enumerate(row) if type(v) is Undecodable]
-        if bad:
-            found.append((i, bad))
-    return found
