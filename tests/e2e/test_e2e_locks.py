@@ -146,6 +146,30 @@ def test_a_batch_held_up_by_a_lock_is_retried_and_finishes_once_the_lock_goes(
     assert db.feature_tests() == list(range(1, TESTS + 1))
 
 
+@pytest.mark.parametrize("make", [k for k in KINDS if k.values != ("sqlite",)], indirect=True)
+def test_a_run_waiting_between_lock_retries_keeps_its_heartbeat_fresh_on_postgresql(
+    make: MakeBackend, spawn: Callable[..., Spawned], holder_of: Callable[[Backend], Holder]
+) -> None:
+    """Its retries may wait longer than BACKFILL_STALE_AFTER: another host must not take the run
+    for dead meanwhile. (On SQLite the heartbeat's write would wait for the file's lock.)"""
+    db = make([GOOD] * TESTS)
+    holder = holder_of(db)
+    proc = spawn([*RUN, "--lock-retries", "100", "-d", db.url], {"BACKFILL_STOP_AT": "test_features:started"})
+    proc.wait_stopped()
+    holder.take()
+    [(before,)] = db.rows("SELECT heartbeat_at FROM backfill_runs")
+    proc.resume()
+    assert wait_for(lambda: "lock retry 2 of" in proc.err_path.read_text(), proc)
+    [(waiting, message)] = db.rows("SELECT heartbeat_at, message FROM backfill_runs")
+    holder.release()
+    done = proc.wait()
+
+    assert done.returncode == 0, done.stderr
+    assert waiting > before
+    assert message == f"waiting for a lock: test_features: the batch of keys 1 to {BATCH}"
+    assert db.rows("SELECT status, message FROM backfill_runs") == [("succeeded", None)]
+
+
 def test_spent_lock_retries_stop_the_run_resumable_with_no_row_recorded_as_failed(
     make: MakeBackend, spawn: Callable[..., Spawned], holder_of: Callable[[Backend], Holder]
 ) -> None:

@@ -158,19 +158,32 @@ class BatchLoop:
             self.announce(retry_line(what, error, retry, self._backoff.retries, delay))
             self._reached("retrying")
 
-        async def waiting() -> None:
-            # Keeps the run alive to other hosts however long its retries wait (a touch on SQLite
-            # would wait for the very lock the batch gave way to).
-            controls = self.brakes.controls if self.brakes is not None else None
-            if controls is not None and stats.run_id is not None and not self.db.is_sqlite:
+        controls = self.brakes.controls if self.brakes is not None else None
+        run_id = stats.run_id
+        # A run waiting between retries keeps its heartbeat fresh and says why it waits, so no
+        # other host takes it for dead; not on SQLite, where the write would wait for the very
+        # lock the batch gave way to (and runs on one host are judged by their pid).
+        touching = controls is not None and run_id is not None and not self.db.is_sqlite
+        touched = False
+
+        async def touch(message: str | None) -> None:
+            nonlocal touched
+            if controls is not None and run_id is not None:
                 with contextlib.suppress(BackfillError):
-                    await controls.touch(stats.run_id, f"waiting for a lock: {what}")
+                    await controls.touch(run_id, message)
+                    touched = message is not None
+
+        async def waiting() -> None:
+            if touching:
+                await touch(f"waiting for a lock: {what}")
 
         try:
             await with_retries(attempt, self._backoff, conflicted=conflicted, what=what, waiting=waiting)
         except BackfillError as e:
             self._gave_way = isinstance(e.__cause__, LockConflict)
             raise
+        if touched:
+            await touch(None)
         self._unrecorded_retries = 0  # in the checkpoint now, or folded into the next one
 
     async def _commit(
