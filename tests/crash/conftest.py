@@ -53,6 +53,12 @@ def small_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build(tmp_path_factory, "small", SMALL_TESTS)
 
 
+@pytest.fixture
+def small(kind: str, crash: Crash, small_template: Path) -> Backend:
+    """A private copy of the small database, of each kind in turn."""
+    return crash.database(kind, small_template, "small.db")
+
+
 @pytest.fixture(scope="session")
 def small_reference(tmp_path_factory: pytest.TempPathFactory, small_template: Path) -> Reference:
     return _reference(tmp_path_factory, small_template, "small-ref")

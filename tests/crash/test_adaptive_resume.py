@@ -8,16 +8,13 @@ on the machine's speed."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from support.postgres import fetch, needs_server, scratch_database
+from support.backends import Backend
 
 if TYPE_CHECKING:
     from support.consistency import Reference
@@ -27,21 +24,6 @@ GROWING = ["--batch-size", "10", "--target-batch-seconds", "3600", "--max-batch-
 SHRINKING = ["--batch-size", "8", "--target-batch-seconds", "0.000000001", "--min-batch-size", "3"]
 KILLED_IN = 8
 """Late enough that pages read after the first batches (pages are read ahead) have grown."""
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=needs_server)])
-def database(request: pytest.FixtureRequest, crash: Crash, small_template: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield str(crash.copy(small_template, "adaptive.db"))
-    else:
-        with scratch_database(small_template) as url:
-            yield url
-
-
-def rows(crash: Crash, database: str, sql: str) -> list[tuple[Any, ...]]:
-    if database.startswith("postgresql://"):
-        return asyncio.run(fetch(database, sql))
-    return crash.query(crash.readable(Path(database)), sql)
 
 
 def batch_sizes(crash: Crash, database: str) -> dict[str, Any]:
@@ -54,12 +36,12 @@ def batch_sizes(crash: Crash, database: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("point", ["written", "committed"])
 def test_a_killed_adaptive_run_resumed_with_other_sizes_ends_as_an_uninterrupted_run(
-    point: str, database: str, crash: Crash, small_reference: Reference
+    point: str, small: Backend, crash: Crash, small_reference: Reference
 ) -> None:
-    cmd = ["run", "test_features", "-d", database, "-q", "--json", "--no-validate", "--max-error-rate", "1"]
+    cmd = ["run", "test_features", "-d", small.url, "-q", "--json", "--no-validate", "--max-error-rate", "1"]
     first = crash.spawn([*cmd, *GROWING], env={"BACKFILL_STOP_AT": f"test_features:{point}:{KILLED_IN}"})
     first.wait_stopped()
-    before = batch_sizes(crash, database)
+    before = batch_sizes(crash, small.url)
     assert 1 <= before["batches"] <= KILLED_IN, before
     assert before["min"] == 10 and before["max"] > 10, before  # it had begun to grow
     first.signal(signal.SIGKILL)
@@ -71,13 +53,15 @@ def test_a_killed_adaptive_run_resumed_with_other_sizes_ends_as_an_uninterrupted
     (stats,) = json.loads(again.stdout)["extractors"]
 
     features = "SELECT id, test_id FROM test_features ORDER BY id"
-    assert rows(crash, database, features) == [(r[0], r[2]) for r in small_reference.features]
+    assert crash.query(crash.readable(small), features) == [(r[0], r[2]) for r in small_reference.features]
     errors = (
         "SELECT e.key, e.kind FROM backfill_errors e JOIN backfill_runs r ON r.id = e.run_id "
         "WHERE r.extractor = 'test_features'"
     )
-    assert sorted(rows(crash, database, errors)) == sorted(crash.query(small_reference.path, errors))
-    after = batch_sizes(crash, database)
+    assert sorted(crash.query(crash.readable(small), errors)) == sorted(
+        crash.query(small_reference.path, errors)
+    )
+    after = batch_sizes(crash, small.url)
     assert after["batches"] == before["batches"] + stats["batch_sizes"]["batches"], (before, stats)
     assert (after["min"], after["max"]) == (3, before["max"]), after
     assert after["slowest_write_seconds"] >= before["slowest_write_seconds"]

@@ -5,19 +5,14 @@ committed is read again."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pytest
-
+from support.backends import Backend
 from support.cli import make_env
-from support.postgres import fetch, needs_server, scratch_database
 from support.processes import wait_until_stopped
 
 if TYPE_CHECKING:
@@ -76,32 +71,17 @@ FEATURES = (
 )
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=needs_server)])
-def database(request: pytest.FixtureRequest, crash: Crash, small_template: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield str(crash.copy(small_template, "out-of-order.db"))
-    else:
-        with scratch_database(small_template) as url:
-            yield url
-
-
-def rows(crash: Crash, database: str, sql: str) -> list[tuple[Any, ...]]:
-    if database.startswith("postgresql://"):
-        return asyncio.run(fetch(database, sql))
-    return crash.query(crash.readable(Path(database)), sql)
-
-
 def within(key: int, spans: list[tuple[Any, Any]]) -> bool:
     return any((a is None or a < key) and (u is None or key <= u) for a, u in spans)
 
 
 def test_ranges_committed_out_of_order_resume_to_the_uninterrupted_result(
-    database: str, crash: Crash, small_reference: Reference
+    small: Backend, crash: Crash, small_reference: Reference
 ) -> None:
     keys = [r[0] for r in crash.query(small_reference.path, "SELECT id FROM tests ORDER BY id")]
     assert (keys[0], keys[-1], len(keys)) == (1, 300, 300)
     proc = subprocess.Popen(
-        [sys.executable, "-c", RUN, database, str(BATCH), json.dumps(TODO)],
+        [sys.executable, "-c", RUN, small.url, str(BATCH), json.dumps(TODO)],
         env=make_env({"BACKFILL_STOP_AT": KILLED_AT}),
         stderr=subprocess.PIPE,
         text=True,
@@ -114,14 +94,14 @@ def test_ranges_committed_out_of_order_resume_to_the_uninterrupted_result(
     assert proc.returncode == -signal.SIGKILL, stderr
 
     # What the kill left: the data of exactly the committed keys, and ranges above the mark.
-    ((last, processed, status),) = rows(
-        crash, database, "SELECT last_key, processed, status FROM backfill_runs"
+    ((last, processed, status),) = crash.query(
+        crash.readable(small), "SELECT last_key, processed, status FROM backfill_runs"
     )
     assert status == "running"
     low = None if last is None else json.loads(last)
     above = [
         (None if a is None else json.loads(a), json.loads(u))
-        for a, u in rows(crash, database, "SELECT after, upto FROM backfill_ranges")
+        for a, u in crash.query(crash.readable(small), "SELECT after, upto FROM backfill_ranges")
     ]
     assert above, "the out-of-order commits left no range in backfill_ranges"
     assert low is None or low < 150
@@ -130,18 +110,19 @@ def test_ranges_committed_out_of_order_resume_to_the_uninterrupted_result(
     assert processed == len(done)
     assert 151 in done and 250 in done
     reference = crash.query(small_reference.path, FEATURES)
-    assert rows(crash, database, FEATURES) == [r for r in reference if within(r[2], committed)]
+    assert crash.query(crash.readable(small), FEATURES) == [r for r in reference if within(r[2], committed)]
 
-    cmd = ["run", "test_features", "-d", database, "-q", "--batch-size", str(BATCH), "--no-validate"]
+    cmd = ["run", "test_features", "-d", small.url, "-q", "--batch-size", str(BATCH), "--no-validate"]
     cmd += ["--max-error-rate", "1"]  # a batch of 10 rows may hold a messy test or two
     again = crash.run_cli(cmd)
     assert again.returncode == 0, again.stderr
     where = "from the start" if low is None else f"from key {low}"
     assert f"taking over run 1 of test_features {where} (and {len(above)} key range" in again.stderr
 
-    assert rows(crash, database, FEATURES) == reference
-    ledger = rows(
-        crash, database, "SELECT id, status, last_key, processed, total, record_errors FROM backfill_runs"
+    assert crash.query(crash.readable(small), FEATURES) == reference
+    ledger = crash.query(
+        crash.readable(small),
+        "SELECT id, status, last_key, processed, total, record_errors FROM backfill_runs",
     )
     ((ref_id, _, ref_last, ref_processed, ref_total, ref_errors),) = crash.query(
         small_reference.path,
@@ -149,6 +130,8 @@ def test_ranges_committed_out_of_order_resume_to_the_uninterrupted_result(
         "WHERE extractor = 'test_features'",
     )
     assert ledger == [(1, "succeeded", ref_last, ref_processed, ref_total, ref_errors)]
-    assert rows(crash, database, "SELECT COUNT(*) FROM backfill_ranges") == [(0,)]
+    assert crash.query(crash.readable(small), "SELECT COUNT(*) FROM backfill_ranges") == [(0,)]
     errors = "SELECT key FROM backfill_errors WHERE run_id = {} ORDER BY key"
-    assert rows(crash, database, errors.format(1)) == crash.query(small_reference.path, errors.format(ref_id))
+    assert crash.query(crash.readable(small), errors.format(1)) == crash.query(
+        small_reference.path, errors.format(ref_id)
+    )

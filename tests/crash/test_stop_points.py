@@ -3,18 +3,15 @@ killed there, the same command takes the run over and ends where an uninterrupte
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from backfill_core.engine.stoppoints import StopPoint, stop_points, stops_at_exit
 from backfill_core.errors import UsageError
-from support.postgres import fetch, needs_server, scratch_database
+from support.backends import Backend
 
 if TYPE_CHECKING:
     from support.consistency import Reference
@@ -26,30 +23,18 @@ COMMITTED_BEFORE = {"started": 0, "written": (N - 1) * BATCH, "committed": N * B
 """Source rows the ledger shows as processed while the run is stopped at each point in batch N."""
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=needs_server)])
-def database(request: pytest.FixtureRequest, crash: Crash, small_template: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield str(crash.copy(small_template, "cache.db"))
-    else:
-        with scratch_database(small_template) as url:
-            yield url
-
-
-def _features(crash: Crash, database: str) -> list[tuple[Any, ...]]:
-    sql = "SELECT id, test_id FROM test_features ORDER BY id"
-    if database.startswith("postgresql://"):
-        return asyncio.run(fetch(database, sql))
-    return crash.query(Path(database), sql)
+def _features(crash: Crash, db: Backend) -> list[tuple[Any, ...]]:
+    return crash.query(db, "SELECT id, test_id FROM test_features ORDER BY id")
 
 
 @pytest.mark.parametrize("point", list(COMMITTED_BEFORE))
 def test_a_run_stops_where_asked_and_a_kill_there_is_resumed(
-    point: str, database: str, crash: Crash, small_reference: Reference
+    point: str, small: Backend, crash: Crash, small_reference: Reference
 ) -> None:
-    cmd = ["run", "test_features", "-d", database, "-q", "--batch-size", str(BATCH), "--no-validate"]
+    cmd = ["run", "test_features", "-d", small.url, "-q", "--batch-size", str(BATCH), "--no-validate"]
     proc = crash.spawn(cmd, env={"BACKFILL_STOP_AT": f"test_features:{point}:{N}"})
     proc.wait_stopped()
-    status = crash.run_cli(["status", "-d", database, "--json"])
+    status = crash.run_cli(["status", "-d", small.url, "--json"])
     assert status.returncode == 0, status.stderr
     (run,) = json.loads(status.stdout)
     assert (run["status"], run["processed"]) == ("running", COMMITTED_BEFORE[point]), run
@@ -59,7 +44,7 @@ def test_a_run_stops_where_asked_and_a_kill_there_is_resumed(
     again = crash.run_cli(cmd)
     assert again.returncode == 0, again.stderr
     assert f"taking over run {run['id']} of test_features" in again.stderr, again.stderr
-    assert _features(crash, database) == [(r[0], r[2]) for r in small_reference.features]
+    assert _features(crash, small) == [(r[0], r[2]) for r in small_reference.features]
 
 
 def test_stop_point_spec() -> None:
