@@ -20,7 +20,7 @@ from backfill_core.engine.planner import (
 )
 from backfill_core.errors import EnvironmentProblem, RecordError
 from backfill_core.extractor import Extractor
-from backfill_core.store.encoding import Salvaged, Undecodable
+from backfill_core.store.encoding import Salvaged, Undecodable, first_undecodable
 from backfill_core.store.records import ErrorRecord
 
 INVALID_ENCODING = "invalid-encoding"
@@ -153,7 +153,7 @@ class Converter:
             key = row[at]
             if type(key) is Undecodable:
                 raise self.undecodable_key(key)
-            bad = next(((c, v) for c, v in zip(cols, row, strict=True) if type(v) is Undecodable), None)
+            bad = first_undecodable(cols, row)
             if bad is None:
                 keys.append(key)
                 kept.append(row)

@@ -22,7 +22,7 @@ from backfill_core.engine.planner import (
 from backfill_core.errors import EnvironmentProblem
 from backfill_core.store.connection import Connection, RowsRefused
 from backfill_core.store.database import Database
-from backfill_core.store.encoding import Salvaged, Undecodable
+from backfill_core.store.encoding import Salvaged, first_undecodable
 from backfill_core.store.records import Delta, ErrorRecord
 
 IN_CHUNK = 5000
@@ -257,14 +257,15 @@ def undecodable_value(
     """The run-ending error for the first value of ``rows`` that is not UTF-8: its table, key
     and column, and its bytes as SQL finds them."""
     for row in rows:
-        for col, value in zip(cols, row, strict=True):
-            if type(value) is Undecodable:
-                key = ", ".join(f"{c} = {row[cols.index(c)]!r}" for c in key_cols)
-                return UndecodableValue(
-                    f"extractor {extractor!r} must read the row of {table!r} where {key}, and its "
-                    f"column {col!r} is text that is not valid UTF-8: {value!r} "
-                    f"({value.describe(f'{table}.{col}')}). Correct or clear that value "
-                    f"(UPDATE {table} SET {col} = … WHERE {key}), then run the same command to "
-                    "resume; committed batches are kept"
-                )
+        bad = first_undecodable(cols, row)
+        if bad is not None:
+            col, value = bad
+            key = ", ".join(f"{c} = {row[cols.index(c)]!r}" for c in key_cols)
+            return UndecodableValue(
+                f"extractor {extractor!r} must read the row of {table!r} where {key}, and its "
+                f"column {col!r} is text that is not valid UTF-8: {value!r} "
+                f"({value.describe(f'{table}.{col}')}). Correct or clear that value "
+                f"(UPDATE {table} SET {col} = … WHERE {key}), then run the same command to "
+                "resume; committed batches are kept"
+            )
     raise AssertionError("Salvaged rows without an Undecodable value")

@@ -91,3 +91,8 @@ def fetch_rows(con: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list
         return Salvaged(con.execute(sql, params).fetchall())
     finally:
         con.text_factory = factory
+
+
+def first_undecodable(cols: Sequence[str], row: Sequence[Any]) -> tuple[str, Undecodable] | None:
+    """The first of ``row``'s values (named by ``cols``) that is not UTF-8, with its column."""
+    return next(((c, v) for c, v in zip(cols, row, strict=True) if type(v) is Undecodable), None)
