@@ -164,9 +164,7 @@ def test_backfill_beside_a_busy_application(target: Target, tmp_path: Path) -> N
             run.stop()
         app.kill()
 
-    failed = [w for w in writes if w.error is not None]
-    assert failed == [], f"{len(failed)} of {len(writes)} application writes failed, first: {failed[:3]}"
-    slowest = max(writes, key=lambda w: w.ms)
+    slowest = _slowest(writes)
     during = Latency.of([w for w in writes if began <= w.at <= ended])
     print(f"\napplication on {type(target).__name__}: {Latency.of(writes)}; while backfill ran: {during}")
     print(f"slowest write: {slowest.op}, {slowest.ms:.0f} ms")
@@ -215,6 +213,13 @@ def check_settled(target: Target, writes: list[Write], first: dict[str, Any], fo
 LOCK_TIMEOUT = 1
 """``--lock-timeout`` in the test below, in seconds."""
 HELD = "UPDATE bugs SET status = 'held by the application' WHERE id = $1"
+
+
+def _slowest(writes: list[Write]) -> Write:
+    """The slowest of the application's ``writes``, none of which may have failed."""
+    failed = [w for w in writes if w.error is not None]
+    assert failed == [], f"{len(failed)} of {len(writes)} application writes failed, first: {failed[:3]}"
+    return max(writes, key=lambda w: w.ms)
 
 
 def _held_bug(source: Path) -> tuple[int, int, int]:
@@ -284,9 +289,7 @@ def test_postgresql_batch_meeting_a_long_application_lock_retries(
             run.stop()
         app.kill()
 
-    failed = [w for w in writes if w.error is not None]
-    assert failed == [], f"{len(failed)} of {len(writes)} application writes failed, first: {failed[:3]}"
-    slowest = max(writes, key=lambda w: w.ms)
+    slowest = _slowest(writes)
     print(f"\napplication: {Latency.of(writes)}; slowest: {slowest.op}, {slowest.ms:.0f} ms")
     assert slowest.ms < (LOCK_TIMEOUT + 5) * 1000  # the lock timeout and one batch, loosely
     assert target.rows(f"SELECT status FROM bugs WHERE id = {bug}") == [("held by the application",)]
