@@ -146,7 +146,7 @@ def test_a_batch_held_up_by_a_lock_is_retried_and_finishes_once_the_lock_goes(
     assert db.feature_tests() == list(range(1, TESTS + 1))
 
 
-@pytest.mark.parametrize("make", [k for k in KINDS if k.values != ("sqlite",)], indirect=True)
+@pytest.mark.parametrize("make", [pytest.param("postgresql", marks=needs_server)], indirect=True)
 def test_a_run_waiting_between_lock_retries_keeps_its_heartbeat_fresh_on_postgresql(
     make: MakeBackend, spawn: Callable[..., Spawned], holder_of: Callable[[Backend], Holder]
 ) -> None:
