@@ -4,6 +4,7 @@ commands, and each check fails when the docs drift (a broken link or anchor, a s
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import re
 import shutil
@@ -67,6 +68,9 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
         assert f'id="{name}"' in api, name
     cli = (tmp_path / "site" / "cli" / "index.html").read_text(encoding="utf-8")
     assert "$ backfill run --help" in cli
+    index = json.loads((tmp_path / "site" / "search" / "search_index.json").read_text(encoding="utf-8"))
+    searched = {entry["location"].partition("#")[0] for entry in index["docs"]}
+    assert {"", "cli/", "api/", "example-plugin/", "changelog/", "development/"} <= searched
 
 
 @pytest.mark.parametrize(
@@ -121,3 +125,25 @@ def test_version_is_the_package_metadata_and_the_changelog_names_it() -> None:
     changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
     newest = re.search(r"^## \[(\d[^\]]*)\]", changelog, re.MULTILINE)
     assert newest is not None and newest[1] == version
+
+
+def test_the_readme_synopsis_names_every_command_and_option() -> None:
+    """README's synopsis against the CLI reference's --help blocks, which cog keeps true."""
+    reference = (ROOT / CLI_MD).read_text(encoding="utf-8")
+    blocks = re.findall(r"^\$ backfill ((?:[a-z-]+ )?)--help\n(.*?)^```", reference, re.MULTILINE | re.DOTALL)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    synopsis = readme.split("## The command line", 1)[1].split("```")[1]
+    commands = {command.strip() for command, _ in blocks}
+    assert {"", "run", "validate", "status", "demo"} <= commands
+    missing = [
+        f"{command.strip() or 'backfill'} {option}"
+        for command, text in blocks
+        for option in set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", text.split("Options:", 1)[1]))
+        if option != "--help" and option not in synopsis
+    ]
+    missing += [
+        name
+        for name in commands
+        if name and not re.search(rf"^backfill (?:[a-z-]+\|)*{name}\b", synopsis, re.MULTILINE)
+    ]
+    assert not missing, f"README.md's synopsis lacks {missing}"
