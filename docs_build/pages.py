@@ -1,9 +1,9 @@
 """MkDocs hooks: the repository's own Markdown outside ``docs/`` as pages of the site.
 
-README.md, CONTRIBUTING.md, CHANGELOG.md and the example plugin (its README and its files) become pages, and
-every relative link that leaves ``docs/`` (as GitHub renders it) is pointed at the page that
-shows its target. A link to anything else outside ``docs/`` is left as it is, so that the strict
-build fails on it.
+README.md, CONTRIBUTING.md, CHANGELOG.md and the example plugin (its README and its files)
+become pages, and every relative link that leaves ``docs/`` (as GitHub renders it) is pointed
+at the page that shows its target. A link to anything else outside ``docs/`` is left as it is,
+so that the strict build fails on it.
 """
 
 from __future__ import annotations

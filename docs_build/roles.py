@@ -1,7 +1,7 @@
 """A griffe extension for the API reference: Sphinx roles in docstrings as Markdown code.
 
-The docstrings name objects as ``:class:`Upsert``` or ``:meth:`Extractor.extract```; the API
-reference shows them as ``Upsert`` and ``Extractor.extract``, in code.
+The docstrings name objects with Sphinx roles (``:class:``, ``:meth:``, ...), which Markdown
+does not know; the API reference shows the object's name in code instead.
 """
 
 from __future__ import annotations

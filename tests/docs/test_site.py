@@ -49,7 +49,9 @@ def copy_of_the_site(tmp_path: Path) -> Path:
     for name in SITE_SOURCES:
         source = ROOT / name
         if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                source, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+            )
         else:
             shutil.copy2(source, root / name)
     (root / "src").symlink_to(ROOT / "src")
