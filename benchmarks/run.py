@@ -1,13 +1,17 @@
-"""The issue 5 benchmark: backfill against the set-based SQL and the naive ORM baselines.
+"""The issue 5 and 19 benchmark: backfill against the set-based SQL and the naive ORM baselines,
+on SQLite and on PostgreSQL.
 
     python benchmarks/run.py [--tests 50000] [--small 10000] [--repeat 3] [--workdir DIR]
+        [--postgres URL | --sqlite-only]
 
 Builds synthetic databases (cached in the workdir, keyed by size and generator version), runs
 every approach in its own child process on a fresh copy, checks that all of them leave identical
 tables (exit status 1 if not), and prints medians and the issue's ratios with PASS/FAIL. A ratio
 to the set-based SQL is also given paired: the median of each repeat's own ratio, whose runs were
 back to back (this machine's speed drifts within minutes); it passes only if both forms do.
-Every figure printed comes from this run's measurements.
+Every figure printed comes from this run's measurements. With a PostgreSQL server (``--postgres``,
+default ``$BACKFILL_TEST_POSTGRES_URL``) every approach runs there too, on copies of a template
+database per size (``pg_copies``), and the two databases' figures are printed side by side.
 """
 
 from __future__ import annotations
@@ -561,7 +565,12 @@ def paired_ratio(size: Size, approach: str) -> float | None:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tests", type=int, default=50_000, help="tests in the large database")
-    p.add_argument("--small", type=int, default=10_000, help="tests in the small database (linearity)")
+    p.add_argument(
+        "--small",
+        type=int,
+        default=None,
+        help="tests in the small database (linearity); default 10000, or a fifth of --tests below 50000",
+    )
     p.add_argument("--repeat", type=int, default=3, help="runs of each approach per size (medians)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/backfill-bench"), help="database cache")
     p.add_argument(
@@ -580,6 +589,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     p.add_argument("--sqlite-only", action="store_true", help="leave PostgreSQL out")
     args = p.parse_args(argv)
+    if args.small is None:
+        args.small = min(10_000, args.tests // 5)
     if not 0 < args.small < args.tests:
         p.error("need 0 < --small < --tests")
     if args.repeat < 1:
