@@ -25,7 +25,10 @@ import time
 from collections.abc import Callable, Iterator
 from itertools import zip_longest
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from backfill_plugins.testmanagement.models import Test
 
 # --- set-based SQL ---------------------------------------------------------------------------------
 
@@ -146,6 +149,20 @@ def _feature_ref(raw_text: str | None) -> tuple[bool, int | None]:
     return True, fid or None
 
 
+def feature_values(test: Test, f: dict[str, Any]) -> dict[str, Any]:
+    """The columns of the ``test_features`` row for feature ``f`` of ``test``, but its id."""
+    return {
+        "customer_id": test.customer_id,
+        "test_id": test.id,
+        "feature_id": f.get("feature_id"),
+        "title": f.get("title", ""),
+        "description": f.get("description"),
+        "howtofind": f.get("howtofind"),
+        "user_stories": json.dumps(f.get("user_stories") or []),
+        **{k: bool(f.get(k) or False) for k in FLAGS},
+    }
+
+
 def naive_orm(path: Path | str) -> None:
     """Both backfills the way a user would first write them with SQLModel."""
     from sqlmodel import Session, col, create_engine, select
@@ -165,16 +182,7 @@ def naive_orm(path: Path | str) -> None:
                 for f in _features_of(test.data):
                     if session.get(Feature, f["feature_id"]) is None:
                         continue  # never a dangling feature_id
-                    values: dict[str, Any] = {
-                        "customer_id": test.customer_id,
-                        "test_id": test.id,
-                        "feature_id": f.get("feature_id"),
-                        "title": f.get("title", ""),
-                        "description": f.get("description"),
-                        "howtofind": f.get("howtofind"),
-                        "user_stories": json.dumps(f.get("user_stories") or []),
-                        **{k: bool(f.get(k) or False) for k in FLAGS},
-                    }
+                    values = feature_values(test, f)
                     feature = session.get(TestFeature, f["id"])
                     if feature is None:
                         session.add(TestFeature(id=f["id"], **values))

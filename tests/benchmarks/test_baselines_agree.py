@@ -1,23 +1,29 @@
-"""The benchmark's three approaches leave identical tables (issue 5): the set-based SQL baseline,
-the naive ORM baseline and the real ``backfill`` CLI, on a small synthetic database with messy rows.
+"""The benchmark's three approaches leave identical tables (issues 5 and 19): the set-based SQL
+baseline, the naive ORM baseline and the real ``backfill`` CLI, on a small synthetic database with
+messy rows, on SQLite and on PostgreSQL (where they must also leave what SQLite's set-based SQL
+left).
 
 No timing here: ``benchmarks/run.py`` prints the figures.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from backfill_plugins.testmanagement import synthetic
+from support.postgres import needs_server, scratch_database
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKFILL = Path(sys.executable).parent / "backfill"
@@ -25,15 +31,20 @@ TESTS = 150
 SCRUBBED = ("BACKFILL_DATABASE_URL", "BACKFILL_LOAD_PLUGINS", "BACKFILL_BUSY_TIMEOUT")
 
 
-def _load_baselines() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("benchmark_baselines", ROOT / "benchmarks" / "baselines.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _load(name: str) -> ModuleType:
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # pg_baselines imports baselines beside it
+    try:
+        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
 
 
-baselines = _load_baselines()
+baselines = _load("baselines")
+pg_baselines = _load("pg_baselines")
 
 
 @pytest.fixture(scope="module")
@@ -83,31 +94,60 @@ def test_the_data_has_messy_rows_of_every_kind(template: Path) -> None:
     assert not missing, f"no {', '.join(missing)} in the synthetic data: the comparison proves less"
 
 
-def test_set_based_naive_and_backfill_leave_identical_tables(template: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", [pytest.param("sqlite"), pytest.param("postgresql", marks=needs_server)])
+def test_set_based_naive_and_backfill_leave_identical_tables(
+    kind: str, template: Path, tmp_path: Path
+) -> None:
     pristine = baselines.snapshot_digest(template)
+    reference = _copy(template, tmp_path, "reference")
+    baselines.set_based(reference)
+    expected = baselines.snapshot_digest(reference)
+    assert expected != pristine, "SQLite's set-based SQL changed nothing"
 
-    sql_db = _copy(template, tmp_path, "set-based")
-    baselines.set_based(sql_db)
-    naive_db = _copy(template, tmp_path, "naive-orm")
-    baselines.naive_orm(naive_db)
-    backfill_db = _copy(template, tmp_path, "backfill")
-    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
-    cmd = [str(BACKFILL), "run", "test_features", "bug_attribution", "-d", str(backfill_db), "--quiet"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr + done.stdout
+    with ExitStack() as stack:
+        if kind == "sqlite":
+            databases = {
+                name: str(_copy(template, tmp_path, name)) for name in ("set-based", "naive", "backfill")
+            }
+            set_based: Callable[[str], None] = baselines.set_based
+            naive: Callable[[str], None] = baselines.naive_orm
+            digest: Callable[[str], object] = baselines.snapshot_digest
+        else:
+            databases = {
+                name: stack.enter_context(scratch_database(template))
+                for name in ("set-based", "naive", "backfill")
+            }
+            set_based = lambda url: asyncio.run(pg_baselines.set_based(url))  # noqa: E731
+            naive = lambda url: asyncio.run(pg_baselines.naive_orm(url))  # noqa: E731
+            digest = pg_baselines.snapshot_digest
+        assert digest(databases["set-based"]) == pristine, "the copy is not the template"
+        set_based(databases["set-based"])
+        naive(databases["naive"])
+        env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+        cmd = [
+            str(BACKFILL),
+            "run",
+            "test_features",
+            "bug_attribution",
+            "-d",
+            databases["backfill"],
+            "--quiet",
+        ]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr + done.stdout
 
-    expected = baselines.snapshot_digest(sql_db)
-    assert expected != pristine, "the set-based SQL changed nothing"
-    for name, db in (("naive ORM", naive_db), ("backfill", backfill_db)):
-        assert baselines.snapshot_digest(db) == expected, (
-            f"{name} differs from the set-based SQL: {baselines.first_difference(sql_db, db)}"
-        )
+        for name, db in databases.items():
+            assert digest(db) == expected, f"{kind} {name} differs from SQLite's set-based SQL: " + str(
+                baselines.first_difference(reference, db)
+                if kind == "sqlite"
+                else pg_baselines.first_difference(db, str(reference), read_b=baselines._rows)
+            )
 
     # The result is not trivially empty, and the messy bugs were really left unattributed.
-    assert _scalar(sql_db, "SELECT count(*) FROM test_features") > TESTS
-    assert _scalar(sql_db, "SELECT count(*) FROM bugs WHERE test_feature_id IS NOT NULL") > TESTS
+    assert _scalar(reference, "SELECT count(*) FROM test_features") > TESTS
+    assert _scalar(reference, "SELECT count(*) FROM bugs WHERE test_feature_id IS NOT NULL") > TESTS
     other_customer = """
         SELECT count(*) FROM bugs b JOIN test_features tf
           ON tf.id = json_extract(CASE WHEN json_valid(b.raw_data) THEN b.raw_data END, '$.test_feature.id')
         WHERE tf.customer_id != b.customer_id AND b.test_feature_id IS NULL"""
-    assert _scalar(sql_db, other_customer) > 0, "no bug names another customer's feature"
+    assert _scalar(reference, other_customer) > 0, "no bug names another customer's feature"

@@ -4,8 +4,8 @@
 SQLite files are built, one from that DDL and one from the plugin's models, and SQLite itself is
 asked what each table is (``PRAGMA table_info``, ``foreign_key_list``, ``index_list``): any
 difference in a column, its type's affinity, NOT NULL, default, primary key, foreign key or
-index fails here. The PostgreSQL tables the tests use (``support.postgres.SCHEMA``) are held to the
-models too.
+index fails here. The PostgreSQL tables the tests and the benchmark use
+(``backfill_plugins.testmanagement.pgcopy.SCHEMA``) are held to the models too.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def postgres_copy(ours_file: Path) -> Iterator[str]:
 def test_the_postgresql_copy_the_tests_use_has_the_same_tables(
     table: str, postgres_copy: str, ours: sqlite3.Connection
 ) -> None:
-    """support.postgres.SCHEMA, hand-written for PostgreSQL, has the models' columns in their order,
+    """pgcopy.SCHEMA, hand-written for PostgreSQL, has the models' columns in their order,
     the same NOT NULL, a default where they have one, and the same foreign keys."""
     columns = asyncio.run(
         fetch(
