@@ -2,7 +2,7 @@
 on SQLite and on PostgreSQL.
 
     python benchmarks/run.py [--tests 50000] [--small 10000] [--repeat 3] [--workdir DIR]
-        [--postgres URL | --sqlite-only]
+        [--postgres URL | --sqlite-only] [--plot DIR] [--markdown]
 
 Builds synthetic databases (cached in the workdir, keyed by size and generator version), runs
 every approach in its own child process on a fresh copy, checks that all of them leave identical
@@ -12,6 +12,9 @@ back to back (this machine's speed drifts within minutes); it passes only if bot
 Every figure printed comes from this run's measurements. With a PostgreSQL server (``--postgres``,
 default ``$BACKFILL_TEST_POSTGRES_URL``) every approach runs there too, on copies of a template
 database per size (``pg_copies``), and the two databases' figures are printed side by side.
+``--plot DIR`` also runs backfill at several ``--batch-size`` values on the large size and writes
+the performance page's images there (``plot``, which needs the ``bench`` extra); ``--markdown``
+prints the medians, the ratios and that sweep as the page's Markdown tables.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ SECOND_RUN = "backfill, 2nd run"
 DRY_RUN = "backfill --dry-run"
 NAIVE = "naive ORM"
 ORDER = (SET_BASED, BACKFILL_RUN, SECOND_RUN, DRY_RUN, NAIVE)
+BATCH_SIZES = (100, 250, 500, 1000, 2000, 5000)
+"""The ``--batch-size`` values of ``--plot``'s sweep (500 is the default)."""
 
 
 class BenchmarkError(Exception):
@@ -93,10 +98,16 @@ class Size:
     runs: dict[str, list[Measurement]] = field(default_factory=dict)
     database: str = "SQLite"
     """The database the runs were on: SQLite, or PostgreSQL (a copy of ``path`` on the server)."""
+    sweep: dict[int, list[Measurement]] = field(default_factory=dict)
+    """backfill's first runs by ``--batch-size`` (``--plot``'s sweep)."""
 
     def median(self, approach: str, attr: str = "seconds") -> float | None:
         found = self.runs.get(approach)
         return statistics.median(getattr(m, attr) for m in found) if found else None
+
+    def rate(self, batch_size: int) -> float:
+        """Source rows per second of the median first run at ``batch_size``."""
+        return self.source_rows / statistics.median(m.seconds for m in self.sweep[batch_size])
 
 
 # --- running children ------------------------------------------------------------------------------
@@ -354,6 +365,28 @@ def run_naive(size: Size, copies: Fresh[D], reference: D) -> None:
     copies.drop(db)
 
 
+def run_sweep(size: Size, copies: Fresh[D], reference: D, repeat: int) -> None:
+    """backfill's first run at each of ``BATCH_SIZES``, ``repeat`` times, the order rotated each
+    time so that no batch size always runs first; each must leave the reference's tables."""
+    ref_digest = copies.digest(reference)
+    for i in range(repeat):
+        turn = i % len(BATCH_SIZES)
+        for batch_size in (*BATCH_SIZES[turn:], *BATCH_SIZES[:turn]):
+            db = copies.fresh(f"batch-{batch_size}")
+            m = measure(backfill_cmd(db, "--batch-size", str(batch_size)), split_peaks=True)
+            check_report(m, dry_run=False)
+            check_copy(
+                copies, reference, ref_digest, db, f"backfill --batch-size {batch_size} vs set-based SQL"
+            )
+            copies.drop(db)
+            size.sweep.setdefault(batch_size, []).append(m)
+            print(
+                f"  {size.database:<10} {size.tests:>7} tests  --batch-size {batch_size:<6} "
+                f"{m.seconds:8.2f} s  {m.cpu:6.2f} CPU s  {m.peak_mb:7.1f} MB",
+                flush=True,
+            )
+
+
 def check_report(m: Measurement, *, dry_run: bool) -> None:
     """backfill's own JSON summary must say it processed every row and did what was asked."""
     try:
@@ -418,13 +451,15 @@ def fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def print_table(sizes: Sequence[Size]) -> None:
-    """One line per approach, size and database, the databases next to each other."""
-    header = (
-        *("approach", "database", "tests", "source rows", "runs"),
-        *("seconds", "rows/s", "CPU s", "cores", "peak MB"),
-    )
-    rows = [header]
+TABLE_HEADER = (
+    *("approach", "database", "tests", "source rows", "runs"),
+    *("seconds", "rows/s", "CPU s", "cores", "peak MB"),
+)
+
+
+def table_rows(sizes: Sequence[Size]) -> list[tuple[str, ...]]:
+    """One row per approach, size and database (cells as ``TABLE_HEADER`` names them)."""
+    rows: list[tuple[str, ...]] = []
     for approach in ORDER:
         for s in sizes:
             if approach not in s.runs:
@@ -435,8 +470,8 @@ def print_table(sizes: Sequence[Size]) -> None:
                 (
                     approach,
                     s.database,
-                    str(s.tests),
-                    str(s.source_rows),
+                    f"{s.tests:,}",
+                    f"{s.source_rows:,}",
                     str(len(s.runs[approach])),
                     fmt(secs, ".2f"),
                     fmt(rate, ",.0f"),
@@ -445,7 +480,13 @@ def print_table(sizes: Sequence[Size]) -> None:
                     fmt(s.median(approach, "peak_mb"), ".1f"),
                 )
             )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return rows
+
+
+def print_table(sizes: Sequence[Size]) -> None:
+    """One line per approach, size and database, the databases next to each other."""
+    rows = [TABLE_HEADER, *table_rows(sizes)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_HEADER))]
     for n, r in enumerate(rows):
         cells = [
             *(c.ljust(w) for c, w in zip(r[:2], widths[:2], strict=True)),
@@ -454,6 +495,60 @@ def print_table(sizes: Sequence[Size]) -> None:
         print("  " + "  ".join(cells))
         if n == 0:
             print("  " + "  ".join("-" * w for w in widths))
+
+
+def print_sweep(sizes: Sequence[Size]) -> None:
+    """backfill's first run by batch size, the databases next to each other."""
+    swept = [s for s in sizes if s.sweep]
+    print("  batch size" + "".join(f"  {s.database + ' s':>13}  {'rows/s':>9}" for s in swept))
+    for batch_size in BATCH_SIZES:
+        cells = "".join(
+            f"  {statistics.median(m.seconds for m in s.sweep[batch_size]):13.2f}  {s.rate(batch_size):9,.0f}"
+            for s in swept
+        )
+        print(f"  {batch_size:>10}{cells}")
+
+
+def markdown(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> list[str]:
+    """A Markdown table; ``align`` has an ``l`` or an ``r`` per column."""
+    rule = ["---" if a == "l" else "---:" for a in align]
+    return ["| " + " | ".join(r) + " |" for r in (header, rule, *rows)]
+
+
+def print_markdown(outcomes: Sequence[Outcome], per_database: Sequence[tuple[str, list[Check]]]) -> None:
+    """The performance page's tables: the medians per database, the ratios, the batch-size sweep."""
+    keep = [0, 2, 3, *range(5, len(TABLE_HEADER))]  # the page names the database; runs = --repeat
+    for o in outcomes:
+        rows = [[r[i] for i in keep] for r in table_rows([o.small, o.large])]
+        print(f"\n{o.small.database}:\n")
+        print("\n".join(markdown([TABLE_HEADER[i] for i in keep], rows, "l" + "r" * (len(keep) - 1))))
+    databases = [database for database, _ in per_database]
+    by_label: dict[str, dict[str, Check]] = {}
+    for database, found in per_database:
+        for c in found:
+            by_label.setdefault(c.label, {})[database] = c
+    rows = []
+    for label, by_database in by_label.items():
+        cells = [_ratio_cell(by_database.get(database)) for database in databases]
+        targets = [f"{d} {c.target}" for d, c in by_database.items() if c.ok is not None]
+        rows.append([label, *cells, ", ".join(targets)])
+    print("\nratios (paired in brackets):\n")
+    print("\n".join(markdown(["ratio", *databases, "target"], rows, "l" + "r" * len(databases) + "l")))
+    swept = [o.large for o in outcomes if o.large.sweep]
+    if swept:
+        rows = [[f"{b:,}", *(f"{s.rate(b):,.0f}" for s in swept)] for b in BATCH_SIZES]
+        print(f"\nfirst run at {swept[0].tests:,} tests, source rows per second by --batch-size:\n")
+        print(
+            "\n".join(markdown(["--batch-size", *(s.database for s in swept)], rows, "r" * (1 + len(swept))))
+        )
+
+
+def _ratio_cell(c: Check | None) -> str:
+    if c is None:
+        return ""
+    paired = f" ({c.paired:.2f})" if c.paired is not None else ""
+    result = "" if c.ok is None else f" {verdict(c.ok)}"
+    return f"{fmt(c.value, '.2f')}{paired}{result}"
 
 
 def verdict(ok: bool) -> str:
@@ -588,6 +683,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="a PostgreSQL server to make the template and copies on (default $BACKFILL_TEST_POSTGRES_URL)",
     )
     p.add_argument("--sqlite-only", action="store_true", help="leave PostgreSQL out")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        metavar="DIR",
+        help=f"also run backfill at --batch-size {', '.join(map(str, BATCH_SIZES))} on the large size, and "
+        "write the performance page's images to DIR (needs the bench extra: matplotlib)",
+    )
+    p.add_argument("--markdown", action="store_true", help="also print the results as Markdown tables")
     args = p.parse_args(argv)
     if args.small is None:
         args.small = min(10_000, args.tests // 5)
@@ -637,6 +740,9 @@ def run_database(
         naive_sizes.append(large)
     else:
         note += f"over --naive-budget {args.naive_budget:g} s, so it ran at {small.tests} only"
+    if args.plot:
+        print(f"\n{large.database}, backfill by --batch-size, {args.repeat} time(s) each:")
+        run_sweep(large, copies[large.tests], references[large.tests], args.repeat)
     return Outcome(small, large, naive_sizes, note), references
 
 
@@ -732,9 +838,33 @@ def main(argv: Sequence[str]) -> int:
         f"{statistics.median(m.seconds for m in startup):.2f} s, "
         f"{statistics.median(m.peak_mb for m in startup):.1f} MB)"
     )
+    per_database = [(o.large.database, checks(o.large, o.small, o.naive_sizes)) for o in outcomes]
     print("\nratios (issue 5 targets on SQLite, issue 19's on PostgreSQL):")
-    print_ratios([(o.large.database, checks(o.large, o.small, o.naive_sizes)) for o in outcomes])
+    print_ratios(per_database)
+    if args.plot:
+        print(f"\nbackfill's first run at {large.tests} tests by --batch-size (medians):")
+        print_sweep([o.large for o in outcomes])
+    if args.markdown:
+        print_markdown(outcomes, per_database)
+    if args.plot:
+        for path in write_plots(args.plot, outcomes):
+            print(f"wrote {path}")
     return 0
+
+
+def write_plots(directory: Path, outcomes: Sequence[Outcome]) -> list[Path]:
+    """The performance page's images from this run's medians."""
+    import plot  # matplotlib (the bench extra) only when plotting
+
+    seconds = {
+        o.small.database: {
+            approach: {s.tests: m for s in (o.small, o.large) if (m := s.median(approach)) is not None}
+            for approach in ORDER
+        }
+        for o in outcomes
+    }
+    rates = {o.large.database: {b: o.large.rate(b) for b in BATCH_SIZES} for o in outcomes}
+    return plot.write(directory, seconds, rates, outcomes[0].large.tests)
 
 
 if __name__ == "__main__":
