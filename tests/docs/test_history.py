@@ -35,12 +35,6 @@ HISTORY = re.compile(
     re.IGNORECASE,
 )
 
-# Pages allowed to speak of history for now, each with the reason.
-EXEMPT = {
-    "docs/performance.md": "its measurements name the rounds and commits they were taken at; "
-    "the page is to be rewritten to describe the product's performance as it is",
-}
-
 
 def history_in(text: str) -> list[str]:
     """Each line of ``text`` that speaks of development history, as ``LINE: match``."""
@@ -55,16 +49,12 @@ def history_in(text: str) -> list[str]:
 def test_a_page_describes_the_product_not_its_history(page: Path) -> None:
     name = page.relative_to(ROOT).as_posix()
     found = history_in(page.read_text(encoding="utf-8"))
-    if name in EXEMPT:
-        assert found, f"{name} no longer speaks of history: remove its exception from EXEMPT"
-        pytest.xfail(EXEMPT[name])
     assert not found, f"{name} speaks of development history (say it in a commit message): {found}"
 
 
 def test_the_pages_checked_include_every_page_of_the_site() -> None:
     names = {p.relative_to(ROOT).as_posix() for p in PAGES}
-    assert {"README.md", "CONTRIBUTING.md", "CHANGELOG.md", "docs/cli.md"} <= names
-    assert set(EXEMPT) <= names
+    assert {"README.md", "CONTRIBUTING.md", "CHANGELOG.md", "docs/cli.md", "docs/performance.md"} <= names
 
 
 @pytest.mark.parametrize(
