@@ -107,7 +107,11 @@ class Size:
 
     def rate(self, batch_size: int) -> float:
         """Source rows per second of the median first run at ``batch_size``."""
-        return self.source_rows / statistics.median(m.seconds for m in self.sweep[batch_size])
+        return self.source_rows / self.swept(batch_size)
+
+    def swept(self, batch_size: int, attr: str = "seconds") -> float:
+        """The median of ``attr`` over the first runs at ``batch_size``."""
+        return float(statistics.median(getattr(m, attr) for m in self.sweep[batch_size]))
 
 
 # --- running children ------------------------------------------------------------------------------
@@ -500,13 +504,14 @@ def print_table(sizes: Sequence[Size]) -> None:
 def print_sweep(sizes: Sequence[Size]) -> None:
     """backfill's first run by batch size, the databases next to each other."""
     swept = [s for s in sizes if s.sweep]
-    print("  batch size" + "".join(f"  {s.database + ' s':>13}  {'rows/s':>9}" for s in swept))
-    for batch_size in BATCH_SIZES:
+    print(
+        "  batch size" + "".join(f"  {s.database + ' s':>13}  {'rows/s':>9}  {'peak MB':>7}" for s in swept)
+    )
+    for b in BATCH_SIZES:
         cells = "".join(
-            f"  {statistics.median(m.seconds for m in s.sweep[batch_size]):13.2f}  {s.rate(batch_size):9,.0f}"
-            for s in swept
+            f"  {s.swept(b):13.2f}  {s.rate(b):9,.0f}  {s.swept(b, 'peak_mb'):7.1f}" for s in swept
         )
-        print(f"  {batch_size:>10}{cells}")
+        print(f"  {b:>10}{cells}")
 
 
 def markdown(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> list[str]:
@@ -536,11 +541,16 @@ def print_markdown(outcomes: Sequence[Outcome], per_database: Sequence[tuple[str
     print("\n".join(markdown(["ratio", *databases, "target"], rows, "l" + "r" * len(databases) + "l")))
     swept = [o.large for o in outcomes if o.large.sweep]
     if swept:
-        rows = [[f"{b:,}", *(f"{s.rate(b):,.0f}" for s in swept)] for b in BATCH_SIZES]
-        print(f"\nfirst run at {swept[0].tests:,} tests, source rows per second by --batch-size:\n")
-        print(
-            "\n".join(markdown(["--batch-size", *(s.database for s in swept)], rows, "r" * (1 + len(swept))))
-        )
+        rows = [
+            [
+                f"{b:,}",
+                *(cell for s in swept for cell in (f"{s.rate(b):,.0f}", f"{s.swept(b, 'peak_mb'):.1f}")),
+            ]
+            for b in BATCH_SIZES
+        ]
+        header = ["--batch-size", *(f"{s.database} {what}" for s in swept for what in ("rows/s", "peak MB"))]
+        print(f"\nfirst run at {swept[0].tests:,} tests by --batch-size (medians):\n")
+        print("\n".join(markdown(header, rows, "r" * len(header))))
 
 
 def _ratio_cell(c: Check | None) -> str:

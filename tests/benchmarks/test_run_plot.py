@@ -87,12 +87,12 @@ def test_run_sweeps_the_batch_size_and_writes_the_page_s_figures(
                 database,
                 batch_size,
             )
-    sweep = out.split("source rows per second by --batch-size:", 1)[1]
-    assert f"| --batch-size | {' | '.join(databases)} |" in sweep
+    sweep = out.split("tests by --batch-size (medians):\n\n", 1)[1]
+    header = " | ".join(f"{d} rows/s | {d} peak MB" for d in databases)
+    assert sweep.startswith(f"| --batch-size | {header} |")
+    cells = r" \| [\d,]+ \| [\d.]+" * len(databases)
     for batch_size in run.BATCH_SIZES:
-        assert re.search(
-            rf"^\| {batch_size:,}" + r" \| [\d,]+" * len(databases) + r" \|$", sweep, re.MULTILINE
-        )
+        assert re.search(rf"^\| {batch_size:,}{cells} \|$", sweep, re.MULTILINE), batch_size
     for database in databases:
         assert f"\n{database}:\n\n| approach | tests |" in out
     assert sorted(p.name for p in images.iterdir()) == sorted([plot.APPROACHES_PNG, plot.BATCH_SIZE_PNG])
