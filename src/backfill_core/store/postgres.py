@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,6 +34,13 @@ that is longer: far beyond any healthy batch's statement (at most 5,000 keys loo
 batch's rows written), so that it only ends a statement the server cannot get through."""
 TIMEOUTS = "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)"
 NAMED = "SELECT set_config('application_name', $1, false)"
+PING_AFTER = 1.0
+"""Seconds a pooled connection may sit idle before it is pinged as it is checked out again: one
+that was in use a moment ago is taken as alive, which spares a batch's connections a round trip
+on every checkout; one the server or the network may have dropped meanwhile is replaced."""
+READ_ONLY = {"default_transaction_read_only": "on"}
+"""The session setting of a read-only database's connections (``server_settings``): every
+transaction, including a statement run outside one, is read-only."""
 
 
 def statement_timeout(lock_timeout: float) -> float:
@@ -119,13 +127,21 @@ class PostgresAdapter:
         when it is next checked out of the pool."""
         self._statements: Statements | None = None
         self._array_type_cache: dict[str, dict[str, str]] = {}
-        if read_only:
-            event.listen(
-                engine.sync_engine, "begin", lambda conn: conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-            )
-        event.listen(engine.sync_engine.pool, "checkout", self._name)
+        event.listen(engine.sync_engine.pool, "checkout", self._checkout)
+        event.listen(engine.sync_engine.pool, "checkin", _checked_in)
 
-    def _name(self, dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    def _checkout(self, dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        """Ping a connection that was idle for more than PING_AFTER seconds (a dead one is
+        replaced by the pool), then give it this process's application_name."""
+        idle = time.monotonic() - record.info.get("checked_in", math.inf)
+        if idle > PING_AFTER:
+            try:
+                dbapi_connection.run_async(lambda raw: raw.execute(";"))
+            except Exception as e:
+                raise exc.DisconnectionError(f"a pooled connection did not answer: {e}") from e
+        self._name(dbapi_connection, record)
+
+    def _name(self, dbapi_connection: Any, record: Any) -> None:
         """Give a connection being checked out this process's application_name, if it has another.
 
         Set for the session, outside any transaction, so a rollback does not undo it; a
@@ -163,9 +179,11 @@ class PostgresAdapter:
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[PostgresConnection]:
-        """One read transaction, begun by its first statement and rolled back at the end."""
+        """A connection for a batch's reads, each statement on its own (autocommit): no BEGIN
+        or ROLLBACK around them."""
         try:
             async with self._engine.connect() as conn:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
                 yield PostgresConnection(conn, self, "read from")
         except exc.DBAPIError as e:
             raise _translated(e, "read from", self.fatal) from e
@@ -185,3 +203,7 @@ class PostgresAdapter:
 
     async def close(self) -> None:
         await self._engine.dispose()
+
+
+def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+    record.info["checked_in"] = time.monotonic()
