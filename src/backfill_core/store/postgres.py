@@ -13,7 +13,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from backfill_core.store.connection import Fatal, LockConflict, translated
-from backfill_core.store.statements import KeyLookup, Statements
+from backfill_core.store.statements import KeyLookup, RowWrites, Statements
 
 ARRAY_TYPES = """
 SELECT a.attname, format_type(t.typarray, -1)
@@ -26,6 +26,30 @@ in a form SQL reads back as such (``bpchar[]``, not ``character[]``, which is
 ``character(1)[]``), so that a cast to it never cuts a value short or rounds it."""
 
 
+ARRAY_WRITTEN = frozenset(
+    (
+        "smallint[]",
+        "integer[]",
+        "bigint[]",
+        "boolean[]",
+        "text[]",
+        "character varying[]",
+        "real[]",
+        "double precision[]",
+        "numeric[]",
+        "date[]",
+        "timestamp without time zone[]",
+        "timestamp with time zone[]",
+        "uuid[]",
+    )
+)
+"""The array types (see ARRAY_TYPES) of the columns that rows are written to as arrays (see
+``Statements.array_write``): types whose values the driver sends as it sends one value, and that
+compare equal on the server only when they do in Python (not ``bpchar``, ``citext`` or JSON), so
+that a batch's distinct keys stay distinct."""
+CLIENT_SIDE = "22000"
+"""The SQLSTATE of asyncpg's error for a value it cannot send (``invalid input for query
+argument``), raised before anything is sent: the transaction goes on."""
 CONFLICTS = {"55P03": "lock timeout", "40P01": "deadlock", "40001": "serialization failure"}
 """The SQLSTATEs of a transaction that gave way to another's lock, and what each is called."""
 STATEMENT_TIMEOUT = 300.0
@@ -102,10 +126,30 @@ class PostgresConnection:
             raise _translated(e, self._action, self._adapter.fatal) from e
 
     async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run ``sql`` once per row; a write of many rows runs as one statement with an array of
+        values per column (``Statements.array_write``) where the columns' types allow it."""
         try:
-            await self._conn.exec_driver_sql(sql, [tuple(r) for r in rows])
+            if isinstance(sql, RowWrites) and len(rows) > 1 and await self._as_arrays(sql, rows):
+                return
+            await self._conn.exec_driver_sql(str(sql), [tuple(r) for r in rows])  # asyncpg takes a str
         except (exc.DBAPIError, OverflowError) as e:
             raise _translated(e, self._action, self._adapter.fatal) from e
+
+    async def _as_arrays(self, write: RowWrites, rows: Sequence[Sequence[Any]]) -> bool:
+        """Write ``rows`` with one statement; False if their columns' types do not allow it, or a
+        value cannot be sent as an array's (the rows written one by one then say which)."""
+        types = await self._adapter.array_types(self._conn, write.table)
+        arrays = tuple(types.get(c, "") for c in write.params)
+        if not ARRAY_WRITTEN.issuperset(arrays):
+            return False
+        sql = self._adapter.statements.array_write(write, arrays)
+        try:
+            await self._conn.exec_driver_sql(sql, tuple(map(list, zip(*rows, strict=True))))
+        except exc.DBAPIError as e:
+            if getattr(e.orig, "sqlstate", None) == CLIENT_SIDE:
+                return False
+            raise
+        return True
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
