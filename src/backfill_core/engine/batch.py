@@ -16,6 +16,7 @@ from backfill_core.engine.planner import (
     Targets,
     extracted,
     keys_needed,
+    new_tuple,
     parents_needed,
     refs_needed,
 )
@@ -59,9 +60,9 @@ class Batch:
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         self.keys, items, self.errors, self.needed, self.refs, self.parents, self.skips = state
-        new = tuple.__new__
         self.items = [
-            new(Extracted, (key, [new(Op, o) for o in ops], checked)) for key, ops, checked in items
+            new_tuple(Extracted, (key, [new_tuple(Op, o) for o in ops], checked))
+            for key, ops, checked in items
         ]
 
     def settle(self) -> None:
