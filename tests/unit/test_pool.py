@@ -14,7 +14,7 @@ import pytest
 
 from backfill_core import Extractor, RecordError, Row, Upsert
 from backfill_core.app import resolve_url
-from backfill_core.engine.batch import Batch, Converter, Extracts
+from backfill_core.engine.batch import TURN, Batch, Converter, Extracts
 from backfill_core.engine.pool import ExtractionPool, WorkerFailed, sendable
 from backfill_core.store.database import Database
 from backfill_core.store.records import KeyRange
@@ -116,6 +116,36 @@ def test_failed_extractions_and_failed_checks_are_record_errors_in_key_order() -
         (15, "plugin-bug"),
     ]
     assert [item[0] for item in here.items] == [1, 2, 4, 7, 8, 11, 13, 14]
+
+
+def test_a_page_extracted_in_turns_is_the_batch_extracted_at_once_and_lets_other_tasks_run() -> None:
+    rows = [(i, None if i % 5 == 0 else f"l{i}") for i in range(1, 3 * TURN + 8)]
+    turns = 0
+
+    async def other_task() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    async def in_turns() -> Batch:
+        beside = asyncio.ensure_future(other_task())
+        await asyncio.sleep(0)
+        try:
+            return await Converter(Oversteps()).in_turns(rows)
+        finally:
+            beside.cancel()
+
+    turned = asyncio.run(in_turns())
+    at_once = Converter(Oversteps())(rows)
+    assert _flat([turned]) == _flat([at_once])
+    assert (turned.refs, turned.parents, turned.skips) == (at_once.refs, at_once.parents, at_once.skips)
+    assert [(e.key, e.kind) for e in turned.errors][:3] == [
+        (3, "plugin-bug"),
+        (5, "missing"),
+        (6, "plugin-bug"),
+    ]
+    assert turns > 2 * len(rows) // TURN  # a turn after each part's extraction and its checks
 
 
 def test_changes_that_cannot_be_pickled_become_record_errors() -> None:

@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy.dialects.sqlite.aiosqlite import dialect as aiosqlite_dialect
 from sqlalchemy.engine import make_url
 
-from backfill_core import Database, resolve_url
+from backfill_core import Database, DatabaseUnavailable, resolve_url
 from backfill_core.store.statements import KeyLookup, Names, Statements
 from support.postgres import empty_database, execute, needs_server
 
@@ -272,3 +272,54 @@ def test_postgres_composite_lookup_of_a_value_its_column_cannot_hold_fails_as_a_
         composite = asyncio.run(failure(("a", "b"), [1, "x", "not a number", "y"]))
         assert type(composite) is type(single)
         assert "not a number" in str(composite)
+
+
+# -- writes of many rows run on real databases --------------------------------------------------------
+
+
+def test_upserts_updates_and_deletes_of_many_rows_write_each_row(database_url: str) -> None:
+    """On PostgreSQL each of these runs as one statement over arrays (array_write), on SQLite once
+    per row: the rows written are the same, composite keys paired value by value."""
+
+    async def go() -> set[tuple[Any, ...]]:
+        async with Database(resolve_url(database_url)) as db:
+            s = db.statements
+            async with db.writing() as conn:
+                await conn.execute_many(
+                    s.upsert("pairs", ("a", "b", "v"), ("a", "b")),
+                    [(1, "2", "new one-two"), (7, "7", "seven"), (2, "1", None)],
+                )
+                await conn.execute_many(s.upsert("pairs", ("a", "b"), ("a", "b")), [(12, ""), (8, "8")])
+                await conn.execute_many(
+                    s.update("pairs", ("v",), ("a", "b")), [("x", 21, "x"), ("y", 1, "12"), ("z", 9, "9")]
+                )
+                await conn.execute_many(
+                    s.delete("pairs", ("a", "b")), [(2, "1"), (12, ""), (2, "1"), (3, "3")]
+                )
+                return {tuple(r) for r in await conn.fetch("SELECT a, b, v FROM pairs", [])}
+
+    assert asyncio.run(go()) == {
+        (1, "2", "new one-two"),
+        (1, "12", "y"),
+        (21, "x", "x"),
+        (7, "7", "seven"),
+        (8, "8", None),
+    }
+
+
+@on_postgres
+def test_a_value_the_driver_cannot_send_among_many_rows_is_named_as_one_rows_would_be() -> None:
+    """A value of the wrong type for its column ends the run with the driver's message for the
+    row that holds it, not for an array of the whole batch's values."""
+
+    async def go(url: str) -> None:
+        async with Database(resolve_url(url)) as db, db.writing() as conn:
+            sql = db.statements.upsert("pairs", ("a", "b", "v"), ("a", "b"))
+            await conn.execute_many(sql, [(5, "5", "five"), (6, "6", 6), (7, "7", "seven")])
+
+    with empty_database() as url:
+        asyncio.run(execute(url, PAIRS))
+        with pytest.raises(DatabaseUnavailable) as e:
+            asyncio.run(go(url))
+    message = str(e.value)
+    assert "in element #1 of executemany() sequence: 6 (expected str, got int)" in message, message

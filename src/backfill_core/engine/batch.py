@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -15,6 +16,7 @@ from backfill_core.engine.planner import (
     Targets,
     extracted,
     keys_needed,
+    new_tuple,
     parents_needed,
     refs_needed,
 )
@@ -23,6 +25,8 @@ from backfill_core.extractor import Extractor
 from backfill_core.store.encoding import Salvaged, Undecodable, first_undecodable
 from backfill_core.store.records import ErrorRecord
 
+TURN = 50
+"""Rows extracted between two turns of the event loop (see :meth:`Converter.in_turns`)."""
 INVALID_ENCODING = "invalid-encoding"
 """The kind of the record error of a source row holding text that is not UTF-8."""
 
@@ -56,9 +60,9 @@ class Batch:
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         self.keys, items, self.errors, self.needed, self.refs, self.parents, self.skips = state
-        new = tuple.__new__
         self.items = [
-            new(Extracted, (key, [new(Op, o) for o in ops], checked)) for key, ops, checked in items
+            new_tuple(Extracted, (key, [new_tuple(Op, o) for o in ops], checked))
+            for key, ops, checked in items
         ]
 
     def settle(self) -> None:
@@ -104,6 +108,23 @@ class Converter:
 
     def __call__(self, rows: Sequence[Sequence[Any]]) -> Batch:
         return self.convert(self.extract(rows))
+
+    async def in_turns(self, rows: Sequence[Sequence[Any]]) -> Batch:
+        """``self(rows)``, letting the event loop run every TURN rows: a write awaiting the
+        database then sends its next statement, and the server works while rows are extracted."""
+        if type(rows) is not list or len(rows) <= TURN:  # Salvaged rows are extracted at once
+            return self(rows)
+        out, failed = Batch([]), 0
+        for start in range(0, len(rows), TURN):
+            part = self.extract(rows[start : start + TURN])
+            out.keys += part.keys
+            out.errors += part.errors
+            out.skips += part.skips
+            failed += len(part.errors)
+            await asyncio.sleep(0)
+            self._check(part.changes, out)
+            await asyncio.sleep(0)
+        return self._planned(out, failed)
 
     def extract(self, rows: Sequence[Sequence[Any]]) -> Extracts:
         """Run ``extract`` over ``rows``: each row's changes as plain values, not yet checked.
@@ -186,19 +207,29 @@ class Converter:
         """Check ``extracts``' changes against the declarations and convert them for planning; a
         row whose changes the extractor may not make becomes a record error."""
         out = Batch(extracts.keys, errors=extracts.errors, skips=extracts.skips)
-        written, name, targets, items = self.written, self.name, self.targets, out.items
         failed = len(out.errors)
-        for key, changes in extracts.changes:
+        self._check(extracts.changes, out)
+        return self._planned(out, failed)
+
+    def _check(self, changes: list[tuple[Any, list[Fields]]], out: Batch) -> None:
+        """Add each row's checked ``changes`` to ``out``'s items, or its error to its errors."""
+        written, name, targets, items = self.written, self.name, self.targets, out.items
+        for key, got in changes:
             try:
-                items.append(extracted(key, [checked(c, written, name) for c in changes], targets))
+                items.append(extracted(key, [checked(c, written, name) for c in got], targets))
             except Exception as e:
                 out.errors.append(self.error(key, e))
+
+    @staticmethod
+    def _planned(out: Batch, failed: int) -> Batch:
+        """``out`` with what planning needs gathered, and its errors in key order when checking
+        added some to the ``failed`` rows' errors of extraction."""
         if failed and len(out.errors) > failed:
             out.settle()
         else:
-            out.needed = keys_needed(items)
-            out.refs = refs_needed(items)
-            out.parents = parents_needed(items)
+            out.needed = keys_needed(out.items)
+            out.refs = refs_needed(out.items)
+            out.parents = parents_needed(out.items)
         return out
 
     def error(self, key: Any, e: Exception) -> ErrorRecord:

@@ -82,7 +82,7 @@ class Pages:
                 if not rows:
                     break
                 after, last = last, rows[-1][x.key_index]
-                yield Work(x(rows), KeyRange(after, last), size=size)
+                yield Work(await x.in_turns(rows), KeyRange(after, last), size=size)
 
 
 class RetryKeys:

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from backfill_core.errors import DatabaseUnavailable, SchemaMissing
 from backfill_core.store.connection import Connection, RowsRefused
 from backfill_core.store.encoding import is_decode_failure
-from backfill_core.store.postgres import CONFLICTS, PostgresAdapter, statement_timeout
+from backfill_core.store.postgres import CONFLICTS, READ_ONLY, PostgresAdapter, statement_timeout
 from backfill_core.store.sqlite import SQLiteAdapter, hot_journal
 from backfill_core.store.statements import Statements
 
@@ -195,7 +195,8 @@ class Database:
 
     def _postgres(self) -> PostgresAdapter:
         try:
-            engine = create_async_engine(self.url, pool_pre_ping=True)
+            settings = {"server_settings": READ_ONLY} if self.read_only else {}
+            engine = create_async_engine(self.url, connect_args=settings)
         except ModuleNotFoundError as e:
             raise DatabaseUnavailable(
                 f"the driver for {self.url.drivername} is not installed ({e.name}); "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,7 +13,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from backfill_core.store.connection import Fatal, LockConflict, translated
-from backfill_core.store.statements import KeyLookup, Statements
+from backfill_core.store.statements import KeyLookup, RowWrites, Statements
 
 ARRAY_TYPES = """
 SELECT a.attname, format_type(t.typarray, -1)
@@ -25,6 +26,30 @@ in a form SQL reads back as such (``bpchar[]``, not ``character[]``, which is
 ``character(1)[]``), so that a cast to it never cuts a value short or rounds it."""
 
 
+ARRAY_WRITTEN = frozenset(
+    (
+        "smallint[]",
+        "integer[]",
+        "bigint[]",
+        "boolean[]",
+        "text[]",
+        "character varying[]",
+        "real[]",
+        "double precision[]",
+        "numeric[]",
+        "date[]",
+        "timestamp without time zone[]",
+        "timestamp with time zone[]",
+        "uuid[]",
+    )
+)
+"""The array types (see ARRAY_TYPES) of the columns that rows are written to as arrays (see
+``Statements.array_write``): types whose values the driver sends as it sends one value, and that
+compare equal on the server only when they do in Python (not ``bpchar``, ``citext`` or JSON), so
+that a batch's distinct keys stay distinct."""
+CLIENT_SIDE = "22000"
+"""The SQLSTATE of asyncpg's error for a value it cannot send (``invalid input for query
+argument``), raised before anything is sent: the transaction goes on."""
 CONFLICTS = {"55P03": "lock timeout", "40P01": "deadlock", "40001": "serialization failure"}
 """The SQLSTATEs of a transaction that gave way to another's lock, and what each is called."""
 STATEMENT_TIMEOUT = 300.0
@@ -33,6 +58,13 @@ that is longer: far beyond any healthy batch's statement (at most 5,000 keys loo
 batch's rows written), so that it only ends a statement the server cannot get through."""
 TIMEOUTS = "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)"
 NAMED = "SELECT set_config('application_name', $1, false)"
+PING_AFTER = 1.0
+"""Seconds a pooled connection may sit idle before it is pinged as it is checked out again: one
+that was in use a moment ago is taken as alive, which spares a batch's connections a round trip
+on every checkout; one the server or the network may have dropped meanwhile is replaced."""
+READ_ONLY = {"default_transaction_read_only": "on"}
+"""The session setting of a read-only database's connections (``server_settings``): every
+transaction, including a statement run outside one, is read-only."""
 
 
 def statement_timeout(lock_timeout: float) -> float:
@@ -94,10 +126,30 @@ class PostgresConnection:
             raise _translated(e, self._action, self._adapter.fatal) from e
 
     async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run ``sql`` once per row; a write of many rows runs as one statement with an array of
+        values per column (``Statements.array_write``) where the columns' types allow it."""
         try:
-            await self._conn.exec_driver_sql(sql, [tuple(r) for r in rows])
+            if isinstance(sql, RowWrites) and len(rows) > 1 and await self._as_arrays(sql, rows):
+                return
+            await self._conn.exec_driver_sql(str(sql), [tuple(r) for r in rows])  # asyncpg takes a str
         except (exc.DBAPIError, OverflowError) as e:
             raise _translated(e, self._action, self._adapter.fatal) from e
+
+    async def _as_arrays(self, write: RowWrites, rows: Sequence[Sequence[Any]]) -> bool:
+        """Write ``rows`` with one statement; False if their columns' types do not allow it, or a
+        value cannot be sent as an array's (the rows written one by one then say which)."""
+        types = await self._adapter.array_types(self._conn, write.table)
+        arrays = tuple(types.get(c, "") for c in write.params)
+        if not ARRAY_WRITTEN.issuperset(arrays):
+            return False
+        sql = self._adapter.statements.array_write(write, arrays)
+        try:
+            await self._conn.exec_driver_sql(sql, tuple(map(list, zip(*rows, strict=True))))
+        except exc.DBAPIError as e:
+            if getattr(e.orig, "sqlstate", None) == CLIENT_SIDE:
+                return False
+            raise
+        return True
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
@@ -119,13 +171,21 @@ class PostgresAdapter:
         when it is next checked out of the pool."""
         self._statements: Statements | None = None
         self._array_type_cache: dict[str, dict[str, str]] = {}
-        if read_only:
-            event.listen(
-                engine.sync_engine, "begin", lambda conn: conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-            )
-        event.listen(engine.sync_engine.pool, "checkout", self._name)
+        event.listen(engine.sync_engine.pool, "checkout", self._checkout)
+        event.listen(engine.sync_engine.pool, "checkin", _checked_in)
 
-    def _name(self, dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    def _checkout(self, dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        """Ping a connection that was idle for more than PING_AFTER seconds (a dead one is
+        replaced by the pool), then give it this process's application_name."""
+        idle = time.monotonic() - record.info.get("checked_in", math.inf)
+        if idle > PING_AFTER:
+            try:
+                dbapi_connection.run_async(lambda raw: raw.execute(";"))
+            except Exception as e:
+                raise exc.DisconnectionError(f"a pooled connection did not answer: {e}") from e
+        self._name(dbapi_connection, record)
+
+    def _name(self, dbapi_connection: Any, record: Any) -> None:
         """Give a connection being checked out this process's application_name, if it has another.
 
         Set for the session, outside any transaction, so a rollback does not undo it; a
@@ -163,9 +223,11 @@ class PostgresAdapter:
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[PostgresConnection]:
-        """One read transaction, begun by its first statement and rolled back at the end."""
+        """A connection for a batch's reads, each statement on its own (autocommit): no BEGIN
+        or ROLLBACK around them."""
         try:
             async with self._engine.connect() as conn:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
                 yield PostgresConnection(conn, self, "read from")
         except exc.DBAPIError as e:
             raise _translated(e, "read from", self.fatal) from e
@@ -185,3 +247,7 @@ class PostgresAdapter:
 
     async def close(self) -> None:
         await self._engine.dispose()
+
+
+def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+    record.info["checked_in"] = time.monotonic()
