@@ -17,6 +17,12 @@ settings.load_profile("backfill")
 REQUIRE_ENV = "BACKFILL_REQUIRE_POSTGRES"
 
 
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    """pyproject's addopts name ``--numprocesses``: still accepted, and ignored, with ``-p no:xdist``."""
+    if not pluginmanager.has_plugin("xdist"):
+        parser.addoption("--numprocesses", help="ignored: pytest-xdist is not loaded")
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """With BACKFILL_REQUIRE_POSTGRES=1 (as in CI) a missing or unreachable server fails the run
     instead of skipping its tests."""
@@ -30,6 +36,14 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         asyncio.run(_ping(SERVER))
     except Exception as e:
         pytest.exit(f"{REQUIRE_ENV}=1 but the PostgreSQL server {SERVER} is unreachable: {e}", returncode=3)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Drop the template databases this process made for the PostgreSQL tests."""
+    if _server():
+        from support.postgres import drop_templates
+
+        drop_templates()
 
 
 def _server() -> str | None:

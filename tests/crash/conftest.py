@@ -1,6 +1,7 @@
 """Fixtures for the crash-safety tests of the run ledger (issue 3): the ``crash`` toolbox
-(tests/support/crash.py), the databases, built once per session with the synthetic generator
-and copied per test (``crash.database(kind, ...)``), and ``kind``, each database in turn."""
+(tests/support/crash.py), the databases, built once per test run with the synthetic generator
+(``made_once``: pytest-xdist's workers share them) and copied per test
+(``crash.database(kind, ...)``), and ``kind``, each database in turn."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from support.backends import KINDS, Backend, SqliteBackend
-from support.builtin_job import after_run, build_template
+from support.builtin_job import after_run, shared_template
 from support.consistency import BOTH, Reference
 from support.crash import Crash
+from support.once import made_once
 from support.sqlite import scalar
 
 SMALL_TESTS = 300
@@ -33,13 +35,12 @@ def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def _build(factory: pytest.TempPathFactory, name: str, tests: int) -> Path:
-    return build_template(factory.mktemp(name) / f"{name}.db", tests)
-
-
 def _reference(factory: pytest.TempPathFactory, template: Path, name: str) -> Reference:
-    path = factory.mktemp(name) / f"{name}.db"
-    after_run(template, path, ["run", *BOTH, "-d", path, "-q", "--json"])
+    path = made_once(
+        factory,
+        f"crash-{name}.db",
+        lambda path: after_run(template, path, ["run", *BOTH, "-d", path, "-q", "--json"]),
+    )
     return Reference(
         path,
         tests=scalar(path, "SELECT COUNT(*) FROM tests"),
@@ -50,7 +51,7 @@ def _reference(factory: pytest.TempPathFactory, template: Path, name: str) -> Re
 @pytest.fixture(scope="session")
 def small_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """300 tests (about 1,200 bugs), never written to."""
-    return _build(tmp_path_factory, "small", SMALL_TESTS)
+    return shared_template(tmp_path_factory, SMALL_TESTS)
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ def small_reference(tmp_path_factory: pytest.TempPathFactory, small_template: Pa
 @pytest.fixture(scope="session")
 def medium_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3,000 tests (about 12,000 bugs), never written to."""
-    return _build(tmp_path_factory, "medium", MEDIUM_TESTS)
+    return shared_template(tmp_path_factory, MEDIUM_TESTS)
 
 
 @pytest.fixture(scope="session")
@@ -78,14 +79,17 @@ def medium_reference(tmp_path_factory: pytest.TempPathFactory, medium_template: 
 @pytest.fixture(scope="session")
 def big_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """20,000 tests (about 80,000 bugs), never written to."""
-    return _build(tmp_path_factory, "big", BIG_TESTS)
+    return shared_template(tmp_path_factory, BIG_TESTS)
 
 
 @pytest.fixture(scope="session")
 def small_with_ledger(tmp_path_factory: pytest.TempPathFactory, small_template: Path) -> Path:
     """The small template after one real ``backfill run test_features`` (so the ledger exists)."""
-    path = tmp_path_factory.mktemp("small-ledger") / "ledger.db"
-    return after_run(small_template, path, ["run", "test_features", "-d", path, "-q"])
+    return made_once(
+        tmp_path_factory,
+        "crash-small-ledger.db",
+        lambda path: after_run(small_template, path, ["run", "test_features", "-d", path, "-q"]),
+    )
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 scratch PostgreSQL databases, real installed plugin packages.
 
 Every test runs the console script as a subprocess with an explicit environment. Databases
-are built once per session with the synthetic generator and copied per test (on PostgreSQL, loaded
-into a scratch database per test).
+are built once per test run with the synthetic generator (``made_once``: pytest-xdist's workers
+share them) and copied per test (on PostgreSQL, into a scratch database per test).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from support.backends import KINDS, Backend, builtin_backend
-from support.builtin_job import after_run, build_template, writable_copy
+from support.builtin_job import after_run, shared_template, writable_copy
 from support.cli import BACKFILL, RunCli, run_cli
+from support.once import made_once
 from support.plugins import install_plugins
 
 FIXTURE_PLUGINS = ("backfill-broken-plugin", "backfill-good-extra-plugin")
@@ -40,7 +41,7 @@ def cli() -> RunCli:
 @pytest.fixture(scope="session")
 def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic database, never written to: copy it with ``fresh_db``."""
-    return build_template(tmp_path_factory.mktemp("template") / "small.db", SMALL_TESTS)
+    return shared_template(tmp_path_factory, SMALL_TESTS)
 
 
 @pytest.fixture
@@ -70,20 +71,26 @@ def _copier(template: Path, folder: Path) -> Callable[[str], Path]:
     return copy
 
 
-def _after_full_run(template: Path, path: Path) -> Path:
-    """A read-only copy of ``template`` after one complete run of both extractors."""
-    return after_run(template, path, ["run", "test_features", "bug_attribution", "-d", path, "--quiet"])
+def _after_full_run(factory: pytest.TempPathFactory, template: Path, name: str) -> Path:
+    """A read-only copy of ``template`` after one complete run of both extractors (made once)."""
+    return made_once(
+        factory,
+        name,
+        lambda path: after_run(
+            template, path, ["run", "test_features", "bug_attribution", "-d", path, "--quiet"]
+        ),
+    )
 
 
 @pytest.fixture(scope="session")
 def full_run_db(template_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The small template after one complete run of both extractors (read-only reference)."""
-    return _after_full_run(template_db, tmp_path_factory.mktemp("full") / "full.db")
+    return _after_full_run(tmp_path_factory, template_db, "e2e-full.db")
 
 
 @pytest.fixture(scope="session")
 def big_template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_template(tmp_path_factory.mktemp("big") / "big.db", BIG_TESTS)
+    return shared_template(tmp_path_factory, BIG_TESTS)
 
 
 @pytest.fixture
@@ -95,7 +102,7 @@ def copy_big(big_template_db: Path, tmp_path: Path) -> Callable[[str], Path]:
 @pytest.fixture(scope="session")
 def big_full_run_db(big_template_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The big template after one complete run of both extractors (read-only reference)."""
-    return _after_full_run(big_template_db, tmp_path_factory.mktemp("bigfull") / "big-full.db")
+    return _after_full_run(tmp_path_factory, big_template_db, "e2e-big-full.db")
 
 
 @pytest.fixture(scope="session")

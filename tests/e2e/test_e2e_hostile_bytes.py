@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from support.builtin_job import build_template, writable_copy
+from support.builtin_job import shared_template, writable_copy
 from support.cli import RunCli, parse_json_output, stats_by_name
 from support.postgres import fetch, needs_server, scratch_database
 from support.sqlite import query
@@ -80,7 +80,7 @@ def without(path: Path, keys: dict[str, set[int]]) -> Path:
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_template(tmp_path_factory.mktemp("hostile") / "template.db", TESTS)
+    return shared_template(tmp_path_factory, TESTS)
 
 
 @pytest.fixture

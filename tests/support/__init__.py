@@ -13,5 +13,6 @@ the ``conftest.py`` files. ``tests`` is on pytest's ``pythonpath``, so a test im
 - ``consistency``: what a database must look like after a run died at any point.
 - ``crash``: the crash tests' toolbox, handed out by the ``crash`` fixture.
 - ``plugins``: fixture plugin packages installed with pip.
+- ``once``: files made once per test run and shared by pytest-xdist's workers.
 - ``kit_examples``: extractors the testing kit's tests share.
 """

@@ -10,9 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from backfill_plugins.testmanagement import synthetic
 from support.cli import run_cli
 from support.db import Where, query, table_rows
+from support.once import made_once
 
 
 def build_db(path: Path, tests: int, seed: int = 1) -> Path:
@@ -26,6 +29,12 @@ def build_template(path: Path, tests: int) -> Path:
     build_db(path, tests)
     path.chmod(0o444)
     return path
+
+
+def shared_template(factory: pytest.TempPathFactory, tests: int) -> Path:
+    """The synthetic database of ``tests`` tests that no test may write to, built once per test run
+    (``made_once``): copy it with ``writable_copy``."""
+    return made_once(factory, f"synthetic-{tests}.db", lambda path: build_template(path, tests))
 
 
 def writable_copy(template: Path, path: Path) -> Path:

@@ -9,23 +9,31 @@ from pathlib import Path
 
 import pytest
 
+from support.once import made_once
+
 PLUGINS_DIR = Path(__file__).resolve().parent.parent / "plugins"
 """tests/plugins: one folder per fixture plugin package."""
 
 
 def install_plugins(tmp_path_factory: pytest.TempPathFactory, names: tuple[str, ...]) -> Path:
-    """Install the fixture plugin packages ``names`` with pip into a new target dir.
+    """The fixture plugin packages ``names``, installed with pip into a target dir once per test
+    run (``made_once``), which tests only read."""
+    return made_once(tmp_path_factory, "plugins-" + "+".join(names), lambda site: _install(site, names))
+
+
+def _install(site: Path, names: tuple[str, ...]) -> None:
+    """Install the fixture plugin packages ``names`` with pip into the new target dir ``site``.
 
     The sources are copied first so the build leaves no ``build/`` or ``*.egg-info`` behind
     in the repository.
     """
-    work = tmp_path_factory.mktemp("plugin-src")
+    work = site.parent / "src"
     sources = []
     for name in names:
         src = work / name
         shutil.copytree(PLUGINS_DIR / name, src)
         sources.append(str(src))
-    site = tmp_path_factory.mktemp("plugin-site")
+    site.mkdir()
     base = [
         sys.executable,
         "-m",
@@ -54,4 +62,3 @@ def install_plugins(tmp_path_factory: pytest.TempPathFactory, names: tuple[str, 
     for name in names:
         dist = name.replace("-", "_")
         assert list(site.glob(f"{dist}-*.dist-info/entry_points.txt")), f"{name} has no entry points"
-    return site

@@ -1,8 +1,8 @@
 """Scratch PostgreSQL databases for the tests, on the server named by BACKFILL_TEST_POSTGRES_URL.
 
 Each scratch database is created with the built-in job's tables (the application's real schema,
-``backfill_plugins.testmanagement.pgcopy.SCHEMA``), filled from a synthetic SQLite file, and
-dropped afterwards. Tests that use it
+``backfill_plugins.testmanagement.pgcopy.SCHEMA``), filled from a synthetic SQLite file (or
+copied from a template database filled from it once), and dropped afterwards. Tests that use it
 are marked ``postgres`` and skipped (reported as such) when the variable is not set.
 """
 
@@ -46,11 +46,12 @@ async def fetch(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 
 
 @contextmanager
-def empty_database() -> Iterator[str]:
-    """The URL of a new, empty database on the test server; dropped on exit."""
+def empty_database(template: str = "template1") -> Iterator[str]:
+    """The URL of a new database on the test server, a copy of ``template`` (by default empty);
+    dropped on exit."""
     assert SERVER, "BACKFILL_TEST_POSTGRES_URL is not set"
     name = f"backfill_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(execute(SERVER, f'CREATE DATABASE "{name}"'))
+    asyncio.run(execute(SERVER, f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
     try:
         yield SERVER.rsplit("/", 1)[0] + "/" + name
     finally:
@@ -59,10 +60,43 @@ def empty_database() -> Iterator[str]:
 
 @contextmanager
 def scratch_database(source: Path) -> Iterator[str]:
-    """The URL of a new database holding ``source``'s tables (``COPIED``); dropped on exit."""
-    with empty_database() as url:
-        asyncio.run(copy_from_sqlite(url, source))
+    """The URL of a new database holding ``source``'s tables (``COPIED``); dropped on exit.
+
+    A read-only ``source`` (a template no test writes to) is loaded once per test process into a
+    template database, which each scratch database then copies (``drop_templates`` ends them)."""
+    if source.stat().st_mode & 0o222:
+        with empty_database() as url:
+            asyncio.run(copy_from_sqlite(url, source))
+            yield url
+        return
+    with empty_database(template=_template_of(source)) as url:
         yield url
+
+
+_templates: dict[tuple[str, int, int, int], str] = {}
+"""A read-only source file (path, inode, size, modification time) -> its template database."""
+
+
+def _template_of(source: Path) -> str:
+    """The name of a template database holding ``source``'s tables, loaded on first use."""
+    assert SERVER, "BACKFILL_TEST_POSTGRES_URL is not set"
+    info = source.stat()
+    key = (str(source.resolve()), info.st_ino, info.st_size, info.st_mtime_ns)
+    if key not in _templates:
+        name = f"backfill_template_{uuid.uuid4().hex[:12]}"
+        asyncio.run(execute(SERVER, f'CREATE DATABASE "{name}"'))
+        _templates[key] = name
+        asyncio.run(copy_from_sqlite(SERVER.rsplit("/", 1)[0] + "/" + name, source))
+        # No session may be open on a template while it is copied: forbid them.
+        asyncio.run(execute(SERVER, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+    return _templates[key]
+
+
+def drop_templates() -> None:
+    """Drop the template databases ``scratch_database`` made in this process."""
+    while _templates:
+        _, name = _templates.popitem()
+        asyncio.run(execute(SERVER or "", f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 @contextmanager
