@@ -7,6 +7,7 @@ so that both hold the same tables. It needs asyncpg (the ``postgres`` extra).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -101,7 +102,7 @@ async def copy_from_sqlite(url: str, source: Path) -> None:
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(SCHEMA)
-        with sqlite3.connect(source) as lite:
+        with contextlib.closing(sqlite3.connect(source)) as lite:
             for table in COPIED:
                 types = dict(
                     await conn.fetch(
