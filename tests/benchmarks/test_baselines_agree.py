@@ -9,7 +9,6 @@ No timing here: ``benchmarks/run.py`` prints the figures.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import shutil
 import sqlite3
@@ -18,33 +17,20 @@ import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from backfill_plugins.testmanagement import synthetic
+from support.benchmarks import load_benchmark
 from support.postgres import needs_server, scratch_database
 
-ROOT = Path(__file__).resolve().parents[2]
 BACKFILL = Path(sys.executable).parent / "backfill"
 TESTS = 150
 SCRUBBED = ("BACKFILL_DATABASE_URL", "BACKFILL_LOAD_PLUGINS", "BACKFILL_BUSY_TIMEOUT")
 
 
-def _load(name: str) -> ModuleType:
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # pg_baselines imports baselines beside it
-    try:
-        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-
-
-baselines = _load("baselines")
-pg_baselines = _load("pg_baselines")
+baselines = load_benchmark("baselines")
+pg_baselines = load_benchmark("pg_baselines")
 
 
 @pytest.fixture(scope="module")

@@ -4,38 +4,19 @@ asserted: only that every figure is printed and nothing failed."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from support.benchmarks import load_benchmark
 from support.postgres import SERVER, needs_server
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load() -> ModuleType:
-    sys.path.insert(0, str(BENCHMARKS))  # it imports run.py beside it
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "benchmark_busy_application", BENCHMARKS / "busy_application.py"
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # its dataclasses look their module up there
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
 
 
 @pytest.mark.parametrize("kind", [pytest.param("sqlite"), pytest.param("postgresql", marks=needs_server)])
 def test_latencies_beside_and_alone_are_printed_with_their_ratios(
     kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    bench = _load()
+    bench = load_benchmark("busy_application")
     args = ["--tests", "150", "--rate", "200", "--workdir", str(tmp_path), "--", "--batch-size", "50"]
     if kind == "postgresql":
         assert SERVER

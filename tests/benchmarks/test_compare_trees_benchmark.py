@@ -3,34 +3,18 @@ this tree against its own virtualenv, on a small database. No timing is asserted
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load() -> ModuleType:
-    sys.path.insert(0, str(BENCHMARKS))  # it imports run.py and baselines.py beside it
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "benchmark_compare_trees", BENCHMARKS / "compare_trees.py"
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+from support.benchmarks import load_benchmark
 
 
 def test_both_trees_run_on_the_same_copies_and_ratios_are_printed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    bench = _load()
+    bench = load_benchmark("compare_trees")
     venv = Path(sys.executable).parent.parent
     assert bench.main([str(venv), "--tests", "200", "--repeat", "2", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out

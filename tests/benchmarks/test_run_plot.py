@@ -4,36 +4,20 @@ timing is asserted."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from support.benchmarks import BENCHMARKS, load_benchmark
 from support.postgres import SERVER, needs_server
 
-ROOT = Path(__file__).resolve().parents[2]
-BENCHMARKS = ROOT / "benchmarks"
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _load(name: str) -> ModuleType:
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # its dataclasses look their module up there
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-
-
-plot = _load("plot")
+plot = load_benchmark("plot")
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -69,7 +53,7 @@ def test_plot_writes_both_images_from_the_figures_given(tmp_path: Path) -> None:
 def test_run_sweeps_the_batch_size_and_writes_the_page_s_figures(
     tmp_path: Path, databases: tuple[str, ...]
 ) -> None:
-    run = _load("run")
+    run = load_benchmark("run")
     server = ["--postgres", SERVER] if "PostgreSQL" in databases and SERVER else ["--sqlite-only"]
     images = tmp_path / "images"
     args = ["--tests", "40", "--small", "20", "--repeat", "1", "--naive-budget", "0", *server]

@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sqlite3
-import sys
 from pathlib import Path
-from types import ModuleType
 
 from backfill_core.store.encoding import Salvaged, Undecodable, fetch_rows
 from backfill_plugins.testmanagement import synthetic
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_text_decoding", ROOT / "benchmarks" / "text_decoding.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from support.benchmarks import load_benchmark
 
 
 def test_both_reads_return_the_same_rows_and_a_damaged_page_only_its_bad_value(tmp_path: Path) -> None:
-    text_decoding = _load()
+    text_decoding = load_benchmark("text_decoding")
     path = tmp_path / "bench.db"
     synthetic.build(path, 30, seed=1)
     with sqlite3.connect(path) as con:

@@ -14,5 +14,6 @@ the ``conftest.py`` files. ``tests`` is on pytest's ``pythonpath``, so a test im
 - ``crash``: the crash tests' toolbox, handed out by the ``crash`` fixture.
 - ``plugins``: fixture plugin packages installed with pip.
 - ``once``: files made once per test run and shared by pytest-xdist's workers.
+- ``benchmarks``: the scripts of ``benchmarks/`` loaded as modules.
 - ``kit_examples``: extractors the testing kit's tests share.
 """
