@@ -8,15 +8,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
+from backfill_core import Database, resolve_url
 from support import sqlite
 from support.backends import Backend, SqliteBackend
 
+T = TypeVar("T")
 Where = Path | Backend
 """A database the helpers read: a SQLite file's path, or a backend of either kind."""
 
@@ -132,3 +134,14 @@ def fingerprint(where: Where) -> str:
     for table in sorted(table_names(where)):
         digest.update(repr((table, sorted(map(repr, query(where, f"SELECT * FROM {table}"))))).encode())
     return digest.hexdigest()
+
+
+def on_database(url: str, work: Callable[[Database], Awaitable[T]], *, read_only: bool = False) -> T:
+    """What ``work`` returns, run on the engine's own :class:`Database` open at ``url`` (a path or
+    a URL, as --database takes it)."""
+
+    async def go() -> T:
+        async with Database(resolve_url(url), read_only=read_only) as db:
+            return await work(db)
+
+    return asyncio.run(go())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +17,7 @@ from backfill_core import Database, DatabaseUnavailable, resolve_url
 from backfill_core.store.connection import RowsRefused
 from backfill_core.store.database import display
 from backfill_core.store.sqlite import connect, uri
+from support.db import on_database
 from support.postgres import empty_database, execute, needs_server
 
 T = TypeVar("T")
@@ -37,16 +38,6 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield pg_url
 
 
-def on(url: str, work: Callable[[Database], Awaitable[T]], *, read_only: bool = False) -> T:
-    """What ``work`` returns, run on the open database at ``url``."""
-
-    async def go() -> T:
-        async with Database(resolve_url(url), read_only=read_only) as db:
-            return await work(db)
-
-    return asyncio.run(go())
-
-
 async def items(db: Database) -> list[tuple[Any, ...]]:
     async with db.reading() as conn:
         return [tuple(r) for r in await conn.fetch("SELECT id, n, label FROM items ORDER BY id", ())]
@@ -64,7 +55,7 @@ def test_a_write_transaction_commits_what_it_wrote(url: str) -> None:
             assert [tuple(r) for r in await conn.fetch("SELECT count(*) FROM items", ())] == [(3,)]
         return await items(db)
 
-    assert on(url, work) == [(1, 10, "a"), (2, 20, None), (3, 30, "c")]
+    assert on_database(url, work) == [(1, 10, "a"), (2, 20, None), (3, 30, "c")]
 
 
 def test_a_write_transaction_that_raises_writes_nothing(url: str) -> None:
@@ -75,7 +66,7 @@ def test_a_write_transaction_that_raises_writes_nothing(url: str) -> None:
                 raise KeyError("stop")
         return await items(db)
 
-    assert on(url, work) == []
+    assert on_database(url, work) == []
 
 
 def test_a_savepoint_rolls_back_its_block_only_and_the_transaction_goes_on(url: str) -> None:
@@ -90,7 +81,7 @@ def test_a_savepoint_rolls_back_its_block_only_and_the_transaction_goes_on(url: 
                 await conn.execute_many(insert(db), [(4, 40, "d")])
         return await items(db)
 
-    assert on(url, work) == [(1, 10, "a"), (4, 40, "d")]
+    assert on_database(url, work) == [(1, 10, "a"), (4, 40, "d")]
 
 
 @pytest.mark.parametrize(
@@ -113,7 +104,7 @@ def test_refused_rows_come_out_as_rows_refused_with_the_drivers_message(
                 await conn.execute_many(insert(db), [row])
         return db.dialect, refused.value
 
-    dialect, refused = on(url, work)
+    dialect, refused = on_database(url, work)
     assert (sqlite_says if dialect == "sqlite" else postgresql_says) in refused.message
     assert str(refused) == refused.message == refused.message.strip()
 
@@ -137,7 +128,7 @@ def test_an_integer_sqlite_cannot_hold_is_refused_rows_in_writes_and_reads(tmp_p
         messages.append(refused.value.message)
         return messages
 
-    assert on(str(path), work) == ["Python int too large to convert to SQLite INTEGER"] * 2
+    assert on_database(str(path), work) == ["Python int too large to convert to SQLite INTEGER"] * 2
 
 
 def test_other_failures_end_the_run_with_the_hint_and_what_was_being_done(url: str) -> None:
@@ -154,7 +145,7 @@ def test_other_failures_end_the_run_with_the_hint_and_what_was_being_done(url: s
         messages.append(str(failed.value))
         return db.display_url, messages
 
-    shown, (writing, reading, core) = on(url, work)
+    shown, (writing, reading, core) = on_database(url, work)
     hint = "(a table or column that a plugin reads or references is missing; run the migrations)"
     for message, action in ((writing, "write to"), (reading, "read from"), (core, "write to")):
         assert message.startswith(f"could not {action} {shown}: ")
@@ -169,10 +160,10 @@ def test_a_read_only_database_refuses_writes_as_a_run_ending_failure(url: str) -
                 await conn.execute(insert(db), (1, 1, "a"))
         return str(failed.value)
 
-    message = on(url, work, read_only=True)
+    message = on_database(url, work, read_only=True)
     assert message.startswith(f"could not read from {display(resolve_url(url))}: ")
     assert "read-only" in message.lower() or "readonly" in message.lower()
-    assert on(url, items) == []
+    assert on_database(url, items) == []
 
 
 def test_the_display_url_never_shows_the_password() -> None:
@@ -214,7 +205,40 @@ def test_sqlite_keeps_its_journal_between_batches_and_removes_it_on_close(tmp_pa
             await conn.execute(insert(db), (1, 1, "a"))
         return journal.exists()
 
-    assert on(str(path), work) is True
+    assert on_database(str(path), work) is True
     assert not journal.exists()
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+
+
+def test_many_rows_upserted_updated_and_deleted_at_once_are_what_one_at_a_time_leaves(url: str) -> None:
+    """On PostgreSQL a write of many rows runs as one statement over arrays; one row at a time
+    it runs as the row's own statement: both leave the same table (and SQLite's does too)."""
+    upsert_rows = [(1, 10, "a"), (2, 20, None), (3, 30, "c"), (4, 40, "d")]
+    updates = [(11, 1), (0, 3)]  # n, then the key
+    deletes = [(2,), (4,)]
+
+    async def work(db: Database, many: bool) -> list[tuple[Any, ...]]:
+        s = db.statements
+        writes: list[tuple[str, list[tuple[Any, ...]]]] = [
+            (s.upsert("items", ("id", "n", "label"), ("id",)), upsert_rows),
+            (s.upsert("items", ("id", "n", "label"), ("id",)), [(3, 33, "C"), (5, 50, "e")]),
+            (s.update("items", ("n",), ("id",)), updates),
+            (s.delete("items", ("id",)), deletes),
+        ]
+        async with db.writing() as conn:
+            await conn.execute(s.delete("items", ("id",)), (None,))  # nothing: NULL matches no key
+            for sql, rows in writes:
+                if many:
+                    await conn.execute_many(sql, rows)
+                else:
+                    for row in rows:
+                        await conn.execute_many(sql, [row])
+        got = await items(db)
+        async with db.writing() as conn:
+            await conn.execute_many(s.delete("items", ("id",)), [(r[0],) for r in got])
+        return got
+
+    one_by_one = on_database(url, lambda db: work(db, many=False))
+    assert one_by_one == [(1, 11, "a"), (3, 0, "C"), (5, 50, "e")]
+    assert on_database(url, lambda db: work(db, many=True)) == one_by_one

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import event, exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from backfill_core.store.connection import Fatal, LockConflict, translated
+from backfill_core.store.connection import Fatal, LockConflict, RowsRefused, translated
 from backfill_core.store.statements import KeyLookup, RowWrites, Statements
 
 ARRAY_TYPES = """
@@ -81,10 +81,16 @@ def milliseconds(seconds: float) -> str:
 def _translated(
     error: exc.DBAPIError | OverflowError, action: str, fatal: Fatal, statement: str = ""
 ) -> Exception:
-    """``translated``, and LockConflict for a transaction that gave way to another's lock."""
-    cause = CONFLICTS.get(getattr(getattr(error, "orig", None), "sqlstate", None) or "")
+    """``translated``, LockConflict for a transaction that gave way to another's lock, and
+    RowsRefused for any data exception or integrity violation (SQLSTATE classes 22 and 23),
+    including a value the driver refuses to send for its column."""
+    orig = getattr(error, "orig", None)
+    sqlstate = getattr(orig, "sqlstate", None) or ""
+    cause = CONFLICTS.get(sqlstate)
     if cause is not None:
         return LockConflict(str(fatal(error, action, statement)), cause)
+    if sqlstate[:2] in ("22", "23"):
+        return RowsRefused(str(orig).strip())
     return translated(error, action, fatal, statement)
 
 
@@ -121,7 +127,7 @@ class PostgresConnection:
 
     async def execute(self, sql: str, params: Sequence[Any]) -> None:
         try:
-            await self._conn.exec_driver_sql(sql, tuple(params))
+            await self._conn.exec_driver_sql(str(sql), tuple(params))  # a RowWrites too
         except (exc.DBAPIError, OverflowError) as e:
             raise _translated(e, self._action, self._adapter.fatal) from e
 
