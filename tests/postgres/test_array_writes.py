@@ -121,3 +121,20 @@ def test_a_value_the_driver_cannot_send_in_an_array_is_refused_as_it_is_alone() 
         in_many, left = on_database(pg_url, lambda db: work(db, [(1, 1, "a"), (2, "two", "b"), (3, 3, "c")]))
         assert "of executemany() sequence: 'two' (" in in_many and left == []  # the rows one by one
         assert in_many.replace(" in element #1 of executemany() sequence", "") == alone
+
+
+def test_a_value_too_long_for_its_column_is_refused_rows_in_an_array_or_alone() -> None:
+    """A server-side data exception (here 22001, a value too long for ``varchar(20)``) of a write
+    refuses its rows, so the engine isolates the row as a batch error instead of ending the run."""
+
+    async def work(db: Database, rows: list[tuple[Any, ...]]) -> str:
+        with pytest.raises(RowsRefused) as refused:
+            async with db.writing() as conn:
+                await conn.execute_many(db.statements.upsert("kinds", ("id", "v"), ("id",)), rows)
+        return refused.value.message
+
+    with empty_database() as pg_url:
+        asyncio.run(execute(pg_url, KINDS))
+        for rows in ([(1, "x" * 21)], [(1, "fits"), (2, "x" * 21)]):
+            message = on_database(pg_url, lambda db, r=rows: work(db, r))  # type: ignore[misc]
+            assert "value too long for type character varying(20)" in message

@@ -79,17 +79,22 @@ def milliseconds(seconds: float) -> str:
 
 
 def _translated(
-    error: exc.DBAPIError | OverflowError, action: str, fatal: Fatal, statement: str = ""
+    error: exc.DBAPIError | OverflowError,
+    action: str,
+    fatal: Fatal,
+    statement: str = "",
+    *,
+    write: bool = False,
 ) -> Exception:
-    """``translated``, LockConflict for a transaction that gave way to another's lock, and
-    RowsRefused for any data exception or integrity violation (SQLSTATE classes 22 and 23),
-    including a value the driver refuses to send for its column."""
+    """``translated``, and LockConflict for a transaction that gave way to another's lock. A
+    ``write``'s data exception (SQLSTATE class 22: a value too long or out of range for its
+    column, or one the driver cannot send for its type) is RowsRefused, as SQLite's DataError is."""
     orig = getattr(error, "orig", None)
     sqlstate = getattr(orig, "sqlstate", None) or ""
     cause = CONFLICTS.get(sqlstate)
     if cause is not None:
         return LockConflict(str(fatal(error, action, statement)), cause)
-    if sqlstate[:2] in ("22", "23"):
+    if write and sqlstate.startswith("22"):
         return RowsRefused(str(orig).strip())
     return translated(error, action, fatal, statement)
 
@@ -129,7 +134,7 @@ class PostgresConnection:
         try:
             await self._conn.exec_driver_sql(str(sql), tuple(params))  # a RowWrites too
         except (exc.DBAPIError, OverflowError) as e:
-            raise _translated(e, self._action, self._adapter.fatal) from e
+            raise _translated(e, self._action, self._adapter.fatal, write=True) from e
 
     async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """Run ``sql`` once per row; a write of many rows runs as one statement with an array of
@@ -139,7 +144,7 @@ class PostgresConnection:
                 return
             await self._conn.exec_driver_sql(str(sql), [tuple(r) for r in rows])  # asyncpg takes a str
         except (exc.DBAPIError, OverflowError) as e:
-            raise _translated(e, self._action, self._adapter.fatal) from e
+            raise _translated(e, self._action, self._adapter.fatal, write=True) from e
 
     async def _as_arrays(self, write: RowWrites, rows: Sequence[Sequence[Any]]) -> bool:
         """Write ``rows`` with one statement; False if their columns' types do not allow it, or a
