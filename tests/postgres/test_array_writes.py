@@ -1,6 +1,7 @@
 """PostgreSQL's writes of many rows as one statement over arrays (``Statements.array_write``):
-every column type they take, the types they leave to one statement per row, and a value the
-driver cannot send in an array."""
+every column type they take, the types they leave to one statement per row, and a value too long
+for its column (tests/unit/test_statements.py has the writes on both databases and a value the
+driver cannot send)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from support.db import on_database
 from support.postgres import empty_database, execute, needs_server
 
 pytestmark = needs_server
-ITEMS = "CREATE TABLE items (id INTEGER PRIMARY KEY, n INTEGER NOT NULL CHECK (n >= 0), label TEXT UNIQUE)"
 
 
 KINDS = """CREATE TABLE kinds (
@@ -99,28 +99,6 @@ def test_every_column_type_round_trips_written_at_once_or_one_at_a_time() -> Non
             assert len(one_by_one) == 3 and one_by_one[0][4] == KIND_ROWS[0][4] and each == 3
             at_once = on_database(pg_url, lambda db, w=written: work(db, w, many=True))  # type: ignore[misc]
             assert at_once == (one_by_one, statements)
-
-
-def test_a_value_the_driver_cannot_send_in_an_array_is_refused_as_it_is_alone() -> None:
-    """A value asyncpg cannot send for its column refuses its row (the engine then isolates it as
-    a batch error) instead of ending the run; in a batch, the write falls back to one statement per
-    row, so the error names the row as it does alone, and nothing of the batch is written."""
-
-    async def work(db: Database, rows: list[tuple[Any, ...]]) -> tuple[str, list[tuple[Any, ...]]]:
-        with pytest.raises(RowsRefused) as refused:
-            async with db.writing() as conn:
-                await conn.execute_many(db.statements.upsert("items", ("id", "n", "label"), ("id",)), rows)
-        async with db.reading() as conn:
-            left = [tuple(r) for r in await conn.fetch("SELECT id FROM items", ())]
-        return refused.value.message, left
-
-    with empty_database() as pg_url:
-        asyncio.run(execute(pg_url, ITEMS))
-        alone, left = on_database(pg_url, lambda db: work(db, [(2, "two", "b")]))
-        assert "invalid input for query argument" in alone and left == []
-        in_many, left = on_database(pg_url, lambda db: work(db, [(1, 1, "a"), (2, "two", "b"), (3, 3, "c")]))
-        assert "of executemany() sequence: 'two' (" in in_many and left == []  # the rows one by one
-        assert in_many.replace(" in element #1 of executemany() sequence", "") == alone
 
 
 def test_a_value_too_long_for_its_column_is_refused_rows_in_an_array_or_alone() -> None:

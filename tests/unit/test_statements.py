@@ -21,7 +21,8 @@ import pytest
 from sqlalchemy.dialects.sqlite.aiosqlite import dialect as aiosqlite_dialect
 from sqlalchemy.engine import make_url
 
-from backfill_core import Database, DatabaseUnavailable, resolve_url
+from backfill_core import Database, resolve_url
+from backfill_core.store.connection import RowsRefused
 from backfill_core.store.statements import KeyLookup, Names, Statements
 from support.postgres import empty_database, execute, needs_server
 
@@ -279,7 +280,8 @@ def test_postgres_composite_lookup_of_a_value_its_column_cannot_hold_fails_as_a_
 
 def test_upserts_updates_and_deletes_of_many_rows_write_each_row(database_url: str) -> None:
     """On PostgreSQL each of these runs as one statement over arrays (array_write), on SQLite once
-    per row: the rows written are the same, composite keys paired value by value."""
+    per row: the rows written are the same, composite keys paired value by value. A row write's
+    statement also runs alone, with ``execute``."""
 
     async def go() -> set[tuple[Any, ...]]:
         async with Database(resolve_url(database_url)) as db:
@@ -290,6 +292,7 @@ def test_upserts_updates_and_deletes_of_many_rows_write_each_row(database_url: s
                     [(1, "2", "new one-two"), (7, "7", "seven"), (2, "1", None)],
                 )
                 await conn.execute_many(s.upsert("pairs", ("a", "b"), ("a", "b")), [(12, ""), (8, "8")])
+                await conn.execute(s.upsert("pairs", ("a", "b", "v"), ("a", "b")), (9, "9", "nine"))
                 await conn.execute_many(
                     s.update("pairs", ("v",), ("a", "b")), [("x", 21, "x"), ("y", 1, "12"), ("z", 9, "9")]
                 )
@@ -304,13 +307,15 @@ def test_upserts_updates_and_deletes_of_many_rows_write_each_row(database_url: s
         (21, "x", "x"),
         (7, "7", "seven"),
         (8, "8", None),
+        (9, "9", "z"),
     }
 
 
 @on_postgres
 def test_a_value_the_driver_cannot_send_among_many_rows_is_named_as_one_rows_would_be() -> None:
-    """A value of the wrong type for its column ends the run with the driver's message for the
-    row that holds it, not for an array of the whole batch's values."""
+    """A value of the wrong type for its column refuses the rows (the engine then isolates the row
+    as a batch error) with the driver's message for the row that holds it, not for an array of
+    the whole batch's values."""
 
     async def go(url: str) -> None:
         async with Database(resolve_url(url)) as db, db.writing() as conn:
@@ -319,7 +324,7 @@ def test_a_value_the_driver_cannot_send_among_many_rows_is_named_as_one_rows_wou
 
     with empty_database() as url:
         asyncio.run(execute(url, PAIRS))
-        with pytest.raises(DatabaseUnavailable) as e:
+        with pytest.raises(RowsRefused) as e:
             asyncio.run(go(url))
     message = str(e.value)
     assert "in element #1 of executemany() sequence: 6 (expected str, got int)" in message, message

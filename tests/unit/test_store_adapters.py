@@ -209,36 +209,3 @@ def test_sqlite_keeps_its_journal_between_batches_and_removes_it_on_close(tmp_pa
     assert not journal.exists()
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
-
-
-def test_many_rows_upserted_updated_and_deleted_at_once_are_what_one_at_a_time_leaves(url: str) -> None:
-    """On PostgreSQL a write of many rows runs as one statement over arrays; one row at a time
-    it runs as the row's own statement: both leave the same table (and SQLite's does too)."""
-    upsert_rows = [(1, 10, "a"), (2, 20, None), (3, 30, "c"), (4, 40, "d")]
-    updates = [(11, 1), (0, 3)]  # n, then the key
-    deletes = [(2,), (4,)]
-
-    async def work(db: Database, many: bool) -> list[tuple[Any, ...]]:
-        s = db.statements
-        writes: list[tuple[str, list[tuple[Any, ...]]]] = [
-            (s.upsert("items", ("id", "n", "label"), ("id",)), upsert_rows),
-            (s.upsert("items", ("id", "n", "label"), ("id",)), [(3, 33, "C"), (5, 50, "e")]),
-            (s.update("items", ("n",), ("id",)), updates),
-            (s.delete("items", ("id",)), deletes),
-        ]
-        async with db.writing() as conn:
-            await conn.execute(s.delete("items", ("id",)), (None,))  # nothing: NULL matches no key
-            for sql, rows in writes:
-                if many:
-                    await conn.execute_many(sql, rows)
-                else:
-                    for row in rows:
-                        await conn.execute_many(sql, [row])
-        got = await items(db)
-        async with db.writing() as conn:
-            await conn.execute_many(s.delete("items", ("id",)), [(r[0],) for r in got])
-        return got
-
-    one_by_one = on_database(url, lambda db: work(db, many=False))
-    assert one_by_one == [(1, 11, "a"), (3, 0, "C"), (5, 50, "e")]
-    assert on_database(url, lambda db: work(db, many=True)) == one_by_one
