@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -95,9 +96,9 @@ def test_every_column_type_round_trips_written_at_once_or_one_at_a_time() -> Non
     with empty_database() as pg_url:
         asyncio.run(execute(pg_url, KINDS))
         for written, statements in ((columns[:13], 1), (columns, 3)):  # arrays, then row by row
-            one_by_one, each = on_database(pg_url, lambda db, w=written: work(db, w, many=False))  # type: ignore[misc]
+            one_by_one, each = on_database(pg_url, partial(work, written=written, many=False))
             assert len(one_by_one) == 3 and one_by_one[0][4] == KIND_ROWS[0][4] and each == 3
-            at_once = on_database(pg_url, lambda db, w=written: work(db, w, many=True))  # type: ignore[misc]
+            at_once = on_database(pg_url, partial(work, written=written, many=True))
             assert at_once == (one_by_one, statements)
 
 
@@ -114,5 +115,5 @@ def test_a_value_too_long_for_its_column_is_refused_rows_in_an_array_or_alone() 
     with empty_database() as pg_url:
         asyncio.run(execute(pg_url, KINDS))
         for rows in ([(1, "x" * 21)], [(1, "fits"), (2, "x" * 21)]):
-            message = on_database(pg_url, lambda db, r=rows: work(db, r))  # type: ignore[misc]
+            message = on_database(pg_url, partial(work, rows=rows))
             assert "value too long for type character varying(20)" in message

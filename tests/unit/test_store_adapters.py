@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -20,7 +20,6 @@ from backfill_core.store.sqlite import connect, uri
 from support.db import on_database
 from support.postgres import empty_database, execute, needs_server
 
-T = TypeVar("T")
 ITEMS = "CREATE TABLE items (id INTEGER PRIMARY KEY, n INTEGER NOT NULL CHECK (n >= 0), label TEXT UNIQUE)"
 
 
