@@ -85,7 +85,8 @@ def test_a_page_the_worker_cannot_read_is_a_read_error(items: Path) -> None:
     pool = ExtractionPool([extract], str(items), 1.0)
 
     async def read_nowhere() -> Batch:
-        return await pool.result(pool.submit("labels", "SELECT id, label FROM nowhere", []), "labels")
+        nowhere = "SELECT id, label FROM nowhere"
+        return await pool.result(pool.submit("labels", (nowhere, nowhere), (None,), None), "labels")
 
     try:
         with pytest.raises(sqlite3.OperationalError, match="no such table: nowhere"):
@@ -194,15 +195,15 @@ def test_a_batch_converted_here_equals_one_converted_by_the_worker(items: Path) 
     pool = ExtractionPool([extract], str(items), 1.0)
     sql = "SELECT id, label FROM items ORDER BY id"
 
-    async def page(number: int) -> tuple[bytes, Batch]:
-        pool.taken.value = 0
-        data = await pool.submit("labels", sql, [], number)
-        pool.taken.value = 0
-        return data, await pool.result(pool.submit("labels", sql, [], number), "labels")
+    async def page(waiting: int) -> tuple[bytes, Batch]:
+        pool.waiting.value = waiting
+        data = await pool.submit("labels", (sql, sql), (None,), None)
+        pool.waiting.value = 0
+        return data, await pool.result(pool.submit("labels", (sql, sql), (None,), None), "labels")
 
     try:
-        waited, here = asyncio.run(page(0))  # this process waits for it: it converts
-        busy, there = asyncio.run(page(1))  # this process has a page to take first: the worker converts
+        waited, here = asyncio.run(page(1))  # this process waits for it: it converts
+        busy, there = asyncio.run(page(0))  # this process is busy: the worker converts
     finally:
         pool.close()
     assert isinstance(pickle.loads(waited), Extracts) and isinstance(pickle.loads(busy), Batch)

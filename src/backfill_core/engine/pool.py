@@ -1,8 +1,8 @@
 """Extraction in a worker process: it reads and extracts the next pages while this process writes.
 
 Extractors are pure functions of a row, so a forked copy of the process can run them: a
-``ProcessPoolExecutor`` (fork context, one process) is fed the key ranges of the next pages; the
-worker reads each on its own read-only SQLite connection, extracts it and returns the
+``ProcessPoolExecutor`` (fork context, one process) is asked for the next pages of key ranges;
+the worker reads each on its own read-only SQLite connection, extracts it and returns the
 :class:`~backfill_core.engine.batch.Batch` (or, when this process is waiting for it, the
 unchecked :class:`~backfill_core.engine.batch.Extracts`, which this process converts: the
 checking goes to whichever process has time for it). This process plans and writes each batch
@@ -35,7 +35,7 @@ from backfill_core.engine.collector import GC_THRESHOLD
 from backfill_core.engine.sources import Work, count_rows
 from backfill_core.errors import BackfillError
 from backfill_core.store.database import Database
-from backfill_core.store.encoding import Undecodable, fetch_rows
+from backfill_core.store.encoding import fetch_rows
 from backfill_core.store.records import ErrorRecord, KeyRange
 from backfill_core.store.sqlite import connect
 
@@ -71,13 +71,13 @@ class ExtractionPool:
         for stream in (sys.stdout, sys.stderr):  # or the worker would print them again
             stream.flush()
         context = multiprocessing.get_context("fork")
-        self.taken = context.RawValue("q", 0)
-        """Pages of the current source this process has taken from the worker (see _extract_page)."""
+        self.waiting = context.RawValue("b", 0)
+        """Whether this process is waiting for the worker's next page (see _extract_page)."""
         self._executor = ProcessPoolExecutor(
             1,
             mp_context=context,
             initializer=_start,
-            initargs=({x.name: x for x in converters}, path, timeout, os.getpid(), self.taken),
+            initargs=({x.name: x for x in converters}, path, timeout, os.getpid(), self.waiting),
         )
         self._converters = {x.name: x for x in converters}
         try:
@@ -100,16 +100,25 @@ class ExtractionPool:
         them, extracted by the worker."""
         return PooledPages(self, db, converter, todo, size)
 
-    def submit(self, extractor: str, sql: str, params: Sequence[Any], page: int = 0) -> asyncio.Future[bytes]:
-        """Have the worker read and extract the ``page``-th page of the current source."""
+    def submit(
+        self, extractor: str, pages: tuple[str, str], start: tuple[Any] | None, upto: Any
+    ) -> asyncio.Future[bytes]:
+        """Have the worker read and extract a page (see :func:`_extract_page`)."""
         try:
-            return asyncio.wrap_future(self._executor.submit(_extract_page, extractor, sql, params, page))
+            return asyncio.wrap_future(self._executor.submit(_extract_page, extractor, pages, start, upto))
         except (BrokenProcessPool, RuntimeError):
             raise self.died() from None
 
     async def result(self, page: asyncio.Future[bytes], extractor: str) -> Batch:
         try:
-            data = await page
+            if page.done():
+                data = page.result()
+            else:
+                self.waiting.value = 1
+                try:
+                    data = await page
+                finally:
+                    self.waiting.value = 0
         except BrokenProcessPool:
             raise self.died() from None
         except (sqlite3.Error, UndecodableKey):
@@ -123,7 +132,6 @@ class ExtractionPool:
                 "extract in the main process."
             ) from e
         got: Batch | Extracts = pickle.loads(data)
-        self.taken.value += 1
         return got if isinstance(got, Batch) else self._converters[extractor].convert(got)
 
     def died(self) -> WorkerFailed:
@@ -142,9 +150,14 @@ class ExtractionPool:
 
 
 class PooledPages:
-    """A source (see sources.py): the pages of key ranges, extracted by the worker, up to AHEAD
-    pages ahead. This process finds where each page ends (an index-only query), so the worker
-    is fed whole key ranges."""
+    """A source (see sources.py): the pages of key ranges, read and extracted by the worker up to
+    AHEAD pages ahead of the one this process is writing.
+
+    The worker reads each range's pages in order, each starting after the last key of the one
+    before (it keeps that key), so no page waits for the result of the one before it to be
+    asked for. The pages asked for after a range's last one come back empty, or hold rows added
+    to an open range meanwhile, and are dropped.
+    """
 
     ranged = True
 
@@ -152,74 +165,62 @@ class PooledPages:
         self, pool: ExtractionPool, db: Database, converter: Converter, todo: Sequence[KeyRange], size: int
     ) -> None:
         self.pool, self.db, self.converter, self.todo, self.size = pool, db, converter, todo, size
-        self._pages = 0
 
     async def count(self) -> int:
         return await count_rows(self.db, self.converter, self.todo)
 
     async def batches(self) -> AsyncGenerator[Work, None]:
-        flight: deque[tuple[asyncio.Future[bytes], KeyRange, int]] = deque()
-        self.pool.taken.value = self._pages = 0
+        flight: deque[tuple[asyncio.Future[bytes], int]] = deque()
         try:
             for todo in self.todo:
                 after = todo.after
+                flight.append(self._read(todo, (after,)))
                 while True:
-                    size = self.size  # the loop may change it between batches: this page keeps it
-                    end = await self._page_end(after, todo.upto, size)
-                    if end is not None and end != todo.upto:
-                        flight.append((self._read(after, end, size), KeyRange(after, end), size))
-                        after = end
-                        while len(flight) > AHEAD:
-                            yield await self._take(flight)
-                        continue
-                    # The rest of the range fits one page: read it once the pages before it are in.
-                    flight.append((self._read(after, todo.upto, size), KeyRange(after, todo.upto), size))
-                    while len(flight) > 1:
-                        yield await self._take(flight)
-                    work = await self._take(flight)
-                    if work.batch.keys or todo.upto is not None:
-                        yield work
-                    if todo.upto is not None or len(work.batch.keys) < size:
+                    while len(flight) <= AHEAD:
+                        flight.append(self._read(todo, None))
+                    batch, size = await self._take(flight)
+                    if len(batch.keys) == size:
+                        end = batch.keys[-1]
+                    else:  # the last page of the range
+                        end = todo.upto if todo.upto is not None else batch.keys[-1] if batch.keys else after
+                    if batch.keys or todo.upto is not None:
+                        yield Work(batch, KeyRange(after, end), size=size)
+                    if len(batch.keys) < size:
                         break
-                    after = work.batch.keys[-1]  # rows were added at the end meanwhile: go on
+                    after = end
+                _drop(flight)
         finally:
-            for page, _, _ in flight:  # not wanted any more; the worker finishes the one it is on
-                page.cancel()
-                with contextlib.suppress(BaseException):
-                    await page
+            _drop(flight)
 
-    async def _page_end(self, after: Any, upto: Any, size: int) -> Any:
-        """The last key of the page of ``size`` rows after ``after`` (within ``upto``), if a whole
-        page is left."""
-        x = self.converter
-        stmt = self.db.statements.boundary(
-            x.extractor.source_table, x.extractor.key, size, after is not None, upto is not None
-        )
-        async with self.db.reading() as conn:
-            rows = await conn.fetch_source(stmt, [b for b in (after, upto) if b is not None])
-        if rows and type(rows[0][0]) is Undecodable:
-            raise x.undecodable_key(rows[0][0])
-        return rows[0][0] if rows else None
+    def _read(self, todo: KeyRange, start: tuple[Any] | None) -> tuple[asyncio.Future[bytes], int]:
+        """Have the worker read and extract the next page of ``todo``: after the key in
+        ``start``, or where its last page ended."""
+        x, size = self.converter, self.size  # the loop may change the size between batches
 
-    def _read(self, after: Any, upto: Any, size: int) -> asyncio.Future[bytes]:
-        x = self.converter
-        limit = size if upto is None else None  # an open end: a page, and perhaps another
-        stmt = self.db.statements.page(
-            x.extractor.source_table, x.cols, x.extractor.key, limit, after is not None, upto is not None
-        )
-        self._pages += 1
-        return self.pool.submit(x.name, stmt, [b for b in (after, upto) if b is not None], self._pages - 1)
+        def page(after: bool) -> str:
+            return self.db.statements.page(
+                x.extractor.source_table, x.cols, x.extractor.key, size, after, todo.upto is not None
+            )
 
-    async def _take(self, flight: deque[tuple[asyncio.Future[bytes], KeyRange, int]]) -> Work:
-        page, span, size = flight[0]
+        return self.pool.submit(x.name, (page(False), page(True)), start, todo.upto), size
+
+    async def _take(self, flight: deque[tuple[asyncio.Future[bytes], int]]) -> tuple[Batch, int]:
+        page, size = flight[0]
         try:
             batch = await self.pool.result(page, self.converter.name)
         except sqlite3.Error as e:
             raise self.db.fatal(e, "read from") from e
         flight.popleft()
-        if span.upto is None:  # an open end: the page ends at its last row
-            span = KeyRange(span.after, batch.keys[-1] if batch.keys else span.after)
-        return Work(batch, span, size=size)
+        return batch, size
+
+
+def _drop(flight: deque[tuple[asyncio.Future[bytes], int]]) -> None:
+    """Forget the pages asked for and not taken (the worker finishes the one it is on)."""
+    while flight:
+        page, _ = flight.popleft()
+        page.cancel()
+        if page.done() and not page.cancelled():
+            page.exception()  # retrieved: a failed page nobody wants is not an unhandled error
 
 
 # -- the worker process ----------------------------------------------------------------------------
@@ -227,13 +228,15 @@ class PooledPages:
 _converters: Mapping[str, Converter] = {}
 _database: tuple[str, float] = ("", 0.0)
 _connection: sqlite3.Connection | None = None
-_taken: Any = None
+_waiting: Any = None
+_last: Any = None
+"""The last key of the page the worker read last."""
 
 
-def _start(converters: Mapping[str, Converter], path: str, timeout: float, parent: int, taken: Any) -> None:
+def _start(converters: Mapping[str, Converter], path: str, timeout: float, parent: int, waiting: Any) -> None:
     """Set the worker up: it dies with its parent, leaves signals to it, and keeps what the fork
     inherited out of the cycle collector's scans."""
-    global _converters, _database, _taken
+    global _converters, _database, _waiting
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before the line above
@@ -244,22 +247,27 @@ def _start(converters: Mapping[str, Converter], path: str, timeout: float, paren
         signal.set_wakeup_fd(-1)  # the parent's event loop's, inherited
     gc.freeze()
     gc.set_threshold(max(GC_THRESHOLD, gc.get_threshold()[0]), *gc.get_threshold()[1:])
-    _converters, _database, _taken = converters, (path, timeout), taken
+    _converters, _database, _waiting = converters, (path, timeout), waiting
 
 
-def _extract_page(extractor: str, sql: str, params: Sequence[Any], page: int) -> bytes:
+def _extract_page(extractor: str, pages: tuple[str, str], start: tuple[Any] | None, upto: Any) -> bytes:
     """Read a page and extract it: the pickled Batch (sqlite3.Error if it cannot be read).
 
-    When the main process has taken every page before this one, it is waiting for this one: the
-    worker is the busier process, so it sends the Extracts and leaves converting them to the
-    main process; otherwise it converts them itself. The batch is the same either way.
+    The page starts after the key in ``start``, or, when it is None, where the worker's last
+    page ended; ``pages`` are its statement without and with that lower bound, ``upto`` the
+    upper one (None: none). When the main process is waiting for a page as this one starts, the
+    worker is the busier process: it sends the Extracts and leaves converting them to the main
+    process; otherwise it converts them itself. The batch is the same either way.
     """
-    global _connection
+    global _connection, _last
+    leave = _waiting is not None and _waiting.value
     if _connection is None:
         path, timeout = _database
         _connection = connect(path, read_only=True, timeout=timeout)
         util.Finalize(None, _connection.close, exitpriority=1)
-    rows = fetch_rows(_connection, sql, params)
+    after = _last if start is None else start[0]
+    params = [bound for bound in (after, upto) if bound is not None]
+    rows = fetch_rows(_connection, pages[after is not None], params)
     converter = _converters[extractor]
     try:
         extracts = converter.extract(rows)
@@ -267,9 +275,8 @@ def _extract_page(extractor: str, sql: str, params: Sequence[Any], page: int) ->
         raise
     except BaseException:
         raise _ExtractorCrashed(_crash_report(converter)) from None
-    if _taken is not None and _taken.value >= page:
-        return sendable(extracts, converter)
-    return sendable(converter.convert(extracts), converter)
+    _last = extracts.keys[-1] if extracts.keys else after
+    return sendable(extracts if leave else converter.convert(extracts), converter)
 
 
 def _crash_report(converter: Converter) -> str:

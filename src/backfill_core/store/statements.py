@@ -63,7 +63,6 @@ class Statements:
         if not self._numbered and dialect.paramstyle != "qmark":
             raise ValueError(f"unsupported parameter style {dialect.paramstyle!r}")
         self.page = lru_cache(maxsize=None)(self._page)
-        self.boundary = lru_cache(maxsize=None)(self._boundary)
         self.lookup = lru_cache(maxsize=256)(self._lookup)
         self.array_lookup = lru_cache(maxsize=256)(self._array_lookup)
         self.array_write = lru_cache(maxsize=256)(self._array_write)
@@ -110,13 +109,6 @@ class Statements:
         marks = iter(self._marks(after + upto))
         where = f"{k} IS NOT NULL" + (f" AND {k} > {next(marks)}" if after else "")
         return where + (f" AND {k} <= {next(marks)}" if upto else "")
-
-    def _boundary(self, table: str, key: str, size: int, after: bool, upto: bool = False) -> str:
-        """The ``size``-th non-NULL key in key order within the bounds (as for :meth:`page`): the
-        last key of the page of ``size`` rows there, if the bounds hold that many."""
-        k, where = self._quote(key), self._within(key, after, upto)
-        offset = int(size) - 1
-        return f"SELECT {k} FROM {self._quote(table)} WHERE {where} ORDER BY {k} LIMIT 1 OFFSET {offset}"
 
     def _lookup(
         self, table: str, columns: Names, key_cols: Names, n: int, order_by: str | None = None
