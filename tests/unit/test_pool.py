@@ -75,6 +75,10 @@ def test_pool_batches_are_what_extracting_here_gives(items: Path) -> None:
         got = asyncio.run(_collect(pool, items, extract, [KeyRange(20, 25), KeyRange(None, 3)]))
         assert _flat([b for b, _ in got]) == _flat([extract(rows[20:25]), extract(rows[:3])])
         assert [d for _, d in got] == [KeyRange(20, 25), KeyRange(None, 3)]
+        # a bounded range of exactly two pages is two batches, not a third empty one
+        got = asyncio.run(_collect(pool, items, extract, [KeyRange(7, 21)]))
+        assert _flat([b for b, _ in got]) == _flat([extract(rows[7:14]), extract(rows[14:21])])
+        assert [d for _, d in got] == [KeyRange(7, 14), KeyRange(14, 21)]
     finally:
         pool.close()
     assert not pool.alive

@@ -185,7 +185,7 @@ class PooledPages:
                         end = todo.upto if todo.upto is not None else batch.keys[-1] if batch.keys else after
                     if batch.keys or todo.upto is not None:
                         yield Work(batch, KeyRange(after, end), size=size)
-                    if len(batch.keys) < size:
+                    if len(batch.keys) < size or end == todo.upto:
                         break
                     after = end
                 _drop(flight)
