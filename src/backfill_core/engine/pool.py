@@ -179,13 +179,14 @@ class PooledPages:
                     while len(flight) <= AHEAD:
                         flight.append(self._read(todo, None))
                     batch, size = await self._take(flight)
-                    if len(batch.keys) == size:
-                        end = batch.keys[-1]
-                    else:  # the last page of the range
-                        end = todo.upto if todo.upto is not None else batch.keys[-1] if batch.keys else after
+                    last = len(batch.keys) < size  # the range's last page
+                    if last and todo.upto is not None:
+                        end = todo.upto
+                    else:
+                        end = batch.keys[-1] if batch.keys else after
                     if batch.keys or todo.upto is not None:
                         yield Work(batch, KeyRange(after, end), size=size)
-                    if len(batch.keys) < size or end == todo.upto:
+                    if last or end == todo.upto:
                         break
                     after = end
                 _drop(flight)
