@@ -27,6 +27,7 @@ from run import (
     Copies,
     baseline_cmd,
     check_same,
+    compile_bytecode,
     database,
     machine_facts,
     measure,
@@ -76,6 +77,8 @@ def main(argv: Sequence[str]) -> int:
         print(line)
     trees = {"this tree": BACKFILL, "other tree": other}
     print("\n".join(f"{label}: {script}" for label, script in trees.items()))
+    for script in trees.values():
+        print(compile_bytecode(script))
     args.workdir.mkdir(parents=True, exist_ok=True)
     template = database(args.workdir, args.tests)
     copies = Copies(args.workdir, template)

@@ -20,7 +20,6 @@ prints the medians, the ratios and that sweep as the page's Markdown tables.
 from __future__ import annotations
 
 import argparse
-import compileall
 import hashlib
 import json
 import os
@@ -43,8 +42,6 @@ import baselines
 import pg_baselines
 import pg_copies
 
-import backfill_core
-import backfill_plugins
 from backfill_plugins.testmanagement import synthetic
 
 HERE = Path(__file__).resolve().parent
@@ -115,6 +112,26 @@ class Size:
 
 
 # --- running children ------------------------------------------------------------------------------
+
+
+COMPILE = """
+import compileall, sys
+import backfill_core, backfill_plugins
+for package in (backfill_core, backfill_plugins):
+    if not compileall.compile_dir(package.__path__[0], quiet=1):
+        sys.exit(f"could not compile {package.__path__[0]}")
+"""
+
+
+def compile_bytecode(script: Path) -> str:
+    """Compile the bytecode of the backfill that ``script`` (a console script) runs, as
+    installing a package does; what to print about it.
+
+    An editable install under PYTHONDONTWRITEBYTECODE never writes it, and every run would
+    compile backfill's modules again: time a user's runs do not spend.
+    """
+    subprocess.run([str(script.parent / "python"), "-c", COMPILE], check=True)
+    return f"bytecode of backfill_core and backfill_plugins compiled for {script}, as on install"
 
 
 def child_env() -> dict[str, str]:
@@ -807,12 +824,7 @@ def main(argv: Sequence[str]) -> int:
         "On PostgreSQL a copy is CREATE DATABASE ... TEMPLATE and a CHECKPOINT; the server's own CPU\n"
         "time and memory are not in 'CPU s', 'cores' or 'peak MB', which are the client's.\n"
     )
-    # Installing a package compiles its bytecode (pip does); an editable install under
-    # PYTHONDONTWRITEBYTECODE never would, and every run would compile backfill's modules again.
-    packages = (backfill_core, backfill_plugins)
-    for package in packages:
-        compileall.compile_dir(Path(package.__path__[0]), quiet=1)
-    print(f"bytecode of {', '.join(p.__name__ for p in packages)} compiled, as on install\n")
+    print(f"{compile_bytecode(BACKFILL)}\n")
     workdir: Path = args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"databases (cache: {workdir}):")
