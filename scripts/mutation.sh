@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Mutation testing of the engine's decisions (engine.py), the planner (planner.py), the change
-# checks (changes.py) and validation (validation.py), with mutmut, against the fast in-process
-# tests (tests/unit, tests/property). Not part of CI: a full run takes tens of minutes.
+# Mutation testing of the batch loop and the writer (engine/loop.py, engine/writer.py), the
+# planner (engine/planner.py), the change checks (changes.py) and validation (app/validation.py),
+# with mutmut, against the fast in-process tests (tests/unit, tests/property). Not part of CI: a
+# full run takes tens of minutes.
 #
-#   scripts/mutation.sh                 # every mutant of the four modules
+#   scripts/mutation.sh                 # every mutant of the five modules
 #   scripts/mutation.sh 'backfill_core.engine.*'   # only some (mutmut's name patterns)
 #
 # Environment:

@@ -87,6 +87,7 @@ class Skip:
 
 
 Change = Upsert | Update | Children
+"""A change ``extract`` yields for a source row (with any number of others, and Skips)."""
 _NO_DEFAULTS: Mapping[str, Any] = {}
 RefFields = tuple[str, str, Any, Mapping[str, Any]]
 ChildRows = tuple[tuple[str, ...], tuple[Mapping[str, Any], ...]]

@@ -22,6 +22,7 @@ from backfill_core.store.sqlite import connect
 SchemaItem: TypeAlias = "str | type | Table | Extractor"
 """DDL text, a SQLModel/SQLAlchemy model class, a Table, or an extractor (its model tables)."""
 Schema: TypeAlias = "str | type | Table | Extractor | Iterable[str | type | Table | Extractor]"
+"""A test database's schema: one SchemaItem or several."""
 Rows: TypeAlias = "Mapping[str, Iterable[Mapping[str, Any]]]"
 """Rows to insert, by table name."""
 
