@@ -1,4 +1,5 @@
-"""The extraction pool on its own: a forked process reading and extracting pages of a real file."""
+"""The extraction pool on its own: a forked process reading and extracting pages of a real file,
+giving the batches and key ranges that reading and extracting them in this process gives."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from backfill_core import Extractor, RecordError, Row, Upsert
 from backfill_core.app import resolve_url
 from backfill_core.engine.batch import TURN, Batch, Converter, Extracts
 from backfill_core.engine.pool import ExtractionPool, WorkerFailed, sendable
+from backfill_core.engine.sources import Pages
 from backfill_core.store.database import Database
 from backfill_core.store.records import KeyRange
 
@@ -44,8 +46,13 @@ def items(tmp_path: Path) -> Path:
 
 
 async def _collect(pool: ExtractionPool, path: Path, x: Converter, todo: Sequence[KeyRange]) -> list[Any]:
+    """The pool's batches and their ranges over ``todo``, checked against the in-process source's."""
     async with Database(resolve_url(str(path)), read_only=True) as db:
-        return [(w.batch, w.done) async for w in pool.pages(db, x, todo, 7).batches()]
+        got = [(w.batch, w.done) async for w in pool.pages(db, x, todo, 7).batches()]
+        here = [(w.batch, w.done) async for w in Pages(db, x, todo, 7).batches()]
+    assert _flat([b for b, _ in got]) == _flat([b for b, _ in here])
+    assert [d for _, d in got] == [d for _, d in here]
+    return got
 
 
 def _flat(batches: Sequence[Batch]) -> list[Any]:
@@ -79,6 +86,10 @@ def test_pool_batches_are_what_extracting_here_gives(items: Path) -> None:
         got = asyncio.run(_collect(pool, items, extract, [KeyRange(7, 21)]))
         assert _flat([b for b, _ in got]) == _flat([extract(rows[7:14]), extract(rows[14:21])])
         assert [d for _, d in got] == [KeyRange(7, 14), KeyRange(14, 21)]
+        # a bounded range's short last page, and an empty bounded range, are done to the range's end
+        got = asyncio.run(_collect(pool, items, extract, [KeyRange(21, 40), KeyRange(40, 50)]))
+        assert _flat([b for b, _ in got]) == _flat([extract(rows[21:28]), extract(rows[28:]), extract([])])
+        assert [d for _, d in got] == [KeyRange(21, 28), KeyRange(28, 40), KeyRange(40, 50)]
     finally:
         pool.close()
     assert not pool.alive

@@ -32,7 +32,7 @@ from typing import Any
 
 from backfill_core.engine.batch import Batch, Converter, Extracts, UndecodableKey
 from backfill_core.engine.collector import GC_THRESHOLD
-from backfill_core.engine.sources import Work, count_rows
+from backfill_core.engine.sources import Work, count_rows, page_end
 from backfill_core.errors import BackfillError
 from backfill_core.store.database import Database
 from backfill_core.store.encoding import fetch_rows
@@ -179,14 +179,10 @@ class PooledPages:
                     while len(flight) <= AHEAD:
                         flight.append(self._read(todo, None))
                     batch, size = await self._take(flight)
-                    last = len(batch.keys) < size  # the range's last page
-                    if last and todo.upto is not None:
-                        end = todo.upto
-                    else:
-                        end = batch.keys[-1] if batch.keys else after
+                    end, done = page_end(todo, after, batch.keys, size)
                     if batch.keys or todo.upto is not None:
                         yield Work(batch, KeyRange(after, end), size=size)
-                    if last or end == todo.upto:
+                    if done:
                         break
                     after = end
                 _drop(flight)

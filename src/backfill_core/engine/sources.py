@@ -64,7 +64,7 @@ class Pages:
     async def batches(self) -> AsyncGenerator[Work, None]:
         x = self.converter
         for todo in self.todo:
-            last, upto = todo.after, todo.upto
+            after, upto = todo.after, todo.upto
             while True:
                 size = self.size
                 # Rows with a NULL key cannot be paged by key; they are left out, as from the count.
@@ -73,16 +73,19 @@ class Pages:
                     x.cols,
                     x.extractor.key,
                     size,
-                    last is not None,
+                    after is not None,
                     upto is not None,
                 )
-                params = [bound for bound in (last, upto) if bound is not None]
+                params = [bound for bound in (after, upto) if bound is not None]
                 async with self.db.reading() as conn:
                     rows = await conn.fetch_source(stmt, params)
-                if not rows:
+                batch = await x.in_turns(rows)
+                end, done = page_end(todo, after, batch.keys, size)
+                if batch.keys or upto is not None:
+                    yield Work(batch, KeyRange(after, end), size=size)
+                if done:
                     break
-                after, last = last, rows[-1][x.key_index]
-                yield Work(await x.in_turns(rows), KeyRange(after, last), size=size)
+                after = end
 
 
 class RetryKeys:
@@ -120,6 +123,19 @@ class RetryKeys:
         vanished = [k for k in self.keys if k not in found]
         if vanished:
             yield Work(Batch([]), None, (self.run_id, vanished))
+
+
+def page_end(todo: KeyRange, after: Any, keys: Sequence[Any], size: int) -> tuple[Any, bool]:
+    """Where a page of ``todo`` read after the key ``after``, asked for ``size`` rows, ends, and
+    whether it is the range's last.
+
+    A page with fewer rows than asked for is the last: a bounded range's ends at the range's end
+    (the keys up to it are all done), an open one's at its last key. Any other page ends at its
+    last key, and is the last when that is the range's end.
+    """
+    if len(keys) < size:
+        return (todo.upto if todo.upto is not None else keys[-1] if keys else after), True
+    return keys[-1], keys[-1] == todo.upto
 
 
 async def count_rows(db: Database, converter: Converter, todo: Sequence[KeyRange]) -> int:
