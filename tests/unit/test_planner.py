@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from backfill_core.changes import Change, Ref, Update, Upsert, fields
+from backfill_core.changes import Change, Children, Ref, Update, Upsert, fields
 from backfill_core.engine.planner import Extracted, Plan, extracted, plan_batch
 
 FEATURES = ("test_features", ("id",))
@@ -401,3 +401,62 @@ def test_merged_matches_the_rows_after_the_writes() -> None:
     _apply(state, p, FEATURES)
     merged: Mapping[tuple[Any, ...], dict[str, Any] | None] = p.merged[FEATURES]
     assert {k[0]: v for k, v in merged.items()} == state
+
+
+# -- Children: the rows under a parent ----------------------------------------------------------
+
+ITEMS = ("order_items", ("line_no", "order_id"))
+"""order_items keyed (order_id, line_no): the key columns sorted, as targets name them."""
+ORDER_7 = ((ITEMS, ("order_id",)), (7,))
+
+
+def lines(order: int, *rows: tuple[int, str]) -> Children:
+    return Children(
+        "order_items", {"order_id": order}, ("line_no",), [{"line_no": n, "sku": s} for n, s in rows]
+    )
+
+
+def under_order_7(*line_nos: int) -> dict[Any, dict[Any, list[tuple[Any, ...]]]]:
+    """The ``children`` plan_batch is given: the keys of the rows now under order 7."""
+    (parents, parent) = ORDER_7
+    return {parents: {parent: [(n, 7) for n in line_nos]}}
+
+
+def test_a_later_children_change_for_the_same_parent_names_its_set() -> None:
+    """Two source rows of one batch own order 7's lines: the later one's set is the one written,
+    and the line only the earlier one named is deleted like any other line left out."""
+    current: Current = {ITEMS: {(n, 7): {"order_id": 7, "line_no": n, "sku": "old"} for n in (3, 4)}}
+    batch = [item(1, lines(7, (1, "a"), (2, "b"), (3, "c"))), item(2, lines(7, (1, "A"), (2, "b")))]
+    p = plan_batch(batch, current, {}, under_order_7(3, 4), sample_size=3)
+    w = p.writes[ITEMS]
+    assert w.inserts == [{"line_no": 1, "order_id": 7, "sku": "A"}, {"line_no": 2, "order_id": 7, "sku": "b"}]
+    assert (w.updates, sorted(w.deletes)) == ([], [(3, 7), (4, 7)])
+    assert (p.inserted, p.updated, p.deleted, p.unchanged) == (2, 0, 2, 0)
+    assert p.merged[ITEMS] == {
+        (1, 7): {"line_no": 1, "order_id": 7, "sku": "A"},
+        (2, 7): {"line_no": 2, "order_id": 7, "sku": "b"},
+        (3, 7): None,
+        (4, 7): None,
+    }
+    assert [x["action"] for x in p.samples] == ["insert", "insert", "delete"]  # no more than asked
+    assert p.samples[2] == {"table": "order_items", "action": "delete", "key": {"line_no": 3, "order_id": 7}}
+
+
+def test_the_deletes_of_every_owned_table_are_counted() -> None:
+    notes = Children("order_notes", {"order_id": 7}, ("note_no",), [])
+    batch = [item(1, lines(7), notes)]
+    children = {
+        **under_order_7(1, 2),
+        (("order_notes", ("note_no", "order_id")), ("order_id",)): {(7,): [(1, 7)]},
+    }
+    p = plan_batch(batch, {}, {}, children)
+    assert sorted(p.writes[ITEMS].deletes) == [(1, 7), (2, 7)]
+    assert p.writes[("order_notes", ("note_no", "order_id"))].deletes == [(1, 7)]
+    assert (p.inserted, p.deleted) == (0, 3)
+
+
+def test_a_children_row_merges_over_an_earlier_upsert_of_the_same_row() -> None:
+    earlier = Upsert("order_items", {"order_id": 7, "line_no": 1}, {"qty": 5})
+    p = plan_batch([item(1, earlier), item(2, lines(7, (1, "a")))], {}, {}, under_order_7())
+    assert p.writes[ITEMS].inserts == [{"line_no": 1, "order_id": 7, "qty": 5, "sku": "a"}]
+    assert (p.inserted, p.deleted) == (1, 0)

@@ -272,12 +272,11 @@ def _delete(
     sample_size: int,
     keep_merged: bool,
 ) -> None:
-    """Delete the rows under each owned parent that no change of the batch writes."""
+    """Delete the rows under each owned parent that no change of the batch writes (the plan has
+    the writes and merged rows of every target of ``entries``, the owned ones among them)."""
     for target, by_parent in owners.items():
         table, key_cols = target
-        written = entries.get(target, _EMPTY)
-        out = plan.writes.get(target) or plan.writes.setdefault(target, Writes(table, key_cols))
-        final = plan.merged.setdefault(target, {})
+        written, out, final = entries[target], plan.writes[target], plan.merged[target]
         for parent_cols, parent in by_parent:
             for key in children.get((target, parent_cols), _EMPTY).get(parent, ()):
                 if key in written:
