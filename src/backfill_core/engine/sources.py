@@ -133,9 +133,11 @@ def page_end(todo: KeyRange, after: Any, keys: Sequence[Any], size: int) -> tupl
     (the keys up to it are all done), an open one's at its last key. Any other page ends at its
     last key, and is the last when that is the range's end.
     """
-    if len(keys) < size:
-        return (todo.upto if todo.upto is not None else keys[-1] if keys else after), True
-    return keys[-1], keys[-1] == todo.upto
+    if len(keys) == size:
+        return keys[-1], keys[-1] == todo.upto
+    if todo.upto is not None:
+        return todo.upto, True
+    return (keys[-1] if keys else after), True
 
 
 async def count_rows(db: Database, converter: Converter, todo: Sequence[KeyRange]) -> int:
