@@ -257,7 +257,7 @@ def _extract_page(extractor: str, pages: tuple[str, str], start: tuple[Any] | No
     process; otherwise it converts them itself. The batch is the same either way.
     """
     global _connection, _last
-    leave = _waiting is not None and _waiting.value
+    leave = bool(_waiting.value)
     if _connection is None:
         path, timeout = _database
         _connection = connect(path, read_only=True, timeout=timeout)
