@@ -101,7 +101,8 @@ def test_postgres_missing_table_is_exit_3(pg_url: str) -> None:
 
 
 def test_postgres_fused_metric_counts_match_separate_queries(pg_url: str) -> None:
-    """A numerator and its denominator in one scan give the counts the two queries give."""
+    """A numerator and its denominator in one scan give the counts the two queries give (every
+    coverage metric but tests_with_features, whose IN (SELECT ...) runs on its own)."""
     from backfill_core import Database, resolve_url
     from backfill_core.app.validation import fused, prepare
     from backfill_plugins.testmanagement.validators import CoverageValidator
@@ -113,10 +114,15 @@ def test_postgres_fused_metric_counts_match_separate_queries(pg_url: str) -> Non
         async with Database(resolve_url(pg_url)) as db, db.sqlalchemy() as conn:
             for m in CoverageValidator().metrics():
                 both = fused(m, db.sa_dialect)
-                assert both is not None, m.name
-                for q in (m.numerator, m.denominator, both):
+                for q in (m.numerator, m.denominator):
                     await prepare(conn, q)
                 apart = tuple([(await conn.execute(q)).scalar_one() for q in (m.numerator, m.denominator)])
+                if m.name == "tests_with_features":  # IN (SELECT ...): a semi-join on its own
+                    assert both is None
+                    out.append((m.name, apart, apart))
+                    continue
+                assert both is not None, m.name
+                await prepare(conn, both)
                 out.append((m.name, tuple((await conn.execute(both)).one()), apart))
         return out
 

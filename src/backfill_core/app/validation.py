@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -185,11 +186,11 @@ async def run_validators(
                 ) from e
 
     async def compute(v: Validator, m: Metric) -> MetricResult:
-        both = fused(m, db.sa_dialect)
-        if both is not None:
-            num, den = await row(v, m, both)
+        queries = metric_queries(m, db.sa_dialect)
+        if len(queries) == 1:
+            num, den = await row(v, m, queries[0])
         else:
-            rows = await asyncio.gather(row(v, m, m.numerator), row(v, m, m.denominator))
+            rows = await asyncio.gather(*(row(v, m, q) for q in queries))
             num, den = rows[0][0], rows[1][0]
         threshold = (
             None
@@ -218,12 +219,25 @@ def _way_around(v: Validator, validators: Sequence[Validator], command: str) -> 
     return f"(leave {v.name!r} out: `backfill validate NAME...` validates only the validators named)"
 
 
+def metric_queries(m: Metric, dialect: Dialect) -> list[Select[Any, Any]]:
+    """The queries that compute ``m``: one giving ``(numerator, denominator)`` when they can be
+    fused, else the numerator's and the denominator's, each giving its count."""
+    both = fused(m, dialect)
+    return [both] if both is not None else [m.numerator, m.denominator]
+
+
+_IN_SUBQUERY = re.compile(r"\bIN\s*\(\s*SELECT\b", re.IGNORECASE)
+
+
 def fused(m: Metric, dialect: Dialect) -> Select[Any, Any] | None:
     """One query giving ``(numerator, denominator)`` in a single scan, when the denominator is a
     plain ``count(*)`` and the numerator is the same query with more conditions; else None.
 
     The usual coverage metric ("rows with X that also have Y" over "rows with X") otherwise
-    scans the table twice, evaluating X (often a JSON function) each time.
+    scans the table twice, evaluating X (often a JSON function) each time. A numerator whose
+    extra conditions hold an ``IN (SELECT ...)`` is left apart: in its WHERE the database runs it
+    as a semi-join, but inside the fused count it is a subquery per row, which PostgreSQL scans in
+    full for every row once the subquery's hash table outgrows work_mem.
     """
     num, den = m.numerator, m.denominator
     within, also = _conjuncts(den), _conjuncts(num)
@@ -246,6 +260,8 @@ def fused(m: Metric, dialect: Dialect) -> Select[Any, Any] | None:
         or not count_only
         or any(f" {w} " in words for w in ("GROUP BY", "HAVING", "LIMIT", "OFFSET", "DISTINCT"))
     ):
+        return None
+    if extra and _IN_SUBQUERY.search(str(and_(*extra).compile(dialect=dialect))):
         return None
     counted = func.count(case((and_(*extra), 1))) if extra else func.count()
     return den.with_only_columns(counted, func.count())

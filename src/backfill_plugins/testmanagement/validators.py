@@ -34,7 +34,12 @@ listed = _Listed("listed_features", column("test_id"), column("id"))
 class _Accounted(ColumnElement[bool]):
     """A listed feature is written, or its test has an error recorded by a ``test_features``
     run (a successful retry clears it); recorded errors count only where the ledger exists,
-    as the ``backfill_ledger`` execution option says (before any run nothing was recorded)."""
+    as the ``backfill_ledger`` execution option says (before any run nothing was recorded).
+
+    Each is an EXISTS that looks one row up by an index (test_features' primary key, the
+    ledger's run and key), so the check costs the same per feature at any size: an
+    ``IN (SELECT ...)`` here, in an OR, would be a subquery PostgreSQL scans in full for every
+    feature once its hash table outgrows work_mem."""
 
     type = Boolean()
     inherit_cache = False  # it compiles by the execution option
@@ -49,12 +54,12 @@ _SQLITE_LISTED = """(SELECT t.id AS test_id, CAST(json_extract(f.value, '$.id') 
   AND coalesce(json_extract(f.value, '$.feature_id'), 0) NOT IN (0, '')) AS listed_features"""
 # PostgreSQL gives each listed feature's id and its truth as SQLite's CAST(... AS INTEGER) and
 # NOT IN (0, '') do for every JSON type: numbers truncated, true 1, false 0, text by its leading
-# integer (after whitespace; none is 0), arrays and objects 0, all within 64 bits; and no cast
-# that could fail.
+# integer (after whitespace; none is 0), arrays and objects 0, all within 64 bits (a bigint, which
+# test_features' integer key is looked up by); and no cast that could fail.
 _POSTGRES_INTEGER = r"""least(greatest(CASE jsonb_typeof({v}) WHEN 'number' THEN trunc(({v})::numeric)
     WHEN 'boolean' THEN CASE WHEN ({v})::boolean THEN 1 ELSE 0 END
     WHEN 'string' THEN coalesce(substring({v} #>> '{{}}' FROM '^[ \t\n\f\v\r]*([+-]?[0-9]+)')::numeric, 0)
-    ELSE 0 END, -9223372036854775808), 9223372036854775807)"""
+    ELSE 0 END, -9223372036854775808), 9223372036854775807)::bigint"""
 _POSTGRES_TRUE = """CASE jsonb_typeof({v}) WHEN 'number' THEN ({v})::numeric <> 0
     WHEN 'boolean' THEN ({v})::boolean WHEN 'string' THEN {v} #>> '{{}}' <> ''
     WHEN 'null' THEN false ELSE {v} IS NOT NULL END"""
@@ -65,8 +70,10 @@ _POSTGRES_LISTED = """(SELECT t.id AS test_id, {id} AS id
   WHERE jsonb_typeof(f.value) = 'object'
   AND {id_true}
   AND {feature_id_true}) AS listed_features"""
-_FAILED = """ OR listed_features.test_id IN (SELECT CAST(e.key AS INTEGER) FROM backfill_errors AS e
-    JOIN backfill_runs AS r ON r.id = e.run_id WHERE r.extractor = 'test_features')"""
+_WRITTEN = "EXISTS (SELECT 1 FROM test_features WHERE test_features.id = listed_features.id)"
+_FAILED = """ OR EXISTS (SELECT 1 FROM backfill_runs AS r JOIN backfill_errors AS e ON e.run_id = r.id
+    WHERE r.extractor = 'test_features' AND e.key = CAST(listed_features.test_id AS TEXT))"""
+"""The ledger stores keys as JSON (encode_key): an integer key is its decimal text."""
 
 
 @compiles(_Listed, "sqlite")
@@ -86,9 +93,8 @@ def _listed_postgresql(element: _Listed, compiler: SQLCompiler, **kw: Any) -> st
 
 @compiles(_Accounted)
 def _accounted(element: _Accounted, compiler: SQLCompiler, **kw: Any) -> str:
-    written = "listed_features.id IN (SELECT id FROM test_features)"
     failed = _FAILED if compiler.execution_options.get("backfill_ledger", False) else ""
-    return f"({written}{failed})"
+    return f"({_WRITTEN}{failed})"
 
 
 class CoverageValidator(Validator):
@@ -111,7 +117,7 @@ class CoverageValidator(Validator):
 
     def metrics(self) -> list[Metric]:
         # IN (subquery), not a correlated EXISTS: without an index on test_features.test_id the
-        # latter scans test_features once per test.
+        # latter scans test_features once per test. The engine runs it as a semi-join.
         has_feature = tests.c.id.in_(select(features.c.test_id))
         names_feature = json_value(bugs.c.raw_data, "test_feature", "id").is_not(None)
         attributed = bugs.c.test_feature_id.is_not(None)
