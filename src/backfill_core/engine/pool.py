@@ -32,7 +32,7 @@ from typing import Any
 
 from backfill_core.engine.batch import Batch, Converter, Extracts, UndecodableKey
 from backfill_core.engine.collector import GC_THRESHOLD
-from backfill_core.engine.sources import Work, count_rows, page_end
+from backfill_core.engine.sources import Work, count_rows, page_end, page_sql
 from backfill_core.errors import BackfillError
 from backfill_core.store.database import Database
 from backfill_core.store.encoding import fetch_rows
@@ -192,14 +192,10 @@ class PooledPages:
     def _read(self, todo: KeyRange, start: tuple[Any] | None) -> tuple[asyncio.Future[bytes], int]:
         """Have the worker read and extract the next page of ``todo``: after the key in
         ``start``, or where its last page ended."""
-        x, size = self.converter, self.size  # the loop may change the size between batches
-
-        def page(after: bool) -> str:
-            return self.db.statements.page(
-                x.extractor.source_table, x.cols, x.extractor.key, size, after, todo.upto is not None
-            )
-
-        return self.pool.submit(x.name, (page(False), page(True)), start, todo.upto), size
+        # the size now: the loop may change it between batches
+        x, size, upto = self.converter, self.size, todo.upto is not None
+        pages = (page_sql(self.db, x, size, False, upto), page_sql(self.db, x, size, True, upto))
+        return self.pool.submit(x.name, pages, start, todo.upto), size
 
     async def _take(self, flight: deque[tuple[asyncio.Future[bytes], int]]) -> tuple[Batch, int]:
         page, size = flight[0]

@@ -67,15 +67,7 @@ class Pages:
             after, upto = todo.after, todo.upto
             while True:
                 size = self.size
-                # Rows with a NULL key cannot be paged by key; they are left out, as from the count.
-                stmt = self.db.statements.page(
-                    x.extractor.source_table,
-                    x.cols,
-                    x.extractor.key,
-                    size,
-                    after is not None,
-                    upto is not None,
-                )
+                stmt = page_sql(self.db, x, size, after is not None, upto is not None)
                 params = [bound for bound in (after, upto) if bound is not None]
                 async with self.db.reading() as conn:
                     rows = await conn.fetch_source(stmt, params)
@@ -123,6 +115,14 @@ class RetryKeys:
         vanished = [k for k in self.keys if k not in found]
         if vanished:
             yield Work(Batch([]), None, (self.run_id, vanished))
+
+
+def page_sql(db: Database, converter: Converter, size: int, after: bool, upto: bool) -> str:
+    """The statement reading a page of ``size`` source rows in key order, after a key and up to
+    one (its parameters, in that order) where ``after`` and ``upto`` say so. Rows with a NULL key
+    cannot be paged by key: they are left out, as from the count."""
+    x = converter.extractor
+    return db.statements.page(x.source_table, converter.cols, x.key, size, after, upto)
 
 
 def page_end(todo: KeyRange, after: Any, keys: Sequence[Any], size: int) -> tuple[Any, bool]:
