@@ -2,7 +2,8 @@
 
 ``run.py --plot DIR`` calls ``write`` with its own medians: ``performance-approaches.png`` shows
 the seconds each approach took at each size, one panel per database; ``performance-batch-size.png``
-shows backfill's rows per second against ``--batch-size`` on each database.
+shows backfill's rows per second against ``--batch-size`` on each database. ``workers.py --plot
+DIR`` calls ``scaling``: ``scaling-workers.png`` shows rows per second by number of workers.
 """
 
 from __future__ import annotations
@@ -129,3 +130,39 @@ def _wrap(name: str) -> str:
         if sep in name:
             return name.replace(sep, broken, 1)
     return name
+
+
+SCALING_PNG = "scaling-workers.png"
+Panels = Mapping[str, Mapping[str, Mapping[str, float]]]
+"""panel title -> database -> mode (``one process``, ``--workers 2``, ...) -> median rows per second."""
+
+
+def scaling(directory: Path, panels: Panels) -> Path:
+    """``workers.py --plot DIR``'s image: rows per second by mode, a panel per job, a group of
+    bars per database."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / SCALING_PNG
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4), squeeze=False)
+    for ax, (title, by_database) in zip(axes[0], panels.items(), strict=True):
+        modes = list(dict.fromkeys(mode for by_mode in by_database.values() for mode in by_mode))
+        width = 0.8 / len(modes)
+        for n, mode in enumerate(modes):
+            xs = [
+                i + (n - (len(modes) - 1) / 2) * width
+                for i, d in enumerate(by_database)
+                if mode in by_database[d]
+            ]
+            ys = [by_mode[mode] for by_mode in by_database.values() if mode in by_mode]
+            bars = ax.bar(xs, ys, width, label=mode)
+            ax.bar_label(bars, labels=[f"{y:,.0f}" for y in ys], fontsize=7, padding=2)
+        ax.set_xticks(range(len(by_database)), list(by_database), fontsize=9)
+        ax.set_ylim(0, max(y for by_mode in by_database.values() for y in by_mode.values()) * 1.15)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.set_ylabel("source rows per second (higher is better)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path

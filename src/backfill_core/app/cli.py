@@ -172,6 +172,15 @@ def threshold_option(f: Callable[..., Any]) -> Callable[..., Any]:
     "(SQLite on Linux with 2+ CPUs; otherwise extraction runs in the main process).",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Split each extractor's key ranges into parts and read and extract them in N worker "
+    "processes at once, while this process writes (Linux; SQLite or PostgreSQL).",
+)
+@click.option(
     "--lock-timeout",
     type=click.FloatRange(0, 3600),
     default=RunOptions.lock_timeout,
@@ -227,6 +236,7 @@ def run(
     retry_errors: bool,
     log_file: Path | None,
     worker: bool,
+    workers: int,
     target_batch_seconds: float | None,
     min_batch_size: int | None,
     max_batch_size: int | None,
@@ -250,12 +260,17 @@ def run(
         raise click.UsageError("--retry-errors writes; it cannot be combined with --dry-run")
     if restart and retry_errors:
         raise click.UsageError("choose one of --restart and --retry-errors")
+    if workers > 1 and not worker:
+        raise click.UsageError(
+            f"--no-worker extracts in this process; it cannot be combined with --workers {workers}"
+        )
     options = RunOptions(
         batch_size=batch_size,
         dry_run=dry_run,
         max_error_rate=max_error_rate,
         sample_size=5 if verbose else 0,
         worker=worker,
+        workers=workers,
         **adaptive_batches(target_batch_seconds, min_batch_size, max_batch_size),
         lock_timeout=lock_timeout,
         lock_retries=lock_retries,

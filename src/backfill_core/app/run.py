@@ -14,16 +14,17 @@ from backfill_core.app.report import RunReport
 from backfill_core.app.validation import check_compiles, check_thresholds, run_validators
 from backfill_core.engine.batch import Converter
 from backfill_core.engine.constraints import Refusals, reflect
+from backfill_core.engine.lanes import PARTS_PER_LANE, Lanes
 from backfill_core.engine.loop import BatchLoop
 from backfill_core.engine.options import ProgressFactory, RunOptions
 from backfill_core.engine.overlay import Overlay
-from backfill_core.engine.pool import ExtractionPool, can_run
+from backfill_core.engine.pool import ExtractionPool, can_fork, can_run
 from backfill_core.engine.retry import retried
-from backfill_core.engine.sources import Pages, RetryKeys, Source
+from backfill_core.engine.sources import Pages, RetryKeys, Source, count_rows, split
 from backfill_core.engine.stats import ExtractorStats
 from backfill_core.engine.throttle import Brakes
 from backfill_core.engine.writer import Writer
-from backfill_core.errors import NothingToDo
+from backfill_core.errors import EnvironmentProblem, NothingToDo
 from backfill_core.plugins import DISABLE_PLUGINS_ENV, Registry
 from backfill_core.store.controls import Controls
 from backfill_core.store.database import Database, busy_timeout
@@ -83,10 +84,10 @@ async def run_backfill(
     converters = [Converter(x, _plugin_label(registry, x.name)) for x in extractors]
     left_out: list[Skipped] = []
     skip = _skipper(left_out, skipped, announce)
-    # The worker is forked first, before any connection or temporary file exists for it to
+    # The workers are forked first, before any connection or temporary file exists for them to
     # inherit; the overlay keeps a dry run's would-be rows on disk.
-    with _pool(url, options, converters) as pool, closing(Overlay()) as overlay:
-        async with Database(url, read_only=options.dry_run) as db, _closing_first(pool):
+    with _pools(url, options, converters) as pools, closing(Overlay()) as overlay:
+        async with Database(url, read_only=options.dry_run) as db, _closing_first(pools):
             converters = await _usable_extractors(db, registry, converters, explicit, skip)
             if not converters and left_out:
                 raise NothingToDo(
@@ -130,7 +131,7 @@ async def run_backfill(
                     continue
                 loop = BatchLoop(db, writer, options, report.errors, progress, ledger, announce, brakes)
                 if ledger is None:
-                    await loop.run(_pages(db, pool, x, [KeyRange()], options), stats)
+                    await loop.run(await _pages(db, pools, x, [KeyRange()], options), stats)
                 elif retry_errors:
                     retry = await _retry(
                         ledger, db, x, stats, options, invocation, announce, _version(registry, x.name)
@@ -156,7 +157,7 @@ async def run_backfill(
                     )
                     if state.note:
                         announce(state.note)
-                    await loop.run(_pages(db, pool, x, state.todo, options), stats, state)
+                    await loop.run(await _pages(db, pools, x, state.todo, options), stats, state)
                 if stats.stopped:
                     report.validation_skipped = "the run stopped early"
                     return report
@@ -345,45 +346,74 @@ async def validate_only(
 
 
 @contextmanager
-def _pool(url: URL, options: RunOptions, converters: list[Converter]) -> Iterator[ExtractionPool | None]:
-    """An extraction worker for a run on a SQLite file, where one can run and is wanted."""
-    if not (options.worker and url.get_backend_name() == "sqlite" and url.database and can_run()):
-        yield None
+def _pools(url: URL, options: RunOptions, converters: list[Converter]) -> Iterator[list[ExtractionPool]]:
+    """The extraction workers of a run: ``options.workers`` of them when that is above 1, else
+    one for a run on a SQLite file where one can run and is wanted, else none."""
+    sqlite = url.get_backend_name() == "sqlite"
+    if options.workers > 1:
+        if not can_fork():
+            raise EnvironmentProblem(
+                f"--workers {options.workers} forks worker processes, which needs Linux and a "
+                "process with no other thread; run without --workers"
+            )
+    elif not (options.worker and sqlite and url.database and can_run()):
+        yield []
         return
+    pools: list[ExtractionPool] = []
     try:
-        pool = ExtractionPool(converters, url.database, busy_timeout())
-    except OSError:  # no process to spare (EAGAIN, ENOMEM): extract here instead
-        yield None
-        return
+        # The second worker onwards is forked beside the first one's executor threads, which
+        # hold nothing the new worker uses.
+        for _ in range(options.workers):
+            pools.append(ExtractionPool(converters, (url.database or "") if sqlite else url, busy_timeout()))
+    except OSError as e:  # no process to spare (EAGAIN, ENOMEM)
+        for pool in pools:
+            pool.close()
+        if options.workers > 1:
+            raise EnvironmentProblem(
+                f"--workers {options.workers}: the system has no process to spare ({e}); "
+                "run with fewer workers"
+            ) from e
+        pools = []  # one worker wanted: extract here instead
     try:
-        yield pool
+        yield pools
     finally:
-        pool.close()
-
-
-@asynccontextmanager
-async def _closing_first(pool: ExtractionPool | None) -> AsyncIterator[None]:
-    """End the worker, and its connection, before this process closes its own: on a WAL file the
-    connection that closes last checkpoints and removes the -wal and -shm files, and only one
-    that may write can."""
-    try:
-        yield
-    finally:
-        if pool is not None:
+        for pool in pools:
             pool.close()
 
 
-def _pages(
+@asynccontextmanager
+async def _closing_first(pools: Sequence[ExtractionPool]) -> AsyncIterator[None]:
+    """End the workers, and their connections, before this process closes its own: on a WAL
+    file the connection that closes last checkpoints and removes the -wal and -shm files, and
+    only one that may write can."""
+    try:
+        yield
+    finally:
+        for pool in pools:
+            pool.close()
+
+
+async def _pages(
     db: Database,
-    pool: ExtractionPool | None,
+    pools: Sequence[ExtractionPool],
     converter: Converter,
     todo: Sequence[KeyRange],
     options: RunOptions,
 ) -> Source:
-    """The source of a run over the key ranges ``todo``: extracted by the worker where there is one."""
-    if pool is not None:
-        return pool.pages(db, converter, todo, options.batch_size)
-    return Pages(db, converter, todo, options.batch_size)
+    """The source of a run over the key ranges ``todo``: extracted by the workers where there
+    are some, each taking parts of the ranges in turn where there are several."""
+    size = options.batch_size
+    if len(pools) > 1:
+        parts = await split(db, converter, todo, PARTS_PER_LANE * len(pools))
+        return Lanes(
+            [partial(pool.pages, db, converter, size=size) for pool in pools],
+            parts,
+            partial(count_rows, db, converter, todo),
+            size,
+        )
+    if pools:
+        return pools[0].pages(db, converter, todo, size)
+    return Pages(db, converter, todo, size)
 
 
 async def _writer(db: Database, converter: Converter, options: RunOptions, overlay: Overlay) -> Writer:

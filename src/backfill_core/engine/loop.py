@@ -111,7 +111,8 @@ class BatchLoop:
                 self._reached("committed")
                 bar.update(len(work.batch.keys))
                 # Retrying known failures is not judged by how many still fail.
-                if source.ranged and stats.error_rate > self.options.max_error_rate:
+                judged = source.ranged and self._batches >= source.lanes
+                if judged and stats.error_rate > self.options.max_error_rate:
                     stats.stopped = message = (
                         f"error rate {stats.error_rate:.1%} is over --max-error-rate "
                         f"{self.options.max_error_rate:.1%} after {stats.processed} rows. Fix the "
@@ -230,11 +231,15 @@ class BatchLoop:
             plans = await write(conn, work.batch, counts)
             size = _page_size(work)
             folded = (
-                await checkpoints.write(conn, counts, work.done, work.clear, size) if checkpoints else None
+                await checkpoints.write(conn, counts, work.done, work.clear, size, work.lane)
+                if checkpoints
+                else None
             )
             self._reached("written")
         if checkpoints is not None and folded is not None:
-            checkpoints.adopt(folded)  # only now: a rolled-back transaction leaves them as they were
+            checkpoints.adopt(
+                work.lane, folded
+            )  # only now: a rolled-back transaction leaves them as they were
         return plans, counts
 
     async def _to_ledger(self, work: Callable[[], Awaitable[bool]], what: str) -> bool:
@@ -301,12 +306,13 @@ class Checkpoints:
     Batches that changed nothing are folded into the next checkpoint (with the errors they
     found), at most CHECKPOINT_EVERY seconds apart: a re-run over unchanged data commits a few
     times, not once per batch. Batches folded at the end of one key range are recorded with the
-    first batch of the next, as a range of their own.
+    first batch of the next, as a range of their own. Each lane of a parallel run (see
+    lanes.py) folds its own batches, whose key ranges follow each other.
     """
 
     def __init__(self, ledger: Ledger, run: RunState, total: int | None) -> None:
         self.ledger, self.run, self.total = ledger, run, total
-        self.folded = Folded(Delta(), None, time.monotonic())
+        self.folded: dict[int, Folded] = {}
 
     async def write(
         self,
@@ -315,12 +321,13 @@ class Checkpoints:
         done: KeyRange | None,
         clear: tuple[int, list[Any]] | None,
         size: int = 0,
+        lane: int = 0,
     ) -> Folded:
-        """Record a batch (its counts ``delta``, key range ``done`` and page ``size``) in
-        ``conn``'s transaction, or fold it into the next checkpoint; what is folded then, for
-        :meth:`adopt` once the transaction commits. The batch's write time is only known once it
-        has committed: the next checkpoint, or the run's end, records it."""
-        folded = self.folded
+        """Record a batch (its counts ``delta``, key range ``done`` and page ``size``, from
+        ``lane``) in ``conn``'s transaction, or fold it into the lane's next checkpoint; what the
+        lane has folded then, for :meth:`adopt` once the transaction commits. The batch's write
+        time is only known once it has committed: the next checkpoint, or the run's end, records it."""
+        folded = self.folded.get(lane) or Folded(Delta(), None, time.monotonic())
         pending = Delta()
         pending.add(folded.delta)
         pending.add(delta)
@@ -338,29 +345,26 @@ class Checkpoints:
         )
         return Folded(Delta(), None, time.monotonic())
 
-    def adopt(self, folded: Folded) -> None:
-        self.folded = folded
+    def adopt(self, lane: int, folded: Folded) -> None:
+        self.folded[lane] = folded
 
     async def flush(self, db: Database) -> bool:
         """Checkpoint the batches folded into no checkpoint yet; False if that failed, and
         LockConflict if another transaction's lock is to blame (trying again may succeed)."""
-        if not self.folded.delta:
+        folded = [f for f in self.folded.values() if f.delta]
+        if not folded:
             return True
         try:
             async with db.writing() as conn:
-                await self.ledger.checkpoint(
-                    conn,
-                    self.run,
-                    self.folded.done,
-                    self.folded.delta,
-                    total=self.total,
-                    batches=self.run.batches,
-                )
+                for f in folded:
+                    await self.ledger.checkpoint(
+                        conn, self.run, f.done, f.delta, total=self.total, batches=self.run.batches
+                    )
         except LockConflict:
             raise
         except (RowsRefused, BackfillError):
             return False
-        self.folded = Folded(Delta(), None, time.monotonic())
+        self.folded.clear()
         return True
 
 

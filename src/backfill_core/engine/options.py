@@ -31,6 +31,9 @@ class RunOptions:
     sample_size: int = 0
     worker: bool = True
     """Extract in a worker process where one can run (see pool.py)."""
+    workers: int = 1
+    """Extraction workers processing the key ranges of each extractor at once (see lanes.py);
+    above 1, they run on either database, whatever ``worker`` says."""
     target_batch_seconds: float | None = None
     """Adapt the batch size so that each write transaction takes about this long (batchsize.py);
     ``batch_size`` is then the starting size."""

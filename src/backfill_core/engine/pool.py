@@ -2,7 +2,8 @@
 
 Extractors are pure functions of a row, so a forked copy of the process can run them: a
 ``ProcessPoolExecutor`` (fork context, one process) is asked for the next pages of key ranges;
-the worker reads each on its own read-only SQLite connection, extracts it and returns the
+the worker reads each on its own read-only connection (SQLite or PostgreSQL), extracts it and
+returns the
 :class:`~backfill_core.engine.batch.Batch` (or, when this process is waiting for it, the
 unchecked :class:`~backfill_core.engine.batch.Extracts`, which this process converts: the
 checking goes to whichever process has time for it). This process plans and writes each batch
@@ -24,11 +25,13 @@ import sys
 import threading
 import traceback
 from collections import deque
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import util
 from typing import Any
+
+from sqlalchemy.engine import URL
 
 from backfill_core.engine.batch import Batch, Converter, Extracts, UndecodableKey
 from backfill_core.engine.collector import GC_THRESHOLD
@@ -52,22 +55,25 @@ class _ExtractorCrashed(Exception):
     """``extract`` raised what is not an Exception in the worker (its report is the message)."""
 
 
+def can_fork() -> bool:
+    """Whether a worker can be forked here: Linux, and no other thread to fork over."""
+    return sys.platform.startswith("linux") and threading.active_count() == 1
+
+
 def can_run() -> bool:
-    """Whether a worker can run here: Linux, two CPUs or more, and no other thread to fork over."""
-    if not sys.platform.startswith("linux") or threading.active_count() != 1:
-        return False
-    return len(os.sched_getaffinity(0)) >= 2
+    """Whether a worker is worth forking here: it can be, and there are two CPUs or more."""
+    return can_fork() and len(os.sched_getaffinity(0)) >= 2
 
 
 class ExtractionPool:
-    """A forked worker process that reads and extracts pages for ``converters`` from the SQLite
-    file at ``path``; :meth:`close` it.
+    """A forked worker process that reads and extracts pages for ``converters`` from
+    ``database``, a SQLite file's path or a PostgreSQL URL; :meth:`close` it.
 
     Start it before opening any database connection or thread: the fork must inherit neither.
     OSError means the system has no process to spare.
     """
 
-    def __init__(self, converters: Sequence[Converter], path: str, timeout: float) -> None:
+    def __init__(self, converters: Sequence[Converter], database: str | URL, timeout: float) -> None:
         for stream in (sys.stdout, sys.stderr):  # or the worker would print them again
             stream.flush()
         context = multiprocessing.get_context("fork")
@@ -77,7 +83,7 @@ class ExtractionPool:
             1,
             mp_context=context,
             initializer=_start,
-            initargs=({x.name: x for x in converters}, path, timeout, os.getpid(), self.waiting),
+            initargs=({x.name: x for x in converters}, database, timeout, os.getpid(), self.waiting),
         )
         self._converters = {x.name: x for x in converters}
         try:
@@ -95,7 +101,7 @@ class ExtractionPool:
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._process.join()
 
-    def pages(self, db: Database, converter: Converter, todo: Sequence[KeyRange], size: int) -> PooledPages:
+    def pages(self, db: Database, converter: Converter, todo: Iterable[KeyRange], size: int) -> PooledPages:
         """The source pages of ``todo``, as :class:`~backfill_core.engine.sources.Pages` gives
         them, extracted by the worker."""
         return PooledPages(self, db, converter, todo, size)
@@ -121,7 +127,7 @@ class ExtractionPool:
                     self.waiting.value = 0
         except BrokenProcessPool:
             raise self.died() from None
-        except (sqlite3.Error, UndecodableKey):
+        except (sqlite3.Error, UndecodableKey, BackfillError):
             raise
         except Exception as e:
             self.close()
@@ -160,13 +166,15 @@ class PooledPages:
     """
 
     ranged = True
+    lanes = 1
 
     def __init__(
-        self, pool: ExtractionPool, db: Database, converter: Converter, todo: Sequence[KeyRange], size: int
+        self, pool: ExtractionPool, db: Database, converter: Converter, todo: Iterable[KeyRange], size: int
     ) -> None:
         self.pool, self.db, self.converter, self.todo, self.size = pool, db, converter, todo, size
 
     async def count(self) -> int:
+        self.todo = list(self.todo)
         return await count_rows(self.db, self.converter, self.todo)
 
     async def batches(self) -> AsyncGenerator[Work, None]:
@@ -219,14 +227,16 @@ def _drop(flight: deque[tuple[asyncio.Future[bytes], int]]) -> None:
 # -- the worker process ----------------------------------------------------------------------------
 
 _converters: Mapping[str, Converter] = {}
-_database: tuple[str, float] = ("", 0.0)
-_connection: sqlite3.Connection | None = None
+_database: tuple[str | URL, float] = ("", 0.0)
+_connection: sqlite3.Connection | _PostgresReader | None = None
 _waiting: Any = None
 _last: Any = None
 """The last key of the page the worker read last."""
 
 
-def _start(converters: Mapping[str, Converter], path: str, timeout: float, parent: int, waiting: Any) -> None:
+def _start(
+    converters: Mapping[str, Converter], database: str | URL, timeout: float, parent: int, waiting: Any
+) -> None:
     """Set the worker up: it dies with its parent, leaves signals to it, and keeps what the fork
     inherited out of the cycle collector's scans."""
     global _converters, _database, _waiting
@@ -240,7 +250,7 @@ def _start(converters: Mapping[str, Converter], path: str, timeout: float, paren
         signal.set_wakeup_fd(-1)  # the parent's event loop's, inherited
     gc.freeze()
     gc.set_threshold(max(GC_THRESHOLD, gc.get_threshold()[0]), *gc.get_threshold()[1:])
-    _converters, _database, _waiting = converters, (path, timeout), waiting
+    _converters, _database, _waiting = converters, (database, timeout), waiting
 
 
 def _extract_page(extractor: str, pages: tuple[str, str], start: tuple[Any] | None, upto: Any) -> bytes:
@@ -252,15 +262,11 @@ def _extract_page(extractor: str, pages: tuple[str, str], start: tuple[Any] | No
     worker is the busier process: it sends the Extracts and leaves converting them to the main
     process; otherwise it converts them itself. The batch is the same either way.
     """
-    global _connection, _last
+    global _last
     leave = bool(_waiting.value)
-    if _connection is None:
-        path, timeout = _database
-        _connection = connect(path, read_only=True, timeout=timeout)
-        util.Finalize(None, _connection.close, exitpriority=1)
     after = _last if start is None else start[0]
     params = [bound for bound in (after, upto) if bound is not None]
-    rows = fetch_rows(_connection, pages[after is not None], params)
+    rows = _read(pages[after is not None], params)
     converter = _converters[extractor]
     try:
         extracts = converter.extract(rows)
@@ -270,6 +276,41 @@ def _extract_page(extractor: str, pages: tuple[str, str], start: tuple[Any] | No
         raise _ExtractorCrashed(_crash_report(converter)) from None
     _last = extracts.keys[-1] if extracts.keys else after
     return sendable(extracts if leave else converter.convert(extracts), converter)
+
+
+def _read(sql: str, params: list[Any]) -> Sequence[Any]:
+    """The rows of ``sql`` on the worker's connection, opened on its first page."""
+    global _connection
+    if _connection is None:
+        database, timeout = _database
+        if isinstance(database, str):
+            _connection = connect(database, read_only=True, timeout=timeout)
+        else:
+            _connection = _PostgresReader(database)
+        util.Finalize(None, _connection.close, exitpriority=1)
+    if isinstance(_connection, sqlite3.Connection):
+        return fetch_rows(_connection, sql, params)
+    return _connection.fetch(sql, params)
+
+
+class _PostgresReader:
+    """The worker's read-only PostgreSQL connection, on an event loop of its own."""
+
+    def __init__(self, url: URL) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.db = Database(url, read_only=True)
+        self.loop.run_until_complete(self.db.__aenter__())
+
+    def fetch(self, sql: str, params: list[Any]) -> Sequence[Any]:
+        return self.loop.run_until_complete(self._fetch(sql, params))
+
+    async def _fetch(self, sql: str, params: list[Any]) -> Sequence[Any]:
+        async with self.db.reading() as conn:
+            return await conn.fetch_source(sql, params)
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.db.close())
+        self.loop.close()
 
 
 def _crash_report(converter: Converter) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import ColumnClause, and_, column, func, or_, select, table, true
+from sqlalchemy import ColumnClause, ColumnElement, and_, column, func, or_, select, table, true
 
 from backfill_core.engine.batch import Batch, Converter
 from backfill_core.engine.writer import padded_in
@@ -28,6 +28,9 @@ class Work(NamedTuple):
     """(run id, keys): the errors recorded for these keys in that run, cleared with the batch."""
     size: int = 0
     """The page size the batch was read with (0: unknown, its rows are counted instead)."""
+    lane: int = 0
+    """Which of a run's parallel sources it comes from (see lanes.py); each folds its own
+    checkpoints."""
 
 
 class Source(Protocol):
@@ -40,6 +43,10 @@ class Source(Protocol):
     ranged: bool
     """Its batches cover key ranges of the source: their sum is the run's progress, recorded in
     the ledger, and judged by the error rate."""
+
+    lanes: int
+    """How many streams of batches it interleaves (see lanes.py): the error rate is judged once
+    as many batches have committed, one per stream if they keep pace, not on the first alone."""
 
     async def count(self) -> int:
         """How many source rows the batches will hold (read before the first batch)."""
@@ -54,6 +61,7 @@ class Pages:
     """The source rows of key ranges, page by page in key order, extracted in this process."""
 
     ranged = True
+    lanes = 1
 
     def __init__(self, db: Database, converter: Converter, todo: Sequence[KeyRange], size: int) -> None:
         self.db, self.converter, self.todo, self.size = db, converter, todo, size
@@ -86,6 +94,7 @@ class RetryKeys:
     cleared at the end."""
 
     ranged = False
+    lanes = 1
 
     def __init__(
         self, db: Database, converter: Converter, keys: Sequence[Any], size: int, run_id: int
@@ -146,13 +155,36 @@ async def count_rows(db: Database, converter: Converter, todo: Sequence[KeyRange
     key: ColumnClause[Any] = column(x.key)
     counting = select(func.count()).select_from(table(x.source_table, key)).where(key.is_not(None))
     if list(todo) != [KeyRange()]:
-        within = [
-            and_(
-                key > r.after if r.after is not None else true(),
-                key <= r.upto if r.upto is not None else true(),
-            )
-            for r in todo
-        ]
-        counting = counting.where(or_(*within))
+        counting = counting.where(or_(*(_within(key, r) for r in todo)))
     async with db.sqlalchemy() as conn:
         return int((await conn.execute(counting)).scalar_one())
+
+
+async def split(db: Database, converter: Converter, todo: Sequence[KeyRange], parts: int) -> list[KeyRange]:
+    """``todo`` cut into about ``parts`` key ranges holding as many source rows each, at keys
+    read from the source (so keys need not be dense); each range of ``todo`` is cut apart from
+    the others, into parts in proportion to its rows."""
+    x = converter.extractor
+    key: ColumnClause[Any] = column(x.key)
+    keys = select(key).select_from(table(x.source_table, key)).where(key.is_not(None))
+    counts = [await count_rows(db, converter, [r]) for r in todo]
+    total = sum(counts)
+    out: list[KeyRange] = []
+    async with db.sqlalchemy() as conn:
+        for r, rows in zip(todo, counts, strict=True):
+            share = min(rows, round(parts * rows / total)) if total else 0
+            after = r.after
+            for k in range(1, share):
+                at = keys.where(_within(key, r)).order_by(key).offset(k * rows // share - 1).limit(1)
+                cut = (await conn.execute(at)).scalar_one()
+                out.append(KeyRange(after, cut))
+                after = cut
+            out.append(KeyRange(after, r.upto))
+    return out
+
+
+def _within(key: ColumnClause[Any], r: KeyRange) -> ColumnElement[bool]:
+    return and_(
+        key > r.after if r.after is not None else true(),
+        key <= r.upto if r.upto is not None else true(),
+    )
