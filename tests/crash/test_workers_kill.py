@@ -113,3 +113,22 @@ def test_a_killed_command_takes_its_workers_along_and_a_rerun_completes_it(
     assert crash.query(crash.readable(db), "SELECT status FROM backfill_runs") == [("running",)]
     _check_committed_exactly(crash, db, medium_reference)
     _rerun_matches_reference(crash, db, medium_reference)
+
+
+def test_a_second_command_is_refused_while_a_run_with_workers_is_live(
+    kind: str, crash: Crash, medium_template: Any, medium_reference: Reference
+) -> None:
+    db = crash.database(kind, medium_template, "workers.db")
+    first, _ = _stopped_run(crash, db)
+    (owner,) = crash.runs(crash.readable(db))
+    try:
+        for extra in (["--workers", "2"], ["--workers", "2", "--restart"], []):
+            second = crash.run_cli(["run", *crash.BOTH, "-d", db.url, "-q", *extra])
+            assert first.alive(), f"the first run ended while {extra} was tried; the test proves nothing"
+            assert second.returncode == 3, (extra, second.stderr)
+            assert f"run {owner['id']} of test_features is already running" in second.stderr, second.stderr
+    finally:
+        first.resume()
+    assert first.wait().returncode == 0
+    crash.check_equal_to_reference(db, medium_reference, "after the first run")
+    assert [r["status"] for r in crash.runs(crash.readable(db))] == ["succeeded", "succeeded"]
