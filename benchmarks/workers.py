@@ -66,7 +66,7 @@ SCHEMA = (
     "CREATE TABLE items (id INTEGER PRIMARY KEY, payload TEXT NOT NULL)",
     "CREATE TABLE digests (item_id INTEGER PRIMARY KEY, digest TEXT NOT NULL)",
 )
-MODES = {"one process": ("--no-worker", 1), "1 worker": ("--worker", 1), "2 workers": ("--worker", 2)}
+MODES = {"one process": ("--no-worker", 1), "default": ("--worker", 1), "2 workers": ("--worker", 2)}
 """What each mode runs with: ``--no-worker``, the default (``--workers 1``), ``--workers 2``."""
 TARGET_RATIO = 1.6
 TARGET_MB = 150.0

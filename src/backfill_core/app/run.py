@@ -364,7 +364,8 @@ def _pools(url: URL, options: RunOptions, converters: list[Converter]) -> Iterat
         # The second worker onwards is forked beside the first one's executor threads, which
         # hold nothing the new worker uses.
         for _ in range(options.workers):
-            pools.append(ExtractionPool(converters, (url.database or "") if sqlite else url, busy_timeout()))
+            database = (url.database or "") if sqlite else url
+            pools.append(ExtractionPool(converters, database, busy_timeout(), share=options.workers == 1))
     except OSError as e:  # no process to spare (EAGAIN, ENOMEM)
         for pool in pools:
             pool.close()

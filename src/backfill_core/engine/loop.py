@@ -237,9 +237,8 @@ class BatchLoop:
             )
             self._reached("written")
         if checkpoints is not None and folded is not None:
-            checkpoints.adopt(
-                work.lane, folded
-            )  # only now: a rolled-back transaction leaves them as they were
+            # only now: a rolled-back transaction leaves them as they were
+            checkpoints.adopt(work.lane, folded)
         return plans, counts
 
     async def _to_ledger(self, work: Callable[[], Awaitable[bool]], what: str) -> bool:

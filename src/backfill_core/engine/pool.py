@@ -70,15 +70,20 @@ class ExtractionPool:
     ``database``, a SQLite file's path or a PostgreSQL URL; :meth:`close` it.
 
     Start it before opening any database connection or thread: the fork must inherit neither.
-    OSError means the system has no process to spare.
+    OSError means the system has no process to spare. With ``share``, the worker leaves checking
+    its changes to this process while this process waits for it (see _extract_page); one of
+    several workers does not, since this process then waits for all of them at once.
     """
 
-    def __init__(self, converters: Sequence[Converter], database: str | URL, timeout: float) -> None:
+    def __init__(
+        self, converters: Sequence[Converter], database: str | URL, timeout: float, *, share: bool = True
+    ) -> None:
         for stream in (sys.stdout, sys.stderr):  # or the worker would print them again
             stream.flush()
         context = multiprocessing.get_context("fork")
         self.waiting = context.RawValue("b", 0)
         """Whether this process is waiting for the worker's next page (see _extract_page)."""
+        self.share = share
         self._executor = ProcessPoolExecutor(
             1,
             mp_context=context,
@@ -117,8 +122,8 @@ class ExtractionPool:
 
     async def result(self, page: asyncio.Future[bytes], extractor: str) -> Batch:
         try:
-            if page.done():
-                data = page.result()
+            if page.done() or not self.share:
+                data = await page
             else:
                 self.waiting.value = 1
                 try:
