@@ -358,7 +358,7 @@ def part_two(workdir: Path, tests: int, server: str | None, repeat: int) -> dict
 
 
 def workers_label(n: int) -> str:
-    return f"{n} worker{'s' * (n > 1)}"
+    return "default" if n == 1 else f"{n} workers"
 
 
 def main(argv: Sequence[str]) -> int:
