@@ -111,8 +111,7 @@ class BatchLoop:
                 self._reached("committed")
                 bar.update(len(work.batch.keys))
                 # Retrying known failures is not judged by how many still fail.
-                judged = source.ranged and self._batches >= source.lanes
-                if judged and stats.error_rate > self.options.max_error_rate:
+                if self._judged(source, stats) and stats.error_rate > self.options.max_error_rate:
                     stats.stopped = message = (
                         f"error rate {stats.error_rate:.1%} is over --max-error-rate "
                         f"{self.options.max_error_rate:.1%} after {stats.processed} rows. Fix the "
@@ -134,6 +133,14 @@ class BatchLoop:
             stats.elapsed = time.perf_counter() - started
             # A signal arriving now waits for this too: else the run could stay 'running'.
             await _to_the_end(self._wind_up(ahead, works, checkpoints, state, stats, status, message))
+
+    def _judged(self, source: Source, stats: ExtractorStats) -> bool:
+        """Whether the error rate is judged now: after every batch of a ranged source, but with
+        several lanes only once a page's worth of rows per lane (or every row) is processed, not
+        on whichever small part came first."""
+        if not source.ranged:
+            return False
+        return source.lanes == 1 or stats.processed >= min(source.lanes * source.size, stats.total)
 
     def _reached(self, point: str) -> None:
         """Stop the process here if BACKFILL_STOP_AT asks for this point (see stoppoints.py)."""

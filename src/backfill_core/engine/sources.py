@@ -46,7 +46,7 @@ class Source(Protocol):
 
     lanes: int
     """How many streams of batches it interleaves (see lanes.py): the error rate is judged once
-    as many batches have committed, one per stream if they keep pace, not on the first alone."""
+    a page's worth of rows per stream is processed, not on the first small batch alone."""
 
     async def count(self) -> int:
         """How many source rows the batches will hold (read before the first batch)."""
