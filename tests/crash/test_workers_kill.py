@@ -12,6 +12,7 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
+from backfill_core.engine.throttle import CONTROL_EVERY
 from support.processes import children, running
 
 if TYPE_CHECKING:
@@ -132,3 +133,63 @@ def test_a_second_command_is_refused_while_a_run_with_workers_is_live(
     assert first.wait().returncode == 0
     crash.check_equal_to_reference(db, medium_reference, "after the first run")
     assert [r["status"] for r in crash.runs(crash.readable(db))] == ["succeeded", "succeeded"]
+
+
+def test_sigterm_waits_for_the_batch_being_written_and_a_rerun_completes_it(
+    kind: str, crash: Crash, medium_template: Any, medium_reference: Reference
+) -> None:
+    db = crash.database(kind, medium_template, "workers.db")
+    cmd = ["run", *crash.BOTH, "-d", db.url, "-q", "--json", "--batch-size", str(BATCH)]
+    proc = crash.spawn(
+        [*cmd, "--workers", str(WORKERS)], env={"BACKFILL_STOP_AT": "test_features:written:12"}
+    )
+    proc.wait_stopped()  # the 12th batch written, not committed
+    workers = children(proc.pid)
+    proc.signal(signal.SIGTERM)
+    proc.resume()
+    done = proc.wait()
+    assert done.returncode == 143, done.stderr
+    assert not any(running(w) for w in workers), f"workers {workers} outlived the command"
+    (stopped,) = crash.runs(crash.readable(db))
+    assert stopped["status"] == "interrupted", stopped
+    (summary,) = json.loads(done.stdout)["extractors"]
+    for count in ("processed", "inserted", "unchanged"):
+        assert summary[count] == stopped[count], (count, summary, stopped)
+    _check_committed_exactly(crash, db, medium_reference)
+    _rerun_matches_reference(crash, db, medium_reference)
+
+
+def test_a_paused_run_with_workers_commits_nothing_until_resumed(
+    kind: str, crash: Crash, medium_template: Any, medium_reference: Reference
+) -> None:
+    db = crash.database(kind, medium_template, "workers.db")
+    proc, _ = _stopped_run(crash, db)
+    stopped_at = time.monotonic()
+    paused = crash.run_cli(["pause", "1", "-d", db.url])
+    assert paused.returncode == 0, paused.stderr
+    # The run reads its controls at most once per CONTROL_EVERY: its next batch then reads them.
+    time.sleep(max(0.0, stopped_at + CONTROL_EVERY - time.monotonic()))
+    proc.resume()
+
+    def row() -> tuple[Any, ...]:
+        ((processed, heartbeat, message),) = crash.query(
+            crash.readable(db), "SELECT processed, heartbeat_at, message FROM backfill_runs WHERE id = 1"
+        )
+        return processed, str(heartbeat), message or ""
+
+    assert crash.wait_for(lambda: row()[2].startswith("paused"), proc), "the run ended unpaused"
+    processed, beat, _ = row()
+    seen = {beat}
+
+    def two_more_heartbeats() -> bool:  # the waiting run has read its controls again
+        seen.add(row()[1])
+        return len(seen) >= 3
+
+    assert crash.wait_for(two_more_heartbeats, proc)
+    assert row()[0] == processed, "the paused run committed a batch"
+    resumed = crash.run_cli(["resume", "1", "-d", db.url])
+    assert resumed.returncode == 0, resumed.stderr
+    done = proc.wait()
+    assert done.returncode == 0, done.stderr
+    assert "test_features: paused (`backfill pause 1` holds run 1)" in done.stderr
+    crash.check_equal_to_reference(db, medium_reference, "after the pause")
