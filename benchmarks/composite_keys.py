@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from targets import PostgresTarget, SqliteTarget, Target
 
 from backfill_core import (
     Extractor,
@@ -150,73 +151,6 @@ def orders(n: int, seed: int = 16) -> tuple[list[tuple[int, str]], int]:
 
 
 # --- the two databases -----------------------------------------------------------------------------
-
-
-class Target:
-    """A database holding SCHEMA and the orders; ``sql`` runs a statement on it and returns its rows."""
-
-    kind: str
-    url: str
-
-    def sql(self, statement: str) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
-
-    def empty(self, table: str) -> None:
-        raise NotImplementedError
-
-
-class SqliteTarget(Target):
-    kind = "SQLite"
-
-    def __init__(self, path: Path, rows: list[tuple[int, str]]) -> None:
-        self.url = str(path)
-        with sqlite3.connect(path) as conn:
-            for ddl in SCHEMA:
-                conn.execute(ddl)
-            conn.executemany("INSERT INTO orders VALUES (?, ?)", rows)
-
-    def sql(self, statement: str) -> list[tuple[Any, ...]]:
-        conn = sqlite3.connect(self.url)
-        try:
-            with conn:
-                return conn.execute(statement).fetchall()
-        finally:
-            conn.close()
-
-    def empty(self, table: str) -> None:
-        self.sql(f"DELETE FROM {table}")
-
-
-class PostgresTarget(Target):
-    kind = "PostgreSQL"
-
-    def __init__(self, url: str, rows: list[tuple[int, str]]) -> None:
-        self.url = url
-
-        async def load() -> None:
-            conn = await asyncpg.connect(url)
-            try:
-                for ddl in SCHEMA:
-                    await conn.execute(ddl)
-                await conn.copy_records_to_table("orders", records=rows, columns=["id", "payload"])
-                await conn.execute("ANALYZE orders")
-            finally:
-                await conn.close()
-
-        asyncio.run(load())
-
-    def sql(self, statement: str) -> list[tuple[Any, ...]]:
-        async def go() -> list[tuple[Any, ...]]:
-            conn = await asyncpg.connect(self.url)
-            try:
-                return [tuple(r) for r in await conn.fetch(statement)]
-            finally:
-                await conn.close()
-
-        return asyncio.run(go())
-
-    def empty(self, table: str) -> None:
-        self.sql(f"TRUNCATE {table}")
 
 
 @contextmanager
@@ -395,11 +329,11 @@ def main(argv: Sequence[str]) -> int:
     all_results = []
     try:
         with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-            lite = SqliteTarget(Path(tmp) / "orders.db", rows)
+            lite = SqliteTarget(Path(tmp) / "orders.db", SCHEMA, "orders", rows)
             all_results.append(measure(lite, args.repeat, items))
         if args.postgres and not args.sqlite_only:
             with scratch_postgres(args.postgres) as url:
-                pg = PostgresTarget(url, rows)
+                pg = PostgresTarget(url, SCHEMA, "orders", rows)
                 print(f"  (PostgreSQL {server_version(pg)})")
                 all_results.append(measure(pg, args.repeat, items))
         else:

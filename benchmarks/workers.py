@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import resource
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -42,10 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-import pg_baselines
 import pg_copies
 import run as builtin
+from targets import PostgresTarget, SqliteTarget, Target
 
 from backfill_core import (
     Extractor,
@@ -150,74 +148,19 @@ def measured(url: str, mode: str) -> Run:
 # --- the two databases -----------------------------------------------------------------------------
 
 
-class Target:
-    """A database holding the items; ``reset`` empties what a run writes, ``digests`` reads it."""
-
-    kind: str
-    url: str
-
-    def sql(self, statement: str) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
-
-    def reset(self) -> None:
-        for table in ("backfill_errors", "backfill_ranges", "backfill_controls", "backfill_runs", "digests"):
-            if table == "digests" or self.has(table):
-                self.sql(f"DELETE FROM {table}")
-
-    def has(self, table: str) -> bool:
-        raise NotImplementedError
-
-    def digests(self) -> str:
-        rows = self.sql("SELECT item_id, digest FROM digests ORDER BY item_id")
-        return hashlib.sha256(repr(rows).encode()).hexdigest()
+LEDGER = ("backfill_errors", "backfill_ranges", "backfill_controls", "backfill_runs")
 
 
-class SqliteTarget(Target):
-    kind = "SQLite"
-
-    def __init__(self, path: Path, rows: Sequence[tuple[int, str]]) -> None:
-        self.url = str(path)
-        with sqlite3.connect(path) as conn:
-            for ddl in SCHEMA:
-                conn.execute(ddl)
-            conn.executemany("INSERT INTO items VALUES (?, ?)", rows)
-        conn.close()
-
-    def sql(self, statement: str) -> list[tuple[Any, ...]]:
-        conn = sqlite3.connect(self.url)
-        try:
-            with conn:
-                return conn.execute(statement).fetchall()
-        finally:
-            conn.close()
-
-    def has(self, table: str) -> bool:
-        return bool(self.sql(f"SELECT 1 FROM sqlite_master WHERE name = '{table}'"))
+def reset(target: Target) -> None:
+    """Empty what a run writes: the digests, and the ledger (so that the next run is a first run)."""
+    for table in (*LEDGER, "digests"):
+        if table == "digests" or target.has(table):
+            target.sql(f"DELETE FROM {table}")
 
 
-class PostgresTarget(Target):
-    kind = "PostgreSQL"
-
-    def __init__(self, url: str, rows: Sequence[tuple[int, str]]) -> None:
-        self.url = url
-
-        async def load() -> None:
-            conn = await asyncpg.connect(url)
-            try:
-                for ddl in SCHEMA:
-                    await conn.execute(ddl)
-                await conn.copy_records_to_table("items", records=rows, columns=["id", "payload"])
-                await conn.execute("VACUUM ANALYZE items")
-            finally:
-                await conn.close()
-
-        asyncio.run(load())
-
-    def sql(self, statement: str) -> list[tuple[Any, ...]]:
-        return [tuple(r) for r in pg_baselines.rows(self.url, statement)]
-
-    def has(self, table: str) -> bool:
-        return bool(self.sql(f"SELECT 1 FROM pg_tables WHERE tablename = '{table}'"))
+def digests(target: Target) -> str:
+    rows = target.sql("SELECT item_id, digest FROM digests ORDER BY item_id")
+    return hashlib.sha256(repr(rows).encode()).hexdigest()
 
 
 @contextmanager
@@ -225,12 +168,13 @@ def targets(workdir: Path, server: str | None, rows: int) -> Iterator[list[Targe
     items = [(i, f"item {i} " + "x" * (i % 50)) for i in range(1, rows + 1)]
     path = workdir / f"items-{rows}.db"
     path.unlink(missing_ok=True)
-    made: list[Target] = [SqliteTarget(path, items)]
+    made: list[Target] = [SqliteTarget(path, SCHEMA, "items", items)]
     if server is None:
         yield made
         return
     with pg_copies.server(server) as pg:
-        made.append(PostgresTarget(pg.create(f"{pg_copies.PREFIX}_{pg.run_id}_items"), items))
+        url = pg.create(f"{pg_copies.PREFIX}_{pg.run_id}_items")
+        made.append(PostgresTarget(url, SCHEMA, "items", items))
         yield made
 
 
@@ -262,10 +206,10 @@ def part_one(targets_: Sequence[Target], repeat: int) -> list[Results]:
         for i in range(repeat):
             modes = list(MODES) if i % 2 == 0 else list(reversed(MODES))
             for mode in modes:
-                target.reset()
+                reset(target)
                 r = measured(target.url, mode)
                 results.runs.setdefault(mode, []).append(r)
-                got = target.digests()
+                got = digests(target)
                 if reference is None:
                     reference = got
                 elif got != reference:
