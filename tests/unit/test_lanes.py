@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from backfill_core import make_registry, resolve_url
+from backfill_core.engine import sources
 from backfill_core.engine.batch import Batch, Converter
 from backfill_core.engine.lanes import Lanes
 from backfill_core.engine.sources import Work, count_rows, split
@@ -138,3 +139,18 @@ def test_closing_lanes_early_stops_every_lane() -> None:
     assert sum(len(t) for t in took) == 3  # one part each, none taken after the close
     lanes.size = 7
     assert all(source.size == 7 for source in lanes.sources)
+
+
+def test_rows_deleted_after_the_count_leave_the_rest_as_one_part(
+    sparse: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = sources.count_rows
+
+    async def counted_before_a_delete(db: Database, converter: Converter, todo: Any) -> int:
+        return await real(db, converter, todo) + 100  # 100 rows since deleted by the application
+
+    monkeypatch.setattr(sources, "count_rows", counted_before_a_delete)
+    parts, _ = _split(sparse.url, [KeyRange(None, 700)], 4)
+    # 186 rows counted as 286: cuts after rows 71 and 143, and the third would fall past row 186
+    assert parts[0].after is None and parts[-1] == KeyRange(parts[-2].upto, 700)
+    assert len(parts) == 3 and all(a.upto == b.after for a, b in itertools.pairwise(parts))

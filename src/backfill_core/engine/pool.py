@@ -3,9 +3,8 @@
 Extractors are pure functions of a row, so a forked copy of the process can run them: a
 ``ProcessPoolExecutor`` (fork context, one process) is asked for the next pages of key ranges;
 the worker reads each on its own read-only connection (SQLite or PostgreSQL), extracts it and
-returns the
-:class:`~backfill_core.engine.batch.Batch` (or, when this process is waiting for it, the
-unchecked :class:`~backfill_core.engine.batch.Extracts`, which this process converts: the
+returns the :class:`~backfill_core.engine.batch.Batch` (or, when this process is waiting for it,
+the unchecked :class:`~backfill_core.engine.batch.Extracts`, which this process converts: the
 checking goes to whichever process has time for it). This process plans and writes each batch
 in its own transaction, in key order, as it does with batches it extracts itself.
 """

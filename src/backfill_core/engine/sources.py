@@ -179,9 +179,10 @@ async def split(db: Database, converter: Converter, todo: Sequence[KeyRange], pa
                 # Counted on from the cut before: the index is walked once over the range.
                 step = k * rows // share - (k - 1) * rows // share
                 rest = _within(key, KeyRange(after, r.upto))
-                cut = (
-                    await conn.execute(keys.where(rest).order_by(key).offset(step - 1).limit(1))
-                ).scalar_one()
+                at = keys.where(rest).order_by(key).offset(step - 1).limit(1)
+                cut = (await conn.execute(at)).scalar_one_or_none()
+                if cut is None:  # rows deleted since they were counted: the rest is one part
+                    break
                 out.append(KeyRange(after, cut))
                 after = cut
             out.append(KeyRange(after, r.upto))
