@@ -1,8 +1,9 @@
-"""``backfill run --workers N`` killed part-way, by a SIGKILL of one of its workers or of the
-command itself, then run again: the tables and the ledger end exactly as one uninterrupted
-single-process run leaves them, on SQLite and PostgreSQL. Between the kill and the rerun the
-data holds exactly the keys the ledger says are committed (its low-water mark and the ranges
-above it, which parallel parts commit out of key order)."""
+"""``backfill run --workers N`` stopped part-way, by a SIGKILL of one of its workers or of the
+command itself or by SIGTERM, then run again: the tables and the ledger end exactly as one
+uninterrupted single-process run leaves them, on SQLite and PostgreSQL. Between the stop and the
+rerun the data holds exactly the keys the ledger says are committed (its low-water mark and the
+ranges above it, which parallel parts commit out of key order). A live run with workers refuses a
+second command, and ``backfill pause`` holds it."""
 
 from __future__ import annotations
 
