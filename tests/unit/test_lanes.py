@@ -32,15 +32,15 @@ def sparse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
         yield db
 
 
-def _split(url: str, todo: list[KeyRange], parts: int) -> tuple[list[KeyRange], list[int]]:
-    """The parts, and how many source rows each holds."""
+def _split(url: str, todo: list[KeyRange], parts: int) -> tuple[list[KeyRange], list[int], int]:
+    """The parts, how many source rows each holds, and how many split counted in all."""
 
-    async def go() -> tuple[list[KeyRange], list[int]]:
+    async def go() -> tuple[list[KeyRange], list[int], int]:
         (extractor,) = make_registry(plugin).ordered(["test_features"])
         converter = Converter(extractor)
         async with Database(resolve_url(url)) as db:
-            cut = await split(db, converter, todo, parts)
-            return cut, [await count_rows(db, converter, [r]) for r in cut]
+            cut, counted = await split(db, converter, todo, parts)
+            return cut, [await count_rows(db, converter, [r]) for r in cut], counted
 
     return asyncio.run(go())
 
@@ -48,19 +48,19 @@ def _split(url: str, todo: list[KeyRange], parts: int) -> tuple[list[KeyRange], 
 def test_parts_hold_as_many_rows_each_however_sparse_the_keys(sparse: Backend) -> None:
     keys = [k for (k,) in sparse.rows("SELECT id FROM tests ORDER BY id")]
     assert len(keys) == 228
-    parts, rows = _split(sparse.url, [KeyRange()], 8)
+    parts, rows, counted = _split(sparse.url, [KeyRange()], 8)
     assert len(parts) == 8
     assert parts[0].after is None and parts[-1].upto is None  # the open end stays open
     assert all(a.upto == b.after for a, b in itertools.pairwise(parts))
-    assert sum(rows) == len(keys) and max(rows) - min(rows) <= 1, rows
+    assert sum(rows) == counted == len(keys) and max(rows) - min(rows) <= 1, rows
     assert parts[0].upto == keys[228 // 8 - 1]  # where the rows, not the key values, say
 
 
 def test_each_range_is_cut_apart_in_proportion_to_its_rows(sparse: Backend) -> None:
     todo = [KeyRange(None, 50), KeyRange(100, 700), KeyRange(900, None)]
-    parts, rows = _split(sparse.url, todo, 6)
+    parts, rows, counted = _split(sparse.url, todo, 6)
     # 50, 86 and 14 rows: 2, 3 and 1 of the 6 parts
-    assert rows == [25, 25, 28, 29, 29, 14]
+    assert rows == [25, 25, 28, 29, 29, 14] and counted == 150
     assert parts == [
         KeyRange(None, 25),
         KeyRange(25, 50),
@@ -73,7 +73,7 @@ def test_each_range_is_cut_apart_in_proportion_to_its_rows(sparse: Backend) -> N
 
 def test_a_range_is_cut_into_no_more_parts_than_it_has_rows(sparse: Backend) -> None:
     todo = [KeyRange(None, 3), KeyRange(5000, None)]
-    parts, rows = _split(sparse.url, todo, 16)
+    parts, rows, _ = _split(sparse.url, todo, 16)
     assert rows == [1, 1, 1, 0]
     assert parts == [KeyRange(None, 1), KeyRange(1, 2), KeyRange(2, 3), KeyRange(5000, None)]
 
@@ -101,7 +101,7 @@ def _lanes(pauses: list[float], parts: list[KeyRange], took: list[list[KeyRange]
     def make(i: int) -> Any:
         return lambda todo: Numbers(todo, took[i], pauses[i])
 
-    return Lanes([make(i) for i in range(len(pauses))], parts, lambda: asyncio.sleep(0, 42), 1)
+    return Lanes([make(i) for i in range(len(pauses))], parts, 42, 1)
 
 
 def test_lanes_give_every_batch_once_tagged_with_its_lane() -> None:
@@ -150,7 +150,7 @@ def test_rows_deleted_after_the_count_leave_the_rest_as_one_part(
         return await real(db, converter, todo) + 100  # 100 rows since deleted by the application
 
     monkeypatch.setattr(sources, "count_rows", counted_before_a_delete)
-    parts, _ = _split(sparse.url, [KeyRange(None, 700)], 4)
+    parts, _, _ = _split(sparse.url, [KeyRange(None, 700)], 4)
     # 186 rows counted as 286: cuts after rows 71 and 143, and the third would fall past row 186
     assert parts[0].after is None and parts[-1] == KeyRange(parts[-2].upto, 700)
     assert len(parts) == 3 and all(a.upto == b.after for a, b in itertools.pairwise(parts))

@@ -20,7 +20,7 @@ from backfill_core.engine.options import ProgressFactory, RunOptions
 from backfill_core.engine.overlay import Overlay
 from backfill_core.engine.pool import ExtractionPool, can_fork, can_run
 from backfill_core.engine.retry import retried
-from backfill_core.engine.sources import Pages, RetryKeys, Source, count_rows, split
+from backfill_core.engine.sources import Pages, RetryKeys, Source, split
 from backfill_core.engine.stats import ExtractorStats
 from backfill_core.engine.throttle import Brakes
 from backfill_core.engine.writer import Writer
@@ -363,8 +363,8 @@ def _pools(url: URL, options: RunOptions, converters: list[Converter]) -> Iterat
     try:
         # The second worker onwards is forked beside the first one's executor threads, which
         # hold nothing the new worker uses.
+        database = (url.database or "") if sqlite else url
         for _ in range(options.workers):
-            database = (url.database or "") if sqlite else url
             pools.append(ExtractionPool(converters, database, busy_timeout(), share=options.workers == 1))
     except OSError as e:  # no process to spare (EAGAIN, ENOMEM)
         for pool in pools:
@@ -405,13 +405,8 @@ async def _pages(
     are some, each taking parts of the ranges in turn where there are several."""
     size = options.batch_size
     if len(pools) > 1:
-        parts = await split(db, converter, todo, PARTS_PER_LANE * len(pools))
-        return Lanes(
-            [partial(pool.pages, db, converter, size=size) for pool in pools],
-            parts,
-            partial(count_rows, db, converter, todo),
-            size,
-        )
+        parts, rows = await split(db, converter, todo, PARTS_PER_LANE * len(pools))
+        return Lanes([partial(pool.pages, db, converter, size=size) for pool in pools], parts, rows, size)
     if pools:
         return pools[0].pages(db, converter, todo, size)
     return Pages(db, converter, todo, size)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 
 from backfill_core.engine.sources import Source, Work
 from backfill_core.store.records import KeyRange
@@ -28,7 +28,8 @@ def taking(parts: deque[KeyRange]) -> Iterator[KeyRange]:
 
 class Lanes:
     """A source (see sources.py) whose batches are those of the sources ``make`` builds, one per
-    lane (``make[i](todo)``, over the parts it takes from the shared ``parts``), as each is ready."""
+    lane (``make[i](todo)``, over the parts it takes from the shared ``parts``), as each is ready;
+    ``rows`` is how many source rows the parts hold (as ``split`` counted them)."""
 
     ranged = True
 
@@ -36,13 +37,13 @@ class Lanes:
         self,
         make: Sequence[Callable[[Iterator[KeyRange]], Source]],
         parts: Sequence[KeyRange],
-        count: Callable[[], Awaitable[int]],
+        rows: int,
         size: int,
     ) -> None:
         queue = deque(parts)
         self.sources = [lane(taking(queue)) for lane in make]
         self.lanes = len(self.sources)
-        self._count = count
+        self.rows = rows
         self.size = size
 
     @property
@@ -56,7 +57,7 @@ class Lanes:
             source.size = size
 
     async def count(self) -> int:
-        return await self._count()
+        return self.rows
 
     async def batches(self) -> AsyncGenerator[Work, None]:
         streams = [source.batches() for source in self.sources]

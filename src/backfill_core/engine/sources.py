@@ -160,11 +160,13 @@ async def count_rows(db: Database, converter: Converter, todo: Sequence[KeyRange
         return int((await conn.execute(counting)).scalar_one())
 
 
-async def split(db: Database, converter: Converter, todo: Sequence[KeyRange], parts: int) -> list[KeyRange]:
+async def split(
+    db: Database, converter: Converter, todo: Sequence[KeyRange], parts: int
+) -> tuple[list[KeyRange], int]:
     """``todo`` cut into about ``parts`` key ranges holding as many source rows each, at keys
-    read from the source (so keys need not be dense); each range of ``todo`` is cut apart from
-    the others, into parts in proportion to its rows. One count and one walk of the key's index
-    per range."""
+    read from the source (so keys need not be dense), and how many rows ``todo`` holds; each
+    range of ``todo`` is cut apart from the others, into parts in proportion to its rows. One
+    count and one walk of the key's index per range."""
     x = converter.extractor
     key: ColumnClause[Any] = column(x.key)
     keys = select(key).select_from(table(x.source_table, key)).where(key.is_not(None))
@@ -186,7 +188,7 @@ async def split(db: Database, converter: Converter, todo: Sequence[KeyRange], pa
                 out.append(KeyRange(after, cut))
                 after = cut
             out.append(KeyRange(after, r.upto))
-    return out
+    return out, total
 
 
 def _within(key: ColumnClause[Any], r: KeyRange) -> ColumnElement[bool]:
