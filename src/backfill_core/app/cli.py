@@ -39,6 +39,8 @@ from backfill_core.store.database import BUSY_TIMEOUT_ENV, DATABASE_ENV, Databas
 from backfill_core.store.ledger import STALE_AFTER_ENV, Ledger, decode_key, run_summary
 from backfill_core.store.records import BatchSizes
 
+DEFAULT_PARTS = 32
+
 EPILOG = f"""
 \b
 Exit codes:
@@ -125,6 +127,75 @@ def threshold_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def batch_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--batch-size, the adaptive batch options and --max-error-rate: how a run's batches go."""
+    f = click.option(
+        "--max-error-rate",
+        type=Share(),
+        default=0.05,
+        show_default=True,
+        help="Stop when this share of processed rows has failed.",
+    )(f)
+    f = batch_size_options(f)
+    return click.option(
+        "--batch-size",
+        type=click.IntRange(1, 100_000),
+        default=500,
+        show_default=True,
+        help="Source rows read, extracted and written per transaction (the starting size with "
+        "--target-batch-seconds).",
+    )(f)
+
+
+def pacing_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """How a run gives way to the application: lock waits and retries, rate, pauses, replica lag."""
+    for option in reversed(_PACING):
+        f = option(f)
+    return f
+
+
+_PACING = [
+    click.option(
+        "--lock-timeout",
+        type=click.FloatRange(0, 3600),
+        default=RunOptions.lock_timeout,
+        show_default=True,
+        metavar="SECONDS",
+        help="PostgreSQL: how long a batch waits for a row another transaction holds before it is rolled "
+        "back and tried again (0: no limit). SQLite waits BACKFILL_BUSY_TIMEOUT instead.",
+    ),
+    click.option(
+        "--lock-retries",
+        type=click.IntRange(0, 100),
+        default=RunOptions.lock_retries,
+        show_default=True,
+        metavar="N",
+        help="Times a batch that lost to another transaction's lock (timeout, deadlock, serialization "
+        "failure, SQLite's 'database is locked') is tried again before the run stops (exit 3, resumable).",
+    ),
+    click.option(
+        "--max-rows-per-second",
+        type=NonNegative(above_zero=True),
+        metavar="R",
+        help="Process at most R source rows per second (`backfill throttle` changes it while running).",
+    ),
+    click.option(
+        "--sleep-between-batches",
+        type=NonNegative(),
+        default=0,
+        show_default=True,
+        metavar="SECONDS",
+        help="Wait SECONDS before each batch after the first.",
+    ),
+    click.option(
+        "--max-replica-lag",
+        type=NonNegative(),
+        metavar="SECONDS",
+        help="PostgreSQL: wait while a replica replays more than SECONDS behind (pg_stat_replication).",
+    ),
+]
+
+
 @cli.command()
 @click.argument("names", nargs=-1)
 @click.option(
@@ -135,22 +206,7 @@ def threshold_option(f: Callable[..., Any]) -> Callable[..., Any]:
 )
 @database_option
 @click.option("--dry-run", is_flag=True, help="Read only: report what would change.")
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1, 100_000),
-    default=500,
-    show_default=True,
-    help="Source rows read, extracted and written per transaction (the starting size with "
-    "--target-batch-seconds).",
-)
-@batch_size_options
-@click.option(
-    "--max-error-rate",
-    type=Share(),
-    default=0.05,
-    show_default=True,
-    help="Stop when this share of processed rows has failed.",
-)
+@batch_options
 @click.option("--no-validate", is_flag=True, help="Skip the validators after the run.")
 @threshold_option
 @click.option("--verbose", "-v", is_flag=True, help="Show a sample of the differences.")
@@ -180,44 +236,7 @@ def threshold_option(f: Callable[..., Any]) -> Callable[..., Any]:
     help="Split each extractor's key ranges into parts and read and extract them in N worker "
     "processes at once, while this process writes (Linux; SQLite or PostgreSQL).",
 )
-@click.option(
-    "--lock-timeout",
-    type=click.FloatRange(0, 3600),
-    default=RunOptions.lock_timeout,
-    show_default=True,
-    metavar="SECONDS",
-    help="PostgreSQL: how long a batch waits for a row another transaction holds before it is rolled "
-    "back and tried again (0: no limit). SQLite waits BACKFILL_BUSY_TIMEOUT instead.",
-)
-@click.option(
-    "--lock-retries",
-    type=click.IntRange(0, 100),
-    default=RunOptions.lock_retries,
-    show_default=True,
-    metavar="N",
-    help="Times a batch that lost to another transaction's lock (timeout, deadlock, serialization "
-    "failure, SQLite's 'database is locked') is tried again before the run stops (exit 3, resumable).",
-)
-@click.option(
-    "--max-rows-per-second",
-    type=NonNegative(above_zero=True),
-    metavar="R",
-    help="Process at most R source rows per second (`backfill throttle` changes it while running).",
-)
-@click.option(
-    "--sleep-between-batches",
-    type=NonNegative(),
-    default=0,
-    show_default=True,
-    metavar="SECONDS",
-    help="Wait SECONDS before each batch after the first.",
-)
-@click.option(
-    "--max-replica-lag",
-    type=NonNegative(),
-    metavar="SECONDS",
-    help="PostgreSQL: wait while a replica replays more than SECONDS behind (pg_stat_replication).",
-)
+@pacing_options
 @click.pass_obj
 def run(
     registry: Registry,
@@ -264,14 +283,16 @@ def run(
         raise click.UsageError(
             f"--no-worker extracts in this process; it cannot be combined with --workers {workers}"
         )
-    options = RunOptions(
+    options = _run_options(
         batch_size=batch_size,
         dry_run=dry_run,
         max_error_rate=max_error_rate,
         sample_size=5 if verbose else 0,
         worker=worker,
         workers=workers,
-        **adaptive_batches(target_batch_seconds, min_batch_size, max_batch_size),
+        target_batch_seconds=target_batch_seconds,
+        min_batch_size=min_batch_size,
+        max_batch_size=max_batch_size,
         lock_timeout=lock_timeout,
         lock_retries=lock_retries,
         max_rows_per_second=max_rows_per_second,
@@ -307,6 +328,153 @@ def run(
             *(["--retry-errors"] if retry_errors else []),
         ],
         skipped=skipped,
+    )
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option(
+    "--all",
+    "run_all",
+    is_flag=True,
+    help="Enqueue every registered extractor, skipping those whose tables the database lacks.",
+)
+@database_option
+@batch_options
+@click.option(
+    "--parts",
+    type=click.IntRange(1, 100_000),
+    default=DEFAULT_PARTS,
+    show_default=True,
+    metavar="N",
+    help="Key-range parts (one job each) each extractor's run is cut into: a few times the jobs "
+    "your workers run at once.",
+)
+@click.option("--no-validate", is_flag=True, help="Do not queue the validators after the last extractor.")
+@threshold_option
+@click.option("--restart", is_flag=True, help="Start over instead of resuming an interrupted or failed run.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was queued as one JSON document.")
+@pacing_options
+@click.pass_obj
+def enqueue(
+    registry: Registry,
+    /,
+    names: tuple[str, ...],
+    run_all: bool,
+    database: str | None,
+    parts: int,
+    no_validate: bool,
+    thresholds: tuple[str, ...],
+    restart: bool,
+    as_json: bool,
+    **settings: Any,
+) -> None:
+    """Queue a distributed run of extractors NAMES for `backfill worker` (PostgreSQL).
+
+    Records the run of the first extractor in the ledger, cut into key-range parts, and queues a
+    job per part on procrastinate's queue in the same database (applying its schema if missing).
+    Each following extractor is queued when the one before it succeeds, then the validators. An
+    unfinished command is resumed, as by `backfill run`.
+    """
+    from backfill_core.app.distributed.commands import enqueue as enqueue_run
+
+    if run_all:
+        names = tuple(registry.extractors)
+        if not names:
+            raise click.UsageError(f"--all: no plugin provides an extractor ({_plugins(registry)})")
+    if not names:
+        raise click.UsageError("name at least one extractor, or pass --all (see `backfill list-plugins`)")
+    url = _url(database, as_json)
+    skipped: list[Skipped] = []
+    try:
+        queued = asyncio.run(
+            enqueue_run(
+                registry,
+                names,
+                url,
+                _run_options(**settings),
+                parts=parts,
+                validate=not no_validate,
+                thresholds=parse_thresholds(thresholds),
+                restart=restart,
+                announce=_announce,
+                explicit=not run_all,
+                skipped=skipped,
+            )
+        )
+    except BackfillError as e:
+        _fail(e, as_json)
+        return
+    if as_json:
+        click.echo(json.dumps({**queued.to_dict(), "skipped": [x.to_dict() for x in skipped]}, indent=2))
+        return
+    shown = _shown_database(database, url)
+    if queued.run_id is None:
+        click.echo("every extractor of this command has completed; nothing was queued")
+        return
+    after = [*queued.following, *([] if no_validate else ["validation"])]
+    click.echo(
+        f"queued run {queued.run_id} of {queued.extractor}: {queued.parts} parts, {queued.rows} rows"
+        + (f"; then, in turn: {', '.join(after)}" if after else "")
+    )
+    click.echo(f"start workers with: backfill worker -d {shlex.quote(shown)}")
+    click.echo(f"follow it with:    backfill status -d {shlex.quote(shown)}")
+
+
+@cli.command()
+@database_option
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Jobs this worker runs at once, each on its own connection (one process: start a worker "
+    "per core to use the cores).",
+)
+@click.pass_obj
+def worker(registry: Registry, database: str | None, concurrency: int) -> None:
+    """Process the jobs of distributed runs (`backfill enqueue`) until stopped (PostgreSQL).
+
+    Start one on any number of machines. SIGINT or SIGTERM stops it once the batch each job has in
+    flight is committed; those jobs go back in the queue, and another worker carries each on from
+    its last checkpoint. The job of a worker that died is retried once its heartbeat is older than
+    BACKFILL_STALE_AFTER seconds.
+    """
+    from backfill_core.app.distributed.commands import serve
+
+    url = _url(database, False)
+    try:
+        asyncio.run(serve(registry, url, concurrency, _announce))
+    except BackfillError as e:
+        _fail(e, False)
+
+
+def _run_options(
+    *,
+    batch_size: int,
+    max_error_rate: float,
+    target_batch_seconds: float | None,
+    min_batch_size: int | None,
+    max_batch_size: int | None,
+    lock_timeout: float,
+    lock_retries: int,
+    max_rows_per_second: float | None,
+    sleep_between_batches: float,
+    max_replica_lag: float | None,
+    **more: Any,
+) -> RunOptions:
+    """The RunOptions of what ``batch_options`` and ``pacing_options`` parsed, and ``more``."""
+    return RunOptions(
+        batch_size=batch_size,
+        max_error_rate=max_error_rate,
+        **adaptive_batches(target_batch_seconds, min_batch_size, max_batch_size),
+        lock_timeout=lock_timeout,
+        lock_retries=lock_retries,
+        max_rows_per_second=max_rows_per_second,
+        sleep_between_batches=sleep_between_batches,
+        max_replica_lag=max_replica_lag,
+        **more,
     )
 
 

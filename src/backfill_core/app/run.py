@@ -81,14 +81,14 @@ async def run_backfill(
     extractors that run: each is announced and appended to ``skipped``.
     """
     extractors = registry.ordered(names)
-    converters = [Converter(x, _plugin_label(registry, x.name)) for x in extractors]
+    converters = [Converter(x, plugin_label(registry, x.name)) for x in extractors]
     left_out: list[Skipped] = []
-    skip = _skipper(left_out, skipped, announce)
+    skip = skipper(left_out, skipped, announce)
     # The workers are forked first, before any connection or temporary file exists for them to
     # inherit; the overlay keeps a dry run's would-be rows on disk.
     with _pools(url, options, converters) as pools, closing(Overlay()) as overlay:
         async with Database(url, read_only=options.dry_run) as db, _closing_first(pools):
-            converters = await _usable_extractors(db, registry, converters, explicit, skip)
+            converters = await usable_extractors(db, registry, converters, explicit, skip)
             if not converters and left_out:
                 raise NothingToDo(
                     f"nothing to run: every extractor was skipped, since {db.display_url} lacks tables they "
@@ -98,12 +98,12 @@ async def run_backfill(
             ran = [x.name for x in converters]
             plan = ",".join(ran)
             chosen = registry.validators_for(ran) if validate else []
-            validators = await _usable_validators(db, registry, chosen, False, "backfilling", skip)
+            validators = await usable_validators(db, registry, chosen, False, "backfilling", skip)
             ledger = None if options.dry_run else Ledger(db)
             writers = []
             for x in converters:  # every schema is checked before anything is written
                 await db.check_schema({x.extractor.source_table: x.cols, **x.written})
-                writers.append(await _writer(db, x, options, overlay))
+                writers.append(await writer_for(db, x, options, overlay))
             check_thresholds(validators, thresholds or {}, ran, _validators_of(left_out))
             if not options.dry_run:  # a dry run does not validate
                 await check_compiles(db, validators, ran)
@@ -114,13 +114,8 @@ async def run_backfill(
             if ledger is not None and controls is not None:
                 await retried(ledger.ensure, options.lock_retries, what="the ledger", announce=announce)
                 await retried(controls.ensure, options.lock_retries, what="the controls", announce=announce)
-                previous = await ledger.latest_of(ran)
-                if previous is not None and not restart and not retry_errors and previous.plan == plan:
-                    # An unfinished command is resumed: one whose newest run ended early, or
-                    # whose extractors did not all start (it was stopped between two of them).
-                    finished = await ledger.succeeded_in(previous.invocation)
-                    if previous.status != SUCCEEDED or not finished.keys() >= set(ran):
-                        invocation, done = previous.invocation, finished
+                if not restart and not retry_errors:
+                    invocation, done = await resumed(ledger, ran) or (invocation, done)
             for x, writer in zip(converters, writers, strict=True):
                 stats = ExtractorStats(x.name, plugin=x.plugin, dry_run=options.dry_run)
                 report.extractors.append(stats)
@@ -134,7 +129,7 @@ async def run_backfill(
                     await loop.run(await _pages(db, pools, x, [KeyRange()], options), stats)
                 elif retry_errors:
                     retry = await _retry(
-                        ledger, db, x, stats, options, invocation, announce, _version(registry, x.name)
+                        ledger, db, x, stats, options, invocation, announce, version_of(registry, x.name)
                     )
                     if retry is not None:
                         await loop.run(*retry)
@@ -144,10 +139,10 @@ async def run_backfill(
                             ledger.begin,
                             x.name,
                             plugin=x.plugin,
-                            version=_version(registry, x.name),
+                            version=version_of(registry, x.name),
                             invocation=invocation,
                             plan=plan,
-                            options=_options(options),
+                            options=recorded_options(options),
                             restart=restart,
                             depends_on=x.extractor.depends_on,
                         ),
@@ -172,7 +167,20 @@ async def run_backfill(
     return report
 
 
-def _skipper(into: list[Skipped], also: list[Skipped] | None, announce: Callable[[str], object]) -> Skip:
+async def resumed(ledger: Ledger, ran: Sequence[str]) -> tuple[str, dict[str, int]] | None:
+    """The invocation of the unfinished command that ran the extractors ``ran`` (one whose newest
+    run ended early, or whose extractors did not all start: it was stopped between two of them),
+    with the runs that completed in it by extractor; None if there is none to resume."""
+    previous = await ledger.latest_of(ran)
+    if previous is None or previous.plan != ",".join(ran):
+        return None
+    finished = await ledger.succeeded_in(previous.invocation)
+    if previous.status == SUCCEEDED and finished.keys() >= set(ran):
+        return None
+    return previous.invocation, finished
+
+
+def skipper(into: list[Skipped], also: list[Skipped] | None, announce: Callable[[str], object]) -> Skip:
     """Record a skipped extractor or validator in ``into`` and ``also``, and announce it."""
 
     def skip(item: Skipped) -> None:
@@ -188,7 +196,7 @@ def _validators_of(skipped: Sequence[Skipped]) -> dict[str, str]:
     return {s.name: s.reason for s in skipped if s.kind == "validator"}
 
 
-async def _usable_extractors(
+async def usable_extractors(
     db: Database, registry: Registry, extracting: list[Converter], named: bool, skip: Skip
 ) -> list[Converter]:
     """The extractors whose tables and columns exist. Unless they were ``named``, one whose table
@@ -239,7 +247,7 @@ async def _usable_extractors(
     return usable
 
 
-async def _usable_validators(
+async def usable_validators(
     db: Database, registry: Registry, validators: Sequence[Validator], named: bool, before: str, skip: Skip
 ) -> list[Validator]:
     """The validators whose tables and columns exist. Unless they were ``named``, one whose table
@@ -298,7 +306,7 @@ async def _retry(
             version=version,
             invocation=invocation,
             plan="retry",
-            options={**_options(options), "retry_errors": True},
+            options={**recorded_options(options), "retry_errors": True},
             restart=False,
             retry_of=original,
         ),
@@ -332,8 +340,8 @@ async def validate_only(
     validators = [registry.validator(n) for n in names] if names else list(registry.validators.values())
     left_out: list[Skipped] = []
     async with Database(url) as db:  # read-write only so that a hot journal can be recovered
-        skip = _skipper(left_out, skipped, announce)
-        usable = await _usable_validators(db, registry, validators, bool(names), "validating", skip)
+        skip = skipper(left_out, skipped, announce)
+        usable = await usable_validators(db, registry, validators, bool(names), "validating", skip)
         if validators and not usable:
             raise NothingToDo(
                 f"nothing to validate: every validator was skipped, since {db.display_url} lacks tables they "
@@ -412,8 +420,11 @@ async def _pages(
     return Pages(db, converter, todo, size)
 
 
-async def _writer(db: Database, converter: Converter, options: RunOptions, overlay: Overlay) -> Writer:
-    """The extractor's writer; a dry run's checks its plans against the target tables' constraints."""
+async def writer_for(
+    db: Database, converter: Converter, options: RunOptions, overlay: Overlay | None = None
+) -> Writer:
+    """The extractor's writer; a dry run's (which needs the ``overlay``) checks its plans against
+    the target tables' constraints."""
     writer = Writer(
         db,
         converter.name,
@@ -422,16 +433,17 @@ async def _writer(db: Database, converter: Converter, options: RunOptions, overl
         overlay=overlay if options.dry_run else None,
     )
     if options.dry_run:
+        assert overlay is not None, "a dry run keeps its would-be rows in an overlay"
         rules = await reflect(db, list(converter.written))
         writer.refusals = Refusals(rules, db, writer.select, overlay)
     return writer
 
 
-def _options(options: RunOptions) -> dict[str, object]:
+def recorded_options(options: RunOptions) -> dict[str, object]:
     return {k: v for k, v in asdict(options).items() if k not in ("sample_size", "worker")}
 
 
-def _plugin_label(registry: Registry, extractor: str) -> str:
+def plugin_label(registry: Registry, extractor: str) -> str:
     info = registry.owner.get(("extractor", extractor))
     return f"{info.name} ({info.distribution} {info.version})" if info else ""
 
@@ -441,6 +453,6 @@ def _plugin_name(registry: Registry, kind: str, name: str) -> str:
     return info.name if info else "?"
 
 
-def _version(registry: Registry, extractor: str) -> str:
+def version_of(registry: Registry, extractor: str) -> str:
     info = registry.owner.get(("extractor", extractor))
     return info.version if info else ""

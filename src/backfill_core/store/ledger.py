@@ -20,6 +20,7 @@ from functools import cached_property
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     ColumnElement,
     DateTime,
@@ -79,9 +80,12 @@ runs = Table(
     Column("message", Text),
     Column("batch_sizes", Text),
     Column("slowest_write", Float),
+    Column("parts", Integer),
 )
 """``batch_sizes``: how many committed batches read pages of each size (``BatchSizes.encode``);
-``slowest_write``: the seconds the slowest of them held its write transaction."""
+``slowest_write``: the seconds the slowest of them held its write transaction; ``parts``: how
+many key-range parts (``backfill_parts``) a distributed run's jobs process, NULL for a run of one
+command."""
 Index("ix_backfill_runs_extractor", runs.c.extractor, runs.c.id)
 ranges = Table(
     "backfill_ranges",
@@ -105,6 +109,28 @@ errors = Table(
     Column("created_at", DateTime, nullable=False),
 )
 Index("ix_backfill_errors_run_key", errors.c.run_id, errors.c.key)
+run_parts = Table(
+    "backfill_parts",
+    metadata,
+    Column("run_id", Integer, ForeignKey("backfill_runs.id"), nullable=False),
+    Column("part", Integer, nullable=False),
+    Column("after", Text),
+    Column("upto", Text),
+    Column("status", String(20), nullable=False),
+    Column("job_id", BigInteger),
+    Column("attempts", Integer, nullable=False, default=0, server_default="0"),
+    Column("host", Text),
+    Column("pid", Integer),
+    Column("started_at", DateTime),
+    Column("finished_at", DateTime),
+    Column("message", Text),
+    PrimaryKeyConstraint("run_id", "part"),
+)
+"""The key ranges ``after < key <= upto`` (NULL: open) of a distributed run, one job each (see
+distributed/): its ``status`` (PART_STATUSES) and the
+procrastinate job that processes it (``job_id``), last taken up by ``pid`` on ``host``."""
+QUEUED, DONE = "queued", "done"
+PART_STATUSES = (QUEUED, RUNNING, DONE, FAILED)
 
 
 def _missing_columns(conn: SyncConnection) -> tuple[str, ...]:
@@ -208,8 +234,12 @@ def is_live(row: Any, *, host: str, limit: float) -> bool:
     """Whether the process that owns a ``running`` row is still alive.
 
     On this host the process itself is asked (a long batch does not make it look dead); on
-    another host, a heartbeat newer than ``limit`` seconds counts as alive.
+    another host, a heartbeat newer than ``limit`` seconds counts as alive. A distributed run
+    (``parts`` set) is alive while it runs: its jobs wait in the queue, and a worker retries the
+    job of a worker that died.
     """
+    if getattr(row, "parts", None):
+        return True
     if row.host == host and row.pid:
         # Our own pid can only be a dead run's: in a container that restarted with the same
         # hostname, the new backfill is often pid 1 again.
@@ -306,7 +336,7 @@ class Ledger:
                 await conn.execute(text(f"ALTER TABLE {runs.name} ADD COLUMN {maybe}{name} {kind}"))
         self._lacks = ()
 
-    def _runs(self) -> Select[Any]:
+    def select_runs(self) -> Select[Any]:
         """``select(runs)``, reading the counts an older ledger lacks as 0."""
         if not self._lacks:
             return select(runs)
@@ -359,7 +389,7 @@ class Ledger:
         same_kind = runs.c.retry_of.is_(None) if retry_of is None else runs.c.retry_of == retry_of
         return (
             await conn.execute(
-                self._runs()
+                self.select_runs()
                 .where(runs.c.extractor == extractor, same_kind)
                 .order_by(desc(runs.c.id))
                 .limit(1)
@@ -368,7 +398,8 @@ class Ledger:
 
     async def _running(self, conn: AsyncConnection, which: ColumnElement[bool]) -> Sequence[Any]:
         """The ``running`` rows of the extractors ``which`` selects, live or dead."""
-        rows: Sequence[Any] = (await conn.execute(self._runs().where(which, runs.c.status == RUNNING))).all()
+        query = self.select_runs().where(which, runs.c.status == RUNNING)
+        rows: Sequence[Any] = (await conn.execute(query)).all()
         return rows
 
     def _first_live(self, running: Sequence[Any]) -> Any:
@@ -383,14 +414,20 @@ class Ledger:
             return
         row = self._first_live(await self._running(conn, runs.c.extractor.in_(depends_on)))
         if row is not None:
+            where = "distributed" if row.parts else f"pid {row.pid} on {row.host}"
             raise RunInProgress(
                 f"{extractor} depends on {row.extractor}, which run {row.id} is still "
-                f"filling (pid {row.pid} on {row.host}); wait for it to finish"
+                f"filling ({where}); wait for it to finish"
             )
 
     def _refuse_while_running(self, extractor: str, running: Sequence[Any]) -> None:
         """Raise ``RunInProgress`` if one of the extractor's ``running`` runs is live."""
         row = self._first_live(running)
+        if row is not None and row.parts:
+            raise RunInProgress(
+                f"run {row.id} of {extractor} is distributed: its {row.parts} parts are queued for "
+                "`backfill worker`; wait for it to finish (`backfill status`), or `backfill pause` it"
+            )
         if row is not None:
             seen = (now() - row.heartbeat_at).total_seconds()
             raise RunInProgress(
@@ -417,10 +454,15 @@ class Ledger:
             update(runs)
             .where(runs.c.id == latest.id)
             .values(
-                status=RUNNING, invocation=invocation, finished_at=None, message=None, **self._owner(stamp)
+                status=RUNNING,
+                invocation=invocation,
+                finished_at=None,
+                message=None,
+                parts=None,
+                **self._owner(stamp),
             )
         )
-        last, done, ranged = await self._committed(conn, latest.id, decode_key(latest.last_key))
+        last, done, ranged = await self.committed(conn, latest.id, decode_key(latest.last_key))
         where = f"from key {last}" if last is not None else "from the start"
         if done:
             where += f" (and {len(done)} key range{'s' * (len(done) > 1)} above it already committed)"
@@ -481,7 +523,7 @@ class Ledger:
         assert run_id is not None
         return RunState(int(run_id), extractor)
 
-    async def _committed(
+    async def committed(
         self, conn: AsyncConnection, run_id: int, last_key: Any
     ) -> tuple[Any, list[KeyRange], bool]:
         """The run's low-water mark and the ranges committed above it, in key order, merged;
@@ -605,13 +647,18 @@ class Ledger:
             )
         return True
 
+    async def note(self, run_id: int, message: str) -> None:
+        """Set the message ``backfill status`` shows for a run (a distributed run's validation)."""
+        async with self.db.sqlalchemy(write=True) as conn:
+            await conn.execute(update(runs).where(runs.c.id == run_id).values(message=message))
+
     # -- reading, for status, errors and --retry-errors ------------------------------------------
 
     async def recent(self, per_extractor: int = 5) -> list[Any]:
         if not await self.exists():
             return []
         async with self.db.sqlalchemy() as conn:
-            rows = (await conn.execute(self._runs().order_by(runs.c.extractor, desc(runs.c.id)))).all()
+            rows = (await conn.execute(self.select_runs().order_by(runs.c.extractor, desc(runs.c.id)))).all()
         out: list[Any] = []
         seen: dict[str, int] = {}
         for row in rows:
@@ -624,7 +671,7 @@ class Ledger:
         if not await self.exists():
             return None
         async with self.db.sqlalchemy() as conn:
-            return (await conn.execute(self._runs().where(runs.c.id == run_id))).first()
+            return (await conn.execute(self.select_runs().where(runs.c.id == run_id))).first()
 
     async def latest(self, extractor: str) -> Any:
         if not await self.exists():
@@ -632,7 +679,7 @@ class Ledger:
         async with self.db.sqlalchemy() as conn:
             return (
                 await conn.execute(
-                    self._runs().where(runs.c.extractor == extractor).order_by(desc(runs.c.id)).limit(1)
+                    self.select_runs().where(runs.c.extractor == extractor).order_by(desc(runs.c.id)).limit(1)
                 )
             ).first()
 
@@ -643,7 +690,7 @@ class Ledger:
         async with self.db.sqlalchemy() as conn:
             return (
                 await conn.execute(
-                    self._runs()
+                    self.select_runs()
                     .where(runs.c.extractor.in_(extractors), runs.c.retry_of.is_(None))
                     .order_by(desc(runs.c.id))
                     .limit(1)
