@@ -538,8 +538,8 @@ def validate(
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of runs.")
 def status(database: str | None, limit: int, as_json: bool) -> None:
     """Show each extractor's latest runs from the ledger: status, progress, rate, errors."""
-    rows, controls = _ledger_call(database, as_json, lambda ledger: control.recent(ledger, limit))
-    runs = [control.shown(run_summary(r, socket.gethostname()), controls) for r in rows]
+    rows, controls, parts = _ledger_call(database, as_json, lambda ledger: control.recent(ledger, limit))
+    runs = [control.shown(run_summary(r, socket.gethostname()), controls, parts.get(r.id)) for r in rows]
     if as_json:
         click.echo(json.dumps(runs, indent=2, default=str))
         return

@@ -15,6 +15,7 @@ from backfill_core.errors import UsageError
 from backfill_core.plugins import Registry
 from backfill_core.store.controls import Control, Controls, extractor_target, run_target
 from backfill_core.store.ledger import RUNNING, SUCCEEDED, Ledger
+from backfill_core.store.parts import Parts
 
 
 class NonNegative(click.FloatRange):
@@ -51,7 +52,13 @@ async def target(ledger: Ledger, registry: Registry, spec: str) -> Target:
         row = await ledger.run(int(spec))
         if row is None:
             raise UsageError(f"no run {spec} is recorded in {ledger.db.display_url}; see `backfill status`")
-        how = f"running, pid {row.pid} on {row.host}" if row.status == RUNNING else row.status
+        how = row.status
+        if row.status == RUNNING:
+            how = (
+                f"running, distributed in {row.parts} parts"
+                if row.parts
+                else f"running, pid {row.pid} on {row.host}"
+            )
         return Target(
             run_target(row.id), spec, f"run {row.id} of {row.extractor} ({how})", row.extractor, row
         )
@@ -174,13 +181,17 @@ def _since(control: Control) -> str:
     return f"since {str(control.changed_at)[:19]} by {control.changed_by}"
 
 
-async def recent(ledger: Ledger, limit: int) -> tuple[list[Any], list[Control]]:
-    """The runs ``backfill status`` shows, and every control set."""
-    return await ledger.recent(limit), await Controls(ledger.db).all()
+async def recent(ledger: Ledger, limit: int) -> tuple[list[Any], list[Control], dict[int, dict[str, int]]]:
+    """The runs ``backfill status`` shows, every control set, and the parts of the distributed
+    runs among them by status."""
+    rows = await ledger.recent(limit)
+    parts = await Parts(ledger).counts([r.id for r in rows if getattr(r, "parts", None)])
+    return rows, await Controls(ledger.db).all(), parts
 
 
 def lines(summary: dict[str, Any]) -> list[str]:
-    """What ``status`` prints under its table about the controls of a run shown by :func:`shown`."""
+    """What ``status`` prints under its table about a run shown by :func:`shown`: its controls,
+    its parts and its time to go."""
     out = []
     for c in summary["controls"]:
         settings = [
@@ -191,12 +202,35 @@ def lines(summary: dict[str, Any]) -> list[str]:
         if settings:
             how = f"`backfill throttle {c['target'].partition(':')[2]}`"
             out.append(f"run {summary['id']}: {', '.join(settings)} set by {how}")
+    progress = []
+    if summary["parts"]:
+        counts = [f"{n} {status}" for status, n in summary["parts"].items() if n]
+        progress.append(f"parts {', '.join(counts)}")
+    if summary["eta_seconds"] is not None:
+        progress.append(
+            f"about {_duration(summary['eta_seconds'])} to go at {summary['rows_per_second']:.0f} rows/s"
+        )
+    if progress:
+        out.append(f"run {summary['id']}: {'; '.join(progress)}")
     return out
 
 
-def shown(summary: dict[str, Any], controls: list[Control]) -> dict[str, Any]:
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def shown(
+    summary: dict[str, Any], controls: list[Control], parts: dict[str, int] | None = None
+) -> dict[str, Any]:
     """A run as ``status`` shows it: a running run that a pause holds is ``paused``; its controls
-    are listed under ``controls``."""
+    are listed under ``controls``, a distributed run's parts by status under ``parts``, and a
+    running run's estimated seconds to go under ``eta_seconds``."""
+    summary["parts"] = parts
+    rate, left = summary["rows_per_second"], (summary["total"] or 0) - summary["processed"]
+    running = summary["status"] == RUNNING and summary["total"] is not None
+    summary["eta_seconds"] = left / rate if running and rate > 0 and left >= 0 else None
     by_target: Mapping[str, Control] = {c.target: c for c in controls}
     mine = [
         c

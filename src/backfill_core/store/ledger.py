@@ -127,8 +127,8 @@ run_parts = Table(
     PrimaryKeyConstraint("run_id", "part"),
 )
 """The key ranges ``after < key <= upto`` (NULL: open) of a distributed run, one job each (see
-distributed/): its ``status`` (PART_STATUSES) and the
-procrastinate job that processes it (``job_id``), last taken up by ``pid`` on ``host``."""
+app/distributed/): its ``status`` (PART_STATUSES) and the procrastinate job that processes it
+(``job_id``), last taken up by ``pid`` on ``host``."""
 QUEUED, DONE = "queued", "done"
 PART_STATUSES = (QUEUED, RUNNING, DONE, FAILED)
 

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from backfill_core.errors import BackfillError
+from backfill_core.errors import BackfillError, EnvironmentProblem
 from backfill_core.store.connection import Connection, LockConflict, RowsRefused
 from backfill_core.store.database import Database
 from backfill_core.store.ledger import (
@@ -26,6 +26,7 @@ from backfill_core.store.ledger import (
     PART_STATUSES,
     QUEUED,
     RUNNING,
+    STALE_AFTER_ENV,
     SUCCEEDED,
     Ledger,
     RunState,
@@ -42,13 +43,19 @@ ENDED = (DONE, FAILED)
 
 @dataclass(frozen=True)
 class Taken:
-    """A part a job has taken up: its run's ledger row, the part's, and the key ranges of the
-    part still to process (in key order), with the run's low-water mark."""
+    """A part a job has taken up: its run's ledger row, the part's, the key ranges of the part
+    still to process (in key order), the run's low-water mark, and which taking-up of the part
+    this is (the part's ``attempts``: a later one fences this one off)."""
 
     run: Any
     part: Any
     todo: list[KeyRange]
     low: Any
+    attempt: int
+
+
+class PartTakenOver(EnvironmentProblem):
+    """Another job took the part up since this one did: this one's worker was thought dead."""
 
 
 def within(r: KeyRange, span: KeyRange) -> KeyRange | None:
@@ -97,26 +104,40 @@ class Parts:
             low, done, _ = await self.ledger.committed(conn, run_id, decode_key(run.last_key))
             span = KeyRange(decode_key(row.after), decode_key(row.upto))
             todo = [r for r in (within(t, span) for t in complement(low, done)) if r is not None]
-            return Taken(run, row, todo, low)
+            return Taken(run, row, todo, low, row.attempts + 1)
 
     async def end(
-        self, run_id: int, part: int, status: str, message: str | None, batches: BatchSizes, lock_retries: int
+        self,
+        run_id: int,
+        part: int,
+        attempt: int,
+        status: str,
+        message: str | None,
+        batches: BatchSizes,
+        lock_retries: int,
     ) -> str | None:
-        """Record how the part's job ended (a run status: an interrupted part goes back to the
-        queue), adding its ``batches`` and ``lock_retries`` to the run's; the run's new status when
-        this part was the last to end (succeeded when every part is done), else None."""
+        """Record how the ``attempt`` at the part ended (a run status: an interrupted part goes
+        back to the queue), adding its ``batches`` and ``lock_retries`` to the run's, unless a
+        later attempt took the part over; the run's new status when this part was the last to end
+        (succeeded when every part is done), else None."""
         async with self.db.sqlalchemy(write=True) as conn:
             run = await self._locked_run(conn, run_id)
             ending = {SUCCEEDED: DONE, INTERRUPTED: QUEUED}.get(status, FAILED)
-            await conn.execute(
+            owned = await conn.execute(
                 update(run_parts)
-                .where((run_parts.c.run_id == run_id) & (run_parts.c.part == part))
+                .where(
+                    (run_parts.c.run_id == run_id)
+                    & (run_parts.c.part == part)
+                    & (run_parts.c.attempts == attempt)
+                )
                 .values(
                     status=ending,
                     message=message if ending != DONE else None,
                     finished_at=now() if ending in ENDED else None,
                 )
             )
+            if not owned.rowcount:
+                return None
             merged = BatchSizes.decode(run.batch_sizes, run.slowest_write).plus(batches)
             values: dict[str, Any] = {
                 "heartbeat_at": now(),
@@ -162,15 +183,25 @@ class Parts:
             return out
 
 
-class PartLedger(Ledger):
-    """The ledger as the batch loop of one part's job sees it: checkpoints go to the run, but the
-    run's total and batch sizes are the run's own (set when it was cut into parts, and added to
-    when each part ends), and the loop's end ends the part, not the run (see :meth:`Parts.end`)."""
+FENCE = (
+    "UPDATE backfill_parts SET attempts = attempts WHERE run_id = $1 AND part = $2 AND attempts = $3 "
+    "RETURNING part"
+)
+"""Holds the part's row until the batch commits, if the attempt still owns the part (PostgreSQL:
+distributed runs need it)."""
 
-    def __init__(self, parts: Parts, part: int) -> None:
+
+class PartLedger(Ledger):
+    """The ledger as the batch loop of one attempt at a part sees it: checkpoints go to the run,
+    but the run's total and batch sizes are the run's own (set when it was cut into parts, and
+    added to when each part ends), and the loop's end ends the part, not the run (see
+    :meth:`Parts.end`). A batch of an attempt that another has taken over since is rolled back."""
+
+    def __init__(self, parts: Parts, part: int, attempt: int) -> None:
         super().__init__(parts.db)
         self.parts = parts
         self.part = part
+        self.attempt = attempt
         self.ended: str | None = None
         """The run's status if this part's end ended it."""
 
@@ -185,14 +216,24 @@ class PartLedger(Ledger):
         clear: tuple[int, Sequence[Any]] | None = None,
         batches: BatchSizes | None = None,
     ) -> None:
+        run.ranged = True  # other parts' jobs commit ranges of the run too: always merge with them
         await super().checkpoint(conn, run, done, delta, clear=clear)
+        # After the run's row, as taking a part up locks them: no deadlock.
+        if not await conn.fetch(FENCE, [run.id, self.part, self.attempt]):
+            raise PartTakenOver(
+                f"part {self.part} of run {run.id} was taken up again by another worker, which found "
+                f"this one silent for longer than {STALE_AFTER_ENV}; this batch is rolled back and "
+                "the other worker carries the part on"
+            )
 
     async def finish(
         self, run: RunState, status: str, message: str | None = None, *, lock_retries: int = 0
     ) -> bool:
         """End the part (best effort, as :meth:`Ledger.finish`): True if it was recorded."""
         try:
-            self.ended = await self.parts.end(run.id, self.part, status, message, run.batches, lock_retries)
+            self.ended = await self.parts.end(
+                run.id, self.part, self.attempt, status, message, run.batches, lock_retries
+            )
         except LockConflict:
             raise
         except (RowsRefused, BackfillError):

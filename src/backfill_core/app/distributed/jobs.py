@@ -132,13 +132,13 @@ async def process_part(serving: Serving, db: Database, run_id: int, part: int, j
     except BackfillError as e:
         message = f"the worker on {serving.host} cannot process it: {e}"
         say(f"{where}: {message}")
-        ended = await parts.end(run_id, part, FAILED, message, BatchSizes(), 0)
+        ended = await parts.end(run_id, part, taken.attempt, FAILED, message, BatchSizes(), 0)
         if ended:
             say(f"run {run_id} of {name} ended: {ended}")
         return
     state = RunState(run_id, name, taken.low, run.processed, ranged=True, todo=taken.todo)
     brakes = Brakes(db, options, serving.registry.throttles(), say, Controls(db))
-    part_ledger = PartLedger(parts, part)
+    part_ledger = PartLedger(parts, part, taken.attempt)
     loop = BatchLoop(db, writer, options, ErrorLog(), None, part_ledger, say, brakes)
     stats = ExtractorStats(name, plugin=converter.plugin)
     began = time.perf_counter()
