@@ -42,8 +42,12 @@ def _enqueue(crash: Crash, db: Backend, *extra: str) -> Any:
 
 def _worker(crash: Crash, db: Backend, env: dict[str, str] | None = None) -> Spawned:
     proc = crash.spawn(["worker", "-d", db.url], env=env)
-    assert crash.wait_for(lambda: "serving" in proc.err_path.read_text(), proc), proc.wait().stderr
+    _serving(crash, proc)
     return proc
+
+
+def _serving(crash: Crash, proc: Spawned) -> None:
+    assert crash.wait_for(lambda: "serving" in proc.err_path.read_text(), proc), proc.wait().stderr
 
 
 def _parts(crash: Crash, db: Backend, run_id: int = 1) -> list[dict[str, Any]]:
@@ -121,6 +125,21 @@ def test_two_workers_leave_what_one_process_leaves(
     assert again.returncode == 0, again.stderr
     assert f"queued run 3 of test_features: {PARTS} parts, 300 rows" in again.stdout
     assert "applied procrastinate's schema" not in again.stderr
+
+
+def test_workers_started_at_once_on_a_new_database_all_serve(
+    crash: Crash, small_template: Any, small_reference: Reference
+) -> None:
+    db = crash.database("postgresql", small_template, "distributed.db")
+    workers = [crash.spawn(["worker", "-d", db.url, "--concurrency", "2"]) for _ in range(3)]
+    for w in workers:  # each created the ledger and the queue's schema, or found them
+        _serving(crash, w)
+    applied = [w for w in workers if "applied procrastinate's schema" in w.err_path.read_text()]
+    assert len(applied) == 1
+    assert _enqueue(crash, db).returncode == 0
+    _wait_validated(crash, db, workers[0])
+    _matches_reference(crash, db, small_reference)
+    _stop(*workers)
 
 
 def test_a_killed_worker_s_part_is_carried_on_from_its_checkpoint(

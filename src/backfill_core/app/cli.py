@@ -425,7 +425,7 @@ def enqueue(
 @database_option
 @click.option(
     "--concurrency",
-    type=click.IntRange(1, 64),
+    type=click.IntRange(1, 8),
     default=1,
     show_default=True,
     metavar="N",

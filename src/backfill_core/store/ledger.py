@@ -329,6 +329,7 @@ class Ledger:
         ``backfill_ranges``), and add the columns an older ledger lacks (a real run does; a dry
         run never)."""
         async with self.db.sqlalchemy(write=True) as conn:
+            await self.db.lock(conn, "backfill:ledger")  # commands starting at once create it once
             await conn.run_sync(lambda sync: metadata.create_all(sync, checkfirst=True))
             maybe = "" if self.db.is_sqlite else "IF NOT EXISTS "  # SQLite has no such clause
             for name in await conn.run_sync(_missing_columns):

@@ -132,7 +132,7 @@ async def enqueue(
                 "thresholds": dict(thresholds),
                 "restart": restart,
             }
-            serving = Serving(registry, url, app, announce)
+            serving = Serving(registry, db, app, announce)
             state, cut, rows = await start(
                 serving, db, ledger, first, invocation=invocation, plan=",".join(ran), options=stored
             )
@@ -162,11 +162,10 @@ async def serve(registry: Registry, url: URL, concurrency: int, announce: Callab
     app = make_app(url, TASKS)
     stale = stale_after()
     name = f"backfill@{socket.gethostname()}:{os.getpid()}"
-    async with app.open_async():
-        async with Database(url) as db:
-            await Ledger(db).ensure()
-            await Controls(db).ensure()
-            await ensure_schema(app, db, announce)
+    async with app.open_async(), Database(url) as db:
+        await Ledger(db).ensure()
+        await Controls(db).ensure()
+        await ensure_schema(app, db, announce)
         announce(
             f"worker {name} serving {db.display_url} with {concurrency} job{'s' * (concurrency > 1)} at "
             "a time; SIGINT or SIGTERM stops it after the batches in flight"
@@ -180,7 +179,7 @@ async def serve(registry: Registry, url: URL, concurrency: int, announce: Callab
                 shutdown_graceful_timeout=0,
                 update_heartbeat_interval=stale / 6,
                 stalled_worker_timeout=stale,
-                additional_context={CONTEXT_KEY: Serving(registry, url, app, announce)},
+                additional_context={CONTEXT_KEY: Serving(registry, db, app, announce)},
             )
         finally:
             reaper.cancel()

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field, fields
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.engine import URL
-
 from backfill_core.app.distributed.queue import VALIDATE_TASK, defer_parts
 from backfill_core.app.run import plugin_label, skipper, usable_validators, version_of, writer_for
 from backfill_core.app.validation import run_validators
@@ -48,13 +46,19 @@ CONTEXT_KEY = "backfill"
 
 @dataclass
 class Serving:
-    """What a worker's jobs share: the plugins, the database, the queue and the log."""
+    """What a worker's jobs share: the plugins, the database (its connection pool), the queue,
+    the log, and the extractors whose tables were found as they need them."""
 
     registry: Registry
-    url: URL
+    db: Database
     app: App
     announce: Callable[[str], object]
     host: str = field(default_factory=socket.gethostname)
+    checked: set[str] = field(default_factory=set)
+
+    @property
+    def ledger(self) -> Ledger:
+        return Ledger(self.db)
 
 
 def run_options(stored: dict[str, Any]) -> RunOptions:
@@ -108,14 +112,11 @@ async def part_job(context: JobContext, run_id: int, part: int) -> None:
     """Process one part of a run (see the module's docstring)."""
     serving: Serving = context.additional_context[CONTEXT_KEY]
     assert context.job.id is not None
-    async with Database(serving.url) as db:
-        await process_part(serving, db, run_id, part, context.job.id)
+    await process_part(serving, run_id, part, context.job.id)
 
 
-async def process_part(serving: Serving, db: Database, run_id: int, part: int, job_id: int) -> None:
-    say = serving.announce
-    ledger = Ledger(db)
-    await ledger.exists()
+async def process_part(serving: Serving, run_id: int, part: int, job_id: int) -> None:
+    say, db, ledger = serving.announce, serving.db, serving.ledger
     parts = Parts(ledger)
     taken = await parts.take(run_id, part, job_id, serving.host)
     if taken is None:
@@ -127,7 +128,9 @@ async def process_part(serving: Serving, db: Database, run_id: int, part: int, j
     where = f"run {run_id} of {name}, part {part}"
     try:
         converter = Converter(serving.registry.extractor(name), plugin_label(serving.registry, name))
-        await db.check_schema({converter.extractor.source_table: converter.cols, **converter.written})
+        if name not in serving.checked:
+            await db.check_schema({converter.extractor.source_table: converter.cols, **converter.written})
+            serving.checked.add(name)
         writer = await writer_for(db, converter, options)
     except BackfillError as e:
         message = f"the worker on {serving.host} cannot process it: {e}"
@@ -186,29 +189,28 @@ async def validate_job(context: JobContext, run_id: int) -> None:
     """Validate what the command of the distributed run ``run_id`` (its last) filled, and record
     the verdict as the run's message."""
     serving: Serving = context.additional_context[CONTEXT_KEY]
-    async with Database(serving.url) as db:
-        ledger = Ledger(db)
-        run = await ledger.run(run_id)
-        plan = run.plan.split(",")
-        stored = json.loads(run.options or "{}")
-        try:
-            chosen = serving.registry.validators_for(plan)
-            skip = skipper([], None, serving.announce)
-            validators = await usable_validators(db, serving.registry, chosen, False, "validating", skip)
-            results = await run_validators(db, validators, stored.get("thresholds"), plan)
-        except BackfillError as e:
-            verdict = f"validation could not run: {e}"
-        else:
-            failed = [m for m in results if not m.passed]
-            shown = [
-                f"{m.validator}.{m.name} {'n/a' if m.value is None else f'{m.value:.1%}'}"
-                + ("" if m.threshold is None else f" (threshold {m.threshold:.0%})")
-                for m in (failed or results)
-            ]
-            verdict = (
-                f"validation FAILED: {'; '.join(shown)}"
-                if failed
-                else f"validation passed: {'; '.join(shown) or 'no validator covers these extractors'}"
-            )
-        serving.announce(f"run {run_id} of {run.extractor}: {verdict}")
-        await ledger.note(run_id, verdict)
+    db, ledger = serving.db, serving.ledger
+    run = await ledger.run(run_id)
+    plan = run.plan.split(",")
+    stored = json.loads(run.options or "{}")
+    try:
+        chosen = serving.registry.validators_for(plan)
+        skip = skipper([], None, serving.announce)
+        validators = await usable_validators(db, serving.registry, chosen, False, "validating", skip)
+        results = await run_validators(db, validators, stored.get("thresholds"), plan)
+    except BackfillError as e:
+        verdict = f"validation could not run: {e}"
+    else:
+        failed = [m for m in results if not m.passed]
+        shown = [
+            f"{m.validator}.{m.name} {'n/a' if m.value is None else f'{m.value:.1%}'}"
+            + ("" if m.threshold is None else f" (threshold {m.threshold:.0%})")
+            for m in (failed or results)
+        ]
+        verdict = (
+            f"validation FAILED: {'; '.join(shown)}"
+            if failed
+            else f"validation passed: {'; '.join(shown) or 'no validator covers these extractors'}"
+        )
+    serving.announce(f"run {run_id} of {run.extractor}: {verdict}")
+    await ledger.note(run_id, verdict)
