@@ -12,11 +12,13 @@ stops itself there (``BACKFILL_STOP_AT``), so nothing depends on the machine's s
 
 from __future__ import annotations
 
+import asyncio
+import json
 import signal
 import time
 from typing import TYPE_CHECKING, Any
 
-from support.postgres import needs_server
+from support.postgres import SERVER, execute, needs_server
 from support.processes import Spawned
 
 if TYPE_CHECKING:
@@ -80,7 +82,10 @@ def _stop(*workers: Spawned) -> list[str]:
     return said
 
 
-def _matches_reference(crash: Crash, db: Backend, ref: Reference) -> None:
+_RUN = ["run", "test_features", "bug_attribution", "-q", "--batch-size", str(BATCH)]
+
+
+def _matches_reference(crash: Crash, db: Backend, ref: Reference, *, parts: bool = True) -> None:
     """The tables, the ledger's totals and the errors of one uninterrupted ``backfill run``."""
     crash.check_equal_to_reference(db, ref, "after the distributed run")
     query = f"SELECT {LEDGER} FROM backfill_runs ORDER BY id"
@@ -91,7 +96,7 @@ def _matches_reference(crash: Crash, db: Backend, ref: Reference) -> None:
         crash.query(db, "SELECT id, last_key FROM backfill_runs"),
         crash.query(db, "SELECT * FROM backfill_parts ORDER BY run_id, part"),
     )
-    for run_id in (1, 2):
+    for run_id in (1, 2) if parts else ():
         assert {p["status"] for p in _parts(crash, db, run_id)} == {"done"}
 
 
@@ -277,6 +282,38 @@ def test_parts_a_worker_cannot_process_fail_the_run_and_enqueue_resumes_it(
     _stop(w)
 
 
+def test_a_failed_distributed_run_is_resumed_by_backfill_run_on_one_machine(
+    crash: Crash, small_template: Any, small_reference: Reference
+) -> None:
+    db = crash.database("postgresql", small_template, "distributed.db")
+    a = _worker(crash, db, {"BACKFILL_STOP_AT": "test_features:committed:1"})
+    queued = crash.run_cli(
+        ["enqueue", *crash.BOTH, "-d", db.url, "--batch-size", str(BATCH), "--parts", str(PARTS), "--json"]
+    )
+    assert queued.returncode == 0, queued.stderr
+    got = json.loads(queued.stdout)
+    assert {k: got[k] for k in ("run_id", "extractor", "parts", "rows", "following")} == {
+        "run_id": 1,
+        "extractor": "test_features",
+        "parts": PARTS,
+        "rows": 300,
+        "following": ["bug_attribution"],
+    }
+    a.wait_stopped()
+    a.signal(signal.SIGKILL)
+    a.wait()
+    # A worker without the built-in plugin retries a's job and fails every part: the run fails.
+    lacking = _worker(crash, db, {**QUICK, "BACKFILL_DISABLE_PLUGINS": "testmanagement"})
+    assert crash.wait_for(
+        lambda: crash.query(db, "SELECT status FROM backfill_runs WHERE id = 1") == [("failed",)], lacking
+    ), lacking.wait().stderr
+    _stop(lacking)
+    local = crash.run_cli([*_RUN, "-d", db.url, "--workers", "2"])
+    assert local.returncode == 0, local.stderr
+    assert "resuming run 1 of test_features from key 20" in local.stderr
+    _matches_reference(crash, db, small_reference, parts=False)
+
+
 def test_a_run_whose_jobs_were_lost_is_resumed_by_the_next_enqueue(
     crash: Crash, small_template: Any, small_reference: Reference
 ) -> None:
@@ -297,3 +334,24 @@ def test_a_run_whose_jobs_were_lost_is_resumed_by_the_next_enqueue(
     _wait_validated(crash, db, w)
     _matches_reference(crash, db, small_reference)
     _stop(w)
+
+
+def test_a_worker_that_loses_the_database_stops_with_exit_3(crash: Crash, small_template: Any) -> None:
+    db = crash.database("postgresql", small_template, "distributed.db")
+    w = _worker(crash, db, QUICK)
+    name = db.url.rsplit("/", 1)[1]
+    # A dropped connection is replaced (the worker goes on); a database that refuses new ones is lost.
+    asyncio.run(execute(SERVER or "", f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'))
+    asyncio.run(
+        execute(
+            SERVER or "",
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'",
+        )
+    )
+    try:
+        done = w.wait(timeout=120)
+    finally:
+        asyncio.run(execute(SERVER or "", f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'))
+    assert done.returncode == 3, done.stderr
+    assert "stopped without being asked: it lost its connection to" in done.stderr
+    assert "start it again once the database answers" in done.stderr

@@ -88,25 +88,21 @@ async def run_backfill(
     # inherit; the overlay keeps a dry run's would-be rows on disk.
     with _pools(url, options, converters) as pools, closing(Overlay()) as overlay:
         async with Database(url, read_only=options.dry_run) as db, _closing_first(pools):
-            converters = await usable_extractors(db, registry, converters, explicit, skip)
-            if not converters and left_out:
-                raise NothingToDo(
-                    f"nothing to run: every extractor was skipped, since {db.display_url} lacks tables they "
-                    "need (see the lines above); check --database, or name an extractor to see what it needs",
-                    [s.to_dict() for s in left_out],
-                )
+            converters, chosen, validators = await checked(
+                db,
+                registry,
+                converters,
+                left_out,
+                skip,
+                explicit=explicit,
+                validate=validate,
+                thresholds=thresholds,
+                compile_validators=not options.dry_run,  # a dry run does not validate
+            )
             ran = [x.name for x in converters]
             plan = ",".join(ran)
-            chosen = registry.validators_for(ran) if validate else []
-            validators = await usable_validators(db, registry, chosen, False, "backfilling", skip)
             ledger = None if options.dry_run else Ledger(db)
-            writers = []
-            for x in converters:  # every schema is checked before anything is written
-                await db.check_schema({x.extractor.source_table: x.cols, **x.written})
-                writers.append(await writer_for(db, x, options, overlay))
-            check_thresholds(validators, thresholds or {}, ran, _validators_of(left_out))
-            if not options.dry_run:  # a dry run does not validate
-                await check_compiles(db, validators, ran)
+            writers = [await writer_for(db, x, options, overlay) for x in converters]
             done: dict[str, int] = {}
             invocation = uuid.uuid4().hex
             controls = None if ledger is None else Controls(db)
@@ -165,6 +161,40 @@ async def run_backfill(
             else:
                 report.validation = await run_validators(db, validators, thresholds, ran)
     return report
+
+
+async def checked(
+    db: Database,
+    registry: Registry,
+    converters: list[Converter],
+    left_out: list[Skipped],
+    skip: Skip,
+    *,
+    explicit: bool,
+    validate: bool,
+    thresholds: Mapping[str, float] | None,
+    compile_validators: bool = True,
+) -> tuple[list[Converter], list[Validator], list[Validator]]:
+    """What a command that backfills checks before it writes anything: the extractors it can run
+    (see :func:`usable_extractors`; NothingToDo when none is left), the validators chosen for them
+    and those whose tables exist, every extractor's tables and columns, the ``thresholds``, and
+    (``compile_validators``) whether every metric query compiles for this database."""
+    converters = await usable_extractors(db, registry, converters, explicit, skip)
+    if not converters and left_out:
+        raise NothingToDo(
+            f"nothing to run: every extractor was skipped, since {db.display_url} lacks tables they "
+            "need (see the lines above); check --database, or name an extractor to see what it needs",
+            [s.to_dict() for s in left_out],
+        )
+    ran = [x.name for x in converters]
+    chosen = registry.validators_for(ran) if validate else []
+    validators = await usable_validators(db, registry, chosen, False, "backfilling", skip)
+    for x in converters:
+        await db.check_schema({x.extractor.source_table: x.cols, **x.written})
+    check_thresholds(validators, thresholds or {}, ran, _validators_of(left_out))
+    if compile_validators:
+        await check_compiles(db, validators, ran)
+    return converters, chosen, validators
 
 
 async def resumed(ledger: Ledger, ran: Sequence[str]) -> tuple[str, dict[str, int]] | None:

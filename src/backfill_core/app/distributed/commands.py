@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,23 +28,22 @@ from backfill_core.app.distributed.queue import (
 )
 from backfill_core.app.run import (
     Skipped,
+    checked,
     plugin_label,
     recorded_options,
     resumed,
     skipper,
-    usable_extractors,
-    usable_validators,
 )
-from backfill_core.app.validation import check_compiles, check_thresholds
 from backfill_core.engine.batch import Converter
 from backfill_core.engine.options import RunOptions
-from backfill_core.errors import NothingToDo
+from backfill_core.errors import DatabaseUnavailable
 from backfill_core.plugins import Registry
 from backfill_core.store.controls import Controls
 from backfill_core.store.database import Database
 from backfill_core.store.ledger import FAILED, RUNNING, Ledger, runs, stale_after
 
 TASKS = ((PART_TASK, part_job), (VALIDATE_TASK, validate_job))
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass
@@ -95,21 +95,17 @@ async def enqueue(
     left_out: list[Skipped] = []
     skip = skipper(left_out, skipped, announce)
     async with Database(url) as db:
-        converters = await usable_extractors(db, registry, converters, explicit, skip)
-        if not converters:
-            raise NothingToDo(
-                f"nothing to enqueue: every extractor was skipped, since {db.display_url} lacks tables "
-                "they need (see the lines above)",
-                [s.to_dict() for s in left_out],
-            )
+        converters, _, _ = await checked(
+            db,
+            registry,
+            converters,
+            left_out,
+            skip,
+            explicit=explicit,
+            validate=validate,
+            thresholds=thresholds,
+        )
         ran = [x.name for x in converters]
-        chosen = registry.validators_for(ran) if validate else []
-        validators = await usable_validators(db, registry, chosen, False, "backfilling", skip)
-        for x in converters:
-            await db.check_schema({x.extractor.source_table: x.cols, **x.written})
-        missing = {s.name: s.reason for s in left_out if s.kind == "validator"}
-        check_thresholds(validators, thresholds, ran, missing)
-        await check_compiles(db, validators, ran)
         ledger = Ledger(db)
         await ledger.ensure()
         await Controls(db).ensure()
@@ -134,7 +130,7 @@ async def enqueue(
             }
             serving = Serving(registry, db, app, announce)
             state, cut, rows = await start(
-                serving, db, ledger, first, invocation=invocation, plan=",".join(ran), options=stored
+                serving, first, invocation=invocation, plan=",".join(ran), options=stored
             )
             return Enqueued(invocation, state.id, first.name, cut, rows, [x.name for x in todo[1:]], done)
 
@@ -159,8 +155,8 @@ async def serve(registry: Registry, url: URL, concurrency: int, announce: Callab
     """Process the jobs of distributed runs on ``url``'s database until SIGINT or SIGTERM, which
     cancel the jobs running (each after its batch in flight) and put them back in the queue."""
     require_postgres(url, "worker")
-    app = make_app(url, TASKS)
     stale = stale_after()
+    app = make_app(url, TASKS, timeout=stale)  # silent longer, it would count as dead anyway
     name = f"backfill@{socket.gethostname()}:{os.getpid()}"
     async with app.open_async(), Database(url) as db:
         await Ledger(db).ensure()
@@ -170,19 +166,57 @@ async def serve(registry: Registry, url: URL, concurrency: int, announce: Callab
             f"worker {name} serving {db.display_url} with {concurrency} job{'s' * (concurrency > 1)} at "
             "a time; SIGINT or SIGTERM stops it after the batches in flight"
         )
+        from procrastinate.exceptions import ProcrastinateException
+        from procrastinate.worker import Worker
+
+        worker = Worker(
+            app=app,
+            queues=[QUEUE],
+            name=name,
+            concurrency=concurrency,
+            shutdown_graceful_timeout=0,
+            update_heartbeat_interval=stale / 6,
+            stalled_worker_timeout=stale,
+            additional_context={CONTEXT_KEY: Serving(registry, db, app, announce)},
+            install_signal_handlers=False,
+        )
         reaper = asyncio.create_task(retry_stalled(app, stale, announce))
+        lost: Exception | None = None
         try:
-            await app.run_worker_async(
-                queues=[QUEUE],
-                name=name,
-                concurrency=concurrency,
-                shutdown_graceful_timeout=0,
-                update_heartbeat_interval=stale / 6,
-                stalled_worker_timeout=stale,
-                additional_context={CONTEXT_KEY: Serving(registry, db, app, announce)},
-            )
+            with _stopped_by_signals(worker) as signalled:
+                await worker.run()  # type: ignore[no-untyped-call]
+        except ProcrastinateException as e:  # its queue could not be reached
+            lost = e
         finally:
             reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper
+        if lost is not None or not signalled:
+            raise DatabaseUnavailable(
+                f"worker {name} stopped without being asked: it lost its connection to {db.display_url} "
+                "(see the lines above); start it again once the database answers"
+            ) from lost
     announce(f"worker {name} stopped")
+
+
+@contextlib.contextmanager
+def _stopped_by_signals(worker: Any) -> Iterator[list[int]]:
+    """Within the block, SIGINT or SIGTERM stops ``worker`` (its jobs' batches in flight are
+    committed first, see serve) and is listed in what the block gets; a second signal has its
+    default effect."""
+    loop = asyncio.get_running_loop()
+    received: list[int] = []
+
+    def stop(signum: int) -> None:
+        received.append(signum)
+        for sig in SIGNALS:
+            loop.remove_signal_handler(sig)
+        worker.stop()
+
+    for sig in SIGNALS:
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        yield received
+    finally:
+        for sig in SIGNALS:
+            loop.remove_signal_handler(sig)

@@ -69,8 +69,6 @@ def run_options(stored: dict[str, Any]) -> RunOptions:
 
 async def start(
     serving: Serving,
-    db: Database,
-    ledger: Ledger,
     converter: Converter,
     *,
     invocation: str,
@@ -79,7 +77,7 @@ async def start(
 ) -> tuple[RunState, int, int]:
     """Begin (or resume) the extractor's run, cut what it has left into parts and queue a job per
     part: the run, its parts and rows."""
-    x = converter.extractor
+    x, ledger = converter.extractor, serving.ledger
     state = await retried(
         partial(
             ledger.begin,
@@ -99,7 +97,7 @@ async def start(
     if state.note:
         serving.announce(state.note)
     try:
-        parts, rows = await split(db, converter, state.todo, int(options["parts"]))
+        parts, rows = await split(serving.db, converter, state.todo, int(options["parts"]))
         await defer_parts(serving.app, state.id, parts, rows)
     except BackfillError as e:
         await ledger.finish(state, FAILED, f"its parts could not be queued: {e}")
@@ -123,8 +121,7 @@ async def process_part(serving: Serving, run_id: int, part: int, job_id: int) ->
         say(f"run {run_id} part {part}: nothing to do (the part or its run has ended, or it was cut again)")
         return
     run, name = taken.run, taken.run.extractor
-    stored = json.loads(run.options or "{}")
-    options = run_options(stored)
+    options = run_options(json.loads(run.options or "{}"))
     where = f"run {run_id} of {name}, part {part}"
     try:
         converter = Converter(serving.registry.extractor(name), plugin_label(serving.registry, name))
@@ -159,10 +156,10 @@ async def process_part(serving: Serving, run_id: int, part: int, job_id: int) ->
     if part_ledger.ended:
         say(f"run {run_id} of {name} ended: {part_ledger.ended}")
     if part_ledger.ended == SUCCEEDED:
-        await advance(serving, db, ledger, run)
+        await advance(serving, run)
 
 
-async def advance(serving: Serving, db: Database, ledger: Ledger, run: Any) -> None:
+async def advance(serving: Serving, run: Any) -> None:
     """After the succeeded ``run``: start the next extractor of its command, or validate."""
     plan = run.plan.split(",")
     stored = json.loads(run.options or "{}")
@@ -171,16 +168,14 @@ async def advance(serving: Serving, db: Database, ledger: Ledger, run: Any) -> N
         name = following[0]
         try:
             converter = Converter(serving.registry.extractor(name), plugin_label(serving.registry, name))
-            await start(
-                serving, db, ledger, converter, invocation=run.invocation, plan=run.plan, options=stored
-            )
+            await start(serving, converter, invocation=run.invocation, plan=run.plan, options=stored)
         except BackfillError as e:
             message = (
                 f"{name}, which follows it, could not start: {e}; run the same `backfill enqueue` "
                 "command to go on"
             )
             serving.announce(f"run {run.id} of {run.extractor}: {message}")
-            await ledger.note(run.id, message)
+            await serving.ledger.note(run.id, message)
     elif stored.get("validate", True):
         await serving.app.configure_task(VALIDATE_TASK).defer_async(run_id=run.id)
 

@@ -43,9 +43,10 @@ def conninfo(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def make_app(url: URL, tasks: Sequence[tuple[str, Callable[..., Any]]]) -> App:
+def make_app(url: URL, tasks: Sequence[tuple[str, Callable[..., Any]]], *, timeout: float = 30.0) -> App:
     """A procrastinate App on ``url``'s database whose ``tasks`` (name, coroutine taking the job
-    context first) are retried at once when their worker is stopped mid-job."""
+    context first) are retried at once when their worker is stopped mid-job; its connections
+    give up after ``timeout`` seconds without one."""
     try:
         import procrastinate
         from procrastinate.retry import BaseRetryStrategy, RetryDecision
@@ -67,7 +68,7 @@ def make_app(url: URL, tasks: Sequence[tuple[str, Callable[..., Any]]]) -> App:
                 return RetryDecision(retry_in={"seconds": min(2**job.attempts, 60)})
             return None
 
-    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo(url)))
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo(url), timeout=timeout))
     for name, work in tasks:
         app.task(name=name, queue=QUEUE, pass_context=True, retry=Again())(work)
     return app
@@ -142,8 +143,14 @@ async def stuck(db: Database, run_id: int) -> bool:
 async def retry_stalled(app: App, stale: float, announce: Callable[[str], object]) -> None:
     """Put back in the queue, every ``stale`` / 2 seconds, the jobs of workers that have sent no
     heartbeat for ``stale`` seconds (killed, or cut off): another worker then takes them up."""
+    from procrastinate.exceptions import ProcrastinateException
+
     while True:
-        for job in await app.job_manager.get_stalled_jobs(queue=QUEUE, seconds_since_heartbeat=stale):
+        try:
+            stalled = await app.job_manager.get_stalled_jobs(queue=QUEUE, seconds_since_heartbeat=stale)
+        except ProcrastinateException:  # the database is away: the worker's heartbeat will say so
+            stalled = []
+        for job in stalled:
             try:
                 await app.job_manager.retry_job(job)
             except Exception:  # another worker put it back first
