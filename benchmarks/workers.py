@@ -151,15 +151,15 @@ def worker_child(url: str) -> None:
     print(json.dumps({"peak_mb": peak}))
 
 
-def distributed_child(url: str) -> None:
+def distributed_child(url: str, parts: int) -> None:
     """Enqueue ``digest`` as a distributed run and wait until its ledger row says it ended; print
     the seconds from the start of the enqueue to then, the rows, the errors and the peak RSS."""
-    got = asyncio.run(enqueue_and_wait(url))
+    got = asyncio.run(enqueue_and_wait(url, parts))
     got["peaks"] = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6, 0.0]
     print(json.dumps(got))
 
 
-async def enqueue_and_wait(url: str) -> dict[str, Any]:
+async def enqueue_and_wait(url: str, parts: int) -> dict[str, Any]:
     import asyncpg
 
     from backfill_core.app.distributed.commands import enqueue
@@ -172,7 +172,7 @@ async def enqueue_and_wait(url: str) -> dict[str, Any]:
             ["digest"],
             resolve_url(url),
             RunOptions(),
-            parts=PARTS,
+            parts=parts,
             validate=False,
             thresholds={},
             restart=False,
@@ -321,7 +321,7 @@ class Worker:
                 stream.close()
 
 
-def measured_distributed(url: str) -> Run:
+def measured_distributed(url: str, parts: int = PARTS) -> Run:
     """A distributed run of ``digest`` on DISTRIBUTED_WORKERS worker processes, started (and
     serving) before the enqueue, stopped after the run succeeded."""
     workers: list[Worker] = []
@@ -329,7 +329,7 @@ def measured_distributed(url: str) -> Run:
         workers = [Worker(url) for _ in range(DISTRIBUTED_WORKERS)]
         startup = max(w.wait_serving() for w in workers)
         proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__)), "--distributed-child", url],
+            [sys.executable, str(Path(__file__)), "--distributed-child", url, str(parts)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -560,7 +560,7 @@ def main(argv: Sequence[str]) -> int:
         worker_child(argv[1])
         return 0
     if argv[:1] == ["--distributed-child"]:
-        distributed_child(argv[1])
+        distributed_child(argv[1], int(argv[2]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=20_000)
