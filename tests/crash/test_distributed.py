@@ -314,6 +314,29 @@ def test_a_failed_distributed_run_is_resumed_by_backfill_run_on_one_machine(
     _matches_reference(crash, db, small_reference, parts=False)
 
 
+def test_enqueue_goes_on_with_a_command_whose_next_extractor_never_started(
+    crash: Crash, small_template: Any, small_reference: Reference
+) -> None:
+    db = crash.database("postgresql", small_template, "distributed.db")
+    queued = crash.run_cli(
+        ["enqueue", "test_features", "-d", db.url, "--batch-size", str(BATCH), "--parts", str(PARTS)]
+    )
+    assert queued.returncode == 0, queued.stderr
+    w = _worker(crash, db)
+    assert crash.wait_for(
+        lambda: crash.query(db, "SELECT status FROM backfill_runs") == [("succeeded",)], w
+    ), w.wait().stderr
+    # As a worker killed between ending test_features' run and queuing bug_attribution leaves it:
+    crash.query(db, "UPDATE backfill_runs SET plan = 'test_features,bug_attribution' RETURNING id")
+    again = _enqueue(crash, db)
+    assert again.returncode == 0, again.stderr
+    assert "test_features: already completed in run 1 of this command" in again.stderr
+    assert f"queued run 2 of bug_attribution: {PARTS} parts" in again.stdout
+    _wait_validated(crash, db, w)
+    _matches_reference(crash, db, small_reference)
+    _stop(w)
+
+
 def test_a_run_whose_jobs_were_lost_is_resumed_by_the_next_enqueue(
     crash: Crash, small_template: Any, small_reference: Reference
 ) -> None:

@@ -45,7 +45,7 @@ STOP_AT = "test_features:committed:4"
 WRITES_BEFORE = 20
 WRITES_WHILE_STOPPED = 50
 WRITES_AFTER = 20
-LEDGER = ("backfill_errors", "backfill_ranges", "backfill_runs")
+LEDGER = ("backfill_errors", "backfill_ranges", "backfill_parts", "backfill_runs")
 FEATURES = "SELECT * FROM test_features ORDER BY id"
 ATTRIBUTION = "SELECT id, test_feature_id FROM bugs ORDER BY id"
 
