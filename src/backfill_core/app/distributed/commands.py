@@ -40,7 +40,7 @@ from backfill_core.errors import DatabaseUnavailable
 from backfill_core.plugins import Registry
 from backfill_core.store.controls import Controls
 from backfill_core.store.database import Database
-from backfill_core.store.ledger import FAILED, RUNNING, Ledger, runs, stale_after
+from backfill_core.store.ledger import FAILED, RUNNING, STALE_AFTER_ENV, Ledger, runs, stale_after
 
 TASKS = ((PART_TASK, part_job), (VALIDATE_TASK, validate_job))
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -191,10 +191,15 @@ async def serve(registry: Registry, url: URL, concurrency: int, announce: Callab
             reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper
-        if lost is not None or not signalled:
+        if not signalled:
             raise DatabaseUnavailable(
                 f"worker {name} stopped without being asked: it lost its connection to {db.display_url} "
                 "(see the lines above); start it again once the database answers"
+            ) from lost
+        if lost is not None:
+            raise DatabaseUnavailable(
+                f"worker {name} could not reach {db.display_url} while it stopped (see the lines above); "
+                f"the jobs it had go back in the queue once it has been silent for {STALE_AFTER_ENV} seconds"
             ) from lost
     announce(f"worker {name} stopped")
 
