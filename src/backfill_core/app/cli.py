@@ -60,7 +60,8 @@ Environment:
   {DISABLE_PLUGINS_ENV} comma-separated plugins to leave out, built-ins included
   {BUSY_TIMEOUT_ENV}    seconds to wait for a locked SQLite database (10)
   {STALE_AFTER_ENV}     seconds without a heartbeat before another host's run
-                           counts as dead and may be taken over (60)
+                           counts as dead and may be taken over, or a worker's
+                           jobs are retried by the others (60)
 """
 
 
