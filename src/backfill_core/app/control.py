@@ -185,7 +185,7 @@ async def recent(ledger: Ledger, limit: int) -> tuple[list[Any], list[Control], 
     """The runs ``backfill status`` shows, every control set, and the parts of the distributed
     runs among them by status."""
     rows = await ledger.recent(limit)
-    parts = await Parts(ledger).counts([r.id for r in rows if getattr(r, "parts", None)])
+    parts = await Parts(ledger).counts([r.id for r in rows if r.parts])
     return rows, await Controls(ledger.db).all(), parts
 
 

@@ -104,8 +104,7 @@ class RunReport:
         elif self.validation is not None:
             lines.append("validation:")
             for m in self.validation:
-                value = "n/a" if m.value is None else f"{m.value:.1%}"
-                bar = "" if m.threshold is None else f" (threshold {m.threshold:.0%})"
+                value, bar = metric_figures(m)
                 verdict = "info" if m.threshold is None else ("pass" if m.passed else "FAIL")
                 lines.append(
                     f"  {verdict:4}  {m.validator}.{m.name} = {value} "
@@ -129,6 +128,12 @@ class RunReport:
                 "every committed batch is checkpointed"
             )
         return "\n".join(lines)
+
+
+def metric_figures(m: MetricResult) -> tuple[str, str]:
+    """A metric's value (``98.4%``, or ``n/a``) and its threshold (`` (threshold 95%)``, or '')."""
+    value = "n/a" if m.value is None else f"{m.value:.1%}"
+    return value, "" if m.threshold is None else f" (threshold {m.threshold:.0%})"
 
 
 def describe_batches(batches: BatchSizes, held: str = "write") -> str:

@@ -238,7 +238,7 @@ def is_live(row: Any, *, host: str, limit: float) -> bool:
     (``parts`` set) is alive while it runs: its jobs wait in the queue, and a worker retries the
     job of a worker that died.
     """
-    if getattr(row, "parts", None):
+    if row.parts:
         return True
     if row.host == host and row.pid:
         # Our own pid can only be a dead run's: in a container that restarted with the same

@@ -167,6 +167,16 @@ class Parts:
             await conn.execute(update(runs).where(runs.c.id == run_id).values(**values))
             return ended
 
+    async def abandon(self, run_id: int, message: str) -> None:
+        """Mark the run failed with ``message`` if it is still running: its unfinished parts have
+        no job left to end it (see ``queue.stuck``)."""
+        async with self.db.sqlalchemy(write=True) as conn:
+            await conn.execute(
+                update(runs)
+                .where((runs.c.id == run_id) & (runs.c.status == RUNNING))
+                .values(status=FAILED, message=message)
+            )
+
     async def counts(self, run_ids: Sequence[int]) -> dict[int, dict[str, int]]:
         """How many parts of each of the runs (those with parts) are in each status."""
         if not run_ids:

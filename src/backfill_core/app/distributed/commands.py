@@ -9,10 +9,9 @@ import signal
 import socket
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import update
 from sqlalchemy.engine import URL
 
 from backfill_core.app.distributed.jobs import CONTEXT_KEY, Serving, part_job, start, validate_job
@@ -40,7 +39,8 @@ from backfill_core.errors import DatabaseUnavailable
 from backfill_core.plugins import Registry
 from backfill_core.store.controls import Controls
 from backfill_core.store.database import Database
-from backfill_core.store.ledger import FAILED, RUNNING, STALE_AFTER_ENV, Ledger, runs, stale_after
+from backfill_core.store.ledger import RUNNING, STALE_AFTER_ENV, Ledger, stale_after
+from backfill_core.store.parts import Parts
 
 TASKS = ((PART_TASK, part_job), (VALIDATE_TASK, validate_job))
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -60,15 +60,7 @@ class Enqueued:
     """Extractors of the command that an earlier attempt completed, with their runs."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "invocation": self.invocation,
-            "run_id": self.run_id,
-            "extractor": self.extractor,
-            "parts": self.parts,
-            "rows": self.rows,
-            "following": self.following,
-            "completed": self.completed,
-        }
+        return asdict(self)
 
 
 async def enqueue(
@@ -142,12 +134,7 @@ async def _unstick(db: Database, ledger: Ledger, extractor: str, announce: Calla
     if latest is None or latest.status != RUNNING or not latest.parts or not await stuck(db, latest.id):
         return
     message = "none of its unfinished parts had a job left in the queue; resumed by a new `backfill enqueue`"
-    async with db.sqlalchemy(write=True) as conn:
-        await conn.execute(
-            update(runs)
-            .where((runs.c.id == latest.id) & (runs.c.status == RUNNING))
-            .values(status=FAILED, message=message)
-        )
+    await Parts(ledger).abandon(latest.id, message)
     announce(f"run {latest.id} of {extractor}: {message}")
 
 

@@ -19,6 +19,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from backfill_core.app.distributed.queue import VALIDATE_TASK, defer_parts
+from backfill_core.app.report import metric_figures
 from backfill_core.app.run import plugin_label, skipper, usable_validators, version_of, writer_for
 from backfill_core.app.validation import run_validators
 from backfill_core.engine.batch import Converter
@@ -61,8 +62,15 @@ class Serving:
         return Ledger(self.db)
 
 
+def stored_options(run: Any) -> dict[str, Any]:
+    """What a distributed run recorded of its command (its RunOptions, and ``parts``,
+    ``validate``, ``thresholds``, ``restart``), from its ledger row."""
+    stored: dict[str, Any] = json.loads(run.options or "{}")
+    return stored
+
+
 def run_options(stored: dict[str, Any]) -> RunOptions:
-    """The RunOptions a distributed run recorded in the ledger (with what only it records)."""
+    """The RunOptions among what a distributed run recorded (see :func:`stored_options`)."""
     names = {f.name for f in fields(RunOptions)}
     return RunOptions(**{k: v for k, v in stored.items() if k in names})
 
@@ -121,7 +129,7 @@ async def process_part(serving: Serving, run_id: int, part: int, job_id: int) ->
         say(f"run {run_id} part {part}: nothing to do (the part or its run has ended, or it was cut again)")
         return
     run, name = taken.run, taken.run.extractor
-    options = run_options(json.loads(run.options or "{}"))
+    options = run_options(stored_options(run))
     where = f"run {run_id} of {name}, part {part}"
     try:
         converter = Converter(serving.registry.extractor(name), plugin_label(serving.registry, name))
@@ -162,7 +170,7 @@ async def process_part(serving: Serving, run_id: int, part: int, job_id: int) ->
 async def advance(serving: Serving, run: Any) -> None:
     """After the succeeded ``run``: start the next extractor of its command, or validate."""
     plan = run.plan.split(",")
-    stored = json.loads(run.options or "{}")
+    stored = stored_options(run)
     following = plan[plan.index(run.extractor) + 1 :]
     if following:
         name = following[0]
@@ -187,7 +195,7 @@ async def validate_job(context: JobContext, run_id: int) -> None:
     db, ledger = serving.db, serving.ledger
     run = await ledger.run(run_id)
     plan = run.plan.split(",")
-    stored = json.loads(run.options or "{}")
+    stored = stored_options(run)
     try:
         chosen = serving.registry.validators_for(plan)
         skip = skipper([], None, serving.announce)
@@ -197,11 +205,7 @@ async def validate_job(context: JobContext, run_id: int) -> None:
         verdict = f"validation could not run: {e}"
     else:
         failed = [m for m in results if not m.passed]
-        shown = [
-            f"{m.validator}.{m.name} {'n/a' if m.value is None else f'{m.value:.1%}'}"
-            + ("" if m.threshold is None else f" (threshold {m.threshold:.0%})")
-            for m in (failed or results)
-        ]
+        shown = [f"{m.validator}.{m.name} {''.join(metric_figures(m))}" for m in (failed or results)]
         verdict = (
             f"validation FAILED: {'; '.join(shown)}"
             if failed
